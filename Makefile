@@ -1,0 +1,38 @@
+# StreamForge: `make run` runs the main job on the embedded default; `make test` runs the suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIPELINE ?= orders
+
+.PHONY: run run-sessions test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/streamforge run $(PIPELINE) --config config/$(PIPELINE).yaml
+
+run-sessions:
+	$(MAKE) run PIPELINE=sessions
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check dataflows recovery streamforge_ops tests bench
+	$(BIN)/mypy dataflows recovery streamforge_ops
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/patterns.py --json
+
+clean:
+	rm -rf .streamforge out

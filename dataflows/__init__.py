@@ -1,0 +1,1 @@
+"""Everything that runs inside a Bytewax dataflow: events, patterns, connectors, pipelines."""

@@ -1,0 +1,209 @@
+"""Pipeline configuration: a YAML file plus environment overrides.
+
+Keys are dotted paths that mirror the seed's Flink keys
+(`execution.checkpointing.interval` -> `checkpoints.interval`). Any key can be
+overridden by an environment variable `STREAMFORGE__SECTION__KEY` (double
+underscores separate levels, case-insensitive, `_` stands for `-`), e.g.
+`STREAMFORGE__CHECKPOINTS__MIN_PAUSE=10s`. Values from the environment are
+parsed as YAML scalars.
+
+Typed getters raise `ConfigError` naming the key, so bad configuration fails
+at start with a message a user can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_duration", "parse_size"]
+
+ENV_PREFIX = "STREAMFORGE__"
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot be used; the message names the key."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.I)
+_SIZE_UNITS = {
+    None: 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30
+}
+
+
+def parse_duration(value: Any) -> float:
+    """`"60s"`, `"2m"`, `"500ms"`, `"1h"` or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like '60s', got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"expected a duration like '60s', '2m' or '500ms', got {value!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_size(value: Any) -> int:
+    """`"1MiB"`, `"512kb"` or a number of bytes -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"expected a size like '1MiB' or a number of bytes, got {value!r}")
+    unit = m.group(2).lower() if m.group(2) else None
+    return int(m.group(1)) * _SIZE_UNITS[unit]
+
+
+@dataclass
+class Config:
+    """A nested mapping with typed, key-naming getters."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    origin: str = "<defaults>"
+
+    def raw(self, key: str, default: Any = _MISSING) -> Any:
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                if default is _MISSING:
+                    raise ConfigError(f"{key}: required key is missing (in {self.origin})")
+                return default
+            node = node[part]
+        return node
+
+    def has(self, key: str) -> bool:
+        return self.raw(key, None) is not None
+
+    def _typed(self, key: str, default: Any, conv: Any, what: str) -> Any:
+        value = self.raw(key, default)
+        if value is None:
+            return None
+        try:
+            return conv(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{key}: {what}: {exc} (in {self.origin})") from None
+
+    def str(self, key: str, default: Any = _MISSING) -> str:
+        return self._typed(key, default, _as_str, "expected a string")
+
+    def int(self, key: str, default: Any = _MISSING, *, minimum: int | None = None) -> int:
+        value = self._typed(key, default, _as_int, "expected an integer")
+        if minimum is not None and value is not None and value < minimum:
+            raise ConfigError(f"{key}: must be >= {minimum}, got {value} (in {self.origin})")
+        return value
+
+    def float(self, key: str, default: Any = _MISSING) -> float:
+        return self._typed(key, default, float, "expected a number")
+
+    def bool(self, key: str, default: Any = _MISSING) -> bool:
+        return self._typed(key, default, _as_bool, "expected true or false")
+
+    def duration(self, key: str, default: Any = _MISSING) -> float:
+        """Seconds."""
+        return self._typed(key, default, parse_duration, "bad duration")
+
+    def size(self, key: str, default: Any = _MISSING) -> int:
+        """Bytes."""
+        return self._typed(key, default, parse_size, "bad size")
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = _MISSING) -> str:
+        value = self.str(key, default)
+        if value not in choices:
+            raise ConfigError(
+                f"{key}: must be one of {', '.join(choices)}, got {value!r} (in {self.origin})"
+            )
+        return value
+
+    def section(self, key: str) -> Config:
+        value = self.raw(key, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping (in {self.origin})")
+        return Config(dict(value), f"{self.origin}#{key}")
+
+
+def _as_str(v: Any) -> str:
+    if isinstance(v, (dict, list)):
+        raise TypeError(f"got {type(v).__name__}")
+    return str(v)
+
+
+def _as_int(v: Any) -> int:
+    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        raise TypeError(f"got {v!r}")
+    return int(v)
+
+
+def _as_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if str(v).lower() in ("true", "yes", "1", "on"):
+        return True
+    if str(v).lower() in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(f"got {v!r}")
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, text in environ.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        node = data
+        for i, part in enumerate(parts):
+            match = next((k for k in node if k.lower().replace("-", "_") == part), part)
+            if i == len(parts) - 1:
+                node[match] = yaml.safe_load(text) if text != "" else ""
+            else:
+                child = node.get(match)
+                if not isinstance(child, dict):
+                    child = node[match] = {}
+                node = child
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load YAML from `path` (or `$STREAMFORGE_CONFIG`), then apply env overrides."""
+    env = os.environ if environ is None else environ
+    path = path or env.get("STREAMFORGE_CONFIG")
+    data: dict[str, Any] = _deep_copy(dict(defaults or {}))
+    origin = "<defaults>"
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: top level must be a mapping")
+        _merge(data, loaded)
+        origin = str(p)
+    _apply_env(data, env)
+    return Config(data, origin)
+
+
+def _merge(dst: dict[str, Any], src: Mapping[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, Mapping) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v)
+        else:
+            dst[k] = _deep_copy(v) if isinstance(v, dict) else v
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    return d

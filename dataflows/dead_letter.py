@@ -1,0 +1,144 @@
+"""The dead-letter record: everything needed to understand and replay a failure.
+
+A `DeadLetter` keeps the original bytes (key and payload) untouched, the error
+(code, class, message, stack trace), where it failed (pipeline, stage = step
+id), where the record came from (source and coordinates, event id) and how
+often it failed (attempts, first and last failure time).
+
+`to_json` / `from_json` give the JSON envelope used by every DLQ sink (JSONL
+file, Kafka value); bytes are base64 so any payload survives. `connect_headers`
+gives the same context as Kafka-Connect-style headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from dataflows.events import Event, RawRecord, now_ms
+
+
+class ErrorCode:
+    """The error codes a dead letter can carry (one name per failure kind)."""
+
+    INVALID_UTF8 = "INVALID_UTF8"
+    MALFORMED_JSON = "MALFORMED_JSON"
+    MISSING_KEY = "MISSING_KEY"
+    SCHEMA = "SCHEMA"
+    OVERSIZED = "OVERSIZED"
+    USER_FUNCTION = "USER_FUNCTION"
+    LATE_EVENT = "LATE_EVENT"
+    SOURCE_ERROR = "SOURCE_ERROR"
+    SINK_WRITE = "SINK_WRITE"
+    UNSUPPORTED_TYPE = "UNSUPPORTED_TYPE"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One failed record with its full context."""
+
+    error_code: str
+    error_message: str
+    exception_class: str
+    stage: str
+    pipeline: str
+    payload: bytes
+    event_id: str
+    source: str
+    key: bytes | None = None
+    stacktrace: str = ""
+    coords: Mapping[str, Any] = field(default_factory=dict)
+    headers: tuple[tuple[str, bytes], ...] = ()
+    attempts: int = 1
+    first_failure_ms: int = 0
+    last_failure_ms: int = 0
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["payload"] = base64.b64encode(self.payload).decode()
+        d["key"] = None if self.key is None else base64.b64encode(self.key).decode()
+        d["coords"] = dict(self.coords)
+        d["headers"] = [[k, base64.b64encode(v).decode()] for k, v in self.headers]
+        return json.dumps(d, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DeadLetter:
+        d = json.loads(text)
+        d["payload"] = base64.b64decode(d["payload"])
+        d["key"] = None if d.get("key") is None else base64.b64decode(d["key"])
+        d["headers"] = tuple((k, base64.b64decode(v)) for k, v in d.get("headers", []))
+        return cls(**d)
+
+    def connect_headers(self) -> list[tuple[str, bytes]]:
+        """Kafka Connect compatible error headers (`__connect.errors.*`)."""
+        c = self.coords
+        pairs = {
+            "__connect.errors.topic": c.get("topic", ""),
+            "__connect.errors.partition": c.get("partition", ""),
+            "__connect.errors.offset": c.get("offset", ""),
+            "__connect.errors.stage": self.stage,
+            "__connect.errors.exception.class.name": self.exception_class,
+            "__connect.errors.exception.message": self.error_message,
+            "__connect.errors.exception.stacktrace": self.stacktrace,
+            "sf-error-code": self.error_code,
+            "sf-event-id": self.event_id,
+            "sf-pipeline": self.pipeline,
+            "sf-attempts": self.attempts,
+        }
+        return [(k, str(v).encode()) for k, v in pairs.items()]
+
+
+def dead_letter(
+    item: Any,
+    *,
+    code: str,
+    stage: str,
+    pipeline: str,
+    exc: BaseException | None = None,
+    message: str | None = None,
+    attempts: int = 1,
+    first_failure_ms: int | None = None,
+) -> DeadLetter:
+    """Build a dead letter for `item` (a RawRecord, an Event or anything else).
+
+    The original bytes are kept: a RawRecord's payload as read, an Event's
+    value as JSON, anything else as its repr.
+    """
+    ts = now_ms()
+    if isinstance(item, RawRecord):
+        payload, key, event_id, source = item.payload, item.key, item.event_id, item.source
+        coords: Mapping[str, Any] = item.coords
+        headers = item.headers
+    elif isinstance(item, Event):
+        payload, key, event_id, source = (
+            item.payload_bytes(),
+            item.key.encode(),
+            item.event_id,
+            item.source,
+        )
+        coords, headers = {}, item.headers
+    else:
+        payload, key, event_id, source, coords, headers = repr(item).encode(), None, "", "", {}, ()
+    stack = ""
+    if exc is not None:
+        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return DeadLetter(
+        error_code=code,
+        error_message=message if message is not None else (str(exc) if exc else code),
+        exception_class=type(exc).__qualname__ if exc is not None else "",
+        stage=stage,
+        pipeline=pipeline,
+        payload=payload,
+        event_id=event_id,
+        source=source,
+        key=key,
+        stacktrace=stack,
+        coords=coords,
+        headers=headers,
+        attempts=attempts,
+        first_failure_ms=first_failure_ms if first_failure_ms is not None else ts,
+        last_failure_ms=ts,
+    )

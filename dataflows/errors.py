@@ -1,0 +1,93 @@
+"""Guarded steps: a failing item becomes a dead letter, never a crash.
+
+Each operator here wraps a user-supplied function. It returns two streams:
+the good results and the `DeadLetter`s of the items whose function raised.
+Nothing is dropped silently; every dead letter counts in `dlq_event_count`.
+
+    ok, bad = guarded_map("enrich", events, enrich, pipeline="orders")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, TypeVar
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+
+from dataflows import metrics
+from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
+
+X = TypeVar("X")
+Y = TypeVar("Y")
+
+__all__ = ["Guarded", "guarded_filter", "guarded_flat_map", "guarded_map", "split_dead_letters"]
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """The two outputs of a guarded step."""
+
+    ok: Stream[Any]
+    dlq: Stream[DeadLetter]
+
+    def __iter__(self):  # allows `ok, bad = guarded_map(...)`
+        return iter((self.ok, self.dlq))
+
+
+def _to_dead_letter(item: Any, exc: BaseException, step_id: str, pipeline: str) -> DeadLetter:
+    code = getattr(exc, "error_code", ErrorCode.USER_FUNCTION)
+    metrics.DLQ_EVENTS.labels(pipeline=pipeline, stage=step_id, error_code=code).inc()
+    return dead_letter(item, code=code, stage=step_id, pipeline=pipeline, exc=exc)
+
+
+@operator
+def split_dead_letters(step_id: str, up: Stream[Any]) -> Guarded:
+    """Split a stream of results and `DeadLetter`s into two streams."""
+    b = op.branch("split", up, lambda x: not isinstance(x, DeadLetter))
+    return Guarded(b.trues, b.falses)
+
+
+@operator
+def guarded_flat_map(
+    step_id: str, up: Stream[X], mapper: Callable[[X], Iterable[Y]], *, pipeline: str
+) -> Guarded:
+    """Flat-map `mapper` over items; an item whose mapper raises becomes a dead letter.
+
+    An exception may carry an `error_code` attribute (see `ErrorCode`);
+    otherwise the code is `USER_FUNCTION`.
+    """
+    # The full step id names the stage in dead letters.
+    stage = step_id
+
+    def shim(item: X) -> Iterable[Any]:
+        try:
+            return list(mapper(item))
+        except Exception as exc:  # noqa: BLE001 - every failure goes to the DLQ
+            return [_to_dead_letter(item, exc, stage, pipeline)]
+
+    return split_dead_letters("split", op.flat_map("apply", up, shim))
+
+
+@operator
+def guarded_map(
+    step_id: str, up: Stream[X], mapper: Callable[[X], Y], *, pipeline: str
+) -> Guarded:
+    """Map `mapper` over items; an item whose mapper raises becomes a dead letter."""
+    stage = step_id
+
+    def shim(item: X) -> Any:
+        try:
+            return mapper(item)
+        except Exception as exc:  # noqa: BLE001
+            return _to_dead_letter(item, exc, stage, pipeline)
+
+    return split_dead_letters("split", op.map("apply", up, shim))
+
+
+@operator
+def guarded_filter(
+    step_id: str, up: Stream[X], predicate: Callable[[X], bool], *, pipeline: str
+) -> Guarded:
+    """Keep items for which `predicate` is true; a raising predicate makes a dead letter."""
+    return guarded_flat_map("filter", up, lambda x: [x] if predicate(x) else [], pipeline=pipeline)

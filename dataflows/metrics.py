@@ -1,0 +1,108 @@
+"""The one metrics registry of StreamForge (Prometheus, `prometheus-client`).
+
+Every metric lives here, so code, alert rules and the dashboard share one name
+per idea. They register in prometheus-client's default REGISTRY, which
+Bytewax appends to its own `/metrics` when a flow runs with
+`BYTEWAX_DATAFLOW_API_ENABLED=true`; the supervisor serves the same registry.
+
+The seed's five monitoring metrics and their exported names:
+
+| seed                       | exported                                   |
+|----------------------------|--------------------------------------------|
+| `checkpoint_duration_ms`   | `streamforge_checkpoint_duration_ms` (histogram) |
+| `checkpoint_failure_count` | `streamforge_checkpoint_failure_count_total` |
+| `source_latency_ms`        | `streamforge_source_latency_ms` (histogram) |
+| `dlq_event_count`          | `streamforge_dlq_event_count_total`        |
+| `restarts`                 | `streamforge_restarts_total`               |
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+__all__ = [
+    "CHECKPOINT_DURATION",
+    "CHECKPOINT_FAILURES",
+    "CHECKPOINT_SIZE",
+    "CHECKPOINTS_COMPLETED",
+    "DLQ_EVENTS",
+    "LAST_CHECKPOINT_TIMESTAMP",
+    "LATE_EVENTS",
+    "REGISTRY",
+    "RESTARTS",
+    "RESUME_TOKEN_AGE",
+    "SAVEPOINTS",
+    "SINK_RETRIES",
+    "SOURCE_LATENCY",
+    "STATE_EVICTIONS",
+]
+
+_MS_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000)
+
+CHECKPOINT_DURATION = Histogram(
+    "streamforge_checkpoint_duration_ms",
+    "Time to take and upload one checkpoint or savepoint, in milliseconds.",
+    ["pipeline", "kind"],
+    buckets=_MS_BUCKETS,
+)
+CHECKPOINT_FAILURES = Counter(
+    "streamforge_checkpoint_failure_count",
+    "Checkpoints or savepoints that failed (storage error, timeout).",
+    ["pipeline", "kind"],
+)
+CHECKPOINTS_COMPLETED = Counter(
+    "streamforge_checkpoints_completed",
+    "Checkpoints or savepoints that completed.",
+    ["pipeline", "kind"],
+)
+CHECKPOINT_SIZE = Gauge(
+    "streamforge_checkpoint_size_bytes",
+    "Bytes uploaded by the last completed checkpoint.",
+    ["pipeline", "kind"],
+)
+LAST_CHECKPOINT_TIMESTAMP = Gauge(
+    "streamforge_last_checkpoint_timestamp_seconds",
+    "Unix time of the last completed checkpoint; age = time() - this.",
+    ["pipeline"],
+)
+SOURCE_LATENCY = Histogram(
+    "streamforge_source_latency_ms",
+    "Now minus the source timestamp of each record read, in milliseconds.",
+    ["pipeline", "source"],
+    buckets=_MS_BUCKETS,
+)
+DLQ_EVENTS = Counter(
+    "streamforge_dlq_event_count",
+    "Records sent to the dead-letter queue.",
+    ["pipeline", "stage", "error_code"],
+)
+RESTARTS = Counter(
+    "streamforge_restarts",
+    "Automatic restarts of the dataflow by the supervisor.",
+    ["pipeline"],
+)
+RESUME_TOKEN_AGE = Gauge(
+    "streamforge_resume_token_age_seconds",
+    "Age of the newest MongoDB resume token held per watched namespace.",
+    ["pipeline", "namespace"],
+)
+LATE_EVENTS = Counter(
+    "streamforge_late_events",
+    "Events later than the allowed lateness, sent to the late side output.",
+    ["pipeline", "step"],
+)
+STATE_EVICTIONS = Counter(
+    "streamforge_state_evictions",
+    "Keys discarded from state (TTL expiry, closed sessions, deletes).",
+    ["pipeline", "step", "reason"],
+)
+SAVEPOINTS = Gauge(
+    "streamforge_savepoints",
+    "Savepoints in the store, by state (completed, failed, in_progress).",
+    ["pipeline", "state"],
+)
+SINK_RETRIES = Counter(
+    "streamforge_sink_retries",
+    "Retried sink writes (transient failures).",
+    ["pipeline", "sink"],
+)

@@ -1,0 +1,56 @@
+"""The `streamforge` command line.
+
+Each subcommand lives in its own module under `streamforge_ops.commands` and
+exposes `register(subparsers)`; `register` adds a parser whose `func`
+default is called with the parsed arguments and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# Module names under streamforge_ops.commands, in --help order.
+COMMANDS = ("run", "checkpoint", "savepoint", "restore", "state", "dlq", "deploy", "upgrade", "generate")
+
+
+class CliError(Exception):
+    """A user error: printed as `streamforge: error: ...`, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamforge",
+        description="Fault-tolerant stateful streaming pipelines on Bytewax.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        module = importlib.import_module(f"streamforge_ops.commands.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"streamforge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # config and store errors carry user-facing messages
+        from dataflows.config import ConfigError
+
+        if isinstance(exc, ConfigError):
+            print(f"streamforge: configuration error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

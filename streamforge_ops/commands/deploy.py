@@ -1,0 +1,16 @@
+"""`streamforge deploy` (placeholder: replaced by the module that implements it)."""
+
+from __future__ import annotations
+
+import argparse
+
+from streamforge_ops.cli import CliError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deploy", help="(not implemented yet)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    raise CliError("'deploy' is not implemented yet")
