@@ -1,0 +1,10 @@
+"""Shared pytest configuration: service fixtures live in tests/fixtures/."""
+
+from __future__ import annotations
+
+import os
+
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.s3", "tests.fixtures.mongo"]
+
+# In CI (CI set), a test that needs an optional tool fails instead of skipping.
+REQUIRE_TOOLS = bool(os.environ.get("CI")) or bool(os.environ.get("STREAMFORGE_REQUIRE_TOOLS"))
