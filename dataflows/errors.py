@@ -90,4 +90,12 @@ def guarded_filter(
     step_id: str, up: Stream[X], predicate: Callable[[X], bool], *, pipeline: str
 ) -> Guarded:
     """Keep items for which `predicate` is true; a raising predicate makes a dead letter."""
-    return guarded_flat_map("filter", up, lambda x: [x] if predicate(x) else [], pipeline=pipeline)
+    stage = step_id
+
+    def shim(item: X) -> Iterable[Any]:
+        try:
+            return (item,) if predicate(item) else ()
+        except Exception as exc:  # noqa: BLE001
+            return (_to_dead_letter(item, exc, stage, pipeline),)
+
+    return split_dead_letters("split", op.flat_map("apply", up, shim))

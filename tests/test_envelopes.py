@@ -1,0 +1,84 @@
+"""The Event / RawRecord / DeadLetter envelopes and the guarded steps."""
+
+from __future__ import annotations
+
+import json
+
+import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
+from dataflows.errors import guarded_filter, guarded_flat_map, guarded_map
+from dataflows.events import Event, RawRecord, derive_id, file_event_id, kafka_event_id
+
+
+def test_event_ids_are_deterministic_and_derived_ids_chain() -> None:
+    assert kafka_event_id("orders", 3, 42) == "kafka:orders:3:42"
+    assert file_event_id("data/a.jsonl", 7) == "file:data/a.jsonl:7"
+    e = Event("k", {"a": 1}, 1000, kafka_event_id("t", 0, 1), "kafka:t")
+    d = e.derive("merge", value={"a": 2})
+    assert d.event_id == derive_id(e.event_id, "merge") == "kafka:t:0:1/merge"
+    assert d.value == {"a": 2} and e.value == {"a": 1}
+
+
+def test_dead_letter_round_trips_arbitrary_bytes_and_keeps_context() -> None:
+    raw = RawRecord(
+        payload=b"\xff\xfe not utf8 {",
+        event_id="kafka:t:1:9",
+        source="kafka:t",
+        key=b"\x00k",
+        coords={"topic": "t", "partition": 1, "offset": 9},
+    )
+    try:
+        json.loads(raw.payload)
+    except Exception as exc:  # noqa: BLE001
+        dl = dead_letter(raw, code=ErrorCode.MALFORMED_JSON, stage="orders.parse", pipeline="orders", exc=exc)
+    back = DeadLetter.from_json(dl.to_json())
+    assert back == dl
+    assert back.payload == raw.payload and back.key == b"\x00k"
+    assert "Traceback" in back.stacktrace and back.exception_class == "UnicodeDecodeError"
+    headers = dict(back.connect_headers())
+    assert headers["__connect.errors.topic"] == b"t"
+    assert headers["__connect.errors.offset"] == b"9"
+    assert headers["__connect.errors.stage"] == b"orders.parse"
+    assert headers["__connect.errors.exception.class.name"] == b"UnicodeDecodeError"
+
+
+def test_dead_letter_of_an_event_keeps_its_value_as_json() -> None:
+    e = Event("k1", {"x": [1, 2]}, 5, "file:f:1", "file:f")
+    dl = dead_letter(e, code=ErrorCode.USER_FUNCTION, stage="s", pipeline="p", message="boom")
+    assert json.loads(dl.payload) == {"x": [1, 2]}
+    assert dl.key == b"k1" and dl.error_message == "boom" and dl.event_id == "file:f:1"
+
+
+class _Coded(Exception):
+    error_code = ErrorCode.SCHEMA
+
+
+@pytest.mark.parametrize("kind", ["map", "flat_map", "filter"])
+def test_guarded_steps_route_failures_to_dlq_and_keep_going(kind: str) -> None:
+    def fn(x: int):
+        if x == 0:
+            raise ZeroDivisionError("zero")
+        if x == 3:
+            raise _Coded("three is not allowed")
+        return {"map": 10 // x, "flat_map": [x, x], "filter": x % 2 == 1}[kind]
+
+    step = {"map": guarded_map, "flat_map": guarded_flat_map, "filter": guarded_filter}[kind]
+    flow = Dataflow("g")
+    s = op.input("in", flow, TestingSource([1, 0, 2, 3, 5]))
+    ok, bad = step("user", s, fn, pipeline="p")
+    good: list = []
+    dlq: list[DeadLetter] = []
+    op.output("ok", ok, TestingSink(good))
+    op.output("bad", bad, TestingSink(dlq))
+    run_main(flow)
+    expected = {"map": [10, 5, 2], "flat_map": [1, 1, 2, 2, 5, 5], "filter": [1, 5]}[kind]
+    assert good == expected
+    assert [(d.error_code, d.payload) for d in dlq] == [
+        (ErrorCode.USER_FUNCTION, b"0"),
+        (ErrorCode.SCHEMA, b"3"),
+    ]
+    assert all(d.stage == "g.user" and d.pipeline == "p" for d in dlq)
