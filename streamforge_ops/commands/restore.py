@@ -1,16 +1,46 @@
-"""`streamforge restore` (placeholder: replaced by the module that implements it)."""
+"""`streamforge restore [latest | checkpoint ID | savepoint ID]`: restore state into the recovery dir.
+
+`latest` (the default) runs the restore chain: latest valid checkpoint ->
+latest savepoint -> fresh, and says which was chosen and why; `--strict`
+refuses to fall back. The local partitions are replaced: stop the pipeline
+first (refused while its supervisor runs, unless --force).
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from streamforge_ops.cli import CliError
+from streamforge_ops.job import add_config_arg, load_job, supervisor_pid
+from streamforge_ops.output import emit, progress
+from streamforge_ops.restoring import parse_target, restore_into
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("restore", help="(not implemented yet)")
+    p = sub.add_parser("restore", help="restore a checkpoint or savepoint into the recovery dir",
+                       description=__doc__.split("\n", 1)[1].strip())
+    p.add_argument("what", nargs="?", default="latest", choices=("latest", "checkpoint", "savepoint"),
+                   help="latest (default), checkpoint or savepoint")
+    p.add_argument("id", nargs="?", metavar="ID", help="checkpoint or savepoint id")
+    add_config_arg(p)
+    p.add_argument("--store", metavar="URL", help="override checkpoints.dir and savepoints.dir")
+    p.add_argument("--strict", action="store_true", help="fail instead of falling back")
+    p.add_argument("--force", action="store_true", help="restore even while a supervisor runs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    raise CliError("'restore' is not implemented yet")
+    if args.what == "latest" and args.id:
+        raise CliError("restore latest takes no ID")
+    if args.what != "latest" and not args.id:
+        raise CliError(f"restore {args.what} needs an ID (see `streamforge {args.what} list`)")
+    target = parse_target("latest" if args.what == "latest" else f"{args.what}:{args.id}")
+    job = load_job(args.config, store=args.store)
+    pid = supervisor_pid(job)
+    if pid is not None and not args.force:
+        raise CliError(f"a supervisor of {job.pipeline!r} runs (pid {pid}): stop it first or use --force")
+    progress(f"restoring {args.what} {args.id or ''} into {job.recovery_dir} ...".replace("  ", " "))
+    decision = restore_into(job, job.recovery_dir, target, strict=args.strict)
+    emit(decision.to_json(), as_json=args.json, text=decision.describe())
+    return 0

@@ -1,16 +1,54 @@
-"""`streamforge run` (placeholder: replaced by the module that implements it)."""
+"""`streamforge run PIPELINE`: run a job under the supervisor (see streamforge_ops.supervisor)."""
 
 from __future__ import annotations
 
 import argparse
 
 from streamforge_ops.cli import CliError
+from streamforge_ops.job import add_config_arg, load_job
+from streamforge_ops.restoring import parse_target
+from streamforge_ops.supervisor import RunOptions, Supervisor
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="(not implemented yet)")
+    p = sub.add_parser(
+        "run",
+        help="run a pipeline: restore, checkpoint, restart on crash, savepoint on SIGTERM",
+        description=(
+            "Run PIPELINE (config/PIPELINE.yaml, or --config) under the supervisor: restore "
+            "its state, start the Bytewax dataflow, checkpoint periodically, restart it after "
+            "a crash, serve /metrics /healthz /readyz, savepoint on SIGTERM/SIGINT and print "
+            "a summary when bounded input ends."
+        ),
+    )
+    p.add_argument("pipeline", nargs="?", help="pipeline name (config/<name>.yaml)")
+    add_config_arg(p)
+    p.add_argument("--workers", "-w", type=int, help="worker count (default: pipeline.workers)")
+    p.add_argument("--store", metavar="URL", help="checkpoint and savepoint store (file://... or s3://...)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--restore", metavar="TARGET",
+                       help="latest | checkpoint:ID | savepoint:ID (replaces local partitions)")
+    start.add_argument("--no-restore", action="store_true",
+                       help="do not consult the store; resume local partitions if any")
+    start.add_argument("--fresh", action="store_true",
+                       help="discard local partitions and start from scratch (stateless)")
+    p.add_argument("--strict", action="store_true", help="fail instead of falling back to an older state")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    raise CliError("'run' is not implemented yet")
+    if not args.pipeline and not args.config:
+        raise CliError("run: give a PIPELINE name or --config FILE")
+    if args.workers is not None and args.workers < 1:
+        raise CliError(f"--workers must be >= 1, got {args.workers}")
+    job = load_job(args.config, pipeline=args.pipeline, store=args.store)
+    opts = RunOptions(
+        workers=args.workers,
+        target=parse_target(args.restore),
+        strict=args.strict,
+        fresh=args.fresh,
+        no_restore=args.no_restore,
+        json=args.json,
+    )
+    return Supervisor(job, opts).run()

@@ -1,16 +1,107 @@
-"""`streamforge state` (placeholder: replaced by the module that implements it)."""
+"""`streamforge state inspect|compact|migrate`: look at and maintain recovery partitions.
+
+`inspect` reports steps, keys, bytes per step and epochs of the local
+partitions (`--dir`, default recovery.dir) or of a checkpoint / savepoint
+(downloaded and verified into a temporary directory). `compact` deletes the
+NULL rows discarded keys leave behind (safe while the flow runs). `migrate`
+upgrades pickled pattern state to the current STATE_VERSIONs (run it on a
+stopped pipeline, after restoring a savepoint taken by older code).
+"""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
 
 from streamforge_ops.cli import CliError
+from streamforge_ops.job import Job, add_config_arg, load_job
+from streamforge_ops.output import emit, progress, table
+from streamforge_ops.restoring import restore_into
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("state", help="(not implemented yet)")
-    p.set_defaults(func=_run)
+    p = sub.add_parser("state", help="inspect, compact or migrate recovery state",
+                       description=__doc__.split("\n", 1)[1].strip())
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    inspect = actions.add_parser("inspect", help="steps, keys, bytes and epochs of the state")
+    compact = actions.add_parser("compact", help="delete discarded-key rows at or below commit epochs")
+    migrate = actions.add_parser("migrate", help="upgrade pickled state to the current state versions")
+    for a in (inspect, compact, migrate):
+        add_config_arg(a)
+        a.add_argument("--json", action="store_true", help="machine-readable output")
+    src = inspect.add_mutually_exclusive_group()
+    src.add_argument("--dir", type=Path, help="recovery directory (default: recovery.dir)")
+    src.add_argument("--checkpoint", metavar="ID", help="inspect a checkpoint from the store")
+    src.add_argument("--savepoint", metavar="ID", help="inspect a savepoint from the store")
+    inspect.add_argument("--store", metavar="URL", help="override checkpoints.dir and savepoints.dir")
+    for a in (compact, migrate):
+        a.add_argument("--dir", type=Path, help="recovery directory (default: recovery.dir)")
+    inspect.set_defaults(func=_inspect)
+    compact.set_defaults(func=_compact)
+    migrate.set_defaults(func=_migrate)
 
 
-def _run(args: argparse.Namespace) -> int:
-    raise CliError("'state' is not implemented yet")
+def _local_dir(args: argparse.Namespace) -> Path:
+    if args.dir is not None:
+        rdir: Path = args.dir
+    else:
+        rdir = load_job(args.config).recovery_dir
+    if not rdir.is_dir() or not any(rdir.glob("part-*.sqlite3")):
+        raise CliError(f"{rdir} holds no recovery partitions")
+    return rdir
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from recovery.inspect import inspect_partitions
+
+    if args.checkpoint or args.savepoint:
+        job = load_job(args.config, store=args.store)
+        kind, ident = ("checkpoint", args.checkpoint) if args.checkpoint else ("savepoint", args.savepoint)
+        report = _inspect_remote(job, kind, ident, inspect_partitions)
+    else:
+        report = inspect_partitions(_local_dir(args))
+    emit(report, as_json=args.json, text=_render(report))
+    return 0
+
+
+def _inspect_remote(job: Job, kind: str, ident: str, inspect_fn: Any) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="sf-inspect-") as tmp:
+        progress(f"downloading {kind} {ident} ...")
+        restore_into(job, Path(tmp) / "recovery", (kind, ident), strict=True)
+        report = dict(inspect_fn(Path(tmp) / "recovery"))
+    report["source"] = f"{kind}:{ident}"
+    return report
+
+
+def _render(report: dict[str, Any]) -> str:
+    steps = report.get("steps")
+    lines: list[str] = []
+    if isinstance(steps, dict):
+        rows = [{"step": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in steps.items()]
+        cols = list(dict.fromkeys(c for r in rows for c in r))
+        lines.append(table(rows, cols))
+    lines += [f"{k}: {v}" for k, v in report.items() if k != "steps"]
+    return "\n".join(lines)
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from recovery.compact import compact
+
+    rdir = _local_dir(args)
+    progress(f"compacting {rdir} ...")
+    rows = compact(rdir)
+    emit({"dir": str(rdir), "rows_removed": rows}, as_json=args.json, text=f"removed {rows} rows from {rdir}")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from recovery.migrate import migrate_dir
+
+    rdir = _local_dir(args)
+    progress(f"migrating state in {rdir} ...")
+    changed = migrate_dir(rdir)
+    emit({"dir": str(rdir), "migrated": changed}, as_json=args.json, text=f"migrated {changed} state rows in {rdir}")
+    return 0

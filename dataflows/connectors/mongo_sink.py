@@ -1,0 +1,284 @@
+"""Idempotent MongoDB sink: bulk upserts and deletes, retries, dead letters.
+
+`MongoWriter.write(items)` takes table changes (anything with `kind`
+'upsert' | 'tombstone', `key`, `value`, `event_id`, `event_time_ms`, like the
+Materializer's `TableChange`) or CDC `Event`s (op 'delete' = tombstone), and
+returns the `DeadLetter`s (code SINK_WRITE) of the ones it could not write:
+
+1. the batch is collapsed to the last change per key (the final state is what
+   counts, and it makes an unordered bulk safe);
+2. upserts are `replace_one({_id}, doc, upsert=True)`, tombstones
+   `delete_one({_id})`, in one unordered `bulk_write`;
+3. transient failures (network, elections, `RetryableWriteError`...) are
+   retried with the `RetryPolicy`'s backoff; after the last attempt, or at once
+   for a permanent error (document too large, invalid document, validation),
+   the change becomes a dead letter. A whole-batch permanent error is split into
+   single writes so only the bad change is dead-lettered.
+
+Version guard (`version_field`): an upsert whose document carries version v
+is `replace_one({_id, $or: [{f: {$lt: v}}, {f: {$exists: false}}]}, doc,
+upsert=True)`. If a document with the same `_id` and version >= v exists, the
+filter does not match and the upsert's insert fails with E11000 on `_id`;
+the writer then reads the stored version: >= v means a newer version is
+already there (the replayed write is skipped, not an error); a missing
+document (deleted meanwhile) is retried; an incomparable version (other
+type) is a dead letter. Tombstones delete unconditionally (MongoDB keeps no
+tombstones to compare with).
+
+`MongoSink` wraps the writer as a Bytewax `DynamicSink`; its dead letters go
+to `on_dead_letters` (e.g. `JsonlDeadLetters`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bson.errors import BSONError
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from pymongo import DeleteOne, MongoClient, ReplaceOne
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+
+from dataflows import metrics
+from dataflows.connectors.mongo_codec import decode_key
+from dataflows.connectors.mongo_errors import is_transient
+from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
+from dataflows.events import Event, now_ms
+
+try:
+    from dataflows.retry import RetryPolicy
+except ImportError:  # TEMPORARY until dataflows/retry.py lands (Kafka engineer)
+    from dataflows.connectors._retry_shim import RetryPolicy  # type: ignore[assignment]
+
+__all__ = ["JsonlDeadLetters", "MongoSink", "MongoSinkSettings", "MongoWriter", "WriteStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MongoSinkSettings:
+    uri: str
+    database: str
+    collection: str
+    pipeline: str
+    version_field: str | None = None
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(5, 0.05, 2.0, 2.0, 0.2))
+    server_selection_timeout_ms: int = 5000
+    stage: str = "mongo-sink"
+
+
+@dataclass
+class WriteStats:
+    """Counters of one writer (for tests, benchmarks and logs)."""
+
+    upserts: int = 0
+    deletes: int = 0
+    stale_skipped: int = 0
+    retries: int = 0
+    dead: int = 0
+
+
+@dataclass
+class _Write:
+    item: Any
+    request: ReplaceOne | DeleteOne
+    doc_id: Any
+    version: Any = None
+    guarded: bool = False
+
+
+def _as_event(item: Any, source: str) -> Event:
+    if isinstance(item, Event):
+        return item
+    return Event(key=item.key, value=item.value, event_time_ms=item.event_time_ms,
+                 event_id=item.event_id, source=source, op=getattr(item, "kind", None))
+
+
+def _is_tombstone(item: Any) -> bool:
+    if isinstance(item, Event):
+        return item.op == "delete" or item.value is None
+    return getattr(item, "kind", None) == "tombstone"
+
+
+class MongoWriter:
+    """Writes table changes to one collection; see the module docstring."""
+
+    def __init__(self, settings: MongoSinkSettings, client: MongoClient[Any] | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.s = settings
+        self._own_client = client is None
+        self._client: MongoClient[Any] = client or MongoClient(
+            settings.uri, serverSelectionTimeoutMS=settings.server_selection_timeout_ms, appname="streamforge"
+        )
+        self._coll = self._client[settings.database][settings.collection]
+        self._sleep = sleep
+        self._source = f"mongo-sink:{settings.database}.{settings.collection}"
+        self.stats = WriteStats()
+
+    def close(self) -> None:
+        if self._own_client:
+            self._client.close()
+
+    def _prepare(self, item: Any) -> _Write:
+        doc_id = decode_key(item.key)
+        if _is_tombstone(item):
+            return _Write(item, DeleteOne({"_id": doc_id}), doc_id)
+        doc = dict(item.value)
+        doc["_id"] = doc_id
+        vf = self.s.version_field
+        version = doc.get(vf) if vf else None
+        if vf and version is not None:
+            flt = {"_id": doc_id, "$or": [{vf: {"$lt": version}}, {vf: {"$exists": False}}]}
+            return _Write(item, ReplaceOne(flt, doc, upsert=True), doc_id, version, True)
+        return _Write(item, ReplaceOne({"_id": doc_id}, doc, upsert=True), doc_id)
+
+    def write(self, items: Iterable[Any]) -> list[DeadLetter]:
+        """Write `items`; returns the dead letters of those that could not be written."""
+        last: dict[str, Any] = {}
+        for item in items:
+            last.pop(item.key, None)
+            last[item.key] = item
+        dead: list[DeadLetter] = []
+        pending: list[_Write] = []
+        for item in last.values():
+            try:
+                pending.append(self._prepare(item))
+            except Exception as exc:  # noqa: BLE001 - e.g. a value that is not a document
+                dead.append(self._dead(item, exc, 1, now_ms()))
+        first_ms, attempt = now_ms(), 1
+        delays = iter(self.s.retry.delays())
+        while pending:
+            retry, failed = self._attempt(pending)
+            dead.extend(self._dead(w.item, exc, attempt, first_ms) for w, exc in failed)
+            if not retry:
+                break
+            delay = next(delays, None)
+            if delay is None:
+                dead.extend(self._dead(w.item, exc, attempt, first_ms) for w, exc in retry)
+                break
+            self.stats.retries += len(retry)
+            metrics.SINK_RETRIES.labels(pipeline=self.s.pipeline, sink=self.s.stage).inc(len(retry))
+            log.warning("mongo sink: %d writes failed transiently (%s); retry %d in %.2fs",
+                        len(retry), retry[0][1], attempt, delay)
+            self._sleep(delay)
+            attempt += 1
+            pending = [w for w, _ in retry]
+        return dead
+
+    def _attempt(self, pending: list[_Write]) -> tuple[list[tuple[_Write, Exception]], list[tuple[_Write, Exception]]]:
+        """One bulk write: returns (transient failures, permanent failures)."""
+        try:
+            self._coll.bulk_write([w.request for w in pending], ordered=False)
+        except BulkWriteError as exc:
+            return self._sort_errors(pending, exc)
+        except (PyMongoError, BSONError) as exc:
+            if is_transient(exc):
+                return [(w, exc) for w in pending], []
+            if len(pending) == 1:
+                return [], [(pending[0], exc)]
+            retry: list[tuple[_Write, Exception]] = []
+            failed: list[tuple[_Write, Exception]] = []
+            for w in pending:  # isolate the bad write(s)
+                r, f = self._attempt([w])
+                retry += r
+                failed += f
+            return retry, failed
+        for w in pending:
+            if isinstance(w.request, DeleteOne):
+                self.stats.deletes += 1
+            else:
+                self.stats.upserts += 1
+        return [], []
+
+    def _sort_errors(self, pending: list[_Write], exc: BulkWriteError
+                     ) -> tuple[list[tuple[_Write, Exception]], list[tuple[_Write, Exception]]]:
+        retry: list[tuple[_Write, Exception]] = []
+        failed: list[tuple[_Write, Exception]] = []
+        errors = {e["index"]: e for e in exc.details.get("writeErrors", [])}
+        wc_failed = bool(exc.details.get("writeConcernErrors"))
+        for i, w in enumerate(pending):
+            err = errors.get(i)
+            if err is None:
+                if wc_failed:
+                    retry.append((w, exc))
+                continue
+            one = OperationFailure(err.get("errmsg", ""), err.get("code"), err)
+            if w.guarded and err.get("code") == 11000 and dict(err.get("keyPattern") or {}) == {"_id": 1}:
+                verdict = self._stale(w)
+                if verdict == "stale":
+                    self.stats.stale_skipped += 1
+                elif verdict == "retry":
+                    retry.append((w, one))
+                else:
+                    failed.append((w, OperationFailure(verdict, 11000, err)))
+            elif is_transient(one):
+                retry.append((w, one))
+            else:
+                failed.append((w, one))
+        return retry, failed
+
+    def _stale(self, w: _Write) -> str:
+        """After E11000 on a guarded upsert: 'stale', 'retry' or a conflict message."""
+        vf = self.s.version_field
+        assert vf is not None
+        current = self._coll.find_one({"_id": w.doc_id}, {vf: 1})
+        if current is None or vf not in current:
+            return "retry"
+        try:
+            newer = current[vf] >= w.version
+        except TypeError:
+            return f"stored {vf}={current[vf]!r} cannot be compared with incoming {vf}={w.version!r}"
+        return "stale" if newer else "retry"
+
+    def _dead(self, item: Any, exc: BaseException, attempts: int, first_ms: int) -> DeadLetter:
+        self.stats.dead += 1
+        metrics.DLQ_EVENTS.labels(pipeline=self.s.pipeline, stage=self.s.stage, error_code=ErrorCode.SINK_WRITE).inc()
+        return dead_letter(_as_event(item, self._source), code=ErrorCode.SINK_WRITE, stage=self.s.stage,
+                           pipeline=self.s.pipeline, exc=exc, attempts=attempts, first_failure_ms=first_ms)
+
+
+class JsonlDeadLetters:
+    """Appends dead letters to a JSONL file (fsync'ed per call)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __call__(self, letters: Sequence[DeadLetter]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.writelines(dl.to_json() + "\n" for dl in letters)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[DeadLetter]:
+        if not self.path.exists():
+            return []
+        return [DeadLetter.from_json(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class _MongoSinkPartition(StatelessSinkPartition[Any]):
+    def __init__(self, writer: MongoWriter, on_dead_letters: Callable[[list[DeadLetter]], None]) -> None:
+        self._writer, self._on_dead = writer, on_dead_letters
+
+    def write_batch(self, items: list[Any]) -> None:
+        dead = self._writer.write(items)
+        if dead:
+            self._on_dead(dead)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class MongoSink(DynamicSink[Any]):
+    """Bytewax sink around `MongoWriter`; dead letters go to `on_dead_letters`."""
+
+    def __init__(self, settings: MongoSinkSettings, on_dead_letters: Callable[[list[DeadLetter]], None]) -> None:
+        self.settings, self.on_dead_letters = settings, on_dead_letters
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _MongoSinkPartition:
+        return _MongoSinkPartition(MongoWriter(self.settings), self.on_dead_letters)

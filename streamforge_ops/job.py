@@ -1,0 +1,131 @@
+"""The pipeline an operator command acts on: its config, settings and stores.
+
+Every state command (`run`, `checkpoint`, `savepoint`, `restore`, `state`,
+`upgrade`) starts from a `Job`: the config file (from `--config`,
+`$STREAMFORGE_CONFIG` or `config/<pipeline>.yaml`), the typed settings, and
+the checkpoint / savepoint object stores opened on demand. The supervisor of a
+job writes its pid and status next to the recovery directory, so other
+commands can find (and stop) it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from dataflows.config import Config, load_config
+from streamforge_ops.cli import CliError
+from streamforge_ops.settings import Settings, StoreSettings, read_settings
+
+__all__ = ["Job", "add_config_arg", "load_job", "read_status", "supervisor_pid"]
+
+
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE` (default: `$STREAMFORGE_CONFIG`)."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="pipeline config YAML (default: $STREAMFORGE_CONFIG)",
+    )
+
+
+def _open_store(store: StoreSettings) -> Any:
+    from recovery.store import open_store
+
+    return open_store(
+        store.url, endpoint_url=store.endpoint_url, region=store.region, sse=store.sse
+    )
+
+
+@dataclass
+class Job:
+    """A loaded pipeline config and what hangs off it."""
+
+    cfg: Config
+    config_path: Path
+    settings: Settings
+
+    @property
+    def pipeline(self) -> str:
+        return self.settings.pipeline
+
+    @property
+    def recovery_dir(self) -> Path:
+        return self.settings.recovery.dir
+
+    @cached_property
+    def checkpoint_store(self) -> Any:
+        return _open_store(self.settings.checkpoints.store)
+
+    @cached_property
+    def savepoint_store(self) -> Any:
+        sp = self.settings.savepoints.store
+        if sp == self.settings.checkpoints.store:
+            return self.checkpoint_store
+        return _open_store(sp)
+
+    @property
+    def signing_key(self) -> bytes | None:
+        return self.settings.security.signing_key()
+
+    @property
+    def pid_file(self) -> Path:
+        """`<recovery dir's parent>/supervisor.pid`: the running supervisor's pid."""
+        return self.recovery_dir.absolute().parent / "supervisor.pid"
+
+    @property
+    def status_file(self) -> Path:
+        """`<recovery dir's parent>/supervisor.json`: pid, child pid, port, phase."""
+        return self.recovery_dir.absolute().parent / "supervisor.json"
+
+
+def _config_path(config: str | None, pipeline: str | None) -> Path:
+    if config:
+        path = Path(config)
+    elif pipeline and (Path("config") / f"{pipeline}.yaml").exists():
+        path = Path("config") / f"{pipeline}.yaml"
+    elif os.environ.get("STREAMFORGE_CONFIG"):
+        path = Path(os.environ["STREAMFORGE_CONFIG"])
+    elif pipeline:
+        raise CliError(f"no config for pipeline {pipeline!r}: config/{pipeline}.yaml not found; use --config FILE")
+    else:
+        raise CliError("no pipeline config: pass --config FILE or set STREAMFORGE_CONFIG")
+    if not path.is_file():
+        raise CliError(f"config file {path} does not exist")
+    return path
+
+
+def load_job(config: str | None, *, pipeline: str | None = None, store: str | None = None) -> Job:
+    """Load the config (see module doc); `store` overrides both store URLs."""
+    path = _config_path(config, pipeline)
+    cfg = load_config(path)
+    settings = read_settings(cfg)
+    if pipeline and not config and settings.pipeline != pipeline:
+        raise CliError(f"{path} configures pipeline {settings.pipeline!r}, not {pipeline!r}")
+    if store:
+        settings = settings.with_store(store)
+    return Job(cfg, path.absolute(), settings)
+
+
+def read_status(job: Job) -> dict[str, Any]:
+    """The supervisor's last written status, or {} if none."""
+    try:
+        return dict(json.loads(job.status_file.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def supervisor_pid(job: Job) -> int | None:
+    """Pid of the live supervisor of this job, or None."""
+    try:
+        pid = int(job.pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid

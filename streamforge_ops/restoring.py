@@ -1,0 +1,117 @@
+"""Decide what state a job starts from, and bring it into the recovery directory.
+
+Order (DESIGN.md §7): an explicit target (`checkpoint:ID`, `savepoint:ID`,
+`latest`) is restored from the store, replacing the local partitions. Without
+one, local partitions that already hold progress are resumed as they are
+(they are at least as new as any checkpoint taken from them); otherwise the
+restore chain runs: latest valid checkpoint -> latest savepoint -> fresh.
+Either way the recovery directory ends up initialised with the configured
+partition count, and the caller gets a `Decision` saying what and why.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamforge_ops.cli import CliError
+from streamforge_ops.job import Job
+
+__all__ = ["Decision", "has_local_progress", "parse_target", "prepare", "restore_into"]
+
+Target = str | tuple[str, str]
+
+
+@dataclass
+class Decision:
+    """What the job starts from: 'local', 'checkpoint', 'savepoint' or 'fresh'."""
+
+    chosen: str
+    id: str | None
+    reason: str
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        what = f"{self.chosen} {self.id}" if self.id else self.chosen
+        notes = "".join(f"\n  note: {n}" for n in self.notes)
+        return f"restore: {what} ({self.reason}){notes}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_target(text: str | None) -> Target | None:
+    """`latest`, `checkpoint:ID` or `savepoint:ID` (also `checkpoint ID`) -> restore target."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "latest":
+        return "latest"
+    kind, sep, ident = text.replace(" ", ":", 1).partition(":")
+    if not sep or kind not in ("checkpoint", "savepoint") or not ident:
+        raise CliError(f"bad restore target {text!r}: use latest, checkpoint:ID or savepoint:ID")
+    return (kind, ident)
+
+
+def has_local_progress(recovery_dir: Path) -> bool:
+    """True if any partition recorded a frontier, i.e. a dataflow ran on it."""
+    for part in sorted(recovery_dir.glob("part-*.sqlite3")):
+        try:
+            with sqlite3.connect(f"file:{part}?mode=ro", uri=True) as conn:
+                if conn.execute("SELECT COUNT(*) FROM fronts").fetchone()[0]:
+                    return True
+        except sqlite3.Error:
+            return True  # unreadable is not "empty": never overwrite it silently
+    return False
+
+
+def restore_into(
+    job: Job, recovery_dir: Path, target: Target, *, strict: bool = False
+) -> Decision:
+    """Run recovery.restore.restore into `recovery_dir`; RestoreError -> CliError."""
+    from recovery.restore import RestoreError, restore
+
+    try:
+        res = restore(
+            recovery_dir,
+            checkpoint_store=job.checkpoint_store,
+            savepoint_store=job.savepoint_store,
+            pipeline=job.pipeline,
+            partition_count=job.settings.recovery.partitions,
+            target=target,
+            strict=strict,
+            signing_key=job.signing_key,
+        )
+    except RestoreError as exc:
+        raise CliError(f"restore failed: {exc}") from None
+    return Decision(res.chosen, res.id, res.reason, list(res.notes))
+
+
+def prepare(
+    job: Job, target: Target | None, *, strict: bool = False, fresh: bool = False, no_restore: bool = False
+) -> Decision:
+    """Bring the job's recovery directory to its starting state (see module doc)."""
+    from recovery.partitions import init_partitions
+
+    rdir = job.recovery_dir
+    if fresh:
+        shutil.rmtree(rdir, ignore_errors=True)
+        decision = Decision("fresh", None, "--fresh: local state discarded, store not consulted")
+    elif no_restore:
+        decision = Decision(
+            "local" if has_local_progress(rdir) else "fresh",
+            None,
+            "--no-restore: store not consulted",
+        )
+    elif target is None and has_local_progress(rdir):
+        decision = Decision(
+            "local", None, f"local partitions in {rdir} hold progress; resuming them"
+        )
+    else:
+        decision = restore_into(job, rdir, target or "latest", strict=strict)
+    if init_partitions(rdir, job.settings.recovery.partitions):
+        decision.notes.append(f"created {job.settings.recovery.partitions} partitions in {rdir}")
+    return decision

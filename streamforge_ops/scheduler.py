@@ -1,0 +1,70 @@
+"""When to checkpoint, compact and restart: pure timing logic, no I/O.
+
+`CheckpointClock` mirrors `execution.checkpointing.*`: a checkpoint is due
+`interval` after the previous one started, but never sooner than `min_pause`
+after the previous one ended, and never while one is in flight. A failed
+checkpoint counts as ended: the next interval tries again.
+
+`Backoff` is the restart delay: `initial * multiplier**n`, capped at `max`,
+reset once the child has run stably for `max` seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Backoff", "CheckpointClock", "Every"]
+
+
+@dataclass
+class CheckpointClock:
+    """Decides when the next checkpoint starts (times are monotonic seconds)."""
+
+    interval: float
+    min_pause: float
+    last_start: float
+    last_end: float | None = None
+    in_flight: bool = False
+
+    def due(self, now: float) -> bool:
+        if self.in_flight or now < self.last_start + self.interval:
+            return False
+        return self.last_end is None or now >= self.last_end + self.min_pause
+
+    def started(self, now: float) -> None:
+        self.in_flight, self.last_start = True, now
+
+    def ended(self, now: float) -> None:
+        self.in_flight, self.last_end = False, now
+
+
+@dataclass
+class Every:
+    """A plain periodic timer (compaction)."""
+
+    interval: float
+    last: float
+
+    def due(self, now: float) -> bool:
+        if now < self.last + self.interval:
+            return False
+        self.last = now
+        return True
+
+
+@dataclass
+class Backoff:
+    """Exponential restart delay with a cap."""
+
+    initial: float
+    max: float
+    multiplier: float = 2.0
+    failures: int = 0
+
+    def next_delay(self, ran_for: float) -> float:
+        """Delay before restarting a child that crashed after `ran_for` seconds."""
+        if ran_for >= self.max:
+            self.failures = 0
+        delay = min(self.max, self.initial * self.multiplier**self.failures)
+        self.failures += 1
+        return delay

@@ -1,0 +1,302 @@
+"""The supervisor behind `streamforge run`: what Bytewax lacks around one dataflow.
+
+1. Restore: bring the recovery directory to its starting state
+   (`restoring.prepare`: explicit target, else local progress, else the
+   checkpoint -> savepoint -> fresh chain) and say what was chosen and why.
+2. Run `python -m bytewax.run FLOW -r DIR -s S -b B [-w N]` as a child.
+3. Every `checkpoints.interval` (respecting `min-pause`, one at a time, with
+   `timeout`), take a checkpoint in a background thread and apply retention;
+   every `recovery.compact-interval`, compact the partitions. A failure is
+   logged and counted; the flow goes on and the next interval tries again.
+4. Child crashed (exit != 0): count `streamforge_restarts_total`, wait an
+   exponential backoff, start it again on the same partitions.
+5. Child exited 0 (bounded input done): final checkpoint, summary, exit 0.
+6. SIGTERM / SIGINT: stop the child (SIGINT, then SIGKILL after
+   `recovery.stop-grace`), take a savepoint if `savepoints.on-cancel`, apply
+   `checkpoints.externalized-retention`, summary, exit 0.
+7. Serve `/metrics`, `/healthz`, `/readyz` (`health.py`) on `metrics.port`.
+
+The pid goes to `<recovery dir's parent>/supervisor.pid` and a status record
+(pid, child pid, port, phase, restore decision) to `supervisor.json` next to
+it, so `streamforge upgrade` and tests can find the running job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from dataflows import metrics
+from streamforge_ops import restoring, snapshots
+from streamforge_ops.child import Child, bytewax_argv, child_env
+from streamforge_ops.cli import CliError
+from streamforge_ops.health import HealthServer, HealthState
+from streamforge_ops.job import Job, supervisor_pid
+from streamforge_ops.scheduler import Backoff, CheckpointClock, Every
+from streamforge_ops.summary import run_summary
+
+__all__ = ["RunOptions", "Supervisor"]
+
+_TICK_S = 0.1
+
+
+@dataclass
+class RunOptions:
+    """`streamforge run` flags that change what the supervisor does."""
+
+    workers: int | None = None
+    target: restoring.Target | None = None
+    strict: bool = False
+    fresh: bool = False
+    no_restore: bool = False
+    json: bool = False
+
+
+@dataclass
+class _Tally:
+    checkpoints: int = 0
+    checkpoint_failures: int = 0
+    compactions: int = 0
+    rows_compacted: int = 0
+    restarts: int = 0
+    savepoint: str | None = None
+    last_checkpoint: str | None = None
+    deleted_on_cancel: list[str] = field(default_factory=list)
+
+
+class Supervisor:
+    """Runs one job until its input ends or it is told to stop."""
+
+    def __init__(self, job: Job, opts: RunOptions, *, log: Callable[[str], None] = snapshots.stderr_log):
+        self.job, self.opts, self.log = job, opts, log
+        s = job.settings
+        self.health = HealthState(
+            unhealthy_after=s.metrics.unhealthy_after_intervals * s.checkpoints.interval_s,
+            crash_loop_restarts=s.recovery.crash_loop_restarts,
+            crash_loop_window=s.recovery.crash_loop_window_s,
+        )
+        self.tally = _Tally()
+        self._stop_signal: int | None = None
+        self._wake = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
+        self._task: Future[Any] | None = None
+        self._task_started = 0.0
+        self._phase = "starting"
+        self._port = 0
+        self._status_lock = threading.Lock()
+        self.decision: restoring.Decision | None = None
+        self.child: Child | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def run(self) -> int:
+        other = supervisor_pid(self.job)
+        if other is not None and other != os.getpid():
+            raise CliError(f"a supervisor for {self.job.pipeline!r} already runs (pid {other})")
+        self._install_signals()
+        server = HealthServer(self.health, self.job.settings.metrics.host, self.job.settings.metrics.port)
+        self._port = server.start().port
+        self._out(f"metrics: http://127.0.0.1:{self._port}/metrics (also /healthz, /readyz)")
+        self.job.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.job.pid_file.write_text(f"{os.getpid()}\n")
+        try:
+            self.decision = restoring.prepare(
+                self.job, self.opts.target, strict=self.opts.strict,
+                fresh=self.opts.fresh, no_restore=self.opts.no_restore,
+            )
+            self._out(self.decision.describe())
+            self.health.update(restored=True, restore_choice=self.decision.chosen)
+            return self._loop()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            server.stop()
+            if self.child:
+                self.child.stop(self.job.settings.recovery.stop_grace_s)
+            self.job.pid_file.unlink(missing_ok=True)
+            self._write_status()
+
+    def _install_signals(self) -> None:
+        def on_signal(signum: int, _frame: Any) -> None:
+            self._stop_signal = signum
+            self._wake.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _loop(self) -> int:
+        s = self.job.settings
+        workers = self.opts.workers or s.workers
+        argv = bytewax_argv(
+            s.flow, self.job.recovery_dir.absolute(), snapshot_s=s.recovery.snapshot_interval_s,
+            backup_s=s.recovery.backup_interval_s, workers=workers,
+        )
+        self.child = Child(argv, child_env(self.job.config_path))
+        backoff = Backoff(s.recovery.restart_initial_backoff_s, s.recovery.restart_max_backoff_s,
+                          s.recovery.restart_multiplier)
+        now = time.monotonic()
+        clock = CheckpointClock(s.checkpoints.interval_s, s.checkpoints.min_pause_s, last_start=now)
+        compaction = Every(s.recovery.compact_interval_s, last=now)
+        self._start_child(workers)
+        while True:
+            if self._stop_signal is not None:
+                return self._cancel()
+            code = self.child.poll()
+            if code == 0:
+                return self._finish()
+            if code is not None:
+                if not self._restart(code, backoff):
+                    return 1
+                continue
+            self._tend_state(clock, compaction)
+            self._wake.wait(_TICK_S)
+
+    def _start_child(self, workers: int) -> None:
+        assert self.child is not None
+        pid = self.child.start()
+        self.health.update(child_pid=pid)
+        self._phase = "running"
+        self.log(f"started dataflow {self.job.settings.flow} (pid {pid}, {workers} worker(s))")
+        self._write_status()
+
+    def _restart(self, code: int, backoff: Backoff) -> bool:
+        """Count the crash, wait the backoff; False if max-restarts is exhausted."""
+        assert self.child is not None
+        s = self.job.settings.recovery
+        ran_for = time.monotonic() - self.child.started_at
+        self.health.update(child_pid=None)
+        self._phase = "restarting"
+        self._write_status()
+        if s.max_restarts and self.tally.restarts >= s.max_restarts:
+            self.log(f"dataflow exited with {code}; max-restarts ({s.max_restarts}) reached, giving up")
+            return False
+        delay = backoff.next_delay(ran_for)
+        self.log(f"dataflow exited with {code} after {ran_for:.1f}s; restarting in {delay:.1f}s")
+        self._wake.wait(delay)
+        if self._stop_signal is not None:
+            return True  # the loop sees the signal and cancels
+        self.tally.restarts += 1
+        metrics.RESTARTS.labels(pipeline=self.job.pipeline).inc()
+        self.health.restarted()
+        self._start_child(self.opts.workers or self.job.settings.workers)
+        return True
+
+    # -- checkpoints and compaction --------------------------------------------
+
+    def _tend_state(self, clock: CheckpointClock, compaction: Every) -> None:
+        now = time.monotonic()
+        if self._task is not None:
+            if self._task.done():
+                self._task = None
+                clock.ended(now)
+            elif now - self._task_started > self.job.settings.checkpoints.timeout_s and clock.in_flight:
+                self.log("checkpoint exceeded checkpoints.timeout; counted as failed")
+                metrics.CHECKPOINT_FAILURES.labels(pipeline=self.job.pipeline, kind="checkpoint").inc()
+                self.tally.checkpoint_failures += 1
+                clock.ended(now)  # the next one waits until the stuck task returns
+            return
+        if clock.due(now):
+            clock.started(now)
+            self._submit(self._checkpoint)
+        elif compaction.due(now):
+            self._submit(self._compact)
+
+    def _submit(self, fn: Callable[[], Any]) -> None:
+        self._task_started = time.monotonic()
+        self._task = self._pool.submit(fn)
+
+    def _drain(self) -> None:
+        if self._task is not None:
+            self._task.result()
+            self._task = None
+
+    def _checkpoint(self) -> bool:
+        out = snapshots.take(self.job, "checkpoint", log=self.log)
+        if out.ok:
+            self.tally.checkpoints += 1
+            self.tally.last_checkpoint = out.manifest.id
+            self.health.checkpoint_done()
+        else:
+            self.tally.checkpoint_failures += 1
+        self._write_status()
+        return out.ok
+
+    def _compact(self) -> None:
+        from recovery.compact import compact
+
+        try:
+            rows = compact(self.job.recovery_dir)
+        except Exception as exc:  # compaction is housekeeping: never fatal
+            self.log(f"compaction failed: {type(exc).__name__}: {exc}")
+            return
+        self.tally.compactions += 1
+        self.tally.rows_compacted += rows
+
+    # -- endings ---------------------------------------------------------------
+
+    def _finish(self) -> int:
+        """Bounded input done: compact, final checkpoint, summary."""
+        self.health.update(child_pid=None)
+        self._phase = "finishing"
+        self.log("dataflow finished (exit 0); taking the final checkpoint")
+        self._drain()
+        self._compact()
+        self._checkpoint()
+        self._phase = "completed"
+        self._report("completed")
+        return 0
+
+    def _cancel(self) -> int:
+        """Stop requested: stop the child, savepoint, externalized retention."""
+        assert self.child is not None
+        s = self.job.settings
+        self._phase = "cancelling"
+        name = signal.Signals(self._stop_signal or signal.SIGTERM).name
+        self.log(f"{name} received; stopping the dataflow")
+        self.child.stop(s.recovery.stop_grace_s)
+        self.health.update(child_pid=None)
+        self._drain()
+        if s.savepoints.on_cancel:
+            out = snapshots.take(self.job, "savepoint", name=f"cancel-{int(time.time())}", log=self.log)
+            self.tally.savepoint = out.manifest.id if out.ok else None
+        if s.checkpoints.externalized_retention == "DELETE_ON_CANCELLATION":
+            try:
+                self.tally.deleted_on_cancel = snapshots.delete_all_checkpoints(self.job)
+            except Exception as exc:  # the savepoint exists; report and go on
+                self.log(f"deleting checkpoints on cancel failed: {exc}")
+        self._phase = "cancelled"
+        self._report("cancelled")
+        return 0
+
+    def _report(self, outcome: str) -> None:
+        summary = run_summary(self.job, outcome, self.decision, self.tally.__dict__)
+        if self.opts.json:
+            print(json.dumps(summary.data, sort_keys=True, default=str), flush=True)
+        else:
+            print(summary.text, flush=True)
+
+    # -- output ----------------------------------------------------------------
+
+    def _out(self, line: str) -> None:
+        print(line, file=sys.stderr if self.opts.json else sys.stdout, flush=True)
+
+    def _write_status(self) -> None:
+        status = {
+            "pid": os.getpid(),
+            "pipeline": self.job.pipeline,
+            "phase": self._phase,
+            "port": self._port,
+            "child_pid": self.child.pid if self.child else None,
+            "restore": self.decision.to_json() if self.decision else None,
+            **self.tally.__dict__,
+        }
+        with self._status_lock:
+            tmp = self.job.status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(status, sort_keys=True, default=str))
+            tmp.replace(self.job.status_file)
