@@ -1,7 +1,9 @@
 """The supervised Bytewax process: `python -m bytewax.run FLOW -r DIR -s S -b B [-w N]`.
 
 The child gets `STREAMFORGE_CONFIG` (absolute path of the pipeline config) in
-its environment, dies with the supervisor (Linux parent-death signal), and is
+its environment, runs in its own session (a terminal's Ctrl-C goes to the
+supervisor, which then stops the child in order), dies with the supervisor
+(Linux parent-death signal), and is
 stopped gracefully with SIGINT (Bytewax aborts the dataflow at the next
 activation; state is already in the recovery partitions as of the last
 epoch), then SIGKILL after a grace period.
@@ -15,8 +17,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 __all__ = ["Child", "bytewax_argv", "child_env"]
 
@@ -69,6 +71,7 @@ class Child:
             self.argv,
             env=self.env,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only
         )
         self.started_at = time.monotonic()
         return self._proc.pid

@@ -15,14 +15,14 @@ import shutil
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from streamforge_ops.cli import CliError
 from streamforge_ops.job import Job
 
 __all__ = ["Decision", "has_local_progress", "parse_target", "prepare", "restore_into"]
 
-Target = str | tuple[str, str]
+Target = Literal["latest"] | tuple[Literal["checkpoint", "savepoint"], str]
 
 
 @dataclass
@@ -53,7 +53,7 @@ def parse_target(text: str | None) -> Target | None:
     kind, sep, ident = text.replace(" ", ":", 1).partition(":")
     if not sep or kind not in ("checkpoint", "savepoint") or not ident:
         raise CliError(f"bad restore target {text!r}: use latest, checkpoint:ID or savepoint:ID")
-    return (kind, ident)
+    return (cast(Literal["checkpoint", "savepoint"], kind), ident)
 
 
 def has_local_progress(recovery_dir: Path) -> bool:

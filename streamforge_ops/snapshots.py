@@ -1,18 +1,20 @@
-"""Take checkpoints and savepoints of a job, with metrics and a log line.
+"""Take checkpoints and savepoints of a job, with retention, metrics and a log line.
 
 Shared by the supervisor (periodic checkpoints, savepoint on cancel, final
-checkpoint) and the `checkpoint` / `savepoint` commands. A failure is counted
-in `streamforge_checkpoint_failure_count_total{kind}` and returned as an
-`Outcome` with the error: it never raises, so a failed checkpoint never stops
-a flow.
+checkpoint) and the `checkpoint` / `savepoint` commands. The recovery library
+records the success metrics (duration, size, completed, last timestamp); a
+failure is counted here in `streamforge_checkpoint_failure_count_total{kind}`
+and returned as an `Outcome` with the error: `take` never raises, so a failed
+checkpoint never stops a flow.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from dataflows import metrics
 from streamforge_ops.job import Job
@@ -31,7 +33,7 @@ class Outcome:
     """What one checkpoint or savepoint attempt did."""
 
     kind: str
-    manifest: Any | None = None
+    manifest: Any = None  # recovery.manifest.Manifest when ok
     error: str | None = None
     duration_ms: float = 0.0
     removed: tuple[str, ...] = ()
@@ -93,13 +95,9 @@ def take(job: Job, kind: str = "checkpoint", *, name: str | None = None, log: Lo
         metrics.CHECKPOINT_FAILURES.labels(**labels).inc()
         log(out.describe())
         return out
+    # take_checkpoint itself records duration, size, completed and the timestamp
     out = Outcome(kind, manifest, duration_ms=_ms(t0), removed=tuple(removed))
-    metrics.CHECKPOINT_DURATION.labels(**labels).observe(out.duration_ms)
-    metrics.CHECKPOINTS_COMPLETED.labels(**labels).inc()
-    metrics.CHECKPOINT_SIZE.labels(**labels).set(manifest.total_bytes)
-    if kind == "checkpoint":
-        metrics.LAST_CHECKPOINT_TIMESTAMP.labels(pipeline=job.pipeline).set(time.time())
-    else:
+    if kind == "savepoint":
         update_savepoint_gauge(job)
     log(out.describe())
     return out
@@ -117,10 +115,15 @@ def update_savepoint_gauge(job: Job) -> None:
 
 
 def delete_all_checkpoints(job: Job) -> list[str]:
-    """DELETE_ON_CANCELLATION: remove every checkpoint of the job (savepoints stay)."""
-    from recovery.checkpoint import apply_retention
+    """DELETE_ON_CANCELLATION: remove every checkpoint of the job, complete or not
+    (savepoints stay). Returns the deleted ids."""
+    from recovery.checkpoint import delete_snapshot
 
-    return apply_retention(job.checkpoint_store, job.pipeline, 0)
+    root = f"{job.pipeline}/checkpoints/"
+    ids = sorted({key[len(root):].split("/", 1)[0] for key in job.checkpoint_store.list(root)})
+    for snap_id in reversed(ids):  # newest first: never leave a delta without its base
+        delete_snapshot(job.checkpoint_store, job.pipeline, "checkpoint", snap_id)
+    return ids
 
 
 def _ms(t0: float) -> float:

@@ -29,9 +29,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from dataflows import metrics
 from streamforge_ops import restoring, snapshots
@@ -101,7 +102,12 @@ class Supervisor:
         if other is not None and other != os.getpid():
             raise CliError(f"a supervisor for {self.job.pipeline!r} already runs (pid {other})")
         self._install_signals()
-        server = HealthServer(self.health, self.job.settings.metrics.host, self.job.settings.metrics.port)
+        m = self.job.settings.metrics
+        try:
+            server = HealthServer(self.health, m.host, m.port)
+        except OSError as exc:
+            raise CliError(f"metrics.port {m.port} on {m.host}: {exc.strerror}; "
+                           "set metrics.port: 0 for a random free port") from None
         self._port = server.start().port
         self._out(f"metrics: http://127.0.0.1:{self._port}/metrics (also /healthz, /readyz)")
         self.job.pid_file.parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +218,7 @@ class Supervisor:
         self._task = self._pool.submit(fn)
 
     def _drain(self) -> None:
+        """Wait for the in-flight checkpoint/compaction (they never raise)."""
         if self._task is not None:
             self._task.result()
             self._task = None
@@ -228,9 +235,9 @@ class Supervisor:
         return out.ok
 
     def _compact(self) -> None:
-        from recovery.compact import compact
-
         try:
+            from recovery.compact import compact
+
             rows = compact(self.job.recovery_dir)
         except Exception as exc:  # compaction is housekeeping: never fatal
             self.log(f"compaction failed: {type(exc).__name__}: {exc}")

@@ -9,14 +9,17 @@ step ids (so its state carries over) and one added field, `avg`.
 Configured by the YAML file named by `$STREAMFORGE_CONFIG`:
 `source.path`, `sink.path`, `source.tail` (keep polling the file for new lines
 instead of finishing at its end), `source.delay` (seconds between batches, so
-tests can act while the flow runs) and `source.batch-size`.
+tests can act while the flow runs) and `source.batch-size`. Each output row
+carries `$SF_TEST_TAG`, so a test can tell which run wrote it (a restart from
+scratch would rewrite every row with the new tag).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,7 @@ class _LinesPartition(StatefulSourcePartition[dict[str, Any], int]):
         if not todo and not self._tail:
             raise StopIteration()
         self._done += len(todo)
-        self._awake = datetime.now(timezone.utc) + timedelta(seconds=self._delay)
+        self._awake = datetime.now(UTC) + timedelta(seconds=self._delay)
         return [json.loads(line) for line in todo]
 
     def next_awake(self) -> datetime | None:
@@ -103,7 +106,7 @@ def build(cfg: Config, *, version: int) -> Dataflow:
 
 
 def _render(row: dict[str, Any], version: int) -> str:
-    row = {**row, "version": version}
+    row = {**row, "version": version, "tag": os.environ.get("SF_TEST_TAG", "")}
     if version >= 2:
         row["avg"] = row["total"] / row["count"]
     return json.dumps(row, sort_keys=True)

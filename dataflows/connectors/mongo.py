@@ -35,6 +35,7 @@ from pymongo.uri_parser import parse_uri
 
 from dataflows.config import Config, ConfigError
 from dataflows.connectors.mongo_sink import (
+    DEFAULT_SINK_RETRY,
     JsonlDeadLetters,
     MongoSink,
     MongoSinkSettings,
@@ -47,17 +48,7 @@ from dataflows.connectors.mongo_source import (
     MongoSourceError,
     MongoSourceSettings,
 )
-
-try:
-    from dataflows.retry import RetryPolicy, retry_policy_from_config
-except ImportError:  # TEMPORARY until dataflows/retry.py lands
-    from dataflows.connectors._retry_shim import RetryPolicy  # type: ignore[assignment]
-
-    def retry_policy_from_config(cfg: Config) -> RetryPolicy:  # type: ignore[misc]
-        return RetryPolicy(
-            cfg.int("max-attempts", 5, minimum=1), cfg.duration("initial-backoff", 0.05),
-            cfg.duration("max-backoff", 2.0), cfg.float("multiplier", 2.0), cfg.float("jitter", 0.2),
-        )
+from dataflows.retry import retry_policy_from_config
 
 __all__ = [
     "GENERATION_KEY",
@@ -123,7 +114,7 @@ def mongo_sink_settings(cfg: Config, pipeline: str) -> MongoSinkSettings:
         collection=cfg.str("collection"),
         pipeline=pipeline,
         version_field=cfg.str("version-field", None),
-        retry=retry_policy_from_config(cfg.section("retry")),
+        retry=retry_policy_from_config(cfg, DEFAULT_SINK_RETRY),
         server_selection_timeout_ms=int(cfg.duration("server-selection-timeout", 5.0) * 1000),
     )
 

@@ -33,31 +33,40 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bytewax.operators as op
 from bson.errors import BSONError
+from bytewax.dataflow import Stream, operator
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pymongo import DeleteOne, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from dataflows import metrics
+from dataflows.connectors.dlq import read_dead_letters
 from dataflows.connectors.mongo_codec import decode_key
 from dataflows.connectors.mongo_errors import is_transient
 from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
 from dataflows.events import Event, now_ms
+from dataflows.retry import RetryPolicy
 
-try:
-    from dataflows.retry import RetryPolicy
-except ImportError:  # TEMPORARY until dataflows/retry.py lands (Kafka engineer)
-    from dataflows.connectors._retry_shim import RetryPolicy  # type: ignore[assignment]
-
-__all__ = ["JsonlDeadLetters", "MongoSink", "MongoSinkSettings", "MongoWriter", "WriteStats"]
+__all__ = [
+    "JsonlDeadLetters",
+    "MongoSink",
+    "MongoSinkSettings",
+    "MongoWriter",
+    "WriteStats",
+    "write_to_mongo",
+]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_SINK_RETRY = RetryPolicy(max_attempts=5, initial_backoff_s=0.05, max_backoff_s=2.0)
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class MongoSinkSettings:
     collection: str
     pipeline: str
     version_field: str | None = None
-    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(5, 0.05, 2.0, 2.0, 0.2))
+    retry: RetryPolicy = field(default_factory=lambda: DEFAULT_SINK_RETRY)
     server_selection_timeout_ms: int = 5000
     stage: str = "mongo-sink"
 
@@ -242,6 +251,27 @@ class MongoWriter:
                            pipeline=self.s.pipeline, exc=exc, attempts=attempts, first_failure_ms=first_ms)
 
 
+@operator
+def write_to_mongo(step_id: str, up: Stream[Any], settings: MongoSinkSettings) -> Stream[DeadLetter]:
+    """Write `up` (table changes / CDC events) to MongoDB; emits the dead letters.
+
+    Like `MongoSink`, but failed writes flow on as a stream, so they reach the
+    pipeline's own DLQ sink (file or Kafka). One `MongoWriter` per process,
+    created on first use; writes happen as each batch passes (at-least-once,
+    and idempotent: a replayed batch converges to the same documents).
+    """
+    holder: list[MongoWriter] = []
+    lock = threading.Lock()
+
+    def write(batch: list[Any]) -> list[DeadLetter]:
+        with lock:
+            if not holder:
+                holder.append(MongoWriter(settings))
+            return holder[0].write(batch)
+
+    return op.flat_map_batch("write", up, write)
+
+
 class JsonlDeadLetters:
     """Appends dead letters to a JSONL file (fsync'ed per call)."""
 
@@ -256,9 +286,7 @@ class JsonlDeadLetters:
             os.fsync(f.fileno())
 
     def read(self) -> list[DeadLetter]:
-        if not self.path.exists():
-            return []
-        return [DeadLetter.from_json(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return list(read_dead_letters(self.path)) if self.path.exists() else []
 
 
 class _MongoSinkPartition(StatelessSinkPartition[Any]):

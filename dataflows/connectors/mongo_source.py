@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -68,6 +67,7 @@ from dataflows.connectors.mongo_codec import (
 from dataflows.connectors.mongo_errors import is_position_lost, is_transient
 from dataflows.dead_letter import DeadLetter, dead_letter
 from dataflows.events import Event, RawRecord, mongo_event_id, now_ms, snapshot_event_id
+from dataflows.retry import RetryPolicy
 
 __all__ = [
     "GENERATION_KEY",
@@ -110,6 +110,7 @@ class MongoSourceSettings:
     initial_backoff_s: float = 0.1
     max_backoff_s: float = 5.0
     idle_eof_s: float = 0.0  # > 0: end the partition after this long without data (bounded runs)
+    initial_token: dict[str, Any] | None = None  # fresh start (no state): resume here instead of re-syncing
 
     def hosts(self) -> str:
         """The servers of the URI, without credentials (for messages)."""
@@ -155,6 +156,7 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
         self._wake = 0.0
         self._failures = 0
         self._last_data = time.monotonic()
+        self._reconnect = RetryPolicy(initial_backoff_s=s.initial_backoff_s, max_backoff_s=s.max_backoff_s, jitter=0.5)
         if fresh:
             self._check_start(coll_name)
 
@@ -186,7 +188,8 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
         except PyMongoError as exc:
             self._close_stream()
             if is_position_lost(exc):
-                self._position_lost(f"error {getattr(exc, 'code', '?')}: {exc}")
+                details = getattr(exc, "details", None) or {}
+                self._position_lost(f"error {getattr(exc, 'code', '?')} {details.get('codeName', '')}".strip())
                 return []
             if not is_transient(exc):
                 raise MongoSourceError(f"source {self._ns}: MongoDB error: {exc}") from exc
@@ -350,14 +353,13 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
     # -- failures -----------------------------------------------------------------
     def _dead(self, exc: UnsupportedDocument, payload: bytes, event_id: str, key: str,
               coords: dict[str, Any]) -> DeadLetter:
-        rec = RawRecord(payload=payload, event_id=event_id, source=self._source, key=key.encode(), coords=coords)
+        rec = RawRecord(payload=bytes(payload), event_id=event_id, source=self._source, key=key.encode(), coords=coords)
         metrics.DLQ_EVENTS.labels(pipeline=self._s.pipeline, stage=self._step_id, error_code=exc.error_code).inc()
         return dead_letter(rec, code=exc.error_code, stage=self._step_id, pipeline=self._s.pipeline, exc=exc)
 
     def _backoff(self, exc: BaseException) -> None:
         self._failures += 1
-        base = min(self._s.max_backoff_s, self._s.initial_backoff_s * 2 ** (self._failures - 1))
-        delay = base * (0.5 + random.random() / 2)
+        delay = self._reconnect.backoff(min(self._failures - 1, 30))
         self._wake = time.monotonic() + delay
         log.warning("source %s: %s; reconnecting in %.2fs (attempt %d)", self._ns, exc, delay, self._failures)
 
@@ -374,5 +376,5 @@ class MongoChangeSource(FixedPartitionedSource[SourceItem, NamespaceState]):
         return [f"{self.settings.database}.{c}" for c in self.settings.collections]
 
     def build_part(self, step_id: str, for_part: str, resume_state: NamespaceState | None) -> _NamespacePartition:
-        state = resume_state if resume_state is not None else NamespaceState()
+        state = resume_state if resume_state is not None else NamespaceState(token=self.settings.initial_token)
         return _NamespacePartition(self.settings, step_id, for_part, state, fresh=resume_state is None)

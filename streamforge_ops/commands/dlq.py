@@ -1,16 +1,153 @@
-"""`streamforge dlq` (placeholder: replaced by the module that implements it)."""
+"""`streamforge dlq inspect|replay`: look into a dead-letter queue and replay it.
+
+    streamforge dlq inspect --brokers H:P --topic orders-dlq [--error-code SCHEMA] [--json]
+    streamforge dlq inspect --file .streamforge/orders/out/dlq.jsonl
+    streamforge dlq replay --brokers H:P --topic orders-dlq --error-code MALFORMED_JSON \\
+        --since 2026-11-22T08:00 --rate 100 [--to orders-retry] [--dry-run] [--json]
+
+Replayed records carry the original key and payload bytes, header
+`sf-event-id` (their event id) and `sf-replay` (the replay tag); see
+streamforge_ops/dlq_replay.py.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+from typing import Any
 
 from streamforge_ops.cli import CliError
+from streamforge_ops.dlq_replay import (
+    DlqFilter,
+    as_set,
+    letters_source,
+    parse_time_ms,
+    replay,
+    summarize,
+    to_json,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dlq", help="(not implemented yet)")
-    p.set_defaults(func=_run)
+    p = sub.add_parser("dlq", help="inspect and replay a dead-letter queue",
+                       description="Inspect and replay a dead-letter queue (Kafka topic or JSONL file).")
+    dsub = p.add_subparsers(dest="dlq_command", metavar="ACTION")
+    dsub.required = True
+    ins = dsub.add_parser("inspect", help="counts by error code and stage, with samples",
+                          description="Count dead letters by error code and stage; show samples.")
+    _common(ins)
+    ins.add_argument("--samples", type=int, default=3, help="samples per error code (default 3)")
+    ins.set_defaults(func=_inspect)
+    rep = dsub.add_parser("replay", help="re-produce dead letters to their topic (or --to)",
+                          description="Replay dead letters: original key and payload, same event id.")
+    _common(rep)
+    rep.add_argument("--to", metavar="TOPIC", help="target topic (default: the original topic of each letter)")
+    rep.add_argument("--target-brokers", help="brokers of the target (default: --brokers)")
+    rep.add_argument("--rate", type=float, help="at most N records per second")
+    rep.add_argument("--dry-run", action="store_true", help="count what would be replayed, write nothing")
+    rep.add_argument("--tag", help="value of the sf-replay header (default: current time in ms)")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    rep.set_defaults(func=_replay)
 
 
-def _run(args: argparse.Namespace) -> int:
-    raise CliError("'dlq' is not implemented yet")
+def _common(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("DLQ source (a Kafka topic or a JSONL file)")
+    src.add_argument("--brokers", help="Kafka bootstrap servers, host:port[,host:port]")
+    src.add_argument("--topic", help="DLQ topic")
+    src.add_argument("--file", help="JSONL DLQ file")
+    flt = p.add_argument_group("filters")
+    flt.add_argument("--error-code", action="append", help="only these codes (repeat or comma-separate)")
+    flt.add_argument("--stage", action="append", help="only these stages (step ids)")
+    flt.add_argument("--since", help="last failure at or after (ISO-8601, or epoch ms)")
+    flt.add_argument("--until", help="last failure before (ISO-8601, or epoch ms)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _filter(args: argparse.Namespace) -> DlqFilter:
+    times: dict[str, int | None] = {}
+    for name in ("since", "until"):
+        text = getattr(args, name)
+        try:
+            times[name] = None if text is None else parse_time_ms(text)
+        except ValueError:
+            raise CliError(f"--{name}: expected an ISO-8601 time or epoch milliseconds, got {text!r}") from None
+    if times["since"] is not None and times["until"] is not None and times["since"] >= times["until"]:
+        raise CliError("--since must be before --until")
+    return DlqFilter(as_set(args.error_code), as_set(args.stage), times["since"], times["until"])
+
+
+def _source(args: argparse.Namespace) -> Any:
+    if args.file and args.topic:
+        raise CliError("give either --file or --brokers/--topic, not both")
+    if not args.file and not (args.brokers and args.topic):
+        raise CliError("a DLQ source is needed: --brokers and --topic, or --file")
+    if args.file:
+        if not Path(args.file).is_file():
+            raise CliError(f"--file: {args.file} does not exist")
+    return letters_source(args.brokers, args.topic, args.file)
+
+
+def _run_guarded(fn: Any) -> Any:
+    try:
+        return fn()
+    except (LookupError, TimeoutError) as exc:
+        raise CliError(str(exc)) from None
+    except ValueError as exc:
+        raise CliError(f"unreadable dead letter: {exc}") from None
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    flt = _filter(args)
+    if args.samples < 0:
+        raise CliError("--samples must be >= 0")
+    summary = _run_guarded(lambda: summarize(_source(args), flt, samples=args.samples))
+    if args.json:
+        print(to_json(summary))
+        return 0
+    print(f"dead letters: {summary['total']} (matching filters: {summary['matched']})")
+    for title, key in (("by error code", "by_error_code"), ("by stage", "by_stage")):
+        print(f"{title}:")
+        for name, n in summary[key].items():
+            print(f"  {n:>8}  {name}")
+    for code, samples in summary["samples"].items():
+        print(f"samples of {code}:")
+        for s in samples:
+            print(f"  {s['event_id']}  stage={s['stage']}  {s['message'][:120]}")
+            print(f"    payload: {s['payload'][:120]}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    flt = _filter(args)
+    if args.rate is not None and args.rate <= 0:
+        raise CliError("--rate must be > 0")
+    target_brokers = args.target_brokers or args.brokers
+    if not args.dry_run and not target_brokers:
+        raise CliError("replaying needs --brokers (or --target-brokers), or use --dry-run")
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="replay", unit="rec", file=sys.stderr, disable=None)
+    try:
+        report = _run_guarded(lambda: replay(
+            _source(args), brokers=target_brokers, flt=flt, to=args.to, rate=args.rate,
+            dry_run=args.dry_run, tag=args.tag, progress=bar.update if bar else (lambda n: None),
+        ))
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(to_json(report.to_dict()))
+    else:
+        verb = "would replay" if args.dry_run else "replayed"
+        n = sum(report.by_topic.values())
+        print(f"{verb} {n} of {report.matched} matching dead letters (of {report.total}); tag {report.tag}")
+        for topic, k in report.by_topic.items():
+            print(f"  {k:>8} -> {topic}")
+        if report.no_topic:
+            print(f"  {report.no_topic} skipped: no original topic in their coordinates (use --to)")
+        for err in report.errors[:5]:
+            print(f"  error: {err}", file=sys.stderr)
+    return 1 if report.failed else 0

@@ -36,6 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.what != "latest" and not args.id:
         raise CliError(f"restore {args.what} needs an ID (see `streamforge {args.what} list`)")
     target = parse_target("latest" if args.what == "latest" else f"{args.what}:{args.id}")
+    assert target is not None
     job = load_job(args.config, store=args.store)
     pid = supervisor_pid(job)
     if pid is not None and not args.force:

@@ -68,12 +68,13 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
+    from recovery.manifest import ManifestError
     from recovery.savepoint import describe
 
     job = load_job(args.config, store=args.store)
     try:
         manifest = describe(job.savepoint_store, job.pipeline, args.id)
-    except (KeyError, FileNotFoundError, LookupError) as exc:
+    except ManifestError as exc:
         raise CliError(f"no savepoint {args.id!r} for {job.pipeline!r}") from exc
     data = manifest_full(manifest)
     emit(data, as_json=args.json, text="\n".join(f"{k}: {v}" for k, v in data.items()))
@@ -92,12 +93,13 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
+    from recovery.manifest import ManifestError
     from recovery.savepoint import delete_savepoint
 
     job = load_job(args.config, store=args.store)
     try:
         delete_savepoint(job.savepoint_store, job.pipeline, args.id)
-    except (KeyError, FileNotFoundError, LookupError) as exc:
+    except ManifestError as exc:
         raise CliError(f"no savepoint {args.id!r} for {job.pipeline!r}") from exc
     snapshots.update_savepoint_gauge(job)
     emit({"deleted": args.id}, as_json=args.json, text=f"deleted {args.id}")
@@ -105,8 +107,6 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from recovery.savepoint import prune_savepoints
-
     if args.max_age is None and args.max_count is None:
         raise CliError("prune: give --max-age and/or --max-count")
     if args.max_count is not None and args.max_count < 1:
@@ -116,6 +116,8 @@ def _prune(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(f"--max-age: {exc}") from None
     job = load_job(args.config, store=args.store)
+    from recovery.savepoint import prune_savepoints
+
     removed = prune_savepoints(job.savepoint_store, job.pipeline, max_age_s=max_age, max_count=args.max_count)
     snapshots.update_savepoint_gauge(job)
     emit({"deleted": removed}, as_json=args.json, text=f"deleted {len(removed)}: {' '.join(removed)}")

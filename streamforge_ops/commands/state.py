@@ -11,14 +11,16 @@ stopped pipeline, after restoring a savepoint taken by older code).
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from streamforge_ops.cli import CliError
 from streamforge_ops.job import Job, add_config_arg, load_job
 from streamforge_ops.output import emit, progress, table
-from streamforge_ops.restoring import restore_into
+from streamforge_ops.restoring import parse_target, restore_into
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,23 +57,29 @@ def _local_dir(args: argparse.Namespace) -> Path:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from recovery.inspect import inspect_partitions
-
     if args.checkpoint or args.savepoint:
         job = load_job(args.config, store=args.store)
-        kind, ident = ("checkpoint", args.checkpoint) if args.checkpoint else ("savepoint", args.savepoint)
-        report = _inspect_remote(job, kind, ident, inspect_partitions)
+        target = parse_target(f"checkpoint:{args.checkpoint}" if args.checkpoint
+                              else f"savepoint:{args.savepoint}")
+        assert isinstance(target, tuple)
+        report = _inspect_remote(job, target)
     else:
-        report = inspect_partitions(_local_dir(args))
+        rdir = _local_dir(args)
+        from recovery.inspect import inspect_partitions
+
+        report = inspect_partitions(rdir)
     emit(report, as_json=args.json, text=_render(report))
     return 0
 
 
-def _inspect_remote(job: Job, kind: str, ident: str, inspect_fn: Any) -> dict[str, Any]:
+def _inspect_remote(job: Job, target: tuple[Literal["checkpoint", "savepoint"], str]) -> dict[str, Any]:
+    from recovery.inspect import inspect_partitions
+
+    kind, ident = target
     with tempfile.TemporaryDirectory(prefix="sf-inspect-") as tmp:
         progress(f"downloading {kind} {ident} ...")
-        restore_into(job, Path(tmp) / "recovery", (kind, ident), strict=True)
-        report = dict(inspect_fn(Path(tmp) / "recovery"))
+        restore_into(job, Path(tmp) / "recovery", target, strict=True)
+        report = dict(inspect_partitions(Path(tmp) / "recovery"))
     report["source"] = f"{kind}:{ident}"
     return report
 
@@ -83,7 +91,7 @@ def _render(report: dict[str, Any]) -> str:
         rows = [{"step": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in steps.items()]
         cols = list(dict.fromkeys(c for r in rows for c in r))
         lines.append(table(rows, cols))
-    lines += [f"{k}: {v}" for k, v in report.items() if k != "steps"]
+    lines += [f"{k}: {v}" for k, v in report.items() if k not in ("steps", "partitions")]
     return "\n".join(lines)
 
 
@@ -97,10 +105,26 @@ def _compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_flow_module(args: argparse.Namespace) -> None:
+    """Import the pipeline's flow module: it registers its state migrations and
+    makes the pickled state classes importable."""
+    try:
+        job = load_job(args.config)
+    except CliError:
+        return  # --dir without a config: only migrations registered by imports so far
+    module = job.settings.flow.partition(":")[0]
+    os.environ.setdefault("STREAMFORGE_CONFIG", str(job.config_path))
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - report and migrate what is registered
+        progress(f"warning: could not import {module} ({type(exc).__name__}: {exc})")
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from recovery.migrate import migrate_dir
 
     rdir = _local_dir(args)
+    _import_flow_module(args)
     progress(f"migrating state in {rdir} ...")
     changed = migrate_dir(rdir)
     emit({"dir": str(rdir), "migrated": changed}, as_json=args.json, text=f"migrated {changed} state rows in {rdir}")

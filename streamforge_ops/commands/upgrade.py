@@ -1,16 +1,140 @@
-"""`streamforge upgrade` (placeholder: replaced by the module that implements it)."""
+"""`streamforge upgrade --mode stateless|last-state|savepoint --config NEW`: redeploy a pipeline.
+
+The seed's `upgradeMode`:
+
+- `savepoint`: take a savepoint of the running job, stop it, start the new
+  version restored from that savepoint (nothing lost, nothing duplicated with
+  idempotent or transactional sinks).
+- `last-state`: use the latest checkpoint if it is younger than
+  `--max-checkpoint-age` (no savepoint pause), else fall back to a savepoint.
+- `stateless`: stop the job and start the new version from scratch.
+
+The running supervisor is found by its pid file next to the recovery
+directory of NEW (or `--pid`); it gets SIGTERM and is waited for. The new
+version then runs in the foreground, exactly like `streamforge run`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 
+from dataflows.config import parse_duration
+from streamforge_ops import snapshots
 from streamforge_ops.cli import CliError
+from streamforge_ops.job import Job, add_config_arg, load_job, supervisor_pid
+from streamforge_ops.output import progress
+from streamforge_ops.restoring import Target
+from streamforge_ops.supervisor import RunOptions, Supervisor
+
+MODES = ("stateless", "last-state", "savepoint")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("upgrade", help="(not implemented yet)")
+    p = sub.add_parser("upgrade", help="savepoint, stop the running job, start the new version",
+                       description=__doc__.split("\n", 1)[1].strip(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", required=True, choices=MODES, help="how state crosses the upgrade")
+    add_config_arg(p)
+    p.add_argument("--max-checkpoint-age", default="5m",
+                   help="last-state: newest checkpoint must be younger than this (default 5m)")
+    p.add_argument("--pid", type=int, help="pid of the running supervisor (default: its pid file)")
+    p.add_argument("--stop-timeout", default="120s", help="how long to wait for the old job to stop")
+    p.add_argument("--workers", "-w", type=int, help="worker count of the new version")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(func=_run)
 
 
+def _duration(text: str, flag: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise CliError(f"{flag}: {exc}") from None
+
+
 def _run(args: argparse.Namespace) -> int:
-    raise CliError("'upgrade' is not implemented yet")
+    max_age = _duration(args.max_checkpoint_age, "--max-checkpoint-age")
+    stop_timeout = _duration(args.stop_timeout, "--stop-timeout")
+    if args.workers is not None and args.workers < 1:
+        raise CliError(f"--workers must be >= 1, got {args.workers}")
+    if not args.config and not os.environ.get("STREAMFORGE_CONFIG"):
+        raise CliError("upgrade needs --config NEW_CONFIG")
+    job = load_job(args.config)
+    old = args.pid if args.pid is not None else supervisor_pid(job)
+    target: Target | None = None
+    if args.mode == "last-state":
+        target = _recent_checkpoint(job, max_age)
+    if args.mode == "savepoint" or (args.mode == "last-state" and target is None):
+        target = _savepoint(job)
+    if old is not None:
+        _stop(old, job, stop_timeout)
+    progress(f"starting {job.pipeline} ({job.settings.flow}, code-version {job.settings.code_version or '-'})")
+    opts = RunOptions(workers=args.workers, target=target, strict=target is not None,
+                      fresh=args.mode == "stateless", json=args.json)
+    return Supervisor(job, opts).run()
+
+
+def _recent_checkpoint(job: Job, max_age: float) -> Target | None:
+    from recovery.checkpoint import list_checkpoints
+
+    found = list_checkpoints(job.checkpoint_store, job.pipeline)
+    if not found:
+        progress("last-state: no checkpoint; falling back to a savepoint")
+        return None
+    newest = found[0]
+    age = (datetime.now(UTC) - _parse_time(newest.created_at)).total_seconds()
+    if age > max_age:
+        progress(f"last-state: newest checkpoint {newest.id} is {age:.0f}s old (> {max_age:.0f}s); "
+                 "falling back to a savepoint")
+        return None
+    progress(f"last-state: using checkpoint {newest.id} ({age:.0f}s old)")
+    return ("checkpoint", newest.id)
+
+
+def _parse_time(text: str) -> datetime:
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _savepoint(job: Job) -> Target:
+    if not any(Path(job.recovery_dir).glob("part-*.sqlite3")):
+        raise CliError(f"no recovery partitions in {job.recovery_dir} to take a savepoint of")
+    progress(f"taking upgrade savepoint of {job.recovery_dir} ...")
+    out = snapshots.take(job, "savepoint", name=f"upgrade-to-{job.settings.code_version or 'new'}",
+                         log=progress)
+    if not out.ok:
+        raise CliError(f"upgrade savepoint failed, old version left running: {out.error}")
+    return ("savepoint", out.manifest.id)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _stop(pid: int, job: Job, timeout: float) -> None:
+    progress(f"stopping the running supervisor (pid {pid}) with SIGTERM ...")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and job.pid_file.exists():
+        if time.monotonic() > deadline:
+            raise CliError(f"supervisor pid {pid} did not stop within {timeout:.0f}s")
+        time.sleep(0.1)
+    while _alive(pid) and time.monotonic() < deadline:  # pid file gone: it is in its last steps
+        time.sleep(0.1)
+    progress(f"supervisor pid {pid} stopped")

@@ -19,11 +19,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 import mockupdb
 from bson import ObjectId
 
 from tests.mongo_server.changes import ChangeCursor, open_change_stream
-from tests.mongo_server.query import QueryError, sort_key
+from tests.mongo_server.query import QueryError, matches, sort_key
 from tests.mongo_server.store import ServerError, Store
 
 __all__ = ["CommandHandler", "Failpoint", "WireServer"]
@@ -192,10 +193,18 @@ class CommandHandler:
             reply["writeErrors"] = errors
         return reply | extra
 
+    def _check_size(self, doc: Any) -> None:
+        if isinstance(doc, Mapping):
+            size = len(bson.encode(doc))
+            if size > self.max_bson_size:
+                raise ServerError(10334, "BSONObjectTooLarge",
+                                  f"BSONObj size: {size} is invalid. Size must be between 0 and {self.max_bson_size}")
+
     def cmd_insert(self, cmd: Mapping[str, Any], db: str) -> dict[str, Any]:
         name = cmd["insert"]
 
         def one(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            self._check_size(doc)
             doc = dict(doc)
             doc.setdefault("_id", ObjectId())
             self.store.insert(db, name, doc)
@@ -209,6 +218,7 @@ class CommandHandler:
         name = cmd["update"]
 
         def one(u: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+            self._check_size(u["u"])
             matched, modified, upserted = self.store.update(
                 db, name, u.get("q") or {}, u["u"], upsert=bool(u.get("upsert")), multi=bool(u.get("multi"))
             )
@@ -263,7 +273,7 @@ class CommandHandler:
     def cmd_aggregate(self, cmd: Mapping[str, Any], db: str) -> dict[str, Any]:
         pipeline = list(cmd.get("pipeline") or [])
         if not pipeline or "$changeStream" not in pipeline[0]:
-            raise ServerError(40324, "Location40324", "the test server only runs $changeStream aggregations")
+            return self._simple_aggregate(cmd, db, pipeline)
         if len(pipeline) > 1:
             raise ServerError(40324, "Location40324", "the test server supports no stages after $changeStream")
         coll = cmd["aggregate"] if cmd["aggregate"] != 1 else None
@@ -275,6 +285,34 @@ class CommandHandler:
             if cid:
                 self.cursors[cid] = cursor
         return self._cursor_reply(cursor.ns, cid, events, True, postBatchResumeToken=pbrt)
+
+    def _simple_aggregate(self, cmd: Mapping[str, Any], db: str, pipeline: list[Any]) -> dict[str, Any]:
+        """$match / $sort / $skip / $limit / $group with a constant _id and $sum (count_documents)."""
+        with self.store.lock:
+            c = self.store.coll(db, cmd["aggregate"])
+            docs = [] if c is None else list(c.scan({}))
+        for stage in pipeline:
+            (name, arg), = stage.items()
+            if name == "$match":
+                docs = [d for d in docs if matches(d, arg)]
+            elif name == "$sort":
+                for f, direction in reversed(list(arg.items())):
+                    docs.sort(key=lambda d, f=f: sort_key(d.get(f)), reverse=direction == -1)
+            elif name == "$skip":
+                docs = docs[int(arg):]
+            elif name == "$limit":
+                docs = docs[: int(arg)]
+            elif name == "$group" and not isinstance(arg.get("_id"), str):
+                out: dict[str, Any] = {"_id": arg["_id"]}
+                for f, acc in arg.items():
+                    if f != "_id":
+                        if set(acc) != {"$sum"} or not isinstance(acc["$sum"], (int, float)):
+                            raise ServerError(40324, "Location40324", f"unsupported $group accumulator {acc}")
+                        out[f] = acc["$sum"] * len(docs)
+                docs = [out] if docs else []
+            else:
+                raise ServerError(40324, "Location40324", f"the test server does not support {name} here")
+        return self._first_batch(f"{db}.{cmd['aggregate']}", docs, int((cmd.get("cursor") or {}).get("batchSize", 101)))
 
     def cmd_getmore(self, cmd: Mapping[str, Any], db: str) -> dict[str, Any]:
         cid = int(cmd["getMore"])
@@ -320,6 +358,25 @@ class WireServer(mockupdb.MockupDB):
     def __init__(self, handler: CommandHandler, port: int | None = None) -> None:
         super().__init__(port=port, request_timeout=int(1e6))
         self.handler = handler
+
+    def _accept_loop(self) -> None:
+        """Accept connections, one thread each (polls every 50 ms so `stop` is quick)."""
+        sock = self._listening_sock
+        try:
+            sock.settimeout(0.05)
+            while not self._stopped:
+                try:
+                    client, addr = sock.accept()
+                except TimeoutError:
+                    continue
+                client.settimeout(None)
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                t = threading.Thread(target=self._server_loop, args=(client, addr), daemon=True)
+                self._server_threads[t] = None
+                self._server_socks[client] = None
+                t.start()
+        except OSError:  # the listener was closed by stop()
+            pass
 
     def _server_loop(self, client: socket.socket, client_addr: Any) -> None:  # noqa: D401
         """Read requests from one connection and answer them (no global lock held)."""

@@ -1,0 +1,193 @@
+"""Throughput of the four stateful patterns vs. a bare `stateful_map` baseline.
+
+Each pattern runs in its own dataflow on 1 worker: `TestingSource(events,
+batch_size=1000)` -> pattern -> counting sink, over pre-built `Event`s. The
+baseline, measured in the same run, has the same shape (key_on with the same
+key -> `stateful_map` that reads and writes a dict per key -> key_rm), so
+the ratio is the cost of the pattern's logic over Bytewax's own per-item
+cost. Runs alternate baseline / pattern and the best of `--repeats` counts.
+Rates are events per CPU second of the process (robust to a busy machine).
+
+    .venv/bin/python bench/patterns.py --json
+    .venv/bin/python bench/patterns.py --events 50000 --keys 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.testing import TestingSource, run_main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dataflows.events import Event  # noqa: E402
+from dataflows.patterns import analyze_sessions, deduplicate, materialize, merge_changes  # noqa: E402
+
+PIPELINE = "bench"
+STATUSES = ("new", "paid", "packed", "shipped", "delivered")
+CITIES = ("Lyon", "Oslo", "Kyiv", "Lima", "Pune")
+
+
+class _CountPartition(StatelessSinkPartition[Any]):
+    def __init__(self, counter: list[int]) -> None:
+        self.counter = counter
+
+    def write_batch(self, items: list[Any]) -> None:
+        self.counter[0] += len(items)
+
+
+class CountSink(DynamicSink[Any]):
+    """Counts output items (no per-item storage)."""
+
+    def __init__(self) -> None:
+        self.counter = [0]
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountPartition:
+        return _CountPartition(self.counter)
+
+
+def build_events(n: int, keys: int, seed: int = 7) -> list[Event]:
+    """`n` events over `keys` keys: random keys, mostly increasing event times, small documents.
+
+    Keys repeat (dedup drops ~half as repeats within its TTL); times are
+    `10 ms * i` minus up to 5 s of jitter (out of order within lateness);
+    documents change one or two nested fields per event.
+    """
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        k = rng.randrange(keys)
+        doc = {
+            "order_id": f"o{k}",
+            "status": STATUSES[(i // keys) % 5],
+            "amount": (k * 13 + i // keys) % 1000,
+            "address": {"city": CITIES[k % 5], "zip": f"{k % 100000:05d}"},
+            "items": [{"sku": f"s{k % 50}", "qty": 1 + (i // keys) % 3}],
+        }
+        out.append(Event(f"k{k}", doc, i * 10 - rng.randrange(5000), f"bench:0:{i}", "bench"))
+    return out
+
+
+def _event_key(e: Event) -> str:
+    return e.key
+
+
+def _dict_mapper(state: dict[str, Any] | None, e: Event) -> tuple[dict[str, Any], Event]:
+    if state is None:
+        state = {"n": 0}
+    state["n"] += 1
+    state["last"] = e.event_time_ms
+    return state, e
+
+
+def baseline(up: Stream[Event], key: Callable[[Event], str]) -> Stream[Any]:
+    keyed = op.key_on("key", up, key)
+    return op.key_rm("unkey", op.stateful_map("baseline", keyed, _dict_mapper))
+
+
+def _dedup(up: Stream[Event]) -> Stream[Any]:
+    return deduplicate("dedup", up, ttl_ms=600_000, pipeline=PIPELINE)
+
+
+def _merger(up: Stream[Event]) -> Stream[Any]:
+    return merge_changes("merge", up, pipeline=PIPELINE)
+
+
+def _sessions(up: Stream[Event]) -> Stream[Any]:
+    out = analyze_sessions("sessions", up, gap_ms=900_000, allowed_lateness_ms=60_000,
+                           pipeline=PIPELINE)
+    return op.merge("both", out.sessions, out.late)
+
+
+def _materializer(up: Stream[Event]) -> Stream[Any]:
+    return materialize("materialize", up, pipeline=PIPELINE)
+
+
+PATTERNS: dict[str, Callable[[Stream[Event]], Stream[Any]]] = {
+    "dedup": _dedup,
+    "merger": _merger,
+    "sessions": _sessions,
+    "materializer": _materializer,
+}
+
+
+def run_once(events: list[Event], body: Callable[[Stream[Event]], Stream[Any]]) -> tuple[float, int]:
+    """(events per CPU second, output count) of one execution.
+
+    CPU time of this process (`time.process_time`, all threads), not wall
+    time: the figure then holds on a shared, busy machine.
+    """
+    flow = Dataflow("bench")
+    src = op.input("in", flow, TestingSource(events, batch_size=1000))
+    sink = CountSink()
+    op.output("out", body(src), sink)
+    gc.collect()
+    t0 = time.process_time()
+    run_main(flow)
+    dt = time.process_time() - t0
+    return len(events) / dt, sink.counter[0]
+
+
+def bench(events: list[Event], names: list[str], repeats: int,
+          progress: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    for name in names:
+        best, best_base, outputs = 0.0, 0.0, 0
+        for r in range(repeats):
+            base, _ = run_once(events, lambda up: baseline(up, _event_key))
+            rate, outputs = run_once(events, PATTERNS[name])
+            best, best_base = max(best, rate), max(best_base, base)
+            progress(f"{name} #{r + 1}: {rate:,.0f} ev/s (baseline {base:,.0f} ev/s)")
+        results[name] = {
+            "events_per_s": round(best),
+            "baseline_events_per_s": round(best_base),
+            "ratio": round(best / best_base, 3),
+            "outputs": outputs,
+        }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=500_000, help="events per run (default 500000)")
+    p.add_argument("--keys", type=int, default=100_000, help="distinct keys (default 100000)")
+    p.add_argument("--repeats", type=int, default=2, help="runs per side, best counts (default 2)")
+    p.add_argument("--only", action="append", choices=sorted(PATTERNS), help="bench only these")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    args = p.parse_args(argv)
+    if args.events < 1 or args.keys < 1 or args.repeats < 1:
+        p.error("--events, --keys and --repeats must be >= 1")
+    names = args.only or list(PATTERNS)
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    progress(f"building {args.events:,} events over {args.keys:,} keys")
+    events = build_events(args.events, args.keys)
+    gc.collect()
+    gc.freeze()
+    results = bench(events, names, args.repeats, progress)
+    doc = {"events": args.events, "keys": args.keys, "batch_size": 1000, "workers": 1,
+           "patterns": results}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for name, r in results.items():
+            print(f"{name:13s} {r['events_per_s']:>10,} ev/s  baseline {r['baseline_events_per_s']:>10,}"
+                  f" ev/s  ratio {r['ratio']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

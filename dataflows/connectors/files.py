@@ -1,0 +1,286 @@
+"""JSON Lines files in and out, resumable by byte offset.
+
+`JsonlSource` reads one or more files (a list of paths or glob patterns), one
+partition per file. Each line becomes a `RawRecord` with the raw bytes (no
+decoding: the parse step decides about bad UTF-8 or bad JSON), event id
+`file:{path}:{line}` (1-based line number) and coordinates
+`{path, line, offset}`. The partition's snapshot is `{"offset", "line"}`:
+the byte offset just after the last emitted line, so a resume never repeats
+or skips a line. `\\n` and `\\r\\n` endings are both stripped; blank lines
+are skipped (they still count as lines).
+
+- batch mode (`tail=False`): a last line without a newline is emitted at end
+  of file, then the partition ends.
+- tail mode (`tail=True`): at end of file the partition polls for appended
+  lines every `poll_interval` (never blocking); a line is emitted only once
+  its newline is written, so a half-written line is never cut in two. Files
+  are listed when the flow starts: a plain path that does not exist yet is
+  waited for; a glob only matches files that exist at start.
+
+`JsonlSink` writes one JSON document per line to a single file (one
+partition, like Bytewax's `FileSink`). Every batch is flushed and fsynced;
+the snapshot is the byte offset after it, and on resume the file is truncated
+to that offset, so lines written after the last snapshot (and replayed by
+Bytewax) are not duplicated: exactly-once for a file that is not rewritten by
+anyone else. Without resume state (a fresh run) the file is truncated to 0.
+Items are `(key, value)` pairs (Bytewax's convention for partitioned sinks);
+`value` is encoded by `encode` (default `json_line`).
+
+`json_line` / `to_jsonable` define the JSON form of the stream messages
+(Event, Change, TableChange, Session, LateEvent or any dataclass / dict):
+dataclass fields recursively, with `"type"` = the class name; bytes as UTF-8
+text when they decode, else `{"base64": ...}`; tuples as lists.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import glob
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypedDict
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from dataflows.events import RawRecord, file_event_id
+
+__all__ = [
+    "FilePosition",
+    "JsonlSink",
+    "JsonlSource",
+    "expand_paths",
+    "json_line",
+    "read_jsonl",
+    "to_jsonable",
+]
+
+
+class FilePosition(TypedDict):
+    """Resume state of one source partition."""
+
+    offset: int  # byte offset of the next line to read
+    line: int  # number of lines already consumed
+
+
+def to_jsonable(obj: Any) -> Any:
+    """A JSON-ready form of a stream message (see the module docstring)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {"type": type(obj).__name__}
+        for f in dataclasses.fields(obj):
+            out[f.name] = to_jsonable(getattr(obj, f.name))
+        return out
+    if isinstance(obj, (bytes, bytearray)):
+        try:
+            return bytes(obj).decode("utf-8")
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(bytes(obj)).decode()}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def json_line(obj: Any) -> str:
+    """One line of JSON (no newline) for `obj`; keys sorted, so output is deterministic."""
+    return json.dumps(to_jsonable(obj), sort_keys=True, ensure_ascii=False)
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
+    """All JSON documents of a JSONL file (blank lines skipped); [] if it does not exist."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    with p.open("rb") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def expand_paths(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, keep_missing: bool) -> list[str]:
+    """Glob patterns and paths -> sorted unique file paths.
+
+    A plain path (no glob characters) that does not exist is kept only when
+    `keep_missing` (tail mode waits for it).
+    """
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    found: set[str] = set()
+    for item in items:
+        pattern = os.fspath(item)
+        if glob.has_magic(pattern):
+            found.update(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        elif os.path.isfile(pattern) or keep_missing:
+            found.add(pattern)
+    return sorted(found)
+
+
+class _JsonlSourcePartition(StatefulSourcePartition[RawRecord, FilePosition]):
+    """Reads one file from a byte offset; emits RawRecords; snapshot = position."""
+
+    def __init__(
+        self,
+        path: str,
+        resume: FilePosition | None,
+        *,
+        tail: bool,
+        batch_size: int,
+        poll_interval: timedelta,
+    ) -> None:
+        self._path = path
+        self._offset = 0 if resume is None else int(resume["offset"])
+        self._line = 0 if resume is None else int(resume["line"])
+        self._tail = tail
+        self._batch_size = batch_size
+        self._poll = poll_interval
+        self._f: Any = None
+        self._awake: datetime | None = None
+
+    def _open(self) -> bool:
+        if self._f is None:
+            try:
+                self._f = open(self._path, "rb")  # noqa: SIM115 - closed in close()
+            except FileNotFoundError:
+                if not self._tail:
+                    raise
+                return False
+        self._f.seek(self._offset)
+        return True
+
+    def _record(self, raw_line: bytes, start: int) -> RawRecord:
+        payload = raw_line[:-1] if raw_line.endswith(b"\n") else raw_line
+        if payload.endswith(b"\r"):
+            payload = payload[:-1]
+        return RawRecord(
+            payload=payload,
+            event_id=file_event_id(self._path, self._line),
+            source=f"file:{self._path}",
+            coords={"path": self._path, "line": self._line, "offset": start},
+        )
+
+    def next_batch(self) -> list[RawRecord]:
+        self._awake = None
+        batch: list[RawRecord] = []
+        if not self._open():
+            self._awake = datetime.now(UTC) + self._poll
+            return batch
+        at_end = False
+        while len(batch) < self._batch_size:
+            raw_line = self._f.readline()
+            if not raw_line or (self._tail and not raw_line.endswith(b"\n")):
+                at_end = True  # end of file, or a half-written line in tail mode
+                break
+            start = self._offset
+            self._offset += len(raw_line)
+            self._line += 1
+            if raw_line.strip():
+                batch.append(self._record(raw_line, start))
+        if at_end:
+            if self._tail:
+                self._awake = datetime.now(UTC) + self._poll
+            elif not batch:
+                raise StopIteration()
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> FilePosition:
+        return {"offset": self._offset, "line": self._line}
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+class JsonlSource(FixedPartitionedSource[RawRecord, FilePosition]):
+    """JSON Lines files as RawRecords; one partition per file, resumable by offset.
+
+    Emits a `RawRecord` per non-blank line; keeps `{"offset", "line"}` per
+    file in the recovery state. See the module docstring for tail mode.
+    """
+
+    def __init__(
+        self,
+        paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        tail: bool = False,
+        batch_size: int = 1000,
+        poll_interval: timedelta = timedelta(milliseconds=200),
+    ) -> None:
+        self._paths = paths
+        self._tail = tail
+        self._batch_size = batch_size
+        self._poll = poll_interval
+
+    def list_parts(self) -> list[str]:
+        return expand_paths(self._paths, keep_missing=self._tail)
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: FilePosition | None
+    ) -> _JsonlSourcePartition:
+        return _JsonlSourcePartition(
+            for_part,
+            resume_state,
+            tail=self._tail,
+            batch_size=self._batch_size,
+            poll_interval=self._poll,
+        )
+
+
+class _JsonlSinkPartition(StatefulSinkPartition[Any, int]):
+    """Appends encoded lines to one file; snapshot = byte offset after fsync."""
+
+    def __init__(self, path: Path, resume_offset: int | None, encode: Callable[[Any], str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "ab")  # noqa: SIM115 - closed in close()
+        # Drop whatever was written after the last durable snapshot (or
+        # everything, on a fresh start): Bytewax replays those items.
+        self._f.seek(resume_offset or 0)
+        self._f.truncate()
+        self._encode = encode
+
+    def write_batch(self, values: list[Any]) -> None:
+        self._f.write(b"".join((self._encode(v) + "\n").encode("utf-8") for v in values))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def snapshot(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class JsonlSink(FixedPartitionedSink[Any, int]):
+    """Write `(key, value)` items as one JSON line per value to a single file.
+
+    Exactly-once on resume: truncates to the snapshot offset (see module
+    docstring). Keeps the byte offset in the recovery state.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, encode: Callable[[Any], str] = json_line) -> None:
+        self._path = Path(path)
+        self._encode = encode
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def list_parts(self) -> list[str]:
+        return [str(self._path)]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> _JsonlSinkPartition:
+        if for_part != str(self._path):
+            raise ValueError(f"cannot resume writing {for_part!r} into a different file {self._path}")
+        return _JsonlSinkPartition(self._path, resume_state, self._encode)
+

@@ -1,0 +1,173 @@
+"""Kafka for StreamForge pipelines: sources, sinks and DLQ built from config.
+
+`dataflows/pipelines/io.py` calls these with the `source` / `sink` / `dlq`
+section of a pipeline config:
+
+```yaml
+source:
+  type: kafka
+  brokers: [127.0.0.1:9092]        # or "h1:9092,h2:9092"
+  topics: [orders]                 # or topic: orders
+  starting-offset: earliest        # earliest | latest (without a resume state)
+  tail: true                       # false: stop at the end of the topics
+  batch-size: 1000
+sink:
+  type: kafka
+  brokers: [127.0.0.1:9092]
+  topic: orders-table
+  mode: exactly-once               # exactly-once | at-least-once (default)
+  transactional-id-prefix: streamforge.orders    # default streamforge.<pipeline>
+  transaction-timeout: 60s
+  delivery-timeout: 30s
+  retry: {max-attempts: 5, initial-backoff: 100ms, max-backoff: 10s, multiplier: 2, jitter: 0.2}
+  dlq-topic: orders-dlq            # the sink's own dead letters (SINK_WRITE): a Kafka topic,
+  # dlq-path: .streamforge/orders/out/kafka-sink-dlq.jsonl   # or a JSONL file (the default)
+dlq:
+  type: kafka
+  brokers: [127.0.0.1:9092]
+  topic: orders-dlq
+```
+
+Every builder checks the brokers and topics at start (metadata within
+`metadata-timeout`, default 5s): a bad address or a missing topic is a
+`KafkaStartError` (a `ConfigError`) naming them.
+
+Wiring: the source stream mixes `RawRecord` and `DeadLetter` (consumer
+errors), split it with `dataflows.errors.split_dead_letters`. Write to a Kafka
+sink with `kafka_output(step_id, stream, sink)`: the exactly-once sink is a
+`FixedPartitionedSink` and needs `(key, item)` pairs, which `kafka_output`
+makes (key = `item.key`); the at-least-once sink takes either form.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from bytewax.outputs import FixedPartitionedSink, Sink
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+from dataflows.config import Config, ConfigError
+from dataflows.connectors.kafka_common import KafkaStartError, check_cluster
+from dataflows.connectors.kafka_dlq import KafkaDeadLetterWriter, KafkaDlqSink
+from dataflows.connectors.kafka_sink import DeadLetters, KafkaSinkSettings, ReliableKafkaSink
+from dataflows.connectors.kafka_source import RawRecordKafkaSource
+from dataflows.connectors.transactional import TransactionalSettings, TransactionalWriter
+from dataflows.retry import retry_policy_from_config
+
+__all__ = [
+    "KafkaStartError",
+    "brokers_from_config",
+    "kafka_dlq_sink_from_config",
+    "kafka_output",
+    "kafka_sink_from_config",
+    "kafka_source_from_config",
+    "sink_key",
+]
+
+MODES = ("exactly-once", "at-least-once")
+
+
+def brokers_from_config(cfg: Config, key: str = "brokers") -> list[str]:
+    raw = cfg.raw(key)
+    brokers = [b.strip() for b in raw.split(",")] if isinstance(raw, str) else [str(b) for b in raw]
+    brokers = [b for b in brokers if b]
+    if not brokers:
+        raise ConfigError(f"{key}: at least one broker is required (in {cfg.origin})")
+    return brokers
+
+
+def _topics(cfg: Config) -> list[str]:
+    raw = cfg.raw("topics", None)
+    if raw is None:
+        return [cfg.str("topic")]
+    topics = [raw] if isinstance(raw, str) else [str(t) for t in raw]
+    if not topics:
+        raise ConfigError(f"topics: at least one topic is required (in {cfg.origin})")
+    return topics
+
+
+def kafka_source_from_config(cfg: Config, pipeline: str) -> RawRecordKafkaSource:
+    """The `source` section -> a source of RawRecord (and SOURCE_ERROR DeadLetter)."""
+    brokers, topics = brokers_from_config(cfg), _topics(cfg)
+    start = cfg.choice("starting-offset", ("earliest", "latest"), "earliest")
+    if cfg.bool("check", True):
+        check_cluster(brokers, topics, cfg.duration("metadata-timeout", 5.0))
+    return RawRecordKafkaSource(
+        brokers,
+        topics,
+        pipeline=pipeline,
+        tail=cfg.bool("tail", True),
+        starting_offset=OFFSET_BEGINNING if start == "earliest" else OFFSET_END,
+        batch_size=cfg.int("batch-size", 1000, minimum=1),
+    )
+
+
+def _sink_dead_letters(cfg: Config, brokers: list[str], pipeline: str) -> DeadLetters:
+    """Where a sink's own dead letters go: `dlq-topic` (Kafka) or `dlq-path` (JSONL)."""
+    if cfg.has("dlq-topic"):
+        dlq_brokers = brokers_from_config(cfg, "dlq-brokers") if cfg.has("dlq-brokers") else brokers
+        topic = cfg.str("dlq-topic")
+        if cfg.bool("check", True):
+            check_cluster(dlq_brokers, [topic], cfg.duration("metadata-timeout", 5.0))
+        return KafkaDeadLetterWriter(dlq_brokers, topic, retry=retry_policy_from_config(cfg))
+    from dataflows.connectors.mongo_sink import JsonlDeadLetters  # the shared JSONL DLQ writer
+
+    return JsonlDeadLetters(cfg.str("dlq-path", f".streamforge/{pipeline}/out/kafka-sink-dlq.jsonl"))
+
+
+def kafka_sink_from_config(cfg: Config, pipeline: str) -> Sink[Any]:
+    """The `sink` section -> `TransactionalWriter` (exactly-once) or `ReliableKafkaSink`."""
+    brokers, topic = brokers_from_config(cfg), cfg.str("topic")
+    mode = cfg.choice("mode", MODES, "at-least-once")
+    counts = check_cluster(brokers, [topic], cfg.duration("metadata-timeout", 5.0)) if cfg.bool("check", True) else {}
+    settings = KafkaSinkSettings(
+        brokers=tuple(brokers),
+        topic=topic,
+        pipeline=pipeline,
+        retry=retry_policy_from_config(cfg),
+        delivery_timeout_s=cfg.duration("delivery-timeout", 30.0),
+        stage=cfg.str("stage", f"{pipeline}.kafka-sink"),
+    )
+    dead_letters = _sink_dead_letters(cfg, brokers, pipeline)
+    if mode == "at-least-once":
+        return ReliableKafkaSink(settings, dead_letters)
+    partitions = cfg.int("partitions", counts.get(topic, 0) or None, minimum=1)
+    if partitions is None:
+        raise ConfigError(f"partitions: needed when check is false in exactly-once mode (in {cfg.origin})")
+    tx = TransactionalSettings(
+        sink=settings,
+        partitions=partitions,
+        transactional_id_prefix=cfg.str("transactional-id-prefix", f"streamforge.{pipeline}"),
+        transaction_timeout_s=cfg.duration("transaction-timeout", 60.0),
+        commit_timeout_s=cfg.duration("commit-timeout", 30.0),
+    )
+    return TransactionalWriter(tx, dead_letters)
+
+
+def kafka_dlq_sink_from_config(cfg: Config, pipeline: str) -> KafkaDlqSink:
+    """The `dlq` section -> a sink of DeadLetter (value JSON, Connect headers, original key)."""
+    brokers, topic = brokers_from_config(cfg), cfg.str("topic")
+    if cfg.bool("check", True):
+        check_cluster(brokers, [topic], cfg.duration("metadata-timeout", 5.0))
+    return KafkaDlqSink(brokers, topic, retry=retry_policy_from_config(cfg))
+
+
+def sink_key(item: Any) -> tuple[str, Any]:
+    """`(key, item)` for a keyed sink: the item's key as text ('' if none)."""
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        return item
+    key = getattr(item, "key", None)
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "backslashreplace"), item
+    return ("" if key is None else str(key)), item
+
+
+@operator
+def kafka_output(step_id: str, up: Stream[Any], sink: Sink[Any]) -> None:
+    """Write `up` to a Kafka sink, keying it first when the sink is partitioned."""
+    if isinstance(sink, FixedPartitionedSink):
+        op.output("write", op.map("key", up, sink_key), sink)
+    else:
+        op.output("write", up, sink)

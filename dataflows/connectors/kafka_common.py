@@ -1,0 +1,159 @@
+"""What the Kafka source, sinks and DLQ share: start checks, serialisation, errors.
+
+Serialisation of sink items (`to_out_message`):
+
+- key: `item.key` (str -> UTF-8, bytes kept, None -> no key);
+- value: bytes kept as they are; a dataclass (Event, TableChange, ...) -> JSON
+  of `asdict(item)`; a mapping -> JSON; bytes inside are decoded as UTF-8
+  (invalid bytes escaped);
+- headers: `sf-event-id` = `item.event_id`, plus the item's own `headers`
+  (an Event's) when they are `(str, bytes)` pairs.
+
+Routing: `partition_for(key, n)` = crc32(key) mod n, stable across processes
+(same key -> same partition, so per-key order survives).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+
+from dataflows.config import ConfigError
+
+__all__ = [
+    "EVENT_ID_HEADER",
+    "REPLAY_HEADER",
+    "KafkaStartError",
+    "OutMessage",
+    "check_cluster",
+    "header_value",
+    "is_transient",
+    "partition_for",
+    "to_out_message",
+]
+
+EVENT_ID_HEADER = "sf-event-id"
+REPLAY_HEADER = "sf-replay"
+
+_TRANSIENT_CODES = {
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError._UNKNOWN_TOPIC,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    KafkaError.NETWORK_EXCEPTION,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.CONCURRENT_TRANSACTIONS,
+}
+
+
+class KafkaStartError(ConfigError):
+    """The brokers or topics of a Kafka section cannot be used (checked at start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    """One record ready to produce."""
+
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    event_id: str
+
+
+def is_transient(err: KafkaError | BaseException | None) -> bool:
+    """Whether retrying may help (broker away, leader moving, timeouts)."""
+    if isinstance(err, KafkaException):
+        err = err.args[0] if err.args else None
+    if not isinstance(err, KafkaError):
+        return isinstance(err, (BufferError, TimeoutError))
+    if err.fatal():
+        return False
+    return err.retriable() or err.code() in _TRANSIENT_CODES
+
+
+def partition_for(key: bytes | None, partitions: int) -> int:
+    return zlib.crc32(key or b"") % partitions
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(obj).decode("utf-8", "backslashreplace")
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    return str(obj)
+
+
+def _as_key(key: Any) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    return str(key).encode()
+
+
+def to_out_message(item: Any) -> OutMessage:
+    """Serialise a sink item (see module docstring); TypeError if impossible."""
+    event_id = str(getattr(item, "event_id", "") or "")
+    key = _as_key(getattr(item, "key", None))
+    if isinstance(item, bytes):
+        value = item
+    elif is_dataclass(item) and not isinstance(item, type):
+        value = json.dumps(asdict(item), default=_json_default, sort_keys=True).encode()
+    elif isinstance(item, Mapping):
+        value = json.dumps(dict(item), default=_json_default, sort_keys=True).encode()
+        event_id = event_id or str(item.get("event_id", "") or "")
+        key = key if key is not None else _as_key(item.get("key"))
+    else:
+        raise TypeError(f"cannot serialise a {type(item).__name__} for Kafka")
+    headers: list[tuple[str, bytes]] = []
+    for pair in getattr(item, "headers", ()) or ():
+        if isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], bytes):
+            if pair[0] != EVENT_ID_HEADER:
+                headers.append((str(pair[0]), pair[1]))
+    if event_id:
+        headers.append((EVENT_ID_HEADER, event_id.encode()))
+    return OutMessage(key, value, tuple(headers), event_id)
+
+
+def header_value(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> bytes | None:
+    for k, v in headers or ():
+        if k == name:
+            return v
+    return None
+
+
+def check_cluster(brokers: Sequence[str], topics: Iterable[str], timeout_s: float = 5.0) -> dict[str, int]:
+    """Partition count of each topic; KafkaStartError if unreachable or missing.
+
+    Lists all topics (not topic by topic: asking by name auto-creates a topic
+    on brokers that allow it, Tansu does).
+    """
+    servers = ",".join(brokers)
+    try:
+        md = AdminClient({"bootstrap.servers": servers}).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaStartError(
+            f"Kafka brokers {servers} did not answer metadata within {timeout_s:g}s: {exc.args[0]}"
+        ) from None
+    counts: dict[str, int] = {}
+    for topic in topics:
+        meta = md.topics.get(topic)
+        if meta is None:
+            raise KafkaStartError(f"Kafka topic {topic!r} does not exist on {servers}")
+        if meta.error is not None:
+            raise KafkaStartError(f"Kafka topic {topic!r} on {servers}: {meta.error.str()}")
+        counts[topic] = len(meta.partitions)
+    return counts

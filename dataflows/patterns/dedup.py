@@ -1,0 +1,170 @@
+"""Deduplicator: drop repeats of an event identity within a TTL of event time.
+
+Identity: `key` (a field name of `Event.value`, a function of the Event, or by
+default `Event.key`). Event time only decides what is a duplicate, so a replay
+after recovery decides the same way.
+
+TTL rule, with `anchor` = event time of the newest occurrence emitted for the
+identity and `d = event_time_ms - anchor`:
+
+- `-ttl < d < ttl`: duplicate, dropped (an out-of-order older event within
+  the TTL is a duplicate too);
+- `d >= ttl`: a repeat after the TTL; emitted, and it becomes the anchor;
+- `d <= -ttl`: a stale occurrence older than the TTL window; emitted, the
+  anchor stays (state tracks only the newest window).
+
+State per identity (`DedupState`): the anchor and the wall-clock time the
+identity was last seen. An identity idle for `ttl` of *wall-clock* time is
+expired through `notify_at` and its state discarded (`state_evictions`,
+reason `ttl`); a repeat arriving after that is emitted again. Expiry fires at
+most `slack_for(ttl)` late (see `alarm.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+
+from dataflows import metrics
+from dataflows.events import Event, now_ms
+from dataflows.patterns.alarm import Alarm, slack_for
+
+__all__ = ["DedupConfig", "DedupState", "Deduplicator", "deduplicate", "identity_of"]
+
+_EMPTY: tuple[()] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DedupState:
+    """Snapshot of one identity: anchor event time and last wall-clock sighting."""
+
+    anchor_ms: int
+    last_seen_wall_ms: int
+    version: int = 1
+
+
+class DedupConfig:
+    """Settings shared by every identity of one dedup step."""
+
+    __slots__ = ("ttl_ms", "slack_ms", "clock", "on_evict")
+
+    def __init__(self, ttl_ms: int, *, clock: Callable[[], int] = now_ms,
+                 on_evict: Callable[[], None] | None = None) -> None:
+        if ttl_ms <= 0:
+            raise ValueError(f"dedup ttl_ms must be > 0, got {ttl_ms}")
+        self.ttl_ms = ttl_ms
+        self.slack_ms = slack_for(ttl_ms)
+        self.clock = clock
+        self.on_evict = on_evict
+
+
+class Deduplicator:
+    """The dedup state machine of one identity (a Bytewax `StatefulLogic` by shape).
+
+    `on_item(event)` returns `((event,), False)` for an occurrence to emit and
+    `((), False)` for a duplicate; `on_notify()` discards an identity idle for
+    the TTL of wall-clock time.
+    """
+
+    STATE_VERSION = 1
+    __slots__ = ("cfg", "anchor_ms", "last_wall_ms", "alarm")
+
+    def __init__(self, cfg: DedupConfig, state: DedupState | None = None) -> None:
+        self.cfg = cfg
+        self.alarm: Alarm | None = None
+        if state is None:
+            self.anchor_ms: int | None = None
+            self.last_wall_ms = 0
+        else:
+            self.anchor_ms = state.anchor_ms
+            self.last_wall_ms = state.last_seen_wall_ms
+
+    def on_item(self, event: Event) -> tuple[tuple[Event, ...], bool]:
+        cfg = self.cfg
+        self.last_wall_ms = cfg.clock()
+        t = event.event_time_ms
+        anchor = self.anchor_ms
+        if anchor is None:
+            self.anchor_ms = t
+            return (event,), False
+        d = t - anchor
+        ttl = cfg.ttl_ms
+        if d >= ttl:
+            self.anchor_ms = t
+            return (event,), False
+        if d <= -ttl:
+            return (event,), False
+        return _EMPTY, False
+
+    def on_notify(self) -> tuple[tuple[()], bool]:
+        if self.cfg.clock() >= self.last_wall_ms + self.cfg.ttl_ms:
+            if self.cfg.on_evict is not None:
+                self.cfg.on_evict()
+            return _EMPTY, True
+        return _EMPTY, False
+
+    def on_eof(self) -> tuple[tuple[()], bool]:
+        return _EMPTY, False
+
+    def notify_at(self) -> datetime | None:
+        alarm = self.alarm
+        if alarm is None:
+            self.alarm = alarm = Alarm()
+        return alarm.schedule(self.last_wall_ms + self.cfg.ttl_ms, self.cfg.slack_ms)
+
+    def snapshot(self) -> DedupState:
+        assert self.anchor_ms is not None
+        return DedupState(self.anchor_ms, self.last_wall_ms, self.STATE_VERSION)
+
+
+class identity_of:  # noqa: N801 - used like a function
+    """The dedup identity of an Event: `key` field of the value, a function, or `Event.key`.
+
+    A value without the field (or not a mapping) falls back to its
+    `event_id`: such events are never dropped as repeats of other events, only
+    as replays of themselves.
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str | Callable[[Event], str] | None) -> None:
+        self.key = key
+
+    def __call__(self, event: Event) -> str:
+        key = self.key
+        if key is None:
+            return event.key
+        if callable(key):
+            return str(key(event))
+        try:
+            return str(event.value[key])
+        except (KeyError, TypeError, IndexError):
+            return event.event_id
+
+
+
+@operator
+def deduplicate(step_id: str, up: Stream[Event], *, ttl_ms: int, pipeline: str,
+                key: str | Callable[[Event], str] | None = None,
+                clock: Callable[[], int] = now_ms) -> Stream[Event]:
+    """Emit the first occurrence of each identity within `ttl_ms` of event time.
+
+    Emits: the input Events that are not duplicates, unchanged.
+    State per identity: `DedupState` (anchor event time, last wall-clock
+    sighting); discarded after `ttl_ms` of wall-clock idleness.
+    `clock` (ms since the epoch) is injectable for tests.
+    """
+    evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="ttl").inc
+    cfg = DedupConfig(ttl_ms, clock=clock, on_evict=evict)
+    keyed = op.key_on("identity", up, identity_of(key))
+
+    def build(state: DedupState | None) -> Any:
+        return Deduplicator(cfg, state)
+
+    unique = op.stateful("dedup", keyed, build)
+    return op.key_rm("unkey", unique)

@@ -1,0 +1,129 @@
+"""StatefulMerger: turn a stream of full documents per key into changes.
+
+Keyed by `Event.key`. Each Event carries the whole current document in
+`value` (CDC insert/update/replace with the full document, or a snapshot);
+the merger compares it with the previous document of the key:
+
+- first sight -> `Change(kind="created", before=None)`;
+- a different document -> `"updated"`, with the paths that differ;
+- an equal document (no-op update, replayed snapshot) -> nothing;
+- `op == "delete"` of a known key -> `"deleted"` (`after=None`) and the
+  key's state is discarded (`state_evictions`, reason `delete`); a delete of
+  an unknown key emits nothing (there is no `before` to report);
+- `op == "generation"` markers are ignored (the pipeline routes them
+  around this step).
+
+`changed` lists the differing paths (see `diff.changed_paths`): for
+`created` / `deleted`, the top-level fields of the document.
+
+State per key (`MergerState`): the previous document, kept by reference:
+event values must not be mutated once they are in a stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+
+from dataflows import metrics
+from dataflows.events import Event, derive_id
+from dataflows.patterns.diff import changed_paths
+
+__all__ = ["Change", "MergerState", "StatefulMerger", "merge_changes"]
+
+_EMPTY: tuple[()] = ()
+_NOTHING: dict[str, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change of a key's document."""
+
+    kind: str  # 'created' | 'updated' | 'deleted'
+    key: str
+    before: Any  # None for created
+    after: Any  # None for deleted
+    changed: tuple[str, ...]  # sorted paths like "address.city", "items[2].qty"
+    event_id: str  # f"{source event id}/{step_id}"
+    event_time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MergerState:
+    """Snapshot of one key: its previous document."""
+
+    value: Any
+    version: int = 1
+
+
+class StatefulMerger:
+    """The merge state machine of one key (a Bytewax `StatefulLogic` by shape)."""
+
+    STATE_VERSION = 1
+    __slots__ = ("step_id", "value", "known", "on_delete")
+
+    def __init__(self, step_id: str, state: MergerState | None = None,
+                 on_delete: Callable[[], None] | None = None) -> None:
+        self.step_id = step_id
+        self.on_delete = on_delete
+        self.known = state is not None
+        self.value: Any = None if state is None else state.value
+
+    def on_item(self, event: Event) -> tuple[tuple[Change, ...], bool]:
+        opn = event.op
+        prev = self.value
+        if opn == "delete":
+            if not self.known:
+                return _EMPTY, True
+            if self.on_delete is not None:
+                self.on_delete()
+            return (Change("deleted", event.key, prev, None, changed_paths(prev, _NOTHING),
+                           derive_id(event.event_id, self.step_id), event.event_time_ms),), True
+        if opn == "generation":
+            return _EMPTY, not self.known
+        new = event.value
+        if not self.known:
+            self.known = True
+            self.value = new
+            return (Change("created", event.key, None, new, changed_paths(_NOTHING, new),
+                           derive_id(event.event_id, self.step_id), event.event_time_ms),), False
+        if new == prev:
+            return _EMPTY, False
+        self.value = new
+        return (Change("updated", event.key, prev, new, changed_paths(prev, new),
+                       derive_id(event.event_id, self.step_id), event.event_time_ms),), False
+
+    def on_notify(self) -> tuple[tuple[()], bool]:
+        return _EMPTY, not self.known
+
+    def on_eof(self) -> tuple[tuple[()], bool]:
+        return _EMPTY, not self.known
+
+    def notify_at(self) -> None:
+        return None
+
+    def snapshot(self) -> MergerState:
+        return MergerState(self.value, self.STATE_VERSION)
+
+
+def _event_key(event: Event) -> str:
+    return event.key
+
+
+@operator
+def merge_changes(step_id: str, up: Stream[Event], *, pipeline: str) -> Stream[Change]:
+    """Emit a `Change` per created / updated / deleted document, keyed by `Event.key`.
+
+    State per key: `MergerState` (the previous document); discarded on delete.
+    """
+    evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="delete").inc
+
+    def build(state: MergerState | None) -> Any:
+        return StatefulMerger(step_id, state, evict)
+
+    keyed = op.key_on("key", up, _event_key)
+    return op.key_rm("unkey", op.stateful("merge", keyed, build))

@@ -1,0 +1,347 @@
+"""SessionAnalyzer: event-time sessions per key, with allowed lateness.
+
+Keyed by `Event.key`. Definitions (all times in event-time milliseconds):
+
+- an event at `t` joins a session `[start, end]` iff
+  `start - gap < t < end + gap`; an event that joins two sessions *bridges*
+  them into one; a distance of exactly `gap` starts a new session;
+- the key's *watermark* `W` is the largest event time seen for the key;
+  with `advance_on_idle` (default) it also advances with the wall clock
+  while the key is idle (by the wall time elapsed since `W` last moved), so
+  idle keys close; disable it for fully replay-deterministic output;
+- a session *closes* when `W >= end + gap` and is then emitted
+  (`Session.revision` 0);
+- an event is *late* iff `t < W - allowed_lateness`: it goes to the `late`
+  output as `LateEvent(event, "beyond_allowed_lateness", watermark_ms=W)`
+  and counts in `late_events`;
+- a non-late event that falls in, extends or bridges a closed session updates
+  it, and it is re-emitted (when closed again) with `revision + 1`;
+- a closed session is retained while `W - allowed_lateness < end + gap`
+  (until no non-late event can reach it), then dropped; a key without
+  sessions is discarded (`state_evictions`, reason `sessions_closed`). Its
+  watermark goes with it: a later event of that key starts afresh.
+- at EOF every session not yet emitted in its current form is emitted (state
+  is kept: a resumed execution may still update it).
+
+`session_id` = `f"{key}:{first_start}"` where `first_start` is the start of
+the session when it was first created; a bridged session keeps the id (and
+revision count) of the earliest of the sessions it merged; the later id is
+not emitted again.
+
+`aggregate(acc, event)` folds events into a session's `aggregate`, starting
+from `initial()`; bridging two sessions needs `merge(acc_a, acc_b)`. Without
+`aggregate`, sessions only count (`aggregate` is None).
+
+State per key (`SessionState`): the key, its retained sessions
+(`SpanState`), the watermark and the wall time it last moved.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+
+from dataflows import metrics
+from dataflows.events import Event, now_ms
+from dataflows.patterns.alarm import Alarm, slack_for
+
+__all__ = [
+    "LateEvent",
+    "Session",
+    "SessionAnalyzer",
+    "SessionConfig",
+    "SessionOutputs",
+    "SessionState",
+    "SpanState",
+    "analyze_sessions",
+]
+
+_EMPTY: tuple[()] = ()
+LATE_REASON = "beyond_allowed_lateness"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A session summary; re-emitted with a higher revision when a late event updates it."""
+
+    key: str
+    start_ms: int
+    end_ms: int
+    count: int
+    aggregate: Any
+    revision: int
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LateEvent:
+    """An event older than the key's watermark minus the allowed lateness."""
+
+    event: Event
+    reason: str
+    watermark_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpanState:
+    """Snapshot of one retained session."""
+
+    start_ms: int
+    end_ms: int
+    count: int
+    aggregate: Any
+    id_start_ms: int
+    emits: int
+    dirty: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """Snapshot of one key."""
+
+    key: str
+    spans: tuple[SpanState, ...]
+    watermark_ms: int
+    wall_ms: int
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class SessionOutputs:
+    """The two outputs of `analyze_sessions`; unpacks as `(sessions, late)`."""
+
+    sessions: Stream[Session]
+    late: Stream[LateEvent]
+
+    def __iter__(self) -> Iterator[Stream[Any]]:
+        return iter((self.sessions, self.late))
+
+
+class SessionConfig:
+    """Settings shared by every key of one sessions step."""
+
+    __slots__ = ("gap_ms", "lateness_ms", "aggregate", "initial", "merge", "clock",
+                 "slack_ms", "on_late", "on_evict")
+
+    def __init__(self, gap_ms: int, allowed_lateness_ms: int, *,
+                 aggregate: Callable[[Any, Event], Any] | None = None,
+                 initial: Callable[[], Any] | None = None,
+                 merge: Callable[[Any, Any], Any] | None = None,
+                 clock: Callable[[], int] | None = now_ms,
+                 on_late: Callable[[], None] | None = None,
+                 on_evict: Callable[[], None] | None = None) -> None:
+        if gap_ms <= 0:
+            raise ValueError(f"sessions gap_ms must be > 0, got {gap_ms}")
+        if allowed_lateness_ms < 0:
+            raise ValueError(f"sessions allowed_lateness_ms must be >= 0, got {allowed_lateness_ms}")
+        if aggregate is not None and merge is None:
+            raise ValueError("sessions: a custom aggregate needs merge(acc_a, acc_b) to bridge sessions")
+        self.gap_ms = gap_ms
+        self.lateness_ms = allowed_lateness_ms
+        self.aggregate = aggregate
+        self.initial = initial
+        self.merge = merge
+        self.clock = clock
+        self.slack_ms = slack_for(gap_ms)
+        self.on_late = on_late
+        self.on_evict = on_evict
+
+
+class _Span:
+    __slots__ = ("start", "end", "count", "agg", "id_start", "emits", "dirty")
+
+    def __init__(self, start: int, end: int, count: int, agg: Any, id_start: int, emits: int,
+                 dirty: bool) -> None:
+        self.start = start
+        self.end = end
+        self.count = count
+        self.agg = agg
+        self.id_start = id_start
+        self.emits = emits
+        self.dirty = dirty
+
+
+class SessionAnalyzer:
+    """The sessions of one key (a Bytewax `StatefulLogic` by shape)."""
+
+    STATE_VERSION = 1
+    __slots__ = ("cfg", "key", "spans", "wm", "wall_ms", "alarm")
+
+    def __init__(self, cfg: SessionConfig, state: SessionState | None = None) -> None:
+        self.cfg = cfg
+        self.alarm: Alarm | None = None
+        self.spans: list[_Span] = []
+        self.key: str | None = None
+        self.wm: int | None = None
+        self.wall_ms = 0
+        if state is not None:
+            self.key = state.key
+            self.wm = state.watermark_ms
+            self.wall_ms = state.wall_ms
+            self.spans = [_Span(s.start_ms, s.end_ms, s.count, s.aggregate, s.id_start_ms, s.emits,
+                                s.dirty) for s in state.spans]
+
+    # -- events ----------------------------------------------------------------
+    def on_item(self, event: Event) -> tuple[Any, bool]:
+        cfg = self.cfg
+        t = event.event_time_ms
+        wm = self.wm
+        if wm is None:
+            self.key = event.key
+        elif t < wm - cfg.lateness_ms:
+            if cfg.on_late is not None:
+                cfg.on_late()
+            return (LateEvent(event, LATE_REASON, wm),), False
+        if wm is None or t > wm:
+            self.wm = t
+            if cfg.clock is not None:
+                self.wall_ms = cfg.clock()
+        spans = self.spans
+        gap = cfg.gap_ms
+        agg = cfg.aggregate
+        last = spans[-1] if spans else None
+        if last is not None and last.start <= t < last.end + gap:
+            if t > last.end:
+                last.end = t
+            last.count += 1
+            if agg is not None:
+                last.agg = agg(last.agg, event)
+            last.dirty = True
+        elif last is None or t >= last.end + gap:
+            acc = cfg.initial() if cfg.initial is not None else None
+            spans.append(_Span(t, t, 1, agg(acc, event) if agg is not None else None, t, 0, True))
+        else:
+            self._merge_in(t, event)
+        return self._fire()
+
+    def _merge_in(self, t: int, event: Event) -> None:
+        """Out-of-order event: join, bridge or insert among the retained sessions."""
+        cfg = self.cfg
+        gap = cfg.gap_ms
+        spans = self.spans
+        hits = [i for i, s in enumerate(spans) if s.start - gap < t < s.end + gap]
+        agg = cfg.aggregate
+        if not hits:
+            acc = cfg.initial() if cfg.initial is not None else None
+            span = _Span(t, t, 1, agg(acc, event) if agg is not None else None, t, 0, True)
+            spans.insert(bisect.bisect_left([s.start for s in spans], t), span)
+            return
+        first = spans[hits[0]]
+        for i in hits[1:]:
+            other = spans[i]
+            first.end = max(first.end, other.end)
+            first.count += other.count
+            if agg is not None and cfg.merge is not None:
+                first.agg = cfg.merge(first.agg, other.agg)
+        for i in reversed(hits[1:]):
+            del spans[i]
+        first.start = min(first.start, t)
+        first.end = max(first.end, t)
+        first.count += 1
+        if agg is not None:
+            first.agg = agg(first.agg, event)
+        first.dirty = True
+
+    def _fire(self) -> tuple[Any, bool]:
+        """Emit closed sessions, drop expired ones, discard the key when none remain."""
+        wm = self.wm
+        assert wm is not None
+        gap = self.cfg.gap_ms
+        spans = self.spans
+        out: Any = _EMPTY
+        for s in spans:
+            if s.dirty and wm >= s.end + gap:
+                if out is _EMPTY:
+                    out = []
+                out.append(self._emit(s))
+        horizon = wm - self.cfg.lateness_ms
+        while spans and horizon >= spans[0].end + gap:
+            del spans[0]
+        if not spans:
+            if self.cfg.on_evict is not None:
+                self.cfg.on_evict()
+            return out, True
+        return out, False
+
+    def _emit(self, s: _Span) -> Session:
+        key = self.key
+        assert key is not None
+        out = Session(key, s.start, s.end, s.count, s.agg, s.emits, f"{key}:{s.id_start}")
+        s.emits += 1
+        s.dirty = False
+        return out
+
+    # -- lifecycle ---------------------------------------------------------------
+    def on_notify(self) -> tuple[Any, bool]:
+        clock = self.cfg.clock
+        if clock is None or self.wm is None:
+            return _EMPTY, False
+        now = clock()
+        if now > self.wall_ms:
+            self.wm += now - self.wall_ms
+            self.wall_ms = now
+        return self._fire()
+
+    def on_eof(self) -> tuple[Any, bool]:
+        return [self._emit(s) for s in self.spans if s.dirty], False
+
+    def notify_at(self) -> datetime | None:
+        cfg = self.cfg
+        if cfg.clock is None or not self.spans or self.wm is None:
+            return None
+        gap = cfg.gap_ms
+        late = cfg.lateness_ms
+        nearest = min(s.end + gap if s.dirty else s.end + gap + late for s in self.spans)
+        alarm = self.alarm
+        if alarm is None:
+            self.alarm = alarm = Alarm()
+        return alarm.schedule(self.wall_ms + max(0, nearest - self.wm), cfg.slack_ms)
+
+    def snapshot(self) -> SessionState:
+        assert self.key is not None and self.wm is not None
+        spans = tuple(SpanState(s.start, s.end, s.count, s.agg, s.id_start, s.emits, s.dirty)
+                      for s in self.spans)
+        return SessionState(self.key, spans, self.wm, self.wall_ms, self.STATE_VERSION)
+
+
+def _event_key(event: Event) -> str:
+    return event.key
+
+
+def _is_session(item: Any) -> bool:
+    return type(item) is Session
+
+
+@operator
+def analyze_sessions(step_id: str, up: Stream[Event], *, gap_ms: int, allowed_lateness_ms: int,
+                     pipeline: str, aggregate: Callable[[Any, Event], Any] | None = None,
+                     initial: Callable[[], Any] | None = None,
+                     merge: Callable[[Any, Any], Any] | None = None,
+                     advance_on_idle: bool = True,
+                     clock: Callable[[], int] = now_ms) -> SessionOutputs:
+    """Sessions per `Event.key` (see the module docstring).
+
+    Emits `Session`s on `.sessions` and `LateEvent`s on `.late`.
+    State per key: `SessionState`; discarded once all its sessions are dropped.
+    """
+    cfg = SessionConfig(
+        gap_ms, allowed_lateness_ms, aggregate=aggregate, initial=initial, merge=merge,
+        clock=clock if advance_on_idle else None,
+        on_late=metrics.LATE_EVENTS.labels(pipeline=pipeline, step=step_id).inc,
+        on_evict=metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id,
+                                                reason="sessions_closed").inc,
+    )
+
+    def build(state: SessionState | None) -> Any:
+        return SessionAnalyzer(cfg, state)
+
+    keyed = op.key_on("key", up, _event_key)
+    out = op.key_rm("unkey", op.stateful("sessions", keyed, build))
+    split = op.branch("split", out, _is_session)
+    return SessionOutputs(split.trues, split.falses)

@@ -1,0 +1,159 @@
+"""What every pipeline does the same way: load its config, ingest, run a user hook.
+
+- `pipeline_config(name)`: `$STREAMFORGE_CONFIG`, else the repo's
+  `config/<name>.yaml`, with `STREAMFORGE__A__B` overrides.
+- `ParseOptions.from_config(cfg)`: the `parse.*` keys and `limits.max-record-bytes`.
+- `ingest(...)`: input step + parse. A source may yield RawRecords (file,
+  kafka; parsed here), Events (mongo; passed through) and DeadLetters (a
+  source's own errors); emits `ok` Events and `dlq` DeadLetters.
+- `load_hook(cfg, key)` / `apply_hook(...)`: an optional user function
+  `module:function` (Event -> Event, or -> dict = the new value) run guarded:
+  if it raises or returns anything else, the event becomes a USER_FUNCTION
+  dead letter and the flow goes on.
+- `lazy_flow(name, build_flow)`: the module-level `flow`, built on first access
+  (so importing a pipeline module for `build_flow` never reads a config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+
+from dataflows.config import Config, ConfigError, load_config
+from dataflows.dead_letter import DeadLetter
+from dataflows.errors import Guarded, guarded_map
+from dataflows.events import Event, RawRecord
+from dataflows.parse import TypeSpec, parse_events
+
+__all__ = ["ParseOptions", "apply_hook", "ingest", "lazy_flow", "load_hook", "pipeline_config"]
+
+REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+
+def pipeline_config(name: str) -> Config:
+    """The config of pipeline `name` (see module docstring)."""
+    return load_config(os.environ.get("STREAMFORGE_CONFIG") or REPO_CONFIG_DIR / f"{name}.yaml")
+
+
+@dataclass(frozen=True)
+class ParseOptions:
+    """How a pipeline's records become Events."""
+
+    key_field: str
+    time_field: str | None
+    op_field: str | None
+    id_field: str | None
+    max_record_bytes: int
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, key_field: str, time_field: str | None = "ts",
+                    op_field: str | None = None, id_field: str | None = None) -> ParseOptions:
+        return cls(
+            key_field=cfg.str("parse.key-field", key_field),
+            time_field=cfg.str("parse.time-field", time_field),
+            op_field=cfg.str("parse.op-field", op_field),
+            id_field=cfg.str("parse.id-field", id_field),
+            max_record_bytes=_positive_size(cfg, "limits.max-record-bytes", "1MiB"),
+        )
+
+
+def _positive_size(cfg: Config, key: str, default: str) -> int:
+    value = cfg.size(key, default)
+    if value < 1:
+        raise ConfigError(f"{key}: must be > 0, got {value} (in {cfg.origin})")
+    return value
+
+
+def ingest(
+    flow: Dataflow,
+    source: Source[Any],
+    *,
+    pipeline: str,
+    options: ParseOptions,
+    optional: Mapping[str, TypeSpec] | None = None,
+) -> Guarded:
+    """Steps `source` and `parse`: emits Events (`ok`) and DeadLetters (`dlq`)."""
+    items = op.input("source", flow, source)
+    letters = op.branch("source_errors", items, lambda x: isinstance(x, DeadLetter))
+    raw = op.branch("raw_records", letters.falses, lambda x: isinstance(x, RawRecord))
+    required = {options.id_field: str} if options.id_field else None
+    parsed = parse_events(
+        "parse",
+        raw.trues,
+        pipeline=pipeline,
+        key_field=options.key_field,
+        time_field=options.time_field,
+        max_record_bytes=options.max_record_bytes,
+        op_field=options.op_field,
+        required=required,
+        optional=optional,
+    )
+    events = op.merge("events", parsed.ok, raw.falses)
+    return Guarded(events, op.merge("ingest_dlq", letters.trues, parsed.dlq))
+
+
+def load_hook(cfg: Config, key: str) -> Callable[[Event], Any] | None:
+    """The `module:function` named by `key`, or None; ConfigError naming `key` if bad."""
+    spec = cfg.str(key, None)
+    if not spec:
+        return None
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{key}: expected 'module:function', got {spec!r} (in {cfg.origin})")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{key}: cannot load {spec!r}: {exc} (in {cfg.origin})") from None
+    if not callable(fn):
+        raise ConfigError(f"{key}: {spec!r} is not callable (in {cfg.origin})")
+    return fn
+
+
+class _HookAdapter:
+    """Calls the user hook; accepts an Event or a dict (the new value) back."""
+
+    def __init__(self, hook: Callable[[Event], Any]) -> None:
+        self.hook = hook
+
+    def __call__(self, event: Event) -> Event:
+        result = self.hook(event)
+        if isinstance(result, Event):
+            return result
+        if isinstance(result, dict):
+            return dataclasses.replace(event, value=result)
+        raise TypeError(f"hook must return an Event or a dict, got {type(result).__name__}")
+
+
+def _never(_item: Any) -> bool:
+    return False
+
+
+def apply_hook(step_id: str, up: Stream[Event], hook: Callable[[Event], Any] | None,
+               *, pipeline: str) -> Guarded:
+    """Run `hook` guarded over `up` (identity when there is no hook)."""
+    if hook is None:
+        return Guarded(up, op.filter(f"{step_id}_none", up, _never))
+    return guarded_map(step_id, up, _HookAdapter(hook), pipeline=pipeline)
+
+
+def lazy_flow(name: str, build_flow: Callable[[Config], Dataflow]) -> Callable[[str], Any]:
+    """A module `__getattr__` that builds `flow` from `pipeline_config(name)` once."""
+    cache: dict[str, Dataflow] = {}
+
+    def __getattr__(attr: str) -> Any:
+        if attr != "flow":
+            raise AttributeError(attr)
+        if "flow" not in cache:
+            cache["flow"] = build_flow(pipeline_config(name))
+        return cache["flow"]
+
+    return __getattr__

@@ -1,0 +1,80 @@
+"""The customers_cdc pipeline: a MongoDB collection mirrored, via CDC, into another.
+
+    mongo change stream (+ SnapshotLoader) -> merge (StatefulMerger: diffs) -> changes sink (optional)
+                                          \\-> materialize (sweep) -> MongoDB target collection
+    every dead letter (source: unsupported / oversized documents; sink writes) -> one DLQ sink
+
+- source (`source.*`, see dataflows/connectors/mongo.py): change events and,
+  on first start or after a lost position (286 / 260 / invalidate), a
+  re-sync: snapshot events of a new generation, then a generation marker.
+- materialize (`sweep=True`): upserts and tombstones per `_id`; the
+  generation marker tombstones keys the re-sync did not see, i.e. documents
+  deleted while the change-stream position was lost.
+- sink: `sink.type: mongo` writes with `write_to_mongo` (bulk upserts /
+  deletes, retries, optional `sink.version-field` guard); its failed writes
+  join the DLQ stream. Any other sink type goes through `pipelines.io`.
+- `sink.changes` (optional section, any sink type): the merger's diffs.
+
+Run with `streamforge run customers_cdc` or `python -m bytewax.run
+dataflows.pipelines.customers_cdc:flow -r DIR -s 1 -b 0`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.outputs import Sink
+
+from dataflows.config import Config
+from dataflows.connectors.mongo import mongo_sink_settings
+from dataflows.connectors.mongo_sink import write_to_mongo
+from dataflows.dead_letter import DeadLetter
+from dataflows.pipelines.common import ParseOptions, ingest, lazy_flow
+from dataflows.pipelines.io import build_dlq_sink, build_sink, build_source, write_output
+
+__all__ = ["NAME", "build_flow"]
+
+NAME = "customers_cdc"
+
+
+def build_flow(
+    cfg: Config,
+    *,
+    source: Any = None,
+    sink: Sink[Any] | None = None,
+    dlq_sink: Sink[Any] | None = None,
+    changes_sink: Sink[Any] | None = None,
+) -> Dataflow:
+    """The customers_cdc dataflow; config errors are raised here, naming their key."""
+    from dataflows.patterns.materializer import materialize
+    from dataflows.patterns.merger import merge_changes
+
+    name = cfg.str("pipeline.name", NAME)
+    options = ParseOptions.from_config(cfg, key_field="_id", time_field=None)
+    source = source if source is not None else build_source(cfg.section("source"), name)
+    dlq_sink = dlq_sink if dlq_sink is not None else build_dlq_sink(cfg.section("dlq"), name)
+    mongo_target = sink is None and cfg.str("sink.type", "file") == "mongo"
+    target_settings = mongo_sink_settings(cfg.section("sink"), name) if mongo_target else None
+    if sink is None and not mongo_target:
+        sink = build_sink(cfg.section("sink"), name)
+    if changes_sink is None and cfg.has("sink.changes"):
+        changes_sink = build_sink(cfg.section("sink.changes"), name)
+
+    flow = Dataflow(name)
+    events, ingest_dlq = ingest(flow, source, pipeline=name, options=options)
+    table = materialize("materialize", events, pipeline=name, sweep=True)
+    dead: list[Stream[DeadLetter]] = [ingest_dlq]
+    if target_settings is not None:
+        dead.append(write_to_mongo("sink", table, target_settings))
+    else:
+        assert sink is not None
+        write_output("sink", table, sink)
+    if changes_sink is not None:
+        write_output("changes_sink", merge_changes("merge", events, pipeline=name), changes_sink)
+    write_output("dlq_sink", op.merge("dlq", *dead), dlq_sink)
+    return flow
+
+
+__getattr__ = lazy_flow(NAME, build_flow)

@@ -1,0 +1,94 @@
+"""The orders pipeline: order events -> a deduplicated, merged, materialized table.
+
+    source -> parse -> dedup -> [enrich hook] -> merge       -> changes sink (optional)
+                                            \\-> materialize -> sink (table changes)
+    every dead letter (source, parse, hook, patterns) -> one DLQ sink
+
+- parse: key `parse.key-field` (order_id), time `parse.time-field` (ts),
+  op `parse.op-field` (op; `delete` makes a tombstone), the order event's own
+  id `parse.id-field` (event_id, required: it is the dedup identity);
+  `amount` must be a number and `status` a string when present.
+- dedup (`patterns.dedup.ttl`, by event time): a redelivered order event (same
+  id) is dropped.
+- enrich (`patterns.enrich: module:function`, optional): a user hook
+  `Event -> Event | dict` (a dict replaces the value), run after dedup so a
+  redelivery is not enriched twice; a raising hook makes a USER_FUNCTION
+  dead letter (stage `<pipeline>.enrich`).
+- merge: per order, a Change (created / updated / deleted, with the changed
+  fields) -> `sink.changes-path` when set.
+- materialize: per order, TableChange upsert / tombstone -> `sink`
+  (`patterns.materializer.sweep: true` tombstones keys missing from a Mongo
+  re-sync, with `patterns.materializer.shards`).
+
+Run with `streamforge run orders` (or `python -m bytewax.run
+dataflows.pipelines.orders:flow`); `flow` is built from `$STREAMFORGE_CONFIG`
+or config/orders.yaml.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import Sink
+
+from dataflows.config import Config, ConfigError
+from dataflows.connectors.files import JsonlSink
+from dataflows.pipelines.common import ParseOptions, apply_hook, ingest, lazy_flow, load_hook
+from dataflows.pipelines.io import build_dlq_sink, build_sink, build_source, write_output
+
+__all__ = ["build_flow"]
+
+NAME = "orders"
+OPTIONAL_TYPES: dict[str, Any] = {"amount": (int, float), "status": str}
+
+
+def _ttl_ms(cfg: Config) -> int:
+    ttl = cfg.duration("patterns.dedup.ttl", "1h")
+    if ttl <= 0:
+        raise ConfigError(f"patterns.dedup.ttl: must be > 0, got {ttl}s (in {cfg.origin})")
+    return int(ttl * 1000)
+
+
+def build_flow(
+    cfg: Config,
+    *,
+    source: Any = None,
+    sink: Sink[Any] | None = None,
+    dlq_sink: Sink[Any] | None = None,
+    changes_sink: Sink[Any] | None = None,
+) -> Dataflow:
+    """The orders dataflow; every config error is raised here, naming its key."""
+    from dataflows.patterns.dedup import deduplicate
+    from dataflows.patterns.materializer import materialize
+    from dataflows.patterns.merger import merge_changes
+
+    name = cfg.str("pipeline.name", NAME)
+    options = ParseOptions.from_config(cfg, key_field="order_id", time_field="ts",
+                                       op_field="op", id_field="event_id")
+    if not options.id_field:
+        raise ConfigError(f"parse.id-field: the orders pipeline needs the event id field (in {cfg.origin})")
+    ttl_ms = _ttl_ms(cfg)
+    sweep = cfg.bool("patterns.materializer.sweep", False)
+    shards = cfg.int("patterns.materializer.shards", 64, minimum=1)
+    hook = load_hook(cfg, "patterns.enrich")
+    source = source if source is not None else build_source(cfg.section("source"), name)
+    sink = sink if sink is not None else build_sink(cfg.section("sink"), name)
+    dlq_sink = dlq_sink if dlq_sink is not None else build_dlq_sink(cfg.section("dlq"), name)
+    if changes_sink is None and cfg.has("sink.changes-path"):
+        changes_sink = JsonlSink(cfg.str("sink.changes-path"))
+
+    flow = Dataflow(name)
+    events, ingest_dlq = ingest(flow, source, pipeline=name, options=options, optional=OPTIONAL_TYPES)
+    unique = deduplicate("dedup", events, ttl_ms=ttl_ms, pipeline=name, key=options.id_field)
+    enriched, hook_dlq = apply_hook("enrich", unique, hook, pipeline=name)
+    table = materialize("materialize", enriched, pipeline=name, sweep=sweep, shards=shards)
+    write_output("sink", table, sink)
+    if changes_sink is not None:
+        write_output("changes_sink", merge_changes("merge", enriched, pipeline=name), changes_sink)
+    write_output("dlq_sink", op.merge("dlq", ingest_dlq, hook_dlq), dlq_sink)
+    return flow
+
+
+__getattr__ = lazy_flow(NAME, build_flow)

@@ -1,0 +1,311 @@
+"""Checkpoints: a consistent online copy of every partition, uploaded, manifest last.
+
+`take_checkpoint` (the supervisor calls it every ``checkpoints.interval``,
+applying timeout / min-pause / retained itself):
+
+1. reads the resume epoch R from the live partitions;
+2. copies each partition with SQLite's backup API and seals the copy at R
+   (`recovery.partitions.seal_copy`): every copy then resumes at R, with
+   one row per live key;
+3. uploads each copy zlib-compressed (full), or, when `incremental` and the
+   previous checkpoint's sealed copies are in the local cache, only the delta
+   since it (`recovery.delta`); a full base every `full_every` checkpoints;
+4. uploads the manifest (sha256 of every object, logical digest of every
+   partition, source positions, state size per step), signed when a key is
+   given, LAST: a checkpoint without a manifest is never chosen;
+5. records the checkpoint metrics.
+
+A failure raises `CheckpointError` (`CheckpointTimeout` past `timeout_s`) or
+`recovery.store.StoreError` (the store failed after its retries); nothing is
+published then (no manifest). The supervisor counts it in ``CHECKPOINT_FAILURES`` and carries on. The
+cache of sealed copies lives next to the recovery directory
+(``<recovery_dir>.checkpoint-cache``), never inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dataflows import metrics
+from recovery.delta import make_delta
+from recovery.manifest import (
+    Kind,
+    Manifest,
+    ManifestError,
+    PartitionEntry,
+    manifest_key,
+    new_id,
+    object_key,
+    scan,
+    snapshot_prefix,
+)
+from recovery.partitions import (
+    PartitionError,
+    connect,
+    copy_partition,
+    logical_digest,
+    part_index,
+    partition_files,
+    resume_epoch,
+    seal_copy,
+)
+from recovery.positions import source_positions, state_bytes_by_step
+from recovery.store import ObjectStore, StoreError
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointTimeout",
+    "apply_retention",
+    "default_cache_dir",
+    "delete_snapshot",
+    "list_checkpoints",
+    "take_checkpoint",
+]
+
+COMPRESS_LEVEL = 3
+_CACHE_META = "cache.json"
+
+
+class CheckpointError(Exception):
+    """A checkpoint or savepoint could not be taken (nothing was published)."""
+
+
+class CheckpointTimeout(CheckpointError):
+    """The checkpoint took longer than its timeout."""
+
+
+def default_cache_dir(recovery_dir: Path) -> Path:
+    return Path(f"{Path(recovery_dir).absolute()}.checkpoint-cache")
+
+
+@dataclass(frozen=True)
+class _Parent:
+    id: str
+    chain: list[str]
+    dir: Path
+
+
+class _Deadline:
+    def __init__(self, timeout_s: float | None) -> None:
+        self.timeout_s = timeout_s
+        self.end = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def check(self, what: str) -> None:
+        if self.end is not None and time.monotonic() > self.end:
+            raise CheckpointTimeout(f"checkpoint timed out after {self.timeout_s}s ({what})")
+
+
+def _sealed_copies(recovery_dir: Path, work: Path, deadline: _Deadline) -> tuple[list[Path], int | None]:
+    files = partition_files(recovery_dir)
+    if not files:
+        raise CheckpointError(f"{recovery_dir}: no recovery partitions to checkpoint")
+    conns = [connect(f, readonly=True) for f in files]
+    try:
+        epoch = resume_epoch(conns)
+    finally:
+        for c in conns:
+            c.close()
+    copies = []
+    for f in files:
+        dst = work / f.name
+        copy_partition(f, dst)
+        copies.append(dst)
+        deadline.check(f"copying {f.name}")
+    for c in copies:
+        seal_copy(c, epoch)
+    conns = [connect(c, readonly=True) for c in copies]
+    try:
+        sealed = resume_epoch(conns)
+    finally:
+        for c in conns:
+            c.close()
+    if sealed != epoch:
+        raise CheckpointError(
+            f"the flow (re)started while the partitions were copied (epoch {epoch} -> {sealed}); "
+            "nothing published, the next checkpoint will be consistent"
+        )
+    return copies, epoch
+
+
+def _load_parent(cache_dir: Path, store: ObjectStore, pipeline: str, count: int) -> _Parent | None:
+    try:
+        meta = json.loads((cache_dir / _CACHE_META).read_text())
+    except (OSError, ValueError):
+        return None
+    current = cache_dir / "current"
+    if (
+        meta.get("store") != store.url
+        or meta.get("pipeline") != pipeline
+        or len(partition_files(current)) != count
+        or not store.exists(manifest_key(pipeline, "checkpoint", meta["id"]))
+    ):
+        return None
+    return _Parent(id=meta["id"], chain=list(meta.get("chain", [])), dir=current)
+
+
+def _save_parent(cache_dir: Path, work: Path, manifest: Manifest, store: ObjectStore) -> None:
+    (cache_dir / _CACHE_META).unlink(missing_ok=True)
+    current = cache_dir / "current"
+    shutil.rmtree(current, ignore_errors=True)
+    current.mkdir(parents=True)
+    for f in partition_files(work):
+        f.replace(current / f.name)
+    meta = {"id": manifest.id, "chain": manifest.chain, "store": store.url, "pipeline": manifest.pipeline}
+    tmp = cache_dir / f"{_CACHE_META}.tmp"
+    tmp.write_text(json.dumps(meta))
+    tmp.replace(cache_dir / _CACHE_META)
+
+
+def _object_bytes(copy: Path, parent: _Parent | None, work: Path) -> bytes:
+    if parent is None:
+        return zlib.compress(copy.read_bytes(), COMPRESS_LEVEL)
+    delta = work / f"{copy.stem}.delta"
+    make_delta(parent.dir / copy.name, copy, delta)
+    data = zlib.compress(delta.read_bytes(), COMPRESS_LEVEL)
+    delta.unlink()
+    return data
+
+
+def take_checkpoint(
+    recovery_dir: Path,
+    store: ObjectStore,
+    *,
+    pipeline: str,
+    code_version: str = "",
+    kind: Kind = "checkpoint",
+    name: str | None = None,
+    incremental: bool = False,
+    full_every: int = 10,
+    signing_key: bytes | None = None,
+    timeout_s: float | None = None,
+    cache_dir: Path | None = None,
+    input_steps: Iterable[str] | None = None,
+) -> Manifest:
+    """Copy, upload and publish (manifest last) a checkpoint or savepoint."""
+    started = time.monotonic()
+    deadline = _Deadline(timeout_s)
+    recovery_dir = Path(recovery_dir)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(recovery_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".work-", dir=cache_dir))
+    try:
+        try:
+            copies, epoch = _sealed_copies(recovery_dir, work, deadline)
+        except PartitionError as exc:
+            raise CheckpointError(str(exc)) from None
+        parent = None
+        if incremental and kind == "checkpoint":
+            parent = _load_parent(cache_dir, store, pipeline, len(copies))
+            if parent is not None and len(parent.chain) + 1 >= max(1, full_every):
+                parent = None
+        snap_id = new_id(kind)
+        entries = []
+        for copy in copies:
+            data = _object_bytes(copy, parent, work)
+            key = object_key(pipeline, kind, snap_id, part_index(copy), parent is not None)
+            store.put(key, data)
+            deadline.check(f"uploading {key}")
+            keys = connect(copy, readonly=True)
+            try:
+                n = keys.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
+                commit = keys.execute("SELECT commit_epoch FROM commits").fetchone()
+            finally:
+                keys.close()
+            entries.append(
+                PartitionEntry(
+                    index=part_index(copy),
+                    object=key,
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    size=len(data),
+                    delta=parent is not None,
+                    digest=logical_digest(copy),
+                    keys=n,
+                    commit_epoch=commit[0] if commit else None,
+                )
+            )
+        chain = [*parent.chain, parent.id] if parent else []
+        manifest = Manifest(
+            id=snap_id,
+            kind=kind,
+            name=name,
+            pipeline=pipeline,
+            created_at=datetime.now(UTC).isoformat(),
+            code_version=code_version,
+            partition_count=len(copies),
+            partitions=entries,
+            source_positions=source_positions(copies, input_steps),
+            state_bytes_by_step=state_bytes_by_step(copies),
+            base_id=chain[0] if chain else None,
+            total_bytes=sum(e.size for e in entries),
+            epoch=epoch,
+            parent_id=parent.id if parent else None,
+            chain=chain,
+        )
+        if signing_key:
+            manifest.sign(signing_key)
+        deadline.check("before publishing the manifest")
+        store.put(manifest_key(pipeline, kind, snap_id), manifest.to_json().encode())
+        if kind == "checkpoint":
+            _save_parent(cache_dir, work, manifest, store)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    elapsed_ms = (time.monotonic() - started) * 1000
+    metrics.CHECKPOINT_DURATION.labels(pipeline=pipeline, kind=kind).observe(elapsed_ms)
+    metrics.CHECKPOINT_SIZE.labels(pipeline=pipeline, kind=kind).set(manifest.total_bytes)
+    metrics.CHECKPOINTS_COMPLETED.labels(pipeline=pipeline, kind=kind).inc()
+    if kind == "checkpoint":
+        metrics.LAST_CHECKPOINT_TIMESTAMP.labels(pipeline=pipeline).set(time.time())
+    return manifest
+
+
+def list_checkpoints(store: ObjectStore, pipeline: str) -> list[Manifest]:
+    """Complete checkpoints, newest first."""
+    return scan(store, pipeline, "checkpoint")[0]
+
+
+def delete_snapshot(store: ObjectStore, pipeline: str, kind: Kind, snap_id: str) -> None:
+    """Delete the manifest first (so it is never chosen half-deleted), then the objects."""
+    prefix = snapshot_prefix(pipeline, kind, snap_id)
+    mkey = manifest_key(pipeline, kind, snap_id)
+    if store.exists(mkey):
+        store.delete(mkey)
+    for key in store.list(prefix):
+        store.delete(key)
+
+
+def apply_retention(store: ObjectStore, pipeline: str, retained: int) -> list[str]:
+    """Keep the newest `retained` checkpoints (and the bases/deltas they need).
+
+    Incomplete checkpoints older than the newest complete one are removed too.
+    Savepoints are never touched. Returns the deleted ids.
+    """
+    manifests, _ = scan(store, pipeline, "checkpoint")
+    keep = manifests[: max(1, retained)]
+    needed = {m.id for m in keep} | {i for m in keep for i in m.chain}
+    newest = keep[0].id if keep else None
+    root = f"{pipeline}/checkpoints/"
+    all_ids = sorted({k[len(root) :].split("/", 1)[0] for k in store.list(root)})
+    deleted = []
+    for snap_id in all_ids:
+        if snap_id in needed or newest is None or snap_id > newest:
+            continue
+        delete_snapshot(store, pipeline, "checkpoint", snap_id)
+        deleted.append(snap_id)
+    return deleted
+
+
+def manifest_or_error(store: ObjectStore, pipeline: str, kind: Kind, snap_id: str) -> Manifest:
+    """Read one manifest; ManifestError if missing or unreadable."""
+    try:
+        return Manifest.from_json(store.get(manifest_key(pipeline, kind, snap_id)))
+    except StoreError as exc:
+        raise ManifestError(f"{kind} {snap_id}: {exc}") from None

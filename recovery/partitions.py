@@ -1,0 +1,226 @@
+"""Bytewax's SQLite recovery partitions: create, find, copy consistently, digest.
+
+Facts this module relies on (read from Bytewax 0.21.1's queries):
+
+- Each partition ``part-N.sqlite3`` has tables ``parts``, ``exs`` (one row per
+  execution: worker count and the epoch it resumed from), ``fronts`` (per
+  execution and worker, the frontier: every epoch below it is durable),
+  ``commits`` (the partition's commit epoch: superseded snapshots at or below
+  it were garbage-collected) and ``snaps(step_id, state_key, snap_epoch,
+  ser_change)``; WAL mode.
+- Resume epoch = over the latest execution, for each worker the max of its
+  explicit frontier and the execution's resume epoch, then the min over
+  workers. ``exs``/``fronts`` rows live in whichever partition they route to,
+  so the epoch is computed over all partitions together.
+- On resume, a step's state for a key is the row with the greatest
+  ``snap_epoch`` below the resume epoch (NULL ``ser_change`` = discarded key).
+- A partition whose ``commit_epoch`` is above the resume epoch raises
+  ``InconsistentPartitionsError``.
+
+A checkpoint copy is made consistent by `seal_copy`: given the resume epoch R
+read from the live partitions *before* copying (every later copy holds all
+snapshots below R), it clamps the frontiers to R, keeps for each key only the
+row Bytewax would load at R (dropping discarded keys), and refuses a copy
+whose commit epoch passed R (the ``-b`` backup interval was shorter than the
+copy took).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "PartitionError",
+    "SealInfo",
+    "connect",
+    "copy_partition",
+    "init_partitions",
+    "logical_digest",
+    "part_index",
+    "partition_files",
+    "resume_epoch",
+    "seal_copy",
+]
+
+_PART_RE = re.compile(r"^part-(\d+)\.sqlite3$")
+BUSY_TIMEOUT_MS = 5000
+
+
+class PartitionError(Exception):
+    """A recovery partition is missing, unreadable or inconsistent."""
+
+
+def part_index(path: Path) -> int:
+    """The partition index in a ``part-N.sqlite3`` file name."""
+    m = _PART_RE.match(path.name)
+    if not m:
+        raise PartitionError(f"{path} is not a recovery partition file")
+    return int(m.group(1))
+
+
+def partition_files(recovery_dir: Path) -> list[Path]:
+    """The ``part-N.sqlite3`` files of `recovery_dir`, by index."""
+    recovery_dir = Path(recovery_dir)
+    if not recovery_dir.is_dir():
+        return []
+    files = [p for p in recovery_dir.iterdir() if _PART_RE.match(p.name)]
+    return sorted(files, key=part_index)
+
+
+def init_partitions(recovery_dir: Path, count: int) -> bool:
+    """Create `count` empty partitions if the directory has none; True if created."""
+    recovery_dir = Path(recovery_dir)
+    existing = partition_files(recovery_dir)
+    if existing:
+        if len(existing) != count:
+            raise PartitionError(
+                f"{recovery_dir} has {len(existing)} partitions, config says {count}; "
+                "the partition count is fixed when the directory is created"
+            )
+        return False
+    recovery_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bytewax.recovery", str(recovery_dir), str(count)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise PartitionError(f"bytewax.recovery init failed: {proc.stderr.strip()[-500:]}")
+    return True
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open a partition with a busy timeout (Bytewax may be writing to it)."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    else:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def resume_epoch(conns: Iterable[sqlite3.Connection]) -> int | None:
+    """Bytewax's resume epoch over these partitions; None if no execution ran yet."""
+    exs: list[tuple[int, int, int]] = []
+    fronts: list[tuple[int, int, int]] = []
+    for conn in conns:
+        exs += conn.execute("SELECT ex_num, worker_count, resume_epoch FROM exs").fetchall()
+        fronts += conn.execute("SELECT ex_num, worker_index, worker_frontier FROM fronts").fetchall()
+    if not exs:
+        return None
+    ex_num, worker_count, default = max(exs)
+    frontier = dict.fromkeys(range(worker_count), default)
+    for ex, worker, value in fronts:
+        if ex == ex_num and worker in frontier:
+            frontier[worker] = max(frontier[worker], value)
+    return min(frontier.values())
+
+
+def copy_partition(src: Path, dst: Path) -> None:
+    """Online-consistent copy with SQLite's backup API (never a file copy)."""
+    dst.unlink(missing_ok=True)
+    source = connect(src, readonly=True)
+    target = sqlite3.connect(dst)
+    try:
+        source.backup(target)
+        target.execute("PRAGMA journal_mode = DELETE")
+    except sqlite3.Error as exc:
+        raise PartitionError(f"cannot copy {src}: {exc}") from None
+    finally:
+        target.close()
+        source.close()
+
+
+@dataclass(frozen=True)
+class SealInfo:
+    """What `seal_copy` found in one copied partition."""
+
+    index: int
+    commit_epoch: int | None
+    keys: int
+    dropped_rows: int
+
+
+def seal_copy(path: Path, epoch: int | None) -> SealInfo:
+    """Make a copied partition resume exactly at `epoch` with one row per live key.
+
+    Raises PartitionError if the copy's commit epoch is above `epoch`.
+    """
+    conn = sqlite3.connect(path)
+    try:
+        index = conn.execute("SELECT part_index FROM parts").fetchone()
+        if index is None:
+            raise PartitionError(f"{path}: no parts row; not an initialised partition")
+        row = conn.execute("SELECT commit_epoch FROM commits").fetchone()
+        commit = row[0] if row else None
+        if epoch is not None and commit is not None and commit > epoch:
+            raise PartitionError(
+                f"partition {index[0]} committed epoch {commit} past the consistent epoch {epoch} "
+                "while it was copied; raise the backup interval (-b) above the checkpoint duration"
+            )
+        before = conn.total_changes
+        with conn:
+            if epoch is not None:
+                conn.execute(
+                    "UPDATE fronts SET worker_frontier = ?1 WHERE worker_frontier > ?1", (epoch,)
+                )
+                conn.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (epoch,))
+            conn.execute(
+                """
+                WITH latest AS (
+                  SELECT step_id, state_key, MAX(snap_epoch) AS snap_epoch
+                  FROM snaps GROUP BY step_id, state_key
+                )
+                DELETE FROM snaps WHERE (step_id, state_key, snap_epoch) NOT IN
+                  (SELECT step_id, state_key, snap_epoch FROM latest)
+                """
+            )
+            conn.execute("DELETE FROM snaps WHERE ser_change IS NULL")
+        dropped = conn.total_changes - before
+        keys = conn.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
+        if dropped > keys // 10:
+            conn.execute("VACUUM")
+        return SealInfo(index=index[0], commit_epoch=commit, keys=keys, dropped_rows=dropped)
+    finally:
+        conn.close()
+
+
+def _frame(*fields: object) -> bytes:
+    return "\x1f".join("" if f is None else str(f) for f in fields).encode() + b"\x1e"
+
+
+def logical_digest(path: Path) -> str:
+    """sha256 of a partition's rows (not its page layout), for verification.
+
+    Snapshot epochs are left out: in a sealed copy (one row per key, all below
+    the resume epoch) they do not change what Bytewax loads.
+    """
+    h = hashlib.sha256()
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        for sql in (
+            "SELECT part_index, part_count FROM parts ORDER BY part_index",
+            "SELECT ex_num, worker_count, resume_epoch FROM exs ORDER BY ex_num",
+            "SELECT ex_num, worker_index, worker_frontier FROM fronts ORDER BY 1, 2",
+            "SELECT part_index, commit_epoch FROM commits ORDER BY part_index",
+        ):
+            h.update(sql.encode())
+            for row in conn.execute(sql):
+                h.update(_frame(*row))
+        h.update(b"snaps")
+        for step_id, key, blob in conn.execute(
+            "SELECT step_id, state_key, ser_change FROM snaps ORDER BY step_id, state_key, snap_epoch"
+        ):
+            h.update(_frame(step_id, key, -1 if blob is None else len(blob)))
+            if blob is not None:
+                h.update(blob)
+    finally:
+        conn.close()
+    return h.hexdigest()

@@ -1,0 +1,434 @@
+"""Render the Kubernetes manifests of one pipeline from its config (`streamforge deploy render`).
+
+`render(cfg, options)` builds plain dicts, one object per file:
+
+- `configmap.yaml`: the pipeline YAML as the pod sees it: `recovery.dir` on the
+  state volume, `checkpoints.dir` / `savepoints.dir` in S3 (a `file://` store
+  would die with the pod), relative file-sink paths moved onto the volume.
+- `statefulset.yaml`: one pod running the supervisor
+  (`streamforge run PIPELINE --config /etc/streamforge/pipeline.yaml`), a
+  volumeClaimTemplate for the Bytewax recovery partitions, an initContainer
+  that restores from the store (`streamforge restore latest`) when the volume
+  holds no partitions (a new or replaced volume; partitions already on the
+  volume are at least as new as any checkpoint, the supervisor resumes them),
+  credentials from the Secret `<name>-credentials`, `/healthz` (liveness) and
+  `/readyz` (readiness) on the metrics port. No preStop hook: on SIGTERM the
+  supervisor stops the dataflow and takes a savepoint itself
+  (`savepoints.on-cancel`), so `terminationGracePeriodSeconds` covers
+  `recovery.stop-grace` + `checkpoints.timeout` + a margin.
+- `service.yaml`: a headless Service (stable pod DNS, metrics ports).
+- `podmonitor.yaml`: scrape the supervisor's `/metrics` and the Bytewax
+  dataflow API's `/metrics` (checkpoint metrics live in the supervisor,
+  source and DLQ metrics in the dataflow process).
+- `prometheusrule.yaml`: the groups of `deploy/prometheus/*_rules.yaml`,
+  unchanged (one shared object, `streamforge-rules`, for every pipeline).
+
+One replica only: the supervisor runs one Bytewax process (scale with
+`pipeline.workers`); two replicas would each process the whole input.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from dataflows.config import Config
+from streamforge_ops.settings import Settings, read_settings
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "DEFAULT_NAMESPACE",
+    "RULES_DIR",
+    "Manifest",
+    "RenderError",
+    "RenderOptions",
+    "RenderResult",
+    "dump_manifest",
+    "render",
+    "write_manifests",
+]
+
+DEFAULT_IMAGE = "streamforge:0.1.0"
+DEFAULT_NAMESPACE = "streamforge"
+RULES_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+RULE_FILES = ("recording_rules.yaml", "alert_rules.yaml")
+STATE_MOUNT = "/var/lib/streamforge"
+CONFIG_MOUNT = "/etc/streamforge"
+CONFIG_FILE = f"{CONFIG_MOUNT}/pipeline.yaml"
+DATAFLOW_API_PORT = 3030
+UID = 10001
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class RenderError(ValueError):
+    """The config or the options cannot make a deployment; the message says why."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """What the command line can change about the rendered objects."""
+
+    image: str = DEFAULT_IMAGE
+    namespace: str = DEFAULT_NAMESPACE
+    replicas: int = 1
+    store: str | None = None  # s3:// URL for checkpoints and savepoints
+    storage: str = "10Gi"  # size of the recovery volume
+    rules_dir: Path = RULES_DIR
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One Kubernetes object and the file it is written to."""
+
+    filename: str
+    obj: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.obj["kind"])
+
+    @property
+    def name(self) -> str:
+        return str(self.obj["metadata"]["name"])
+
+
+@dataclass
+class RenderResult:
+    """The rendered objects, plus notes for the operator (defaults taken, caveats)."""
+
+    pipeline: str
+    namespace: str
+    manifests: list[Manifest]
+    notes: list[str] = field(default_factory=list)
+
+
+def render(cfg: Config, options: RenderOptions | None = None) -> RenderResult:
+    """Build every object of the pipeline in `cfg`; raises RenderError or ConfigError."""
+    options = options or RenderOptions()
+    settings = read_settings(cfg)
+    _check_options(options)
+    name = _object_name(settings.pipeline)
+    notes: list[str] = []
+    pod_cfg = pod_config(cfg, settings, options.store, notes)
+    config_text = yaml.safe_dump(pod_cfg, sort_keys=False)
+    labels = _labels(settings, name)
+    meta = {"namespace": options.namespace, "labels": labels}
+    if cfg.str("source.type", "") == "file" and not cfg.bool("source.tail", False):
+        notes.append(
+            "source.type is file with tail: false: the pod exits when the input ends and "
+            "Kubernetes restarts it (resuming at the end); use tail: true or a streaming source"
+        )
+    manifests = [
+        Manifest("configmap.yaml", _configmap(name, meta, config_text)),
+        Manifest("statefulset.yaml", _statefulset(name, meta, settings, options, config_text)),
+        Manifest("service.yaml", _service(name, meta, settings)),
+        Manifest("podmonitor.yaml", _podmonitor(name, meta)),
+        Manifest("prometheusrule.yaml", _prometheusrule(options)),
+    ]
+    return RenderResult(settings.pipeline, options.namespace, manifests, notes)
+
+
+def pod_config(
+    cfg: Config, settings: Settings, store: str | None, notes: list[str]
+) -> dict[str, Any]:
+    """The pipeline config as the pod runs it (see module doc)."""
+    data = copy.deepcopy(cfg.data)
+    data.setdefault("recovery", {})["dir"] = f"{STATE_MOUNT}/recovery"
+    ck_url = settings.checkpoints.store.url
+    default_store = store or (ck_url if ck_url.startswith("s3://") else None)
+    if default_store is None:
+        default_store = f"s3://streamforge-state/{settings.pipeline}"
+        notes.append(
+            f"checkpoints.dir is {ck_url!r}, not s3://: the pod uses {default_store} "
+            "(choose another with --store)"
+        )
+    for section, url in (("checkpoints", ck_url), ("savepoints", settings.savepoints.store.url)):
+        target = store or (url if url.startswith("s3://") else default_store)
+        data.setdefault(section, {})["dir"] = target
+    for section in ("sink", "dlq"):
+        sec = data.get(section)
+        if isinstance(sec, dict) and sec.get("type") == "file":
+            for key, value in sec.items():
+                if (key == "path" or key.endswith("-path")) and isinstance(value, str):
+                    if not PurePosixPath(value).is_absolute():
+                        sec[key] = f"{STATE_MOUNT}/out/{PurePosixPath(value).name}"
+    return data
+
+
+def _check_options(options: RenderOptions) -> None:
+    if not 0 <= options.replicas <= 1:
+        raise RenderError(
+            f"--replicas must be 0 or 1, got {options.replicas}: the supervisor runs one "
+            "Bytewax process per pipeline; scale with pipeline.workers instead"
+        )
+    if options.store is not None and not options.store.startswith("s3://"):
+        raise RenderError(
+            f"--store must be an s3:// URL, got {options.store!r}: a file:// store is lost with the pod"
+        )
+    if not _DNS_LABEL.match(options.namespace) or len(options.namespace) > 63:
+        raise RenderError(f"--namespace {options.namespace!r} is not a valid Kubernetes name")
+    if not options.image or any(c.isspace() for c in options.image):
+        raise RenderError(f"--image {options.image!r} is not a container image reference")
+
+
+def _object_name(pipeline: str) -> str:
+    name = "streamforge-" + pipeline.lower().replace("_", "-")
+    # StatefulSet pods get "-N" and a controller-revision label: keep the name <= 52 chars.
+    if not _DNS_LABEL.match(name) or len(name) > 52:
+        raise RenderError(
+            f"pipeline.name {pipeline!r} does not make a Kubernetes name ({name!r}): use letters, "
+            "digits, '-' or '_', at most 40 characters"
+        )
+    return name
+
+
+def _labels(settings: Settings, name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "streamforge",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "pipeline",
+        "app.kubernetes.io/part-of": "streamforge",
+        "streamforge.io/pipeline": settings.pipeline,
+    }
+
+
+def _selector(meta: dict[str, Any]) -> dict[str, str]:
+    labels = meta["labels"]
+    keys = ("app.kubernetes.io/name", "app.kubernetes.io/instance")
+    return {k: labels[k] for k in keys}
+
+
+def _configmap(name: str, meta: dict[str, Any], config_text: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{name}-config", **meta},
+        "data": {"pipeline.yaml": config_text},
+    }
+
+
+def _env(settings: Settings, name: str) -> list[dict[str, Any]]:
+    secret = f"{name}-credentials"
+
+    def from_secret(var: str, key: str) -> dict[str, Any]:
+        ref = {"name": secret, "key": key, "optional": True}
+        return {"name": var, "valueFrom": {"secretKeyRef": ref}}
+
+    return [
+        {"name": "STREAMFORGE_CONFIG", "value": CONFIG_FILE},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "BYTEWAX_DATAFLOW_API_ENABLED", "value": "true"},
+        {"name": "BYTEWAX_DATAFLOW_API_PORT", "value": str(DATAFLOW_API_PORT)},
+        from_secret("AWS_ACCESS_KEY_ID", "aws-access-key-id"),
+        from_secret("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key"),
+        from_secret("AWS_SESSION_TOKEN", "aws-session-token"),
+        from_secret(settings.security.signing_key_env, "signing-key"),
+    ]
+
+
+_RESTORE_SCRIPT = f"""\
+if ls {STATE_MOUNT}/recovery/part-*.sqlite3 >/dev/null 2>&1; then
+  echo "recovery partitions found on the volume: the supervisor resumes them"
+else
+  exec streamforge restore latest --config {CONFIG_FILE} --force
+fi
+"""
+
+
+def _statefulset(
+    name: str, meta: dict[str, Any], settings: Settings, options: RenderOptions, config_text: str
+) -> dict[str, Any]:
+    mounts = [
+        {"name": "state", "mountPath": STATE_MOUNT},
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+    ]
+    env = _env(settings, name)
+    container_security = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    grace = math.ceil(settings.recovery.stop_grace_s + settings.checkpoints.timeout_s + 30)
+    port = settings.metrics.port
+    init = {
+        "name": "restore",
+        "image": options.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/sh", "-c", _RESTORE_SCRIPT],
+        "env": env,
+        "volumeMounts": mounts,
+        "securityContext": container_security,
+    }
+    main = {
+        "name": "streamforge",
+        "image": options.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["streamforge"],
+        "args": ["run", settings.pipeline, "--config", CONFIG_FILE],
+        "env": env,
+        "ports": [
+            {"name": "metrics", "containerPort": port, "protocol": "TCP"},
+            {"name": "dataflow-api", "containerPort": DATAFLOW_API_PORT, "protocol": "TCP"},
+        ],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 20,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "metrics"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "resources": {
+            "requests": {"cpu": f"{250 * settings.workers}m", "memory": "512Mi"},
+            "limits": {"memory": "1Gi"},
+        },
+        "volumeMounts": mounts,
+        "securityContext": container_security,
+    }
+    config_sha = hashlib.sha256(config_text.encode()).hexdigest()
+    selector = _selector(meta)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name, **meta},
+        "spec": {
+            "serviceName": name,
+            "replicas": options.replicas,
+            "podManagementPolicy": "OrderedReady",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": meta["labels"],
+                    "annotations": {
+                        "streamforge.io/config-sha256": config_sha,
+                        "kubectl.kubernetes.io/default-container": "streamforge",
+                    },
+                },
+                "spec": {
+                    "terminationGracePeriodSeconds": grace,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": UID,
+                        "runAsGroup": UID,
+                        "fsGroup": UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "initContainers": [init],
+                    "containers": [main],
+                    "volumes": [{"name": "config", "configMap": {"name": f"{name}-config"}}],
+                },
+            },
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "state", "labels": selector},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": options.storage}},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _service(name: str, meta: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, **meta},
+        "spec": {
+            "clusterIP": "None",
+            "selector": _selector(meta),
+            "ports": [
+                {"name": "metrics", "port": settings.metrics.port, "targetPort": "metrics"},
+                {"name": "dataflow-api", "port": DATAFLOW_API_PORT, "targetPort": "dataflow-api"},
+            ],
+        },
+    }
+
+
+def _podmonitor(name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    endpoint = {"path": "/metrics", "interval": "30s"}
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": {"name": name, **meta},
+        "spec": {
+            "selector": {"matchLabels": _selector(meta)},
+            "podMetricsEndpoints": [
+                {"port": "metrics", **endpoint},
+                {"port": "dataflow-api", **endpoint},
+            ],
+        },
+    }
+
+
+def load_rule_groups(rules_dir: Path) -> list[dict[str, Any]]:
+    """The groups of the recording and alert rule files, in that order."""
+    groups: list[dict[str, Any]] = []
+    for fname in RULE_FILES:
+        path = rules_dir / fname
+        if not path.is_file():
+            raise RenderError(f"rule file {path} not found (pass --rules DIR)")
+        groups.extend(yaml.safe_load(path.read_text())["groups"])
+    return groups
+
+
+def _prometheusrule(options: RenderOptions) -> dict[str, Any]:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {
+            "name": "streamforge-rules",
+            "namespace": options.namespace,
+            "labels": {"app.kubernetes.io/name": "streamforge", "app.kubernetes.io/part-of": "streamforge"},
+        },
+        "spec": {"groups": load_rule_groups(options.rules_dir)},
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style (`|`) for multi-line strings, so scripts and configs stay readable; no aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump_manifest(manifest: Manifest, pipeline: str) -> str:
+    """The file text: a do-not-edit header and the object as YAML."""
+    header = (
+        f"# Rendered by `streamforge deploy render` for pipeline {pipeline!r}.\n"
+        "# Do not edit: change the pipeline config (or deploy/prometheus) and render again.\n"
+    )
+    return header + yaml.dump(manifest.obj, Dumper=_Dumper, sort_keys=False, width=100)
+
+
+def write_manifests(result: RenderResult, out_dir: Path) -> list[Path]:
+    """Write one file per object into `out_dir` (created if missing)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for m in result.manifests:
+        path = out_dir / m.filename
+        path.write_text(dump_manifest(m, result.pipeline))
+        paths.append(path)
+    return paths

@@ -1,0 +1,186 @@
+"""Run the customers_cdc pipeline as a subprocess against the test server.
+
+Used by the crash-loop tests, `scripts/crashloop_mongo.py` and
+`bench/mongo.py`: write a config pointing at a server, initialise Bytewax
+recovery partitions, start `python -m bytewax.run ... -r DIR -s 1 -b 0`,
+SIGKILL it, start it again; a seeded `Workload` of inserts, updates,
+replaces and deletes runs against the source collection meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recovery.partitions import init_partitions
+
+__all__ = ["PipelineProcess", "Workload", "documents", "wait_until", "write_config"]
+
+REPO = Path(__file__).resolve().parents[2]
+FLOW = "dataflows.pipelines.customers_cdc:flow"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll `predicate` until true; AssertionError naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def documents(coll: Any) -> dict[Any, Any]:
+    """The whole collection as {_id: document}."""
+    return {d["_id"]: d for d in coll.find()}
+
+
+def write_config(path: Path, *, uri: str, database: str, source: str = "customers",
+                 target: str = "customers_view", workdir: Path, **source_extra: Any) -> Path:
+    """A customers_cdc config for `uri`, everything else under `workdir`."""
+    cfg = {
+        "pipeline": {"name": "customers_cdc", "flow": FLOW, "workers": 1, "code-version": "1"},
+        "source": {"type": "mongo", "uri": uri, "database": database, "collections": [source],
+                   "max-await": "20ms", "server-selection-timeout": "1s",
+                   "reconnect-max-backoff": "500ms", **source_extra},
+        "sink": {"type": "mongo", "uri": uri, "database": database, "collection": target,
+                 "retry": {"max-attempts": 20, "initial-backoff": "20ms", "max-backoff": "500ms"}},
+        "dlq": {"type": "file", "path": str(workdir / "dlq.jsonl")},
+        "recovery": {"dir": str(workdir / "recovery"), "partitions": 1, "snapshot-interval": "1s",
+                     "backup-interval": "0s"},
+    }
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@dataclass
+class PipelineProcess:
+    """One pipeline run directory: config, recovery partitions, the running process."""
+
+    config: Path
+    recovery_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @classmethod
+    def prepare(cls, workdir: Path, config: Path, partitions: int = 1) -> PipelineProcess:
+        rec = workdir / "recovery"
+        init_partitions(rec, partitions)
+        return cls(config, rec, workdir / "pipeline.log")
+
+    def start(self) -> None:
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "STREAMFORGE_CONFIG": str(self.config), "PYTHONPATH": path}
+        cmd = [sys.executable, "-m", "bytewax.run", FLOW, "-r", str(self.recovery_dir), "-s", "1", "-b", "0"]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.starts += 1
+
+    def kill(self) -> None:
+        """SIGKILL (no clean shutdown), and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"pipeline exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+@dataclass
+class Workload:
+    """Seeded random changes to a collection of `keys` possible documents."""
+
+    coll: Any
+    seed: int
+    keys: int = 200
+    rng: random.Random = field(init=False)
+    ops: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def step(self) -> None:
+        k = f"cust-{self.rng.randrange(self.keys):05d}"
+        r = self.rng.random()
+        self.ops += 1
+        if r < 0.45:
+            self.coll.replace_one({"_id": k}, {"name": f"n{self.ops}", "tier": self.rng.choice("abc"),
+                                               "visits": self.rng.randrange(100)}, upsert=True)
+        elif r < 0.8:
+            self.coll.update_one({"_id": k}, {"$inc": {"visits": 1}, "$set": {"seen": self.ops}})
+        else:
+            self.coll.delete_one({"_id": k})
+
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            self.step()
+
+
+def crash_loop(db: Any, uri: str, workdir: Path, *, seed: int, kills: int, resync_docs: int = 0,
+               roll_oplog: Callable[[], None] | None = None, converge_timeout: float = 90.0) -> dict[str, Any]:
+    """Run the pipeline, SIGKILL it `kills` times at seeded random moments, check convergence.
+
+    With `resync_docs`, the source collection starts with that many documents and
+    the first start re-syncs them throttled, so kills land mid-scan. With
+    `roll_oplog`, the oplog is rolled over while the pipeline is down (every
+    other kill): the next start must re-sync, and documents deleted meanwhile
+    must disappear from the target. Returns a summary; raises AssertionError
+    (with the pipeline log) if the target does not converge to the source.
+    """
+    rng = random.Random(seed)
+    extra: dict[str, Any] = {}
+    if resync_docs:
+        extra = {"snapshot-max-docs-per-second": max(200, resync_docs // 3), "snapshot-chunk-size": 100}
+    config = write_config(workdir / "config.yaml", uri=uri, database=db.name, workdir=workdir, **extra)
+    proc = PipelineProcess.prepare(workdir, config)
+    work = Workload(db.customers, seed)
+    if resync_docs:
+        db.customers.insert_many([{"_id": f"cust-{i:05d}", "name": f"seed{i}", "visits": 0}
+                                  for i in range(work.keys, work.keys + resync_docs)])
+    else:
+        db.customers.insert_one({"_id": "cust-first", "name": "first"})
+    proc.start()
+    rolls = 0
+    try:
+        for n in range(kills):
+            until = time.monotonic() + rng.uniform(0.5, 3.0)
+            while time.monotonic() < until:
+                work.step()
+                time.sleep(0.002)
+            proc.check_alive()
+            proc.kill()
+            if roll_oplog is not None and n % 2 == 1:
+                work.run(20)  # changes (incl. deletes) the pipeline can only learn by re-sync
+                roll_oplog()
+                rolls += 1
+            proc.start()
+        work.run(100)
+        wait_until(lambda: _converged(db, proc), converge_timeout, "target == source")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- pipeline log ---\n{proc.log_tail()}") from None
+    finally:
+        proc.kill()
+    return {"kills": kills, "starts": proc.starts, "ops": work.ops, "rolls": rolls,
+            "docs": db.customers.count_documents({})}
+
+
+def _converged(db: Any, proc: PipelineProcess) -> bool:
+    proc.check_alive()
+    return documents(db.customers) == documents(db.customers_view)

@@ -1,0 +1,82 @@
+"""`--help` on every supervisor/state subcommand, and bad arguments exit 2 with a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamforge_ops.cli import main
+
+HELP = [
+    ["run"],
+    ["checkpoint"], ["checkpoint", "create"], ["checkpoint", "list"],
+    ["savepoint"], ["savepoint", "create"], ["savepoint", "list"], ["savepoint", "describe"],
+    ["savepoint", "restore"], ["savepoint", "delete"], ["savepoint", "prune"],
+    ["restore"],
+    ["state"], ["state", "inspect"], ["state", "compact"], ["state", "migrate"],
+    ["upgrade"],
+]
+
+
+@pytest.mark.parametrize("argv", HELP, ids=" ".join)
+def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: streamforge " + " ".join(argv))
+    assert "--config" in out or argv in (["checkpoint"], ["savepoint"], ["state"])
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "pipeline: {name: p}\n"
+        f"recovery: {{dir: {tmp_path}/rec}}\n"
+        f"checkpoints: {{dir: file://{tmp_path}/store}}\n"
+    )
+    return path
+
+
+BAD = [
+    (["run"], "give a PIPELINE name or --config"),
+    (["run", "--config", "{cfg}", "--workers", "0"], "--workers must be >= 1"),
+    (["run", "--config", "{cfg}", "--restore", "yesterday"], "bad restore target"),
+    (["run", "--config", "/nonexistent.yaml"], "does not exist"),
+    (["run", "nosuchpipeline"], "no config for pipeline"),
+    (["restore", "checkpoint", "--config", "{cfg}"], "needs an ID"),
+    (["restore", "latest", "x", "--config", "{cfg}"], "takes no ID"),
+    (["savepoint", "prune", "--config", "{cfg}"], "--max-age and/or --max-count"),
+    (["savepoint", "prune", "--max-count", "0", "--config", "{cfg}"], "--max-count must be >= 1"),
+    (["savepoint", "prune", "--max-age", "soon", "--config", "{cfg}"], "--max-age"),
+    (["checkpoint", "create", "--config", "{cfg}"], "no recovery partitions"),
+    (["state", "inspect", "--dir", "{tmp}/nothing"], "holds no recovery partitions"),
+    (["upgrade", "--mode", "savepoint", "--config", "{cfg}", "--max-checkpoint-age", "old"],
+     "--max-checkpoint-age"),
+    (["upgrade", "--mode", "savepoint", "--config", "{cfg}"], "no recovery partitions"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_bad_arguments_exit_2(
+    argv: list[str], message: str, cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("STREAMFORGE_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main([a.format(cfg=cfg, tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streamforge: error: ") and message in err, err
+
+
+@pytest.mark.parametrize("argv", [
+    ["upgrade", "--mode", "bluegreen"], ["checkpoint", "frobnicate"], ["savepoint"],
+    ["restore", "nothing"], ["run", "--workers", "two"],
+])
+def test_argparse_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err

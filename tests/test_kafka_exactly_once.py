@@ -1,0 +1,114 @@
+"""TransactionalWriter on a real Tansu broker: crash loop and zombie fencing."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dataflows.connectors.kafka_common import to_out_message
+from dataflows.connectors.kafka_sink import KafkaSinkSettings
+from dataflows.connectors.transactional import (
+    ProducerFencedError,
+    TransactionalSettings,
+    TransactionalWriter,
+)
+from dataflows.events import Event
+from dataflows.retry import RetryPolicy
+from tests.fixtures.kafka import read_topic
+from tests.test_kafka_harness import crash_loop, event_id_counts, produce_orders
+
+SEED = 20261122
+
+
+def _spec(bootstrap: str, src: str, out: str, dlq: str, prefix: str) -> dict[str, Any]:
+    return {
+        "source": {"brokers": [bootstrap], "topics": [src], "tail": False, "batch-size": 50},
+        "sink": {
+            "brokers": [bootstrap], "topic": out, "mode": "exactly-once",
+            "transactional-id-prefix": prefix, "transaction-timeout": "60s",
+        },
+        "dlq": {"brokers": [bootstrap], "topic": dlq},
+        "throttle_ms": 2,
+        "epoch_ms": 150,
+    }
+
+
+@pytest.mark.timeout(200)
+def test_crash_loop_exactly_once(kafka_bootstrap: str, make_topic: Callable[..., str], tmp_path: Path) -> None:
+    """SIGKILL the flow >= 5 times at seeded random moments; read_committed output == input, once each."""
+    src, out, dlq = make_topic(2, "eo-in"), make_topic(2, "eo-out"), make_topic(1, "eo-dlq")
+    expected = produce_orders(kafka_bootstrap, src, 3000, 2)
+    spec = _spec(kafka_bootstrap, src, out, dlq, f"crash-{random.Random(SEED).randrange(10**6)}")
+    result = crash_loop(spec, tmp_path, kills=5, seed=SEED, kill_after_s=(1.2, 2.6))
+    assert result.kills == 5
+    counts = event_id_counts(read_topic(kafka_bootstrap, out, partitions=2))
+    missing = expected - set(counts)
+    dupes = {k: c for k, c in counts.items() if c > 1}
+    assert not missing, f"{len(missing)} lost, e.g. {sorted(missing)[:5]}"
+    assert not dupes, f"{len(dupes)} duplicated, e.g. {list(dupes.items())[:5]}"
+    assert set(counts) == expected
+
+
+def _event(i: int) -> Event:
+    return Event(key=f"k{i}", value={"n": i}, event_time_ms=i, event_id=f"test:{i}", source="test")
+
+
+def _writer(bootstrap: str, topic: str, prefix: str, dead: list[Any]) -> TransactionalWriter:
+    settings = TransactionalSettings(
+        sink=KafkaSinkSettings(brokers=(bootstrap,), topic=topic, pipeline="t",
+                               retry=RetryPolicy(max_attempts=1), delivery_timeout_s=5),
+        partitions=1, transactional_id_prefix=prefix, commit_timeout_s=3, scan_timeout_s=10,
+    )
+    return TransactionalWriter(settings, dead.extend)
+
+
+def test_zombie_is_fenced_and_replay_is_written_once(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    """A zombie's open transaction never doubles the output, whether the broker aborts it
+    (Kafka) or makes it visible (Tansu): the new instance skips what it finds committed."""
+    out = make_topic(1, "zombie")
+    dead: list[Any] = []
+    sink = _writer(kafka_bootstrap, out, "zombie-test", dead)
+    first = sink.build_part("step", "00000", None)
+    first.write_batch([_event(i) for i in range(5)])
+    durable = first.snapshot()  # epoch 1 committed and durable
+    assert durable == {"committed_end": {0: 5}}
+    first.write_batch([_event(i) for i in range(5, 10)])  # epoch 2: open transaction, then "crash"
+    first._producer.flush(5)
+
+    second = sink.build_part("step", "00000", durable)  # fences the zombie
+    second.write_batch([_event(i) for i in range(5, 15)])  # replay of epoch 2, then new records
+    second.snapshot()
+    with pytest.raises(ProducerFencedError):
+        first.snapshot()
+    counts = event_id_counts(read_topic(kafka_bootstrap, out, partitions=1))
+    assert counts == Counter({f"test:{i}": 1 for i in range(15)})
+    assert not dead
+
+
+def test_fresh_start_skips_ids_already_committed(kafka_bootstrap: str, make_topic: Callable[..., str]) -> None:
+    """No resume state (crash before the first durable snapshot): the whole partition is scanned."""
+    out = make_topic(1, "fresh")
+    sink = _writer(kafka_bootstrap, out, "fresh-test", [])
+    part = sink.build_part("step", "00000", None)
+    part.write_batch([_event(i) for i in range(3)])
+    part.snapshot()
+    again = sink.build_part("step", "00000", None)
+    assert again.skip == Counter({"test:0": 1, "test:1": 1, "test:2": 1})
+    again.write_batch([_event(i) for i in range(4)])
+    again.close()
+    counts = event_id_counts(read_topic(kafka_bootstrap, out, partitions=1))
+    assert counts == Counter({f"test:{i}": 1 for i in range(4)})
+
+
+def test_message_keeps_key_value_and_event_id_header() -> None:
+    msg = to_out_message(_event(7))
+    assert msg.key == b"k7"
+    assert b'"value": {"n": 7}' in msg.value
+    assert ("sf-event-id", b"test:7") in msg.headers

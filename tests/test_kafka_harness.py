@@ -1,0 +1,190 @@
+"""Kafka test harness: a small Kafka -> parse -> Kafka flow, run as a killable process.
+
+Used by tests/test_kafka_exactly_once.py (CI crash loop) and
+scripts/crashloop_kafka.py (long crash loop). The flow:
+
+    kafka source -> split consumer errors -> parse JSON (key field "id")
+      -> throttle (sleep per record, so a kill lands mid-run) -> kafka sink
+    dead letters (source + parse) -> kafka DLQ
+
+Run one process: `python -m tests.test_kafka_harness SPEC.json RECOVERY_DIR`
+(epochs of `epoch_ms`, recovery in RECOVERY_DIR, backup interval 0).
+SPEC keys: source, sink, dlq (config sections), throttle_ms, max_record_bytes,
+dedup (deduplicate by event id before the sink), epoch_ms, ready_file.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig
+from confluent_kafka import Producer
+
+from dataflows.config import Config
+from dataflows.connectors.kafka import (
+    kafka_dlq_sink_from_config,
+    kafka_output,
+    kafka_sink_from_config,
+    kafka_source_from_config,
+)
+from dataflows.errors import split_dead_letters
+from dataflows.events import Event, kafka_event_id
+from dataflows.parse import parse_events
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build(spec: dict[str, Any], name: str = "kharness") -> Dataflow:
+    flow = Dataflow(name)
+    source = kafka_source_from_config(Config(spec["source"], "spec#source"), name)
+    raw, src_dlq = split_dead_letters("src-split", op.input("in", flow, source))
+    events, bad = parse_events(
+        "parse", raw, pipeline=name, key_field="id", time_field=None,
+        max_record_bytes=int(spec.get("max_record_bytes", 64 * 1024)),
+    )
+    throttle_s = float(spec.get("throttle_ms", 0)) / 1000
+    ready = Path(spec["ready_file"]) if spec.get("ready_file") else None
+
+    def slow(e: Event) -> Event:
+        if ready is not None and not ready.exists():
+            ready.touch()  # tells the crash loop that records flow
+        if throttle_s:
+            time.sleep(throttle_s)
+        return e
+
+    if spec.get("dedup"):
+        from dataflows.patterns.dedup import deduplicate
+
+        events = deduplicate("dedup", events, ttl_ms=3_600_000, pipeline=name, key=lambda e: e.event_id)
+    kafka_output("out", op.map("throttle", events, slow), kafka_sink_from_config(Config(spec["sink"], "spec#sink"), name))
+    dlq = op.merge("dlqs", src_dlq, bad)
+    kafka_output("dlq", dlq, kafka_dlq_sink_from_config(Config(spec["dlq"], "spec#dlq"), name))
+    return flow
+
+
+def run_process(spec_path: str, recovery_dir: str) -> None:
+    from bytewax._bytewax import cli_main
+
+    spec = json.loads(Path(spec_path).read_text())
+    cli_main(
+        build(spec),
+        epoch_interval=timedelta(milliseconds=int(spec.get("epoch_ms", 200))),
+        recovery_config=RecoveryConfig(recovery_dir, backup_interval=timedelta(0)),
+    )
+
+
+def produce_orders(bootstrap: str, topic: str, n: int, partitions: int) -> set[str]:
+    """n JSON orders, round-robin over partitions; their expected event ids."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    offsets: dict[int, int] = Counter()
+    ids: set[str] = set()
+    for i in range(n):
+        part = i % partitions
+        value = json.dumps({"id": f"o{i}", "amount": i}).encode()
+        producer.produce(topic, value, f"o{i}".encode(), partition=part)
+        ids.add(kafka_event_id(topic, part, offsets[part]))
+        offsets[part] += 1
+        if i % 1000 == 0:
+            producer.poll(0)
+    assert producer.flush(30) == 0
+    return ids
+
+
+def init_recovery(recovery_dir: Path, partitions: int = 1) -> None:
+    recovery_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.recovery", str(recovery_dir), str(partitions)],
+        check=True, capture_output=True,
+    )
+
+
+@dataclass
+class CrashLoopResult:
+    kills: int = 0
+    runs: int = 0
+    exit_codes: list[int] = field(default_factory=list)
+
+
+def crash_loop(
+    spec: dict[str, Any],
+    workdir: Path,
+    *,
+    kills: int,
+    seed: int,
+    kill_after_s: tuple[float, float] = (0.05, 1.0),
+    final_timeout_s: float = 120.0,
+    log: Any = None,
+) -> CrashLoopResult:
+    """Run the flow, SIGKILL it `kills` times, then let it run to the end.
+
+    Each kill lands a seeded random `kill_after_s` after the run's first record
+    went through the flow (a `ready_file` the flow touches), so every kill hits
+    a running flow, with open transactions, commits and snapshots in flight.
+    """
+    rng = random.Random(seed)
+    spec_path = workdir / "spec.json"
+    ready = workdir / "ready"
+    spec_path.write_text(json.dumps({**spec, "ready_file": str(ready)}))
+    recovery = workdir / "recovery"
+    init_recovery(recovery)
+    result = CrashLoopResult()
+    cmd = [sys.executable, "-m", "tests.test_kafka_harness", str(spec_path), str(recovery)]
+    stderr_path = workdir / "stderr.log"
+    while True:
+        ready.unlink(missing_ok=True)
+        with stderr_path.open("ab") as err:
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        result.runs += 1
+        if result.kills < kills and _wait_ready(proc, ready, final_timeout_s):
+            delay = rng.uniform(*kill_after_s)
+            try:
+                code = proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                result.kills += 1
+                if log:
+                    log(f"kill {result.kills} after {delay:.2f}s")
+                continue
+        else:
+            code = proc.wait(timeout=final_timeout_s)
+        result.exit_codes.append(code)
+        if code != 0:
+            tail = stderr_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"flow process failed with exit code {code}:\n{tail}")
+        return result
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], ready: Path, timeout_s: float) -> bool:
+    """Until the flow signals records or exits; True if it is running with records."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready.exists():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    return False
+
+
+def event_id_counts(messages: list[Any]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for m in messages:
+        eid = dict(m.headers() or []).get("sf-event-id")
+        counts[eid.decode() if eid else "<none>"] += 1
+    return counts
+
+
+if __name__ == "__main__":
+    run_process(sys.argv[1], sys.argv[2])
