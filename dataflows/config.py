@@ -13,11 +13,13 @@ at start with a message a user can act on.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -67,9 +69,9 @@ class Config:
     """A nested mapping with typed, key-naming getters."""
 
     data: dict[str, Any] = field(default_factory=dict)
-    origin: str = "<defaults>"
+    origin: builtins.str = "<defaults>"
 
-    def raw(self, key: str, default: Any = _MISSING) -> Any:
+    def raw(self, key: builtins.str, default: Any = _MISSING) -> Any:
         node: Any = self.data
         for part in key.split("."):
             if not isinstance(node, Mapping) or part not in node:
@@ -79,10 +81,10 @@ class Config:
             node = node[part]
         return node
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> builtins.bool:
         return self.raw(key, None) is not None
 
-    def _typed(self, key: str, default: Any, conv: Any, what: str) -> Any:
+    def _typed(self, key: builtins.str, default: Any, conv: Any, what: builtins.str) -> Any:
         value = self.raw(key, default)
         if value is None:
             return None
@@ -91,30 +93,30 @@ class Config:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{key}: {what}: {exc} (in {self.origin})") from None
 
-    def str(self, key: str, default: Any = _MISSING) -> str:
+    def str(self, key: builtins.str, default: Any = _MISSING) -> builtins.str:
         return self._typed(key, default, _as_str, "expected a string")
 
-    def int(self, key: str, default: Any = _MISSING, *, minimum: int | None = None) -> int:
+    def int(self, key: builtins.str, default: Any = _MISSING, *, minimum: builtins.int | None = None) -> builtins.int:
         value = self._typed(key, default, _as_int, "expected an integer")
         if minimum is not None and value is not None and value < minimum:
             raise ConfigError(f"{key}: must be >= {minimum}, got {value} (in {self.origin})")
         return value
 
-    def float(self, key: str, default: Any = _MISSING) -> float:
+    def float(self, key: builtins.str, default: Any = _MISSING) -> builtins.float:
         return self._typed(key, default, float, "expected a number")
 
-    def bool(self, key: str, default: Any = _MISSING) -> bool:
+    def bool(self, key: builtins.str, default: Any = _MISSING) -> builtins.bool:
         return self._typed(key, default, _as_bool, "expected true or false")
 
-    def duration(self, key: str, default: Any = _MISSING) -> float:
+    def duration(self, key: builtins.str, default: Any = _MISSING) -> builtins.float:
         """Seconds."""
         return self._typed(key, default, parse_duration, "bad duration")
 
-    def size(self, key: str, default: Any = _MISSING) -> int:
+    def size(self, key: builtins.str, default: Any = _MISSING) -> builtins.int:
         """Bytes."""
         return self._typed(key, default, parse_size, "bad size")
 
-    def choice(self, key: str, choices: tuple[str, ...], default: Any = _MISSING) -> str:
+    def choice(self, key: builtins.str, choices: tuple[builtins.str, ...], default: Any = _MISSING) -> builtins.str:
         value = self.str(key, default)
         if value not in choices:
             raise ConfigError(
@@ -122,7 +124,7 @@ class Config:
             )
         return value
 
-    def section(self, key: str) -> Config:
+    def section(self, key: builtins.str) -> Config:
         value = self.raw(key, {})
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping (in {self.origin})")

@@ -15,8 +15,9 @@ from __future__ import annotations
 import base64
 import json
 import traceback
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from dataflows.events import Event, RawRecord, now_ms
 

@@ -9,8 +9,9 @@ Nothing is dropped silently; every dead letter counts in `dlq_event_count`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator

@@ -9,9 +9,11 @@ Same arguments, same bytes. Besides valid events the output holds, on purpose:
 
 - duplicates: exact copies of a recent valid line (a redelivery; same
   `event_id`), a few lines after the original;
-- out-of-order events: written a little after later events (within the
-  sessions pipeline's allowed lateness; for orders, an older `ts`);
-- too-late events (sessions): written 30-90 minutes of stream time after their
+- out-of-order events: clicks written 5 s - 2 min or 15 - 28 min of stream
+  time after their own time (within the sessions pipeline's allowed lateness,
+  30m; some after their session closed, so they update it: revision 1);
+  orders with an older `ts`;
+- too-late events (sessions): written 1.5-4 hours of stream time after their
   own time, beyond the allowed lateness;
 - malformed lines, one kind after the other: bad JSON, invalid UTF-8, missing
   key, wrong types, and (rarely) an oversized record of `oversized_bytes`.
@@ -175,9 +177,10 @@ def generate_clicks(count: int, seed: int, *, oversized_bytes: int = 20_000) -> 
         line = _dump(doc)
         r = rng.random()
         if r < 0.05:
-            heapq.heappush(held, (t + rng.randrange(5_000, 120_000), n, line, "out_of_order"))
+            delay = rng.randrange(5_000, 120_000) if rng.random() < 0.5 else rng.randrange(900_000, 1_680_000)
+            heapq.heappush(held, (t + delay, n, line, "out_of_order"))
         elif r < 0.06:
-            heapq.heappush(held, (t + rng.randrange(1_800_000, 5_400_000), n, line, "too_late"))
+            heapq.heappush(held, (t + rng.randrange(5_400_000, 14_400_000), n, line, "too_late"))
         else:
             out.add(line, "valid")
             anomalies.remember(line)
@@ -185,7 +188,7 @@ def generate_clicks(count: int, seed: int, *, oversized_bytes: int = 20_000) -> 
         if left > 1:
             nxt = (t + rng.randrange(5_000, 90_000), user, left - 1)
         else:
-            nxt = (t + rng.randrange(900_000, 7_200_000), user, rng.randrange(3, 16))
+            nxt = (t + rng.randrange(720_000, 3_600_000), user, rng.randrange(3, 16))
         heapq.heappush(clock, nxt)
     for _, _, line, kind in sorted(held):
         out.add(line, kind)

@@ -104,7 +104,9 @@ class _Deadline:
             raise CheckpointTimeout(f"checkpoint timed out after {self.timeout_s}s ({what})")
 
 
-def _sealed_copies(recovery_dir: Path, work: Path, deadline: _Deadline) -> tuple[list[Path], int | None]:
+def _sealed_copies(
+    recovery_dir: Path, work: Path, deadline: _Deadline
+) -> tuple[list[Path], int | None]:
     files = partition_files(recovery_dir)
     if not files:
         raise CheckpointError(f"{recovery_dir}: no recovery partitions to checkpoint")
@@ -159,7 +161,12 @@ def _save_parent(cache_dir: Path, work: Path, manifest: Manifest, store: ObjectS
     current.mkdir(parents=True)
     for f in partition_files(work):
         f.replace(current / f.name)
-    meta = {"id": manifest.id, "chain": manifest.chain, "store": store.url, "pipeline": manifest.pipeline}
+    meta = {
+        "id": manifest.id,
+        "chain": manifest.chain,
+        "store": store.url,
+        "pipeline": manifest.pipeline,
+    }
     tmp = cache_dir / f"{_CACHE_META}.tmp"
     tmp.write_text(json.dumps(meta))
     tmp.replace(cache_dir / _CACHE_META)

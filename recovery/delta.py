@@ -88,7 +88,9 @@ def apply_delta(target: Path, delta: Path) -> DeltaStats:
                 "(SELECT step_id, state_key FROM d.deletes "
                 "UNION ALL SELECT step_id, state_key FROM d.upserts)"
             )
-            conn.execute(f"INSERT INTO main.snaps ({_SNAP_COLS}) SELECT {_SNAP_COLS} FROM d.upserts")
+            conn.execute(
+                f"INSERT INTO main.snaps ({_SNAP_COLS}) SELECT {_SNAP_COLS} FROM d.upserts"
+            )
             for table, cols in _SMALL_TABLES.items():
                 conn.execute(f"DELETE FROM main.{table}")
                 conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM d.{table}")

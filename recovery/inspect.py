@@ -36,8 +36,14 @@ def _partition(path: Path, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for step_id, n, null_rows, nbytes in conn.execute(_BY_STEP):
             s = steps.setdefault(
                 step_id,
-                {"operator": is_operator_step(step_id), "keys": 0, "rows": 0, "null_rows": 0,
-                 "bytes": 0, "live_bytes": 0},
+                {
+                    "operator": is_operator_step(step_id),
+                    "keys": 0,
+                    "rows": 0,
+                    "null_rows": 0,
+                    "bytes": 0,
+                    "live_bytes": 0,
+                },
             )
             s["rows"] += n
             s["null_rows"] += null_rows
@@ -69,7 +75,11 @@ def inspect_partitions(recovery_dir: Path) -> dict[str, Any]:
     try:
         epoch = resume_epoch(conns)
         executions = sorted(
-            {row for c in conns for row in c.execute("SELECT ex_num, worker_count, resume_epoch FROM exs")}
+            {
+                row
+                for c in conns
+                for row in c.execute("SELECT ex_num, worker_count, resume_epoch FROM exs")
+            }
         )
     finally:
         for c in conns:

@@ -120,7 +120,9 @@ class Manifest:
             raise ManifestError(f"{self.kind} {self.id} is not signed and a signing key is set")
         expected = hmac.new(key, self._payload(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, self.signature):
-            raise ManifestError(f"{self.kind} {self.id}: signature mismatch (tampered or other key)")
+            raise ManifestError(
+                f"{self.kind} {self.id}: signature mismatch (tampered or other key)"
+            )
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (no per-partition details)."""

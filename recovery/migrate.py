@@ -68,7 +68,11 @@ def _upgrade(step_id: str, state: Any) -> tuple[Any, bool]:
     for _ in range(100):
         version = state_version(state)
         step = next(
-            (m for (prefix, v), m in _REGISTRY.items() if v == version and step_id.startswith(prefix)),
+            (
+                m
+                for (prefix, v), m in _REGISTRY.items()
+                if v == version and step_id.startswith(prefix)
+            ),
             None,
         )
         if step is None:

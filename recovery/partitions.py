@@ -112,7 +112,9 @@ def resume_epoch(conns: Iterable[sqlite3.Connection]) -> int | None:
     fronts: list[tuple[int, int, int]] = []
     for conn in conns:
         exs += conn.execute("SELECT ex_num, worker_count, resume_epoch FROM exs").fetchall()
-        fronts += conn.execute("SELECT ex_num, worker_index, worker_frontier FROM fronts").fetchall()
+        fronts += conn.execute(
+            "SELECT ex_num, worker_index, worker_frontier FROM fronts"
+        ).fetchall()
     if not exs:
         return None
     ex_num, worker_count, default = max(exs)

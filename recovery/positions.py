@@ -45,13 +45,18 @@ def jsonable(value: Any, depth: int = 0) -> Any:
     if isinstance(value, datetime.datetime | datetime.date):
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value)}
+        return {
+            f.name: jsonable(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value)
+        }
     if isinstance(value, dict):
         return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v, depth + 1) for v in value]
     if hasattr(value, "__dict__"):
-        return {"type": type(value).__name__, **{k: jsonable(v, depth + 1) for k, v in vars(value).items()}}
+        return {
+            "type": type(value).__name__,
+            **{k: jsonable(v, depth + 1) for k, v in vars(value).items()},
+        }
     return repr(value)
 
 
@@ -62,7 +67,9 @@ def _decode(blob: bytes) -> Any:
         return {"undecodable": f"{type(exc).__name__}: {exc}", "bytes": len(blob)}
 
 
-def source_positions(paths: Iterable[Path], input_steps: Iterable[str] | None = None) -> dict[str, Any]:
+def source_positions(
+    paths: Iterable[Path], input_steps: Iterable[str] | None = None
+) -> dict[str, Any]:
     """``{step_id: {partition_key: position}}`` over the partitions in `paths`.
 
     `input_steps` (step ids or id suffixes such as ``.inp``) overrides the

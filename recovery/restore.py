@@ -135,7 +135,9 @@ def _materialize(m: Manifest, store: ObjectStore, key: bytes | None, out: Path) 
                     apply_delta(target, delta)
                     delta.unlink()
             except sqlite3.DatabaseError as exc:
-                raise _Rejected(f"partition {entry.index} of {link.id} is unreadable: {exc}") from None
+                raise _Rejected(
+                    f"partition {entry.index} of {link.id} is unreadable: {exc}"
+                ) from None
         try:
             digest = logical_digest(target)
         except sqlite3.DatabaseError as exc:
@@ -161,7 +163,9 @@ def _candidates(
     if target == "latest":
         ckpts, notes = scan(checkpoint_store, pipeline, "checkpoint")
         sps, sp_notes = scan(savepoint_store, pipeline, "savepoint")
-        return [(m, checkpoint_store) for m in ckpts] + [(m, savepoint_store) for m in sps], notes + sp_notes
+        return [(m, checkpoint_store) for m in ckpts] + [
+            (m, savepoint_store) for m in sps
+        ], notes + sp_notes
     kind, wanted = target
     store = checkpoint_store if kind == "checkpoint" else savepoint_store
     manifests, _ = scan(store, pipeline, kind)
@@ -192,7 +196,9 @@ def restore(
         raise RestoreError(f"{broken[0]} (strict: not falling back)")
     for n, (m, store) in enumerate(candidates):
         _check_compatible(m, pipeline, partition_count)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{recovery_dir.name}.restore-", dir=recovery_dir.parent))
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f".{recovery_dir.name}.restore-", dir=recovery_dir.parent)
+        )
         try:
             _materialize(m, store, signing_key, tmp)
         except _Rejected as exc:
@@ -200,7 +206,9 @@ def restore(
             note = f"{m.kind} {m.id} rejected: {exc}"
             notes.append(note)
             if strict or explicit:
-                raise RestoreError(f"{note} (strict: not falling back)" if strict else note) from None
+                raise RestoreError(
+                    f"{note} (strict: not falling back)" if strict else note
+                ) from None
             continue
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -218,7 +226,11 @@ def restore(
             epoch=m.epoch,
             source_positions=m.source_positions,
         )
-    created = init_partitions(recovery_dir, partition_count) if not partition_files(recovery_dir) else False
+    created = (
+        init_partitions(recovery_dir, partition_count)
+        if not partition_files(recovery_dir)
+        else False
+    )
     what = (
         f"created {partition_count} empty partitions"
         if created

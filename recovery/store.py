@@ -160,7 +160,9 @@ class S3Store:
                 "s3", endpoint_url=endpoint, region_name=region, config=config
             )
         except Exception as exc:  # bad region/endpoint/profile
-            raise StoreError(f"{self.url}: cannot create S3 client ({type(exc).__name__})") from None
+            raise StoreError(
+                f"{self.url}: cannot create S3 client ({type(exc).__name__})"
+            ) from None
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -195,7 +197,9 @@ class S3Store:
                     ) from None
                 if code == "NoSuchBucket":
                     raise StoreError(f"{self.url}: bucket {self.bucket} does not exist") from None
-                retryable = status is None or status >= 500 or code in ("SlowDown", "RequestTimeout")
+                retryable = (
+                    status is None or status >= 500 or code in ("SlowDown", "RequestTimeout")
+                )
                 error = f"{code} (HTTP {status})"
             except BotoCoreError as exc:
                 retryable = True
@@ -238,13 +242,17 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self._call(
-            "delete", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            "delete",
+            key,
+            lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)),
         )
 
     def exists(self, key: str) -> bool:
         try:
             self._call(
-                "head", key, lambda: self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+                "head",
+                key,
+                lambda: self._client.head_object(Bucket=self.bucket, Key=self._key(key)),
             )
         except StoreError as exc:
             if "not found" in str(exc):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # Module names under streamforge_ops.commands, in --help order.
 COMMANDS = ("run", "checkpoint", "savepoint", "restore", "state", "dlq", "deploy", "upgrade", "generate")

@@ -11,7 +11,9 @@
   that restores from the store (`streamforge restore latest`) when the volume
   holds no partitions (a new or replaced volume; partitions already on the
   volume are at least as new as any checkpoint, the supervisor resumes them),
-  credentials from the Secret `<name>-credentials`, `/healthz` (liveness) and
+  credentials from the Secret `<name>-credentials`, config overrides
+  (`STREAMFORGE__SOURCE__URI=...`) from the optional Secret `<name>-env`,
+  `/healthz` (liveness) and
   `/readyz` (readiness) on the metrics port. No preStop hook: on SIGTERM the
   supervisor stops the dataflow and takes a savepoint itself
   (`savepoints.on-cancel`), so `terminationGracePeriodSeconds` covers
@@ -120,6 +122,7 @@ def render(cfg: Config, options: RenderOptions | None = None) -> RenderResult:
     config_text = yaml.safe_dump(pod_cfg, sort_keys=False)
     labels = _labels(settings, name)
     meta = {"namespace": options.namespace, "labels": labels}
+    notes.extend(_local_endpoint_notes(cfg, name))
     if cfg.str("source.type", "") == "file" and not cfg.bool("source.tail", False):
         notes.append(
             "source.type is file with tail: false: the pod exits when the input ends and "
@@ -160,6 +163,21 @@ def pod_config(
                     if not PurePosixPath(value).is_absolute():
                         sec[key] = f"{STATE_MOUNT}/out/{PurePosixPath(value).name}"
     return data
+
+
+def _local_endpoint_notes(cfg: Config, name: str) -> list[str]:
+    """Service addresses that cannot work inside a pod (localhost)."""
+    notes = []
+    for section in ("source", "sink", "dlq"):
+        for key in ("uri", "brokers"):
+            value = str(cfg.raw(f"{section}.{key}", ""))
+            if "localhost" in value or "127.0.0.1" in value:
+                env = f"STREAMFORGE__{section.upper()}__{key.upper()}"
+                notes.append(
+                    f"{section}.{key} is {value!r}: set {env} in the Secret {name}-env "
+                    "(credentials belong there too, not in the ConfigMap)"
+                )
+    return notes
 
 
 def _check_options(options: RenderOptions) -> None:
@@ -250,6 +268,7 @@ def _statefulset(
         {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
     ]
     env = _env(settings, name)
+    env_from = [{"secretRef": {"name": f"{name}-env", "optional": True}}]
     container_security = {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -262,6 +281,7 @@ def _statefulset(
         "imagePullPolicy": "IfNotPresent",
         "command": ["/bin/sh", "-c", _RESTORE_SCRIPT],
         "env": env,
+        "envFrom": env_from,
         "volumeMounts": mounts,
         "securityContext": container_security,
     }
@@ -272,6 +292,7 @@ def _statefulset(
         "command": ["streamforge"],
         "args": ["run", settings.pipeline, "--config", CONFIG_FILE],
         "env": env,
+        "envFrom": env_from,
         "ports": [
             {"name": "metrics", "containerPort": port, "protocol": "TCP"},
             {"name": "dataflow-api", "containerPort": DATAFLOW_API_PORT, "protocol": "TCP"},

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["emit", "manifest_row", "progress", "table"]
+__all__ = ["emit", "listing", "manifest_full", "manifest_row", "progress", "table"]
 
 _ROW_FIELDS = ("id", "kind", "name", "created_at", "code_version", "partition_count", "total_bytes", "base_id")
 

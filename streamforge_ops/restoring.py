@@ -20,7 +20,7 @@ from typing import Any, Literal, cast
 from streamforge_ops.cli import CliError
 from streamforge_ops.job import Job
 
-__all__ = ["Decision", "has_local_progress", "parse_target", "prepare", "restore_into"]
+__all__ = ["Decision", "Target", "has_local_progress", "parse_target", "prepare", "restore_into"]
 
 Target = Literal["latest"] | tuple[Literal["checkpoint", "savepoint"], str]
 
@@ -94,7 +94,7 @@ def prepare(
     job: Job, target: Target | None, *, strict: bool = False, fresh: bool = False, no_restore: bool = False
 ) -> Decision:
     """Bring the job's recovery directory to its starting state (see module doc)."""
-    from recovery.partitions import init_partitions
+    from recovery.partitions import PartitionError, init_partitions
 
     rdir = job.recovery_dir
     if fresh:
@@ -112,6 +112,10 @@ def prepare(
         )
     else:
         decision = restore_into(job, rdir, target or "latest", strict=strict)
-    if init_partitions(rdir, job.settings.recovery.partitions):
+    try:
+        created = init_partitions(rdir, job.settings.recovery.partitions)
+    except PartitionError as exc:  # e.g. the directory holds another partition count
+        raise CliError(str(exc)) from None
+    if created:
         decision.notes.append(f"created {job.settings.recovery.partitions} partitions in {rdir}")
     return decision

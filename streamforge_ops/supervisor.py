@@ -149,7 +149,9 @@ class Supervisor:
         now = time.monotonic()
         clock = CheckpointClock(s.checkpoints.interval_s, s.checkpoints.min_pause_s, last_start=now)
         compaction = Every(s.recovery.compact_interval_s, last=now)
-        self._start_child(workers)
+        snapshots.update_savepoint_gauge(self.job)
+        if self._stop_signal is None:
+            self._start_child(workers)
         while True:
             if self._stop_signal is not None:
                 return self._cancel()
@@ -158,6 +160,8 @@ class Supervisor:
                 return self._finish()
             if code is not None:
                 if not self._restart(code, backoff):
+                    self._phase = "failed"
+                    self._report("failed")
                     return 1
                 continue
             self._tend_state(clock, compaction)
@@ -201,8 +205,9 @@ class Supervisor:
             if self._task.done():
                 self._task = None
                 clock.ended(now)
-            elif now - self._task_started > self.job.settings.checkpoints.timeout_s and clock.in_flight:
-                self.log("checkpoint exceeded checkpoints.timeout; counted as failed")
+            elif now - self._task_started > 2 * self.job.settings.checkpoints.timeout_s and clock.in_flight:
+                # take_checkpoint enforces the timeout itself; this catches a call stuck in I/O
+                self.log("checkpoint stuck for twice checkpoints.timeout; counted as failed")
                 metrics.CHECKPOINT_FAILURES.labels(pipeline=self.job.pipeline, kind="checkpoint").inc()
                 self.tally.checkpoint_failures += 1
                 clock.ended(now)  # the next one waits until the stuck task returns

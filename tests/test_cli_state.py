@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from dataflows.config import load_config
 from recovery.migrate import clear_migrations, register_migration
 from recovery.partitions import init_partitions
 from streamforge_ops.cli import main
+from streamforge_ops.job import load_job
+from streamforge_ops.restoring import parse_target, prepare
 from tests.supervised_flow import Totals, build
 from tests.supervisor_harness import Workspace
 
@@ -97,3 +101,25 @@ def test_state_migrate(job: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert cli(capsys, "state", "migrate")["migrated"] == 0
     finally:
         clear_migrations()
+
+
+
+def test_second_supervisor_refused_and_no_restore_keeps_local(
+    job: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The pid file guards against two supervisors on one recovery dir; --no-restore
+    resumes the local partitions without consulting the store."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (job.parent / "supervisor.pid").write_text(f"{other.pid}\n")
+        assert main(["run", "--config", str(job)]) == 2
+        assert f"already runs (pid {other.pid})" in capsys.readouterr().err
+    finally:
+        other.kill()
+        other.wait()
+    never = load_job(str(job), store=f"file://{job.parent}/no-store")
+    decision = prepare(never, None, no_restore=True)
+    assert (decision.chosen, decision.id) == ("local", None)
+    assert not (job.parent / "no-store").exists(), "the store was not consulted"
+    assert parse_target("checkpoint:ck-1") == ("checkpoint", "ck-1")
+    assert parse_target("savepoint sp-1") == ("savepoint", "sp-1")

@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,7 @@ def test_cli_render_of_orders_matches_deploy_k8s(
 def test_static_manifests_pass_kubernetes_validate_cli() -> None:
     files = sorted(str(p) for p in STATIC.glob("*.yaml"))
     out = subprocess.run(
-        [shutil.which("kubernetes-validate") or str(Path(os.sys.executable).parent / "kubernetes-validate"),
-         "--strict", *files],
+        [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", *files],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
@@ -120,9 +120,13 @@ def test_static_manifests_pass_kubernetes_validate_cli() -> None:
 # --- validation --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["orders", "kafka"])
+@pytest.mark.parametrize("which", ["kafka", *sorted(p.name for p in (ROOT / "config").glob("*.yaml"))])
 def test_rendered_manifests_validate_offline(which: str, tmp_path: Path) -> None:
-    result = _orders() if which == "orders" else _kafka(tmp_path, namespace="prod", image="r.io/sf:7")
+    """The test config above and every bundled config/*.yaml render to valid objects."""
+    if which == "kafka":
+        result = _kafka(tmp_path, namespace="prod", image="r.io/sf:7")
+    else:
+        result = render(load_config(ROOT / "config" / which, environ={}))
     for m in result.manifests:
         doc = yaml.safe_load(dump_manifest(m, result.pipeline))
         assert doc == m.obj  # the dumped text is the object
@@ -196,6 +200,7 @@ def test_statefulset_runs_supervisor_with_restore_volume_secrets_and_probes(tmp_
             ref = env[var]["valueFrom"]["secretKeyRef"]
             assert (ref["name"], ref["key"]) == ("streamforge-customers-cdc-credentials", key)
         assert env["BYTEWAX_DATAFLOW_API_ENABLED"]["value"] == "true"
+        assert c["envFrom"] == [{"secretRef": {"name": "streamforge-customers-cdc-env", "optional": True}}]
     assert main_c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert main_c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert {p["name"]: p["containerPort"] for p in main_c["ports"]}["metrics"] == 9500
@@ -214,8 +219,16 @@ def test_configmap_holds_the_pod_config(tmp_path: Path) -> None:
     assert settings.checkpoints.store.url == "s3://prod-state/checkpoints"  # s3 kept as is
     assert settings.savepoints.store.url == "s3://prod-state/savepoints"
     assert pod_cfg["sink"] == yaml.safe_load(KAFKA_CONFIG)["sink"]
+    assert not any("STREAMFORGE__" in n for n in _kafka(tmp_path).notes)  # kafka:9092 is fine
     annotations = objs["StatefulSet"]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["streamforge.io/config-sha256"] == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_localhost_endpoints_are_flagged(tmp_path: Path) -> None:
+    path = _write(tmp_path / "p.yaml", KAFKA_CONFIG.replace("kafka:9092", "localhost:9092"))
+    notes = render(load_config(path, environ={})).notes
+    for env in ("STREAMFORGE__SOURCE__BROKERS", "STREAMFORGE__SINK__BROKERS", "STREAMFORGE__DLQ__BROKERS"):
+        assert any(env in n and "streamforge-customers-cdc-env" in n for n in notes), env
 
 
 def test_orders_pod_config_moves_state_to_volume_and_s3() -> None:
@@ -291,7 +304,7 @@ def test_output_dash_prints_one_yaml_stream(capsys: pytest.CaptureFixture[str]) 
     ("config", "args", "message"),
     [
         (None, [], "does not exist"),
-        ("pipeline: {name: x}\ncheckpoints: {interval: soon}\n", [], "checkpoints.interval"),
+        ("pipeline: {name: x}\ncheckpoints: {interval: soon}\n", [], "#checkpoints"),
         ("source: {type: file}\n", [], "pipeline.name"),
         ("pipeline: {name: Bad.Name}\n", [], "Kubernetes name"),
         ("pipeline: {name: x}\n", ["--replicas", "3"], "--replicas must be 0 or 1"),
@@ -315,3 +328,20 @@ def test_bad_input_exits_2_with_a_clear_message(
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_dockerfile_matches_the_manifests() -> None:
+    """No container runtime here: check the Dockerfile against what the manifests expect."""
+    text = (ROOT / "Dockerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            sources = [w for w in line.split()[1:-1] if not w.startswith("--")]
+            assert all((ROOT / s).exists() for s in sources), line
+    sts = _objects(_orders())["StatefulSet"]["spec"]["template"]["spec"]
+    ports = {str(p["containerPort"]) for p in sts["containers"][0]["ports"]}
+    expose = next(line for line in text.splitlines() if line.startswith("EXPOSE"))
+    assert ports <= set(expose.split()[1:])
+    assert f"USER {sts['securityContext']['runAsUser']}:" in text
+    assert 'ENTRYPOINT ["streamforge"]' in text
+    assert sts["containers"][0]["image"] == "streamforge:0.1.0"
+    assert "docker build -t streamforge:0.1.0" in text

@@ -42,7 +42,7 @@ def _spec(bootstrap: str, src: str, out: str, dlq: str, prefix: str) -> dict[str
 def test_crash_loop_exactly_once(kafka_bootstrap: str, make_topic: Callable[..., str], tmp_path: Path) -> None:
     """SIGKILL the flow >= 5 times at seeded random moments; read_committed output == input, once each."""
     src, out, dlq = make_topic(2, "eo-in"), make_topic(2, "eo-out"), make_topic(1, "eo-dlq")
-    expected = produce_orders(kafka_bootstrap, src, 3000, 2)
+    expected = produce_orders(kafka_bootstrap, src, 2000, 2)
     spec = _spec(kafka_bootstrap, src, out, dlq, f"crash-{random.Random(SEED).randrange(10**6)}")
     result = crash_loop(spec, tmp_path, kills=5, seed=SEED, kill_after_s=(1.2, 2.6))
     assert result.kills == 5

@@ -30,6 +30,7 @@ from tests.mongo_server.harness import (
     Workload,
     crash_loop,
     documents,
+    wait_streaming_committed,
     wait_until,
     write_config,
 )
@@ -107,11 +108,13 @@ def test_token_expiry_while_stopped_resyncs_and_deletes(mongo: MongoHandle, tmp_
     server = mongo.require_server()
     db = mongo.db()
     db.customers.insert_many([{"_id": f"k{i:03d}", "v": i} for i in range(300)])
-    proc = PipelineProcess.prepare(tmp_path, write_config(tmp_path / "c.yaml", uri=mongo.uri,
-                                                          database=db.name, workdir=tmp_path))
+    # mirror off: the deletes must come from the Materializer's generation sweep alone
+    proc = PipelineProcess.prepare(tmp_path, write_config(tmp_path / "c.yaml", uri=mongo.uri, database=db.name,
+                                                          workdir=tmp_path, mirror=False))
     proc.start()
     try:
         wait_until(lambda: documents(db.customers_view) == documents(db.customers), 60, "first sync")
+        wait_streaming_committed(proc)
         proc.kill()
         db.customers.delete_many({"v": {"$lt": 100}})  # deleted while the pipeline is down
         Workload(db.customers, SEED).run(50)
@@ -120,7 +123,8 @@ def test_token_expiry_while_stopped_resyncs_and_deletes(mongo: MongoHandle, tmp_
         wait_until(lambda: documents(db.customers_view) == documents(db.customers), 60,
                    "re-sync after token expiry")
         assert not {f"k{i:03d}" for i in range(100)} & set(documents(db.customers_view))
-        assert "re-sync as generation 2" in proc.log_tail(200)
+        log = proc.log_tail(200)
+        assert "re-sync as generation 2 (error 286 ChangeStreamHistoryLost)" in log and "reconcile" not in log
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{proc.log_tail()}") from None
     finally:

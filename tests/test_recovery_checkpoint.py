@@ -22,7 +22,12 @@ def _items(n: int, keys: int, value: int | None = 1, prefix: str = "k") -> list:
 
 def _restore(rd: Path, store: ObjectStore, count: int = 3, **kw):
     return restore(
-        rd, checkpoint_store=store, savepoint_store=store, pipeline=PIPE, partition_count=count, **kw
+        rd,
+        checkpoint_store=store,
+        savepoint_store=store,
+        pipeline=PIPE,
+        partition_count=count,
+        **kw,
     )
 
 
@@ -106,14 +111,16 @@ def test_online_checkpoints_resume_consistently(tmp_path: Path) -> None:
     rd = tmp_path / "rec"
     init_partitions(rd, 2)
     store = open_store(f"file://{tmp_path}/store")
-    spec = [["k", 40000, 300, 1]]
+    spec = [["k", 15000, 300, 1]]
     taken: list = []
     failed = 0
     proc = run_in_subprocess(rd, spec)
     try:
         while proc.poll() is None:
             try:
-                taken.append(take_checkpoint(rd, store, pipeline=PIPE, incremental=True, full_every=4))
+                taken.append(
+                    take_checkpoint(rd, store, pipeline=PIPE, incremental=True, full_every=4)
+                )
             except CheckpointError:  # the flow was starting while copying: nothing published
                 failed += 1
     finally:
@@ -148,7 +155,9 @@ def test_retention_keeps_needed_bases_and_removes_incomplete(tmp_path: Path) -> 
 
     deleted = apply_retention(store, PIPE, retained=1)
 
-    assert sorted(deleted) == sorted([ids[0], ids[1], ids[2], "ckpt-00000000T000000.000000Z-dead00"])
+    assert sorted(deleted) == sorted(
+        [ids[0], ids[1], ids[2], "ckpt-00000000T000000.000000Z-dead00"]
+    )
     assert [m.id for m in list_checkpoints(store, PIPE)] == [ids[4], ids[3]]
     assert _restore(tmp_path / "r", store, count=2).id == ids[4]
     assert not store.exists(manifest_key(PIPE, "checkpoint", ids[0]))
@@ -163,5 +172,8 @@ def test_checkpoint_metrics_recorded(tmp_path: Path) -> None:
     before = done._value.get()
     m = take_checkpoint(rd, store, pipeline="metrics-p")
     assert done._value.get() == before + 1
-    assert metrics.CHECKPOINT_SIZE.labels(pipeline="metrics-p", kind="checkpoint")._value.get() == m.total_bytes
+    assert (
+        metrics.CHECKPOINT_SIZE.labels(pipeline="metrics-p", kind="checkpoint")._value.get()
+        == m.total_bytes
+    )
     assert metrics.LAST_CHECKPOINT_TIMESTAMP.labels(pipeline="metrics-p")._value.get() > 0

@@ -51,7 +51,9 @@ def flow_dir(tmp_path: Path) -> Path:
     return rd
 
 
-def test_sigkill_during_upload_never_chosen(tmp_path: Path, flow_dir: Path, s3_bucket: S3Target) -> None:
+def test_sigkill_during_upload_never_chosen(
+    tmp_path: Path, flow_dir: Path, s3_bucket: S3Target
+) -> None:
     store = open_store(s3_bucket.url, endpoint_url=s3_bucket.endpoint_url)
     good = take_checkpoint(flow_dir, store, pipeline=PIPE, incremental=True)
     run(counting_flow(segments([["k", 300, 100, 1], ["k", 10, 10, 5]]), []), flow_dir)
@@ -73,7 +75,10 @@ def test_sigkill_during_upload_never_chosen(tmp_path: Path, flow_dir: Path, s3_b
     assert [m.id for m in list_checkpoints(store, PIPE)] == [good.id]
 
     result = restore(
-        tmp_path / "restored", checkpoint_store=store, savepoint_store=store, pipeline=PIPE,
+        tmp_path / "restored",
+        checkpoint_store=store,
+        savepoint_store=store,
+        pipeline=PIPE,
         partition_count=3,
     )
     assert (result.chosen, result.id) == ("checkpoint", good.id)
@@ -118,7 +123,9 @@ def test_wrong_credentials_error_names_no_secret(
     assert secret not in text and key_id not in text
 
 
-def test_missing_credentials_error(s3_bucket: S3Target, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_credentials_error(
+    s3_bucket: S3Target, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))

@@ -28,7 +28,9 @@ def _v1(state: CounterV1 | None, value: int) -> tuple[CounterV1, int]:
 
 def _v2(state: CounterV2 | None, value: int) -> tuple[CounterV2, tuple[int, int]]:
     assert state is None or isinstance(state, CounterV2), f"unmigrated state {state!r}"
-    state = CounterV2(total=(state.total if state else 0) + value, updates=(state.updates if state else 0) + 1)
+    state = CounterV2(
+        total=(state.total if state else 0) + value, updates=(state.updates if state else 0) + 1
+    )
     return state, (state.total, state.updates)
 
 

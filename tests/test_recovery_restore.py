@@ -82,7 +82,10 @@ def test_all_checkpoints_bad_falls_back_to_savepoint_then_fresh(tmp_path: Path, 
     _damage(store, sp.partitions[0].object, "corrupt")
     (tmp_path / "out2").mkdir()
     fresh = restore(
-        tmp_path / "out2", checkpoint_store=store, savepoint_store=store, pipeline=PIPE,
+        tmp_path / "out2",
+        checkpoint_store=store,
+        savepoint_store=store,
+        pipeline=PIPE,
         partition_count=2,
     )
     assert fresh.chosen == "fresh" and "no valid checkpoint or savepoint" in fresh.reason
@@ -117,7 +120,9 @@ def test_tampered_or_unsigned_manifest_refused_with_key(tmp_path: Path, setup) -
 
 def test_other_partition_count_and_pipeline_refused(tmp_path: Path, setup) -> None:
     _, store, (_, _, ck2) = setup
-    with pytest.raises(RestoreError, match="has 2 partitions but this pipeline is configured for 4"):
+    with pytest.raises(
+        RestoreError, match="has 2 partitions but this pipeline is configured for 4"
+    ):
         _restore(tmp_path, store, partition_count=4)
     key = manifest_key(PIPE, "checkpoint", ck2.id)
     doc = json.loads(store.get(key))

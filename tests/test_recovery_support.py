@@ -39,7 +39,9 @@ def counting_flow(items: list, out: list, flow_id: str = "count") -> Dataflow:
     return flow
 
 
-def run(flow: Dataflow, recovery_dir: Path | None, *, workers: int = 1, backup_s: float = 3600) -> None:
+def run(
+    flow: Dataflow, recovery_dir: Path | None, *, workers: int = 1, backup_s: float = 3600
+) -> None:
     """Run to completion with recovery (epoch per batch, long backup interval)."""
     rc = (
         RecoveryConfig(str(recovery_dir), backup_interval=timedelta(seconds=backup_s))
@@ -50,7 +52,12 @@ def run(flow: Dataflow, recovery_dir: Path | None, *, workers: int = 1, backup_s
         run_main(flow, epoch_interval=timedelta(0), recovery_config=rc)
     else:
         cluster_main(
-            flow, [], 0, epoch_interval=timedelta(0), recovery_config=rc, worker_count_per_proc=workers
+            flow,
+            [],
+            0,
+            epoch_interval=timedelta(0),
+            recovery_config=rc,
+            worker_count_per_proc=workers,
         )
 
 
@@ -84,7 +91,9 @@ def segments(spec: list) -> list:
     return [(f"{prefix}{i % keys}", value) for prefix, n, keys, value in spec for i in range(n)]
 
 
-def run_in_subprocess(recovery_dir: Path, spec: list, backup_s: float = 3600) -> subprocess.Popen[bytes]:
+def run_in_subprocess(
+    recovery_dir: Path, spec: list, backup_s: float = 3600
+) -> subprocess.Popen[bytes]:
     """Start the counting flow over `segments(spec)` in another process.
 
     A flow and take_checkpoint/compact must not share a process: Bytewax

@@ -4,7 +4,7 @@ Serialisation of sink items (`to_out_message`):
 
 - key: `item.key` (str -> UTF-8, bytes kept, None -> no key);
 - value: bytes kept as they are; a dataclass (Event, TableChange, ...) -> JSON
-  of `asdict(item)`; a mapping -> JSON; bytes inside are decoded as UTF-8
+  of its fields (as `asdict` gives them, nested dataclasses included); a mapping -> JSON; bytes inside are decoded as UTF-8
   (invalid bytes escaped);
 - headers: `sf-event-id` = `item.event_id`, plus the item's own `headers`
   (an Event's) when they are `(str, bytes)` pairs.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -91,11 +91,18 @@ def partition_for(key: bytes | None, partitions: int) -> int:
 
 
 def _json_default(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return _shallow_dict(obj)
     if isinstance(obj, (bytes, bytearray)):
         return bytes(obj).decode("utf-8", "backslashreplace")
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=repr)
     return str(obj)
+
+
+def _shallow_dict(obj: Any) -> dict[str, Any]:
+    """Like `asdict` without its deep copy (JSON encoding only reads the values)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
 def _as_key(key: Any) -> bytes | None:
@@ -111,7 +118,7 @@ def to_out_message(item: Any) -> OutMessage:
     if isinstance(item, bytes):
         value = item
     elif is_dataclass(item) and not isinstance(item, type):
-        value = json.dumps(asdict(item), default=_json_default, sort_keys=True).encode()
+        value = json.dumps(_shallow_dict(item), default=_json_default, sort_keys=True).encode()
     elif isinstance(item, Mapping):
         value = json.dumps(dict(item), default=_json_default, sort_keys=True).encode()
         event_id = event_id or str(item.get("event_id", "") or "")

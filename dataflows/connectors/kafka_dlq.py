@@ -56,6 +56,7 @@ class KafkaDeadLetterWriter:
             "bootstrap.servers": ",".join(brokers),
             "message.timeout.ms": int(delivery_timeout_s * 1000),
             "message.max.bytes": 16 * 2**20,
+            "linger.ms": 0,  # written synchronously: no batching wait
         }
         conf.update(add_config or {})
         self._producer = Producer(conf)

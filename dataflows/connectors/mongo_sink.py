@@ -49,7 +49,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from dataflows import metrics
 from dataflows.connectors.dlq import read_dead_letters
-from dataflows.connectors.mongo_codec import decode_key
+from dataflows.connectors.mongo_codec import decode_key, encode_key
 from dataflows.connectors.mongo_errors import is_transient
 from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
 from dataflows.events import Event, now_ms
@@ -79,6 +79,7 @@ class MongoSinkSettings:
     retry: RetryPolicy = field(default_factory=lambda: DEFAULT_SINK_RETRY)
     server_selection_timeout_ms: int = 5000
     stage: str = "mongo-sink"
+    mirror_of: tuple[str, str, str] | None = None  # (uri, database, collection) this target mirrors
 
 
 @dataclass
@@ -106,6 +107,13 @@ def _as_event(item: Any, source: str) -> Event:
         return item
     return Event(key=item.key, value=item.value, event_time_ms=item.event_time_ms,
                  event_id=item.event_id, source=source, op=getattr(item, "kind", None))
+
+
+def _is_marker(item: Any) -> bool:
+    """A re-sync generation marker, or any table change that is not a row write."""
+    if isinstance(item, Event):
+        return item.op == "generation"
+    return getattr(item, "kind", None) not in ("upsert", "tombstone")
 
 
 def _is_tombstone(item: Any) -> bool:
@@ -147,14 +155,63 @@ class MongoWriter:
         return _Write(item, ReplaceOne({"_id": doc_id}, doc, upsert=True), doc_id)
 
     def write(self, items: Iterable[Any]) -> list[DeadLetter]:
-        """Write `items`; returns the dead letters of those that could not be written."""
+        """Write `items`; returns the dead letters of those that could not be written.
+
+        A generation marker (`Event(op="generation")`) makes a mirror writer
+        `reconcile` after the batch's writes; other writers ignore it.
+        """
         last: dict[str, Any] = {}
+        markers = 0
         for item in items:
+            if _is_marker(item):
+                markers += 1
+                continue
             last.pop(item.key, None)
             last[item.key] = item
+        dead = self._write(last.values())
+        if markers and self.s.mirror_of is not None:
+            self.s.retry.call(self.reconcile, is_transient)
+        return dead
+
+    def reconcile(self) -> int:
+        """Delete target documents whose `_id` is not in the mirrored source collection.
+
+        Run when a re-sync completes. The Materializer's sweep tombstones keys
+        it has in state; this also removes documents that were written by a run
+        whose state was lost (killed before its first snapshot) and deleted from
+        the source before the re-sync read them. Safe at any time for a mirror:
+        anything the source gains later comes through the change stream.
+        """
+        assert self.s.mirror_of is not None
+        uri, db, coll = self.s.mirror_of
+        client: MongoClient[Any] = MongoClient(uri, serverSelectionTimeoutMS=self.s.server_selection_timeout_ms)
+        try:
+            source = client[db][coll]
+            removed = 0
+            ids: list[Any] = []
+            for doc in self._coll.find({}, {"_id": 1}):
+                ids.append(doc["_id"])
+                if len(ids) == 1000:
+                    removed += self._delete_missing(source, ids)
+                    ids = []
+            removed += self._delete_missing(source, ids) if ids else 0
+        finally:
+            client.close()
+        if removed:
+            log.warning("mongo sink: reconcile removed %d documents absent from %s.%s", removed, db, coll)
+        return removed
+
+    def _delete_missing(self, source: Any, ids: list[Any]) -> int:
+        present = {encode_key(d["_id"]) for d in source.find({"_id": {"$in": ids}}, {"_id": 1})}
+        missing = [i for i in ids if encode_key(i) not in present]
+        if not missing:
+            return 0
+        return int(self._coll.delete_many({"_id": {"$in": missing}}).deleted_count)
+
+    def _write(self, changes: Iterable[Any]) -> list[DeadLetter]:
         dead: list[DeadLetter] = []
         pending: list[_Write] = []
-        for item in last.values():
+        for item in changes:
             try:
                 pending.append(self._prepare(item))
             except Exception as exc:  # noqa: BLE001 - e.g. a value that is not a document

@@ -307,7 +307,9 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
         if token is None:
             raise MongoSourceError(f"source {self._ns}: server returned no postBatchResumeToken")
         gen = st.generation + 1
-        st.scan = ScanProgress(gen, token, token_time_ms(token) or now_ms())
+        # The generation's start time (marker event time, for the Materializer's sweep rule):
+        # never earlier than the start position; later only sweeps rows the replay restores.
+        st.scan = ScanProgress(gen, token, max(token_time_ms(token) or 0, now_ms()))
         st.resyncs = (st.resyncs + [f"generation {gen}: {reason}"])[-10:]
         log.warning("source %s: re-sync as generation %d (%s)", self._ns, gen, reason)
 

@@ -16,6 +16,7 @@ from typing import Any
 __all__ = ["changed_paths"]
 
 _MISSING = object()
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 
 
 def changed_paths(before: Any, after: Any) -> tuple[str, ...]:
@@ -28,26 +29,47 @@ def changed_paths(before: Any, after: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _child(prefix: str, name: Any) -> str:
-    return f"{prefix}.{name}" if prefix else str(name)
+def _kind(v: Any) -> type | None:
+    """`dict` or `list` for containers compared element-wise (tuples count as lists), else None."""
+    t = type(v)
+    if t is dict or t is list:
+        return t
+    if isinstance(v, dict):
+        return dict
+    if isinstance(v, list | tuple):
+        return list
+    return None
 
 
 def _walk(a: Any, b: Any, path: str, out: list[str]) -> None:
-    if isinstance(a, dict) and isinstance(b, dict):
+    """Append the paths at or under `path` where `a` and `b` (known to differ) differ."""
+    kind = _kind(a)
+    if kind is None or kind is not _kind(b):
+        out.append(path)
+    elif kind is dict:
+        prefix = f"{path}." if path else ""
+        get = b.get
+        matched = 0
         for k, va in a.items():
-            vb = b.get(k, _MISSING)
+            vb = get(k, _MISSING)
             if vb is _MISSING:
-                out.append(_child(path, k))
-            elif va is not vb and va != vb:
-                _walk(va, vb, _child(path, k), out)
-        for k in b.keys() - a.keys():
-            out.append(_child(path, k))
-    elif isinstance(a, list | tuple) and isinstance(b, list | tuple):
+                out.append(f"{prefix}{k}")
+                continue
+            matched += 1
+            if va is not vb and va != vb:
+                if type(va) in _SCALARS or type(vb) in _SCALARS:
+                    out.append(f"{prefix}{k}")
+                else:
+                    _walk(va, vb, f"{prefix}{k}", out)
+        if matched < len(b):
+            out.extend(f"{prefix}{k}" for k in b if k not in a)
+    else:
         n = min(len(a), len(b))
         for i in range(n):
-            if a[i] != b[i]:
-                _walk(a[i], b[i], f"{path}[{i}]", out)
-        for i in range(n, max(len(a), len(b))):
-            out.append(f"{path}[{i}]")
-    else:
-        out.append(path)
+            va, vb = a[i], b[i]
+            if va is not vb and va != vb:
+                if type(va) in _SCALARS or type(vb) in _SCALARS:
+                    out.append(f"{path}[{i}]")
+                else:
+                    _walk(va, vb, f"{path}[{i}]", out)
+        out.extend(f"{path}[{i}]" for i in range(n, max(len(a), len(b))))

@@ -171,7 +171,7 @@ class SessionAnalyzer:
     """The sessions of one key (a Bytewax `StatefulLogic` by shape)."""
 
     STATE_VERSION = 1
-    __slots__ = ("cfg", "key", "spans", "wm", "wall_ms", "alarm")
+    __slots__ = ("cfg", "key", "spans", "wm", "wall_ms", "next_ms", "alarm")
 
     def __init__(self, cfg: SessionConfig, state: SessionState | None = None) -> None:
         self.cfg = cfg
@@ -180,12 +180,15 @@ class SessionAnalyzer:
         self.key: str | None = None
         self.wm: int | None = None
         self.wall_ms = 0
+        # Watermark at which something next closes or drops (None: nothing retained).
+        self.next_ms: int | None = None
         if state is not None:
             self.key = state.key
             self.wm = state.watermark_ms
             self.wall_ms = state.wall_ms
             self.spans = [_Span(s.start_ms, s.end_ms, s.count, s.aggregate, s.id_start_ms, s.emits,
                                 s.dirty) for s in state.spans]
+            self.next_ms = self.wm  # re-evaluate (and advance) at the first notification
 
     # -- events ----------------------------------------------------------------
     def on_item(self, event: Event) -> tuple[Any, bool]:
@@ -252,21 +255,33 @@ class SessionAnalyzer:
         """Emit closed sessions, drop expired ones, discard the key when none remain."""
         wm = self.wm
         assert wm is not None
-        gap = self.cfg.gap_ms
+        cfg = self.cfg
+        gap = cfg.gap_ms
+        late = cfg.lateness_ms
+        horizon = wm - late
         spans = self.spans
         out: Any = _EMPTY
+        drop = 0
+        nearest: int | None = None
         for s in spans:
-            if s.dirty and wm >= s.end + gap:
+            close = s.end + gap
+            if s.dirty and wm >= close:
                 if out is _EMPTY:
                     out = []
                 out.append(self._emit(s))
-        horizon = wm - self.cfg.lateness_ms
-        while spans and horizon >= spans[0].end + gap:
-            del spans[0]
-        if not spans:
-            if self.cfg.on_evict is not None:
-                self.cfg.on_evict()
-            return out, True
+            if horizon >= close:
+                drop += 1  # ends are sorted: the expired sessions are a prefix
+                continue
+            due = close if s.dirty else close + late
+            if nearest is None or due < nearest:
+                nearest = due
+        self.next_ms = nearest
+        if drop:
+            del spans[:drop]
+            if not spans:
+                if cfg.on_evict is not None:
+                    cfg.on_evict()
+                return out, True
         return out, False
 
     def _emit(self, s: _Span) -> Session:
@@ -292,16 +307,13 @@ class SessionAnalyzer:
         return [self._emit(s) for s in self.spans if s.dirty], False
 
     def notify_at(self) -> datetime | None:
-        cfg = self.cfg
-        if cfg.clock is None or not self.spans or self.wm is None:
+        nxt = self.next_ms
+        if nxt is None or self.cfg.clock is None or self.wm is None:
             return None
-        gap = cfg.gap_ms
-        late = cfg.lateness_ms
-        nearest = min(s.end + gap if s.dirty else s.end + gap + late for s in self.spans)
         alarm = self.alarm
         if alarm is None:
             self.alarm = alarm = Alarm()
-        return alarm.schedule(self.wall_ms + max(0, nearest - self.wm), cfg.slack_ms)
+        return alarm.schedule(self.wall_ms + max(0, nxt - self.wm), self.cfg.slack_ms)
 
     def snapshot(self) -> SessionState:
         assert self.key is not None and self.wm is not None

@@ -10,6 +10,11 @@
   `module:function` (Event -> Event, or -> dict = the new value) run guarded:
   if it raises or returns anything else, the event becomes a USER_FUNCTION
   dead letter and the flow goes on.
+- `dedup_in_key_lane(...)`: the Deduplicator run in each key's lane (state
+  keyed by `Event.key`, one Deduplicator per identity inside): keying dedup by
+  the event id would send one key's events through different workers, and a
+  keyed step after it would see them in a different order than the source's
+  (wrong merges / sessions with 2+ workers).
 - `lazy_flow(name, build_flow)`: the module-level `flow`, built on first access
   (so importing a pipeline module for `build_flow` never reads a config).
 """
@@ -21,6 +26,7 @@ import importlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +40,18 @@ from dataflows.errors import Guarded, guarded_map
 from dataflows.events import Event, RawRecord
 from dataflows.parse import TypeSpec, parse_events
 
-__all__ = ["ParseOptions", "apply_hook", "ingest", "lazy_flow", "load_hook", "pipeline_config"]
+__all__ = [
+    "KeyLaneDedup",
+    "LaneDedupState",
+    "ParseOptions",
+    "apply_hook",
+    "dedup_in_key_lane",
+    "dedup_ttl_ms",
+    "ingest",
+    "lazy_flow",
+    "load_hook",
+    "pipeline_config",
+]
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
@@ -143,6 +160,89 @@ def apply_hook(step_id: str, up: Stream[Event], hook: Callable[[Event], Any] | N
     if hook is None:
         return Guarded(up, op.filter(f"{step_id}_none", up, _never))
     return guarded_map(step_id, up, _HookAdapter(hook), pipeline=pipeline)
+
+
+@dataclass(frozen=True)
+class LaneDedupState:
+    """Snapshot of one key of `dedup_in_key_lane`: a DedupState per identity."""
+
+    seen: dict[str, Any]
+    version: int = 1
+
+
+class KeyLaneDedup:
+    """Deduplicators of the event ids of one key (a Bytewax `StatefulLogic` by shape).
+
+    State: `LaneDedupState` of the key; an identity idle for the TTL of
+    wall-clock time is dropped, the key's state when none is left.
+    """
+
+    STATE_VERSION = 1
+
+    def __init__(self, cfg: Any, identity: Any, state: LaneDedupState | None) -> None:
+        from dataflows.patterns.dedup import Deduplicator
+
+        self._new = Deduplicator
+        self.cfg, self.identity = cfg, identity
+        seen = {} if state is None else state.seen
+        self.seen = {ident: Deduplicator(cfg, st) for ident, st in seen.items()}
+
+    def on_item(self, event: Any) -> tuple[tuple[Any, ...], bool]:
+        ident = self.identity(event)
+        dedup = self.seen.get(ident)
+        if dedup is None:
+            dedup = self.seen[ident] = self._new(self.cfg)
+        return dedup.on_item(event)[0], False
+
+    def on_notify(self) -> tuple[tuple[()], bool]:
+        for ident, dedup in list(self.seen.items()):
+            if dedup.on_notify()[1]:
+                del self.seen[ident]
+        return (), not self.seen
+
+    def on_eof(self) -> tuple[tuple[()], bool]:
+        return (), False
+
+    def notify_at(self) -> datetime | None:
+        return min((d.notify_at() for d in self.seen.values()), default=None)
+
+    def snapshot(self) -> LaneDedupState:
+        return LaneDedupState({ident: d.snapshot() for ident, d in self.seen.items()}, self.STATE_VERSION)
+
+
+def _event_key(event: Any) -> str:
+    return event.key
+
+
+def dedup_in_key_lane(step_id: str, up: Stream[Any], *, ttl_ms: int, pipeline: str,
+                      identity_field: str) -> Stream[Any]:
+    """Drop repeated `identity_field` values within `ttl_ms` of event time, keyed by `Event.key`.
+
+    Emits the first occurrence, unchanged and in the key's arrival order.
+    State per key: `LaneDedupState` (see `KeyLaneDedup`).
+    """
+    from dataflows import metrics
+    from dataflows.patterns.dedup import DedupConfig, identity_of
+
+    evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="ttl").inc
+    cfg = DedupConfig(ttl_ms, on_evict=evict)
+    identity = identity_of(identity_field)
+
+    def build(state: LaneDedupState | None) -> KeyLaneDedup:
+        return KeyLaneDedup(cfg, identity, state)
+
+    keyed = op.key_on(f"{step_id}_key", up, _event_key)
+    return op.key_rm(f"{step_id}_unkey", op.stateful(step_id, keyed, build))
+
+
+def dedup_ttl_ms(cfg: Config, default: str | None = "1h") -> int | None:
+    """`patterns.dedup.ttl` in ms (> 0); None when absent and `default` is None."""
+    ttl = cfg.duration("patterns.dedup.ttl", default)
+    if ttl is None:
+        return None
+    if ttl <= 0:
+        raise ConfigError(f"patterns.dedup.ttl: must be > 0, got {ttl}s (in {cfg.origin})")
+    return int(ttl * 1000)
 
 
 def lazy_flow(name: str, build_flow: Callable[[Config], Dataflow]) -> Callable[[str], Any]:

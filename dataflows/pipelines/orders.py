@@ -9,7 +9,11 @@
   id `parse.id-field` (event_id, required: it is the dedup identity);
   `amount` must be a number and `status` a string when present.
 - dedup (`patterns.dedup.ttl`, by event time): a redelivered order event (same
-  id) is dropped.
+  id) is dropped. The Deduplicator runs *in the order's lane* (state keyed by
+  order, one Deduplicator per event id inside it; see `dedup_in_key_lane`):
+  keying it by event id would send the events of one order through different
+  workers, and the merge / materialize steps after it would see them in a
+  different order than the source's (a wrong final table on 2+ workers).
 - enrich (`patterns.enrich: module:function`, optional): a user hook
   `Event -> Event | dict` (a dict replaces the value), run after dedup so a
   redelivery is not enriched twice; a raising hook makes a USER_FUNCTION
@@ -35,20 +39,21 @@ from bytewax.outputs import Sink
 
 from dataflows.config import Config, ConfigError
 from dataflows.connectors.files import JsonlSink
-from dataflows.pipelines.common import ParseOptions, apply_hook, ingest, lazy_flow, load_hook
+from dataflows.pipelines.common import (
+    ParseOptions,
+    apply_hook,
+    dedup_in_key_lane,
+    dedup_ttl_ms,
+    ingest,
+    lazy_flow,
+    load_hook,
+)
 from dataflows.pipelines.io import build_dlq_sink, build_sink, build_source, write_output
 
 __all__ = ["build_flow"]
 
 NAME = "orders"
 OPTIONAL_TYPES: dict[str, Any] = {"amount": (int, float), "status": str}
-
-
-def _ttl_ms(cfg: Config) -> int:
-    ttl = cfg.duration("patterns.dedup.ttl", "1h")
-    if ttl <= 0:
-        raise ConfigError(f"patterns.dedup.ttl: must be > 0, got {ttl}s (in {cfg.origin})")
-    return int(ttl * 1000)
 
 
 def build_flow(
@@ -60,7 +65,6 @@ def build_flow(
     changes_sink: Sink[Any] | None = None,
 ) -> Dataflow:
     """The orders dataflow; every config error is raised here, naming its key."""
-    from dataflows.patterns.dedup import deduplicate
     from dataflows.patterns.materializer import materialize
     from dataflows.patterns.merger import merge_changes
 
@@ -69,7 +73,7 @@ def build_flow(
                                        op_field="op", id_field="event_id")
     if not options.id_field:
         raise ConfigError(f"parse.id-field: the orders pipeline needs the event id field (in {cfg.origin})")
-    ttl_ms = _ttl_ms(cfg)
+    ttl_ms = dedup_ttl_ms(cfg) or 0
     sweep = cfg.bool("patterns.materializer.sweep", False)
     shards = cfg.int("patterns.materializer.shards", 64, minimum=1)
     hook = load_hook(cfg, "patterns.enrich")
@@ -81,7 +85,8 @@ def build_flow(
 
     flow = Dataflow(name)
     events, ingest_dlq = ingest(flow, source, pipeline=name, options=options, optional=OPTIONAL_TYPES)
-    unique = deduplicate("dedup", events, ttl_ms=ttl_ms, pipeline=name, key=options.id_field)
+    unique = dedup_in_key_lane("dedup", events, ttl_ms=ttl_ms, pipeline=name,
+                               identity_field=options.id_field)
     enriched, hook_dlq = apply_hook("enrich", unique, hook, pipeline=name)
     table = materialize("materialize", enriched, pipeline=name, sweep=sweep, shards=shards)
     write_output("sink", table, sink)

@@ -133,7 +133,7 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         report = _run_guarded(lambda: replay(
             _source(args), brokers=target_brokers, flt=flt, to=args.to, rate=args.rate,
-            dry_run=args.dry_run, tag=args.tag, progress=bar.update if bar else (lambda n: None),
+            dry_run=args.dry_run, tag=args.tag, progress=bar.update if bar is not None else (lambda n: None),
         ))
     finally:
         if bar is not None:

@@ -5,8 +5,8 @@ The seed's `upgradeMode`:
 - `savepoint`: take a savepoint of the running job, stop it, start the new
   version restored from that savepoint (nothing lost, nothing duplicated with
   idempotent or transactional sinks).
-- `last-state`: use the latest checkpoint if it is younger than
-  `--max-checkpoint-age` (no savepoint pause), else fall back to a savepoint.
+- `last-state`: stop the job, then use the latest checkpoint if it is younger
+  than `--max-checkpoint-age`, else a savepoint of the stopped job's partitions.
 - `stateless`: stop the job and start the new version from scratch.
 
 The running supervisor is found by its pid file next to the recovery
@@ -66,12 +66,12 @@ def _run(args: argparse.Namespace) -> int:
     job = load_job(args.config)
     old = args.pid if args.pid is not None else supervisor_pid(job)
     target: Target | None = None
-    if args.mode == "last-state":
-        target = _recent_checkpoint(job, max_age)
-    if args.mode == "savepoint" or (args.mode == "last-state" and target is None):
+    if args.mode == "savepoint":  # taken while the old version runs: it stays up if this fails
         target = _savepoint(job)
     if old is not None:
         _stop(old, job, stop_timeout)
+    if args.mode == "last-state":  # chosen after the stop: cancellation may delete checkpoints
+        target = _recent_checkpoint(job, max_age) or _savepoint(job)
     progress(f"starting {job.pipeline} ({job.settings.flow}, code-version {job.settings.code_version or '-'})")
     opts = RunOptions(workers=args.workers, target=target, strict=target is not None,
                       fresh=args.mode == "stateless", json=args.json)

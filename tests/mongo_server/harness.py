@@ -10,6 +10,7 @@ replaces and deletes runs against the source collection meanwhile.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -22,9 +23,18 @@ from typing import Any
 
 import yaml
 
-from recovery.partitions import init_partitions
+from recovery.partitions import connect, init_partitions, partition_files, resume_epoch
 
-__all__ = ["PipelineProcess", "Workload", "documents", "wait_until", "write_config"]
+__all__ = [
+    "PipelineProcess",
+    "Workload",
+    "committed_source_state",
+    "crash_loop",
+    "documents",
+    "wait_streaming_committed",
+    "wait_until",
+    "write_config",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 FLOW = "dataflows.pipelines.customers_cdc:flow"
@@ -45,14 +55,15 @@ def documents(coll: Any) -> dict[Any, Any]:
 
 
 def write_config(path: Path, *, uri: str, database: str, source: str = "customers",
-                 target: str = "customers_view", workdir: Path, **source_extra: Any) -> Path:
+                 target: str = "customers_view", workdir: Path, mirror: bool = True,
+                 **source_extra: Any) -> Path:
     """A customers_cdc config for `uri`, everything else under `workdir`."""
     cfg = {
         "pipeline": {"name": "customers_cdc", "flow": FLOW, "workers": 1, "code-version": "1"},
         "source": {"type": "mongo", "uri": uri, "database": database, "collections": [source],
                    "max-await": "20ms", "server-selection-timeout": "1s",
                    "reconnect-max-backoff": "500ms", **source_extra},
-        "sink": {"type": "mongo", "uri": uri, "database": database, "collection": target,
+        "sink": {"type": "mongo", "uri": uri, "database": database, "collection": target, "mirror": mirror,
                  "retry": {"max-attempts": 20, "initial-backoff": "20ms", "max-backoff": "500ms"}},
         "dlq": {"type": "file", "path": str(workdir / "dlq.jsonl")},
         "recovery": {"dir": str(workdir / "recovery"), "partitions": 1, "snapshot-interval": "1s",
@@ -184,3 +195,30 @@ def crash_loop(db: Any, uri: str, workdir: Path, *, seed: int, kills: int, resyn
 def _converged(db: Any, proc: PipelineProcess) -> bool:
     proc.check_alive()
     return documents(db.customers) == documents(db.customers_view)
+
+
+def committed_source_state(recovery_dir: Path) -> Any:
+    """The source partition state a restart would resume from (None if there is none yet)."""
+    files = partition_files(recovery_dir)
+    conns = [connect(p, readonly=True) for p in files]
+    try:
+        resume = resume_epoch(conns)
+        if resume is None:
+            return None
+        rows = [row for c in conns for row in c.execute(
+            "SELECT snap_epoch, ser_change FROM snaps WHERE step_id LIKE '%.source' "
+            "AND snap_epoch < ? AND ser_change IS NOT NULL", (resume,))]
+    finally:
+        for c in conns:
+            c.close()
+    return pickle.loads(max(rows)[1]) if rows else None
+
+
+def wait_streaming_committed(proc: PipelineProcess, timeout: float = 30.0) -> None:
+    """Wait until the committed source state holds a token outside any re-sync."""
+    def ready() -> bool:
+        proc.check_alive()
+        state = committed_source_state(proc.recovery_dir)
+        return state is not None and state.token is not None and state.scan is None
+
+    wait_until(ready, timeout, "a committed streaming position")

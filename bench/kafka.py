@@ -1,0 +1,161 @@
+"""Kafka throughput: raw ceiling vs the orders pipeline, at-least-once and exactly-once.
+
+    .venv/bin/python bench/kafka.py [--records 20000] [--json]
+
+One Tansu broker (started here), one input topic per partition count (4, then
+1) filled with generated orders; for each:
+
+- raw: confluent-kafka consume (assign) + transactional produce, commit every
+  `--epoch-ms` (the ceiling any Kafka -> Kafka pipeline can reach here);
+- at_least_once: the orders pipeline (bytewax run_main, epochs of `--epoch-ms`)
+  Kafka -> Kafka with the at-least-once sink;
+- exactly_once: the same with the TransactionalWriter.
+
+Prints events/s per mode and the ratios (exactly-once vs raw, vs at-least-once).
+The top level is the 4-partition run; `one_partition` holds the same for 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+import zlib
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bytewax.testing import run_main  # noqa: E402
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
+
+from dataflows.config import Config  # noqa: E402
+from dataflows.generate import generate_orders  # noqa: E402
+from dataflows.pipelines.orders import build_flow  # noqa: E402
+from tests.fixtures.kafka import KafkaBroker, create_topic, free_port  # noqa: E402
+
+
+def fill(b: str, topic: str, lines: list[bytes], partitions: int) -> None:
+    p = Producer({"bootstrap.servers": b, "linger.ms": 20, "batch.num.messages": 10000})
+    for line in lines:
+        try:
+            key = str(json.loads(line).get("order_id", "")).encode()
+        except (ValueError, AttributeError):
+            key = b""
+        while True:
+            try:
+                p.produce(topic, line, key or None, partition=zlib.crc32(key) % partitions)
+                break
+            except BufferError:
+                p.poll(0.05)
+    assert p.flush(60) == 0
+
+
+def raw_loop(b: str, src: str, out: str, partitions: int, n: int, epoch_s: float) -> float:
+    """Consume all n records and re-produce them transactionally; events/s."""
+    t0 = time.perf_counter()
+    c = Consumer({"bootstrap.servers": b, "group.id": "bench", "enable.auto.commit": False,
+                  "enable.partition.eof": True, "fetch.wait.max.ms": 10})
+    p = Producer({"bootstrap.servers": b, "transactional.id": f"bench-raw-{uuid.uuid4().hex}",
+                  "linger.ms": 5})
+    p.init_transactions(30)
+    c.assign([TopicPartition(src, i, 0) for i in range(partitions)])
+    seen, eof, open_tx, last_commit = 0, 0, False, time.perf_counter()
+    while eof < partitions:
+        for m in c.consume(1000, 0.05):
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    eof += 1
+                continue
+            if not open_tx:
+                p.begin_transaction()
+                open_tx = True
+            while True:
+                try:
+                    p.produce(out, m.value(), m.key(), partition=m.partition(),
+                              headers=[("sf-event-id", f"{m.topic()}:{m.partition()}:{m.offset()}".encode())])
+                    break
+                except BufferError:
+                    p.poll(0.01)
+            seen += 1
+        p.poll(0)
+        if open_tx and time.perf_counter() - last_commit >= epoch_s:
+            p.commit_transaction(30)
+            open_tx, last_commit = False, time.perf_counter()
+    if open_tx:
+        p.commit_transaction(30)
+    c.close()
+    assert seen == n, (seen, n)
+    return n / (time.perf_counter() - t0)
+
+
+def pipeline_run(b: str, src: str, partitions: int, n: int, mode: str, epoch_s: float) -> float:
+    out, dlq = f"bench-out-{uuid.uuid4().hex[:8]}", f"bench-dlq-{uuid.uuid4().hex[:8]}"
+    create_topic(b, out, partitions)
+    create_topic(b, dlq, 1)
+    cfg = Config({
+        "pipeline": {"name": "orders"},
+        "source": {"type": "kafka", "brokers": [b], "topics": [src], "tail": False},
+        "sink": {"type": "kafka", "brokers": [b], "topic": out, "mode": mode,
+                 "transactional-id-prefix": f"bench.{out}"},
+        "dlq": {"type": "kafka", "brokers": [b], "topic": dlq},
+        "limits": {"max-record-bytes": "16KiB"},
+        "patterns": {"dedup": {"ttl": "1h"}},
+    })
+    t0 = time.perf_counter()
+    run_main(build_flow(cfg), epoch_interval=timedelta(seconds=epoch_s))
+    return n / (time.perf_counter() - t0)
+
+
+def one_size(b: str, lines: list[bytes], partitions: int, epoch_s: float) -> dict[str, Any]:
+    src = f"bench-in-{partitions}-{uuid.uuid4().hex[:6]}"
+    create_topic(b, src, partitions)
+    fill(b, src, lines, partitions)
+    raw_out = create_topic(b, f"bench-raw-{uuid.uuid4().hex[:6]}", partitions)
+    n = len(lines)
+    a = raw_loop(b, src, raw_out, partitions, n, epoch_s)
+    alo = pipeline_run(b, src, partitions, n, "at-least-once", epoch_s)
+    eo = pipeline_run(b, src, partitions, n, "exactly-once", epoch_s)
+    return {
+        "partitions": partitions,
+        "records": n,
+        "raw_eps": round(a),
+        "at_least_once_eps": round(alo),
+        "exactly_once_eps": round(eo),
+        "ratio_eo_vs_raw": round(eo / a, 3),
+        "ratio_eo_vs_alo": round(eo / alo, 3),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=20000)
+    ap.add_argument("--epoch-ms", type=int, default=1000)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    broker = KafkaBroker(port=free_port(), log_path=Path(tempfile.mkdtemp()) / "tansu.log")
+    broker.start()
+    try:
+        lines = generate_orders(args.records, seed=1).lines
+        epoch_s = args.epoch_ms / 1000
+        four = one_size(broker.bootstrap, lines, 4, epoch_s)
+        one = one_size(broker.bootstrap, lines, 1, epoch_s)
+    finally:
+        broker.stop()
+    result = {**four, "one_partition": one}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for r in (four, one):
+            print(f"{r['partitions']} partition(s), {r['records']} records: raw {r['raw_eps']}/s, "
+                  f"at-least-once {r['at_least_once_eps']}/s, exactly-once {r['exactly_once_eps']}/s, "
+                  f"eo/raw {r['ratio_eo_vs_raw']}, eo/alo {r['ratio_eo_vs_alo']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The sessions pipeline end to end on generated clicks, against a reference computed here.
+
+Reference (from the SessionAnalyzer's definition, computed directly): per user,
+in arrival order, an event is late iff its time is below the user's newest
+accepted time minus the allowed lateness; the final sessions are the accepted
+times of each user split wherever two consecutive times are `gap` or more
+apart. Runs use `advance-on-idle: false` so the output does not depend on the
+wall clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSource, cluster_main, run_main
+
+from dataflows.config import Config, ConfigError, load_config
+from dataflows.connectors.dlq import read_dead_letters
+from dataflows.connectors.files import JsonlSource, read_jsonl
+from dataflows.dead_letter import ErrorCode
+from dataflows.generate import generate_clicks
+from dataflows.pipelines import sessions
+
+REPO = Path(__file__).resolve().parents[1]
+GAP_MS, LATENESS_MS = 10 * 60_000, 30 * 60_000
+PARSE_ERRORS = {"bad_json", "invalid_utf8", "missing_key", "wrong_type", "oversized"}
+
+
+def setup(tmp_path: Path, count: int = 1500, seed: int = 4, out: str = "out", **env: str) -> tuple[Config, Any]:
+    gen = generate_clicks(count, seed)
+    data = tmp_path / "clicks.jsonl"
+    data.write_bytes(b"".join(line + b"\n" for line in gen.lines))
+    out_dir = tmp_path / out
+    environ = {
+        "STREAMFORGE__SOURCE__PATH": str(data),
+        "STREAMFORGE__SINK__PATH": str(out_dir / "sessions.jsonl"),
+        "STREAMFORGE__DLQ__PATH": str(out_dir / "dlq.jsonl"),
+        "STREAMFORGE__PATTERNS__SESSIONS__GAP": "10m",
+        "STREAMFORGE__PATTERNS__SESSIONS__ALLOWED_LATENESS": "30m",
+        "STREAMFORGE__PATTERNS__SESSIONS__ADVANCE_ON_IDLE": "false",
+        **env,
+    }
+    return load_config(REPO / "config" / "sessions.yaml", environ=environ), gen
+
+
+def _ms(ts: str) -> int:
+    return int(datetime.fromisoformat(ts).timestamp() * 1000 + 0.5)
+
+
+def reference(gen: Any) -> tuple[set[tuple[Any, ...]], list[str]]:
+    """(final sessions as (key, start, end, count, actions, revenue), late event lines)."""
+    accepted: dict[str, list[tuple[int, dict]]] = defaultdict(list)
+    newest: dict[str, int] = {}
+    late: list[str] = []
+    seen: set[str] = set()
+    for n, (line, kind) in enumerate(zip(gen.lines, gen.line_kinds, strict=True), 1):
+        if kind in PARSE_ERRORS:
+            continue
+        doc = json.loads(line)
+        if doc["event_id"] in seen:
+            continue
+        seen.add(doc["event_id"])
+        key, t = doc["user_id"], _ms(doc["ts"])
+        if key in newest and t < newest[key] - LATENESS_MS:
+            late.append(str(n))
+            continue
+        newest[key] = max(newest.get(key, t), t)
+        accepted[key].append((t, doc))
+    out: set[tuple[Any, ...]] = set()
+    for key, events in accepted.items():
+        events.sort(key=lambda e: e[0])
+        groups: list[list[tuple[int, dict]]] = [[events[0]]]
+        for prev, cur in zip(events, events[1:], strict=False):
+            if cur[0] - prev[0] >= GAP_MS:
+                groups.append([])
+            groups[-1].append(cur)
+        for g in groups:
+            actions = Counter(d["action"] for _, d in g)
+            revenue = round(sum(d.get("amount", 0) for _, d in g), 2)
+            out.add((key, g[0][0], g[-1][0], len(g), tuple(sorted(actions.items())), revenue))
+    return out, sorted(late)
+
+
+def final_sessions(path: str) -> set[tuple[Any, ...]]:
+    """Last revision per session id, minus sessions absorbed by a bridge."""
+    last: dict[str, dict] = {}
+    for s in read_jsonl(path):
+        assert s["type"] == "Session"
+        if s["session_id"] not in last or s["revision"] > last[s["session_id"]]["revision"]:
+            last[s["session_id"]] = s
+    spans = list(last.values())
+
+    def absorbed(s: dict) -> bool:
+        return any(o is not s and o["key"] == s["key"] and o["start_ms"] <= s["start_ms"]
+                   and s["end_ms"] <= o["end_ms"] and o["count"] > s["count"] for o in spans)
+
+    return {(s["key"], s["start_ms"], s["end_ms"], s["count"],
+             tuple(sorted(s["aggregate"]["actions"].items())), round(s["aggregate"]["revenue"], 2))
+            for s in spans if not absorbed(s)}
+
+
+def late_lines(cfg: Config) -> list[str]:
+    return sorted(d.event_id.rsplit(":", 1)[1] for d in read_dead_letters(cfg.str("dlq.path"))
+                  if d.error_code == ErrorCode.LATE_EVENT)
+
+
+def test_sessions_pipeline_matches_the_reference(tmp_path: Path) -> None:
+    cfg, gen = setup(tmp_path)
+    assert {"too_late", "out_of_order", "duplicate"} <= set(gen.line_kinds)
+    run_main(sessions.build_flow(cfg))
+    want_sessions, want_late = reference(gen)
+    assert final_sessions(cfg.str("sink.path")) == want_sessions
+    assert want_late and late_lines(cfg) == want_late
+    letters = list(read_dead_letters(cfg.str("dlq.path")))
+    assert Counter(d.stage for d in letters if d.error_code != ErrorCode.LATE_EVENT) == {
+        "sessions.parse": sum(1 for k in gen.line_kinds if k in PARSE_ERRORS)}
+    late = [d for d in letters if d.error_code == ErrorCode.LATE_EVENT]
+    assert all(d.stage == "sessions.sessions" and d.coords["watermark_ms"] - LATENESS_MS
+               > d.coords["event_time_ms"] for d in late)
+    revisions = [s["revision"] for s in read_jsonl(cfg.str("sink.path"))]
+    assert max(revisions) >= 1  # late-but-allowed events updated emitted sessions
+
+
+def test_late_events_can_go_to_their_own_sink(tmp_path: Path) -> None:
+    late_path = tmp_path / "late.jsonl"
+    cfg, gen = setup(tmp_path, count=800, STREAMFORGE__PATTERNS__SESSIONS__LATE_OUTPUT=str(late_path))
+    run_main(sessions.build_flow(cfg))
+    _, want_late = reference(gen)
+    late = read_jsonl(late_path)
+    assert sorted(d["event"]["event_id"].rsplit(":", 1)[1] for d in late) == want_late
+    assert all(d["type"] == "LateEvent" and d["reason"] == "beyond_allowed_lateness" for d in late)
+    assert late_lines(cfg) == []
+
+
+def test_abort_and_resume_gives_the_same_sessions_and_dlq(tmp_path: Path) -> None:
+    ref_cfg, gen = setup(tmp_path, count=1200, out="ref")
+    run_main(sessions.build_flow(ref_cfg))
+    cfg, _ = setup(tmp_path, count=1200, out="crash")
+    path = cfg.str("source.path")
+    records = JsonlSource(path, batch_size=10_000).build_part("in", path, None).next_batch()
+    items = records[:400] + [TestingSource.ABORT()] + records[400:1000] + [TestingSource.ABORT()] + records[1000:]
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    init_db_dir(recovery, 2)
+    for _ in range(3):
+        flow = sessions.build_flow(cfg, source=TestingSource(items, batch_size=40))
+        run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(recovery))
+    assert final_sessions(cfg.str("sink.path")) == final_sessions(ref_cfg.str("sink.path"))
+    assert Counter(s["session_id"] for s in read_jsonl(cfg.str("sink.path"))) == Counter(
+        s["session_id"] for s in read_jsonl(ref_cfg.str("sink.path")))  # no duplicate emissions
+
+    def letters(c: Config) -> list[tuple[str, str, str]]:
+        return sorted((d.event_id, d.error_code, d.stage) for d in read_dead_letters(c.str("dlq.path")))
+
+    assert letters(cfg) == letters(ref_cfg)
+
+
+def test_two_workers_give_the_same_sessions(tmp_path: Path) -> None:
+    cfg, gen = setup(tmp_path, count=1200, seed=9)
+    cluster_main(sessions.build_flow(cfg), [], 0, worker_count_per_proc=2)
+    want_sessions, want_late = reference(gen)
+    assert final_sessions(cfg.str("sink.path")) == want_sessions
+    assert late_lines(cfg) == want_late
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"STREAMFORGE__PATTERNS__SESSIONS__GAP": "0s"}, "patterns.sessions.gap: must be > 0"),
+        ({"STREAMFORGE__PATTERNS__SESSIONS__GAP": "long"}, "patterns.sessions.gap: bad duration"),
+        ({"STREAMFORGE__PATTERNS__SESSIONS__ALLOWED_LATENESS": "-1"}, "patterns.sessions.allowed-lateness: must be >= 0"),
+        ({"STREAMFORGE__PATTERNS__SESSIONS__ADVANCE_ON_IDLE": "sometimes"}, "patterns.sessions.advance-on-idle: expected true"),
+        ({"STREAMFORGE__SINK__TYPE": "ftp"}, "sink.type: must be one of"),
+    ],
+)
+def test_bad_config_fails_at_flow_construction_naming_the_key(tmp_path: Path, env: dict, message: str) -> None:
+    cfg, _ = setup(tmp_path, count=10, **env)
+    with pytest.raises(ConfigError) as info:
+        sessions.build_flow(cfg)
+    assert str(info.value).startswith(message)
