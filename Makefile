@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIPELINE ?= orders
 
-.PHONY: run run-sessions test lint bench clean
+.PHONY: run run-sessions test lint bench clean deploy-render
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,7 @@ bench: $(VENV)/.installed-test
 
 clean:
 	rm -rf .streamforge out
+
+# Re-render deploy/k8s from config/orders.yaml (a test checks they are in sync).
+deploy-render: $(VENV)/.installed
+	$(BIN)/streamforge deploy render --config config/orders.yaml --output deploy/k8s
