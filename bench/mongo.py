@@ -33,6 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bytewax.outputs import DynamicSink, StatelessSinkPartition  # noqa: E402
 from bytewax.testing import TestingSink, run_main  # noqa: E402
 from pymongo import DeleteOne, MongoClient, ReplaceOne, UpdateOne  # noqa: E402
 
@@ -42,6 +43,18 @@ from dataflows.connectors.mongo_source import MongoChangeSource  # noqa: E402
 from dataflows.pipelines.customers_cdc import build_flow  # noqa: E402
 
 IDLE_EOF_S = 0.5
+
+
+class _Discard(StatelessSinkPartition[Any]):
+    def write_batch(self, items: list[Any]) -> None:
+        pass
+
+
+class DiscardSink(DynamicSink[Any]):
+    """Where the merger's diffs go in the benchmark (so the merger runs and is measured)."""
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Discard:
+        return _Discard()
 
 
 def start_server() -> tuple[subprocess.Popen[str], str]:
@@ -111,7 +124,8 @@ def pipeline_run(uri: str, db_name: str, coll: str, target: str, token: dict[str
     settings = replace(mongo_source_settings(cfg.section("source"), "bench_mongo"),
                        initial_token=token, idle_eof_s=IDLE_EOF_S)
     dead: list[Any] = []
-    flow = build_flow(cfg, source=MongoChangeSource(settings), dlq_sink=TestingSink(dead))
+    flow = build_flow(cfg, source=MongoChangeSource(settings), dlq_sink=TestingSink(dead),
+                      changes_sink=DiscardSink())
     t0 = time.perf_counter()
     run_main(flow)
     elapsed = time.perf_counter() - t0 - IDLE_EOF_S

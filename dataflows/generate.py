@@ -108,7 +108,7 @@ class _Anomalies:
             return good.replace(b'"ts"', b'"t\xff\xfes"', 1), kind
         if kind == "missing_key":
             return _dump({k: v for k, v in doc.items() if k != self.key_field}), kind
-        wrong = self.rng.choice(
+        wrong: dict[str, Any] = self.rng.choice(
             [{self.key_field: [doc[self.key_field]]}, {"ts": True}, {"event_id": 12345}]
         )
         return _dump(dict(doc, **wrong)), kind
@@ -127,7 +127,7 @@ def generate_orders(count: int, seed: int, *, oversized_bytes: int = 20_000) -> 
         if not active or (len(active) < 200 and rng.random() < 0.35):
             n_orders += 1
             oid = f"o-{n_orders:05d}"
-            state = {"order_id": oid, "status": "created", "customer": f"c-{rng.randrange(300):03d}",
+            state: dict[str, Any] = {"order_id": oid, "status": "created", "customer": f"c-{rng.randrange(300):03d}",
                      "amount": round(rng.uniform(5, 500), 2), "items": rng.randrange(1, 9), "version": 1}
             active[oid] = state
             op = "insert"

@@ -1,6 +1,6 @@
 """Long exactly-once crash loop: SIGKILL the Kafka -> Kafka flow 50 times, then check.
 
-    .venv/bin/python scripts/crashloop_kafka.py [--kills 50] [--records 6000] [--seed 1] [--json]
+    .venv/bin/python scripts/crashloop_kafka.py [--kills 50] [--records 20000] [--seed 1] [--json]
 
 Starts a Tansu broker, fills a 2-partition input topic, runs the harness flow
 (tests/test_kafka_harness.py: Kafka source -> parse -> TransactionalWriter,
@@ -28,7 +28,7 @@ from tests.test_kafka_harness import crash_loop, event_id_counts, produce_orders
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=50)
-    ap.add_argument("--records", type=int, default=6000)
+    ap.add_argument("--records", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

@@ -118,7 +118,8 @@ class Supervisor:
                 fresh=self.opts.fresh, no_restore=self.opts.no_restore,
             )
             self._out(self.decision.describe())
-            self.health.update(restored=True, restore_choice=self.decision.chosen)
+            # the checkpoint-age clock starts now: a long restore does not count against /healthz
+            self.health.update(restored=True, restore_choice=self.decision.chosen, started_at=time.time())
             return self._loop()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -274,10 +275,13 @@ class Supervisor:
         self.child.stop(s.recovery.stop_grace_s)
         self.health.update(child_pid=None)
         self._drain()
+        saved = True
         if s.savepoints.on_cancel:
             out = snapshots.take(self.job, "savepoint", name=f"cancel-{int(time.time())}", log=self.log)
-            self.tally.savepoint = out.manifest.id if out.ok else None
-        if s.checkpoints.externalized_retention == "DELETE_ON_CANCELLATION":
+            self.tally.savepoint, saved = (out.manifest.id if out.ok else None), out.ok
+        if s.checkpoints.externalized_retention == "DELETE_ON_CANCELLATION" and not saved:
+            self.log("cancel savepoint failed: checkpoints kept despite DELETE_ON_CANCELLATION")
+        elif s.checkpoints.externalized_retention == "DELETE_ON_CANCELLATION":
             try:
                 self.tally.deleted_on_cancel = snapshots.delete_all_checkpoints(self.job)
             except Exception as exc:  # the savepoint exists; report and go on

@@ -17,7 +17,14 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, run_main
 
 from dataflows.connectors.dlq import JsonlDeadLetterSink, late_to_dead_letter, read_dead_letters
-from dataflows.connectors.files import JsonlSink, JsonlSource, json_line, read_jsonl, to_jsonable
+from dataflows.connectors.files import (
+    FileShrankError,
+    JsonlSink,
+    JsonlSource,
+    json_line,
+    read_jsonl,
+    to_jsonable,
+)
 from dataflows.dead_letter import ErrorCode, dead_letter
 from dataflows.events import Event, RawRecord
 
@@ -90,6 +97,16 @@ def test_tail_partition_waits_for_the_file_and_for_whole_lines(tmp_path: Path) -
         f.write(b'2}\n{"n":3}\n')
     assert [r.payload for r in part.next_batch()] == [b'{"n":22}', b'{"n":3}']
     assert part.next_awake() is not None  # at end: poll again, never StopIteration
+
+
+def test_a_file_shorter_than_the_resume_offset_is_an_error_not_silence(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"n":1}\n{"n":2}\n')
+    part = JsonlSource(str(path), tail=True).build_part("in", str(path), {"offset": 16, "line": 2})
+    assert part.next_batch() == []
+    path.write_bytes(b'{"n":9}\n')  # truncated and rewritten
+    with pytest.raises(FileShrankError, match="shorter than the resume offset 16"):
+        part.next_batch()
 
 
 class _Stop(Exception):

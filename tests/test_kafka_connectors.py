@@ -88,10 +88,11 @@ def test_sink_dead_letters_a_record_kafka_refuses(
     sink = kafka_sink_from_config(
         Config({"brokers": [kafka_bootstrap], "topic": out, "dlq-topic": dlq}), "refuse"
     )
-    part = sink.build("refuse.out", 0, 1)  # type: ignore[attr-defined]
+    part = sink.build_part("refuse.out", "00000", None)  # type: ignore[attr-defined]
     ok = Event("k1", {"n": 1}, 1, "e:1", "test")
     big = Event("k2", {"pad": "x" * 2_000_000}, 2, "e:2", "test")
     part.write_batch([ok, big])
+    part.snapshot()
     assert [m.key() for m in read_topic(kafka_bootstrap, out, partitions=1)] == [b"k1"]
     (letter,) = read_topic(kafka_bootstrap, dlq, partitions=1)
     dl = DeadLetter.from_json(letter.value())

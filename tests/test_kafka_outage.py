@@ -32,7 +32,12 @@ def _sink(broker: KafkaBroker, topic: str, pipeline: str, attempts: int, dead: l
         retry=RetryPolicy(max_attempts=attempts, initial_backoff_s=0.1, max_backoff_s=0.5, jitter=0.2),
         delivery_timeout_s=1.0, stage="outage.sink",
     )
-    return ReliableKafkaSink(settings, dead.extend).build("outage.sink", 0, 1)
+    return ReliableKafkaSink(settings, dead.extend).build_part("outage.sink", "00000", None)
+
+
+def _write(part: Any, events: list[Event]) -> None:
+    part.write_batch(events)
+    part.snapshot()  # epoch close: every delivery settled
 
 
 def _retries(pipeline: str) -> float:
@@ -44,10 +49,10 @@ def test_sink_retries_through_an_outage_and_delivers_after_return(private_kafka_
     topic = create_topic(broker.bootstrap, "outage-out", 1)
     dead: list[DeadLetter] = []
     part = _sink(broker, topic, "outage-return", attempts=30, dead=dead)
-    part.write_batch(_events(3))  # broker up: delivered at once
+    _write(part, _events(3))  # broker up: delivered at once
     broker.stop()
 
-    writer = threading.Thread(target=part.write_batch, args=(_events(10)[3:],))
+    writer = threading.Thread(target=_write, args=(part, _events(10)[3:]))
     writer.start()
     deadline = time.monotonic() + 20
     while _retries("outage-return") < 1:  # the sink noticed the outage and is retrying
@@ -68,7 +73,7 @@ def test_sink_dead_letters_everything_when_the_broker_stays_away(private_kafka_b
     dead: list[DeadLetter] = []
     part = _sink(broker, topic, "outage-dead", attempts=3, dead=dead)
     broker.stop()
-    part.write_batch(_events(4))
+    _write(part, _events(4))
     assert sorted(d.event_id for d in dead) == [f"outage:{i}" for i in range(4)]
     assert {d.error_code for d in dead} == {"SINK_WRITE"}
     assert {d.attempts for d in dead} == {3}

@@ -8,6 +8,8 @@ import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dataflows import metrics
 from dataflows.dead_letter import DeadLetter, ErrorCode
@@ -106,3 +108,21 @@ def test_parse_step_sends_every_bad_record_to_the_dlq_and_keeps_going() -> None:
         assert DeadLetter.from_json(letter.to_json()) == letter
     after = metrics.DLQ_EVENTS.labels(pipeline="p", stage="t.parse", error_code=ErrorCode.SCHEMA)._value.get()
     assert after - before == sum(1 for c in CASES if c[1] == ErrorCode.SCHEMA)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=300),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                 lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(["id", "ts", "op", "event_id", "amount"]), c, max_size=5),
+                 max_leaves=10).map(lambda v: json.dumps(v).encode()),
+))
+def test_any_input_becomes_an_event_or_a_coded_parse_error(payload: bytes) -> None:
+    try:
+        event = parse_record(raw(payload), **OPTS)
+    except ParseError as exc:
+        assert exc.error_code in {ErrorCode.OVERSIZED, ErrorCode.INVALID_UTF8, ErrorCode.MALFORMED_JSON,
+                                  ErrorCode.MISSING_KEY, ErrorCode.SCHEMA}
+    else:
+        assert isinstance(event.value, dict) and event.key == str(event.value["id"])
+        assert isinstance(event.event_time_ms, int)

@@ -6,6 +6,12 @@ with a recovery directory. With `TestingSource.ABORT()` items in the input,
 the first execution stops there; calling again with the same list and
 recovery directory resumes from the last committed epoch (the ABORT item is
 not triggered twice).
+
+Use one ABORT per input: Bytewax 0.21.1's TestingSource does not count a
+skipped (already triggered) ABORT in its resume position, so after passing
+one, every later resume position is one item short and the resume replays an
+item whose effect is already in the restored state (found by the sessions
+recovery test: a count one too high).
 """
 
 from __future__ import annotations
@@ -53,9 +59,9 @@ def run_pattern(body: Body, items: Sequence[Any], *, workers: int = 1,
     return out
 
 
-def run_with_abort(body: Body, events: Sequence[Event], abort_at: Sequence[int], tmp: Path,
+def run_with_abort(body: Body, events: Sequence[Event], abort_at: int, tmp: Path,
                    *, batch_size: int = 2) -> list[Any]:
-    """Run with recovery, aborting before each index in `abort_at`, resuming until done.
+    """Run with recovery, aborting before index `abort_at`, then resume to the end.
 
     Returns the combined sink output of all executions (replayed outputs of
     the resume epoch appear twice: TestingSink is at-least-once).
@@ -64,10 +70,9 @@ def run_with_abort(body: Body, events: Sequence[Event], abort_at: Sequence[int],
     rec.mkdir()
     init_db_dir(rec, 2)
     items: list[Any] = list(events)
-    for i in sorted(abort_at, reverse=True):
-        items.insert(i, TestingSource.ABORT())
+    items.insert(abort_at, TestingSource.ABORT())
     out: list[Any] = []
-    for _ in range(len(abort_at) + 1):
+    for _ in range(2):
         run_pattern(body, items, recovery_dir=rec, batch_size=batch_size, out=out)
     return out
 

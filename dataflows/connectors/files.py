@@ -17,6 +17,9 @@ are skipped (they still count as lines).
   are listed when the flow starts: a plain path that does not exist yet is
   waited for; a glob only matches files that exist at start.
 
+A file that becomes shorter than the position already read (truncated or
+replaced) raises `FileShrankError` instead of silently reading nothing.
+
 `JsonlSink` writes one JSON document per line to a single file (one
 partition, like Bytewax's `FileSink`). Every batch is flushed and fsynced;
 the snapshot is the byte offset after it, and on resume the file is truncated
@@ -51,6 +54,7 @@ from dataflows.events import RawRecord, file_event_id
 
 __all__ = [
     "FilePosition",
+    "FileShrankError",
     "JsonlSink",
     "JsonlSource",
     "expand_paths",
@@ -58,6 +62,10 @@ __all__ = [
     "read_jsonl",
     "to_jsonable",
 ]
+
+
+class FileShrankError(RuntimeError):
+    """A source file is now shorter than the position already read: not resumable."""
 
 
 class FilePosition(TypedDict):
@@ -148,6 +156,12 @@ class _JsonlSourcePartition(StatefulSourcePartition[RawRecord, FilePosition]):
                 if not self._tail:
                     raise
                 return False
+        size = os.fstat(self._f.fileno()).st_size
+        if size < self._offset:
+            raise FileShrankError(
+                f"{self._path} is {size} bytes, shorter than the resume offset {self._offset} "
+                f"(line {self._line}): it was truncated or replaced; move it aside or start fresh"
+            )
         self._f.seek(self._offset)
         return True
 

@@ -35,8 +35,9 @@ Every builder checks the brokers and topics at start (metadata within
 Wiring: the source stream mixes `RawRecord` and `DeadLetter` (consumer
 errors), split it with `dataflows.errors.split_dead_letters`. Write to a Kafka
 sink with `kafka_output(step_id, stream, sink)`: the exactly-once sink is a
-`FixedPartitionedSink` and needs `(key, item)` pairs, which `kafka_output`
-makes (key = `item.key`); the at-least-once sink takes either form.
+`FixedPartitionedSink`s (one partition per Kafka partition) and need
+`(key, item)` pairs, which `kafka_output` (or `pipelines.io.write_output`)
+makes (key = `item.key`).
 """
 
 from __future__ import annotations
@@ -131,9 +132,9 @@ def kafka_sink_from_config(cfg: Config, pipeline: str) -> Sink[Any]:
         stage=cfg.str("stage", f"{pipeline}.kafka-sink"),
     )
     dead_letters = _sink_dead_letters(cfg, brokers, pipeline)
-    if mode == "at-least-once":
-        return ReliableKafkaSink(settings, dead_letters)
     partitions = cfg.int("partitions", counts.get(topic, 0) or None, minimum=1)
+    if mode == "at-least-once":
+        return ReliableKafkaSink(settings, dead_letters, partitions)
     if partitions is None:
         raise ConfigError(f"partitions: needed when check is false in exactly-once mode (in {cfg.origin})")
     tx = TransactionalSettings(

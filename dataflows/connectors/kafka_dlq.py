@@ -10,35 +10,38 @@ Record layout (what `streamforge dlq inspect/replay` and Kafka Connect tools rea
 `KafkaDeadLetterWriter(letters)` produces and waits for every delivery,
 retrying transient failures with the `RetryPolicy`; if the DLQ itself cannot be
 written it raises (the flow crashes and replays: at-least-once, never a
-silent drop). `KafkaDlqSink` is the same as a Bytewax `DynamicSink`.
+silent drop). `KafkaDlqSink` is the Bytewax sink: it produces asynchronously
+and settles every delivery at `snapshot()` (epoch close), before the epoch's
+source offsets become durable.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import KafkaError, Producer
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from dataflows.connectors.kafka_common import is_transient
+from dataflows.connectors.kafka_common import OutMessage, is_transient
+from dataflows.connectors.kafka_sink import InFlight, KafkaSinkSettings, unwrap_item
 from dataflows.dead_letter import DeadLetter
-from dataflows.retry import RetryExhausted, RetryPolicy
+from dataflows.retry import RetryPolicy
 
-__all__ = ["DlqWriteError", "KafkaDeadLetterWriter", "KafkaDlqSink", "dlq_record"]
+__all__ = ["DlqWriteError", "KafkaDeadLetterWriter", "KafkaDlqSink", "dlq_message"]
 
 
 class DlqWriteError(RuntimeError):
     """Dead letters could not be written to the DLQ topic."""
 
 
-def dlq_record(letter: DeadLetter) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
-    """(key, value, headers) of the DLQ record for `letter`."""
-    return letter.key, letter.to_json().encode(), letter.connect_headers()
+def dlq_message(letter: DeadLetter) -> OutMessage:
+    """The DLQ record of `letter`: original key, JSON envelope, Connect headers."""
+    return OutMessage(letter.key, letter.to_json().encode(), tuple(letter.connect_headers()), letter.event_id)
 
 
 class KafkaDeadLetterWriter:
-    """Writes dead letters to a Kafka topic, synchronously (delivery confirmed)."""
+    """Writes dead letters to a Kafka topic: `send` (async) then `settle` (confirmed)."""
 
     def __init__(
         self,
@@ -51,76 +54,75 @@ class KafkaDeadLetterWriter:
     ) -> None:
         self.topic = topic
         self.retry = retry or RetryPolicy()
-        self._timeout_s = delivery_timeout_s
-        conf: dict[str, Any] = {
-            "bootstrap.servers": ",".join(brokers),
-            "message.timeout.ms": int(delivery_timeout_s * 1000),
-            "message.max.bytes": 16 * 2**20,
-            "linger.ms": 0,  # written synchronously: no batching wait
-        }
-        conf.update(add_config or {})
-        self._producer = Producer(conf)
+        settings = KafkaSinkSettings(
+            brokers=tuple(brokers),
+            topic=topic,
+            pipeline="",
+            delivery_timeout_s=delivery_timeout_s,
+            add_config={"message.max.bytes": 16 * 2**20, **(add_config or {})},
+        )
+        self._inflight = InFlight(settings, None)
 
     def __call__(self, letters: Sequence[DeadLetter]) -> None:
-        pending = list(letters)
+        """Write and wait until every letter is in the topic (DlqWriteError if not)."""
+        self.send(letters)
+        self.settle()
 
-        def attempt() -> None:
-            nonlocal pending
-            failed = self._send(pending)
-            if failed:
-                pending = [letter for letter, _ in failed]
-                raise DlqWriteError(f"{len(failed)} dead letter(s) not delivered: {failed[0][1]}")
-
-        try:
-            self.retry.call(attempt, lambda exc: isinstance(exc, DlqWriteError))
-        except RetryExhausted as exc:
-            raise DlqWriteError(f"DLQ topic {self.topic!r}: {exc}") from exc
-
-    def _send(self, letters: list[DeadLetter]) -> list[tuple[DeadLetter, KafkaError | str]]:
-        failed: list[tuple[DeadLetter, KafkaError | str]] = []
+    def send(self, letters: Sequence[DeadLetter]) -> None:
         for letter in letters:
-            key, value, headers = dlq_record(letter)
+            self._inflight.produce(letter, dlq_message(letter))
+        self._inflight.producer.poll(0)
 
-            def on_delivery(err: KafkaError | None, _msg: Any, letter: DeadLetter = letter) -> None:
-                if err is not None:
-                    failed.append((letter, err))
-
-            while True:
-                try:
-                    self._producer.produce(self.topic, value, key, headers=headers, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    self._producer.poll(0.1)
-        remaining = self._producer.flush(self._timeout_s + 5)
-        if remaining:
-            failed.extend((letter, "flush timed out") for letter in letters[-remaining:])
-        if any(not is_transient(err) for _, err in failed if isinstance(err, KafkaError)):
-            permanent = next(e for _, e in failed if isinstance(e, KafkaError) and not is_transient(e))
-            raise RuntimeError(f"DLQ topic {self.topic!r}: permanent error {permanent}")
-        return failed
+    def settle(self) -> None:
+        """Wait for every delivery, retrying transient failures; DlqWriteError at the end."""
+        delays = self.retry.delays()
+        failures = self._inflight.settle()
+        attempt = 1
+        while failures:
+            permanent = [err for _, _, err in failures if not is_transient(err)]
+            delay = next(delays, None)
+            if permanent or delay is None:
+                err = permanent[0] if permanent else failures[0][2]
+                raise DlqWriteError(
+                    f"DLQ topic {self.topic!r}: {len(failures)} dead letter(s) not written "
+                    f"after {attempt} attempt(s): {err}"
+                )
+            time.sleep(delay)
+            attempt += 1
+            for letter, msg, _ in failures:
+                self._inflight.produce(letter, msg)
+            failures = self._inflight.settle()
 
     def close(self) -> None:
-        self._producer.flush(self._timeout_s)
+        self.settle()
 
 
-class _DlqPartition(StatelessSinkPartition[DeadLetter]):
+class _DlqPartition(StatefulSinkPartition[DeadLetter, None]):
     def __init__(self, writer: KafkaDeadLetterWriter) -> None:
         self._writer = writer
 
-    def write_batch(self, items: list[DeadLetter]) -> None:
-        self._writer(items)
+    def write_batch(self, values: list[DeadLetter]) -> None:
+        self._writer.send([unwrap_item(v) for v in values])
+
+    def snapshot(self) -> None:
+        self._writer.settle()  # epoch close: every dead letter is in the topic
+        return None
 
     def close(self) -> None:
         self._writer.close()
 
 
-class KafkaDlqSink(DynamicSink[DeadLetter]):
-    """A Bytewax sink writing `DeadLetter`s to a Kafka DLQ topic."""
+class KafkaDlqSink(FixedPartitionedSink[DeadLetter, None]):
+    """A Bytewax sink writing `DeadLetter`s to a Kafka DLQ topic (one partition;
+    feed it `(key, letter)` pairs, as `pipelines.io.write_output` does)."""
 
     def __init__(self, brokers: Sequence[str], topic: str, *, retry: RetryPolicy | None = None) -> None:
         self.brokers = list(brokers)
         self.topic = topic
         self.retry = retry
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DlqPartition:
+    def list_parts(self) -> list[str]:
+        return ["dlq"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DlqPartition:
         return _DlqPartition(KafkaDeadLetterWriter(self.brokers, self.topic, retry=self.retry))

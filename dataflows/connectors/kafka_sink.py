@@ -6,11 +6,13 @@ delivery failure is lost) and ignores `KafkaSinkMessage.partition`. This sink:
 1. serialises each item (`kafka_common.to_out_message`: key = item.key,
    value = JSON, header `sf-event-id`); an item that cannot be serialised is a
    dead letter `UNSUPPORTED_TYPE`;
-2. produces every item with a delivery callback (to `item.partition` when the
-   item names one, else librdkafka's key hash: same key, same partition), then
-   flushes: `write_batch` returns only when every record has a delivery report,
-   so nothing is acknowledged (epoch closed, source offset snapshotted) before
-   Kafka has it -> at-least-once;
+2. is a `FixedPartitionedSink` with one partition per output Kafka partition
+   (items routed by key, so one key keeps one partition and its order; an
+   item with an int `partition` attribute goes there); `write_batch` produces
+   asynchronously with a delivery callback per record; `snapshot()`, which
+   Bytewax calls at each epoch close before it makes the epoch's source
+   offsets durable, waits for every delivery report: nothing is acknowledged
+   before Kafka has it -> at-least-once (a crash replays the open epoch);
 3. transient failures (broker away, timeouts, leader moves) are produced again
    after the `RetryPolicy`'s backoff (exponential, jitter, cap), counting
    `streamforge_sink_retries_total`; after the last attempt, or at once for a
@@ -19,7 +21,8 @@ delivery failure is lost) and ignores `KafkaSinkMessage.partition`. This sink:
    coords = the output topic) handed to `dead_letters` (a Kafka DLQ writer or
    a JSONL file).
 
-Keyed `(str, item)` pairs are accepted too (the key is ignored).
+Feed it `(key, item)` pairs (`dataflows.pipelines.io.write_output` or
+`dataflows.connectors.kafka.kafka_output` key items for you).
 """
 
 from __future__ import annotations
@@ -30,16 +33,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from dataflows import metrics
-from dataflows.connectors.kafka_common import OutMessage, is_transient, to_out_message
+from dataflows.connectors.kafka_common import (
+    OutMessage,
+    is_transient,
+    partition_for,
+    to_out_message,
+)
 from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
 from dataflows.events import now_ms
 from dataflows.retry import RetryPolicy
 
-__all__ = ["DeadLetters", "KafkaSinkSettings", "ReliableKafkaSink", "sink_dead_letter", "unwrap_item"]
+__all__ = ["DeadLetters", "InFlight", "KafkaSinkSettings", "ReliableKafkaSink", "sink_dead_letter", "unwrap_item"]
 
 log = logging.getLogger(__name__)
 
@@ -118,35 +126,106 @@ def sink_dead_letter(
 
 
 _Pending = tuple[Any, OutMessage]
+_Failure = tuple[Any, OutMessage, Any]
 
 
-class _ReliablePartition(StatelessSinkPartition[Any]):
-    def __init__(self, s: KafkaSinkSettings, dead_letters: DeadLetters) -> None:
+class InFlight:
+    """Records produced and not yet settled, with their delivery outcome."""
+
+    def __init__(self, s: KafkaSinkSettings, partition: int | None) -> None:
+        self._s = s
+        self._partition = partition
+        self.producer = Producer(s.producer_config())
+        self.pending: list[_Pending] = []
+        self.failed: list[_Failure] = []
+        self.reported: set[int] = set()
+
+    def produce(self, item: Any, msg: OutMessage) -> None:
+        i = len(self.pending)
+        self.pending.append((item, msg))
+
+        def on_delivery(err: KafkaError | None, _m: Any) -> None:
+            self.reported.add(i)
+            if err is not None:
+                self.failed.append((item, msg, err))
+
+        kwargs: dict[str, Any] = {"headers": list(msg.headers), "on_delivery": on_delivery}
+        part = getattr(item, "partition", None)
+        if isinstance(part, int) and not isinstance(part, bool):
+            kwargs["partition"] = part
+        elif self._partition is not None:
+            kwargs["partition"] = self._partition
+        while True:
+            try:
+                self.producer.produce(self._s.topic, msg.value, msg.key, **kwargs)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+            except KafkaException as exc:
+                self.reported.add(i)
+                self.failed.append((item, msg, exc))
+                return
+
+    def settle(self) -> list[_Failure]:
+        """Wait for every delivery report; the failures (then forget all)."""
+        try:
+            # every message ends with a report within message.timeout.ms
+            while self.producer.flush(self._s.delivery_timeout_s + 5) > 0:
+                pass
+        except KafkaException as exc:
+            # fatal producer error (e.g. a broker that lost its state): start a new
+            # producer; what has no delivery report yet is retried (at-least-once)
+            log.warning("kafka sink %s: producer failed (%s); recreating it", self._s.topic, exc)
+            self.producer = Producer(self._s.producer_config())
+            transient = KafkaError(KafkaError._TRANSPORT, str(exc))
+            self.failed.extend(
+                (item, msg, transient) for i, (item, msg) in enumerate(self.pending) if i not in self.reported
+            )
+        failed = self.failed
+        self.pending, self.failed, self.reported = [], [], set()
+        return failed
+
+
+class _ReliablePartition(StatefulSinkPartition[Any, None]):
+    """Produces asynchronously; `snapshot()` (epoch close) settles every delivery."""
+
+    def __init__(self, s: KafkaSinkSettings, dead_letters: DeadLetters, partition: int | None) -> None:
         self._s = s
         self._dead_letters = dead_letters
-        self._producer = Producer(s.producer_config())
+        self._inflight = InFlight(s, partition)
 
-    def write_batch(self, items: list[Any]) -> None:
+    def write_batch(self, values: list[Any]) -> None:
         dead: list[DeadLetter] = []
-        pending: list[_Pending] = []
-        for raw in items:
+        for raw in values:
             item = unwrap_item(raw)
             try:
-                pending.append((item, to_out_message(item)))
+                msg = to_out_message(item)
             except Exception as exc:  # noqa: BLE001 - an unusable item is a dead letter
                 dead.append(sink_dead_letter(item, None, self._s, code=ErrorCode.UNSUPPORTED_TYPE, error=exc))
+                continue
+            self._inflight.produce(item, msg)
+        self._inflight.producer.poll(0)
+        if dead:
+            self._dead_letters(dead)
+
+    def snapshot(self) -> None:
+        self.flush()
+        return None
+
+    def flush(self) -> None:
+        """Settle all deliveries: retry transient failures, dead-letter the rest."""
         first_ms = now_ms()
         delays = self._s.retry.delays()
-        attempt = 0
-        while pending:
-            attempt += 1
-            retry: list[_Pending] = []
-            for item, msg, err in self._send(pending):
-                if is_transient(err):
-                    retry.append((item, msg))
-                else:
-                    dead.append(sink_dead_letter(item, msg, self._s, error=err, attempts=attempt,
-                                                 first_failure_ms=first_ms))
+        dead: list[DeadLetter] = []
+        attempt = 1
+        failures = self._inflight.settle()
+        while failures:
+            retry = [(item, msg) for item, msg, err in failures if is_transient(err)]
+            dead.extend(
+                sink_dead_letter(item, msg, self._s, error=err, attempts=attempt, first_failure_ms=first_ms)
+                for item, msg, err in failures
+                if not is_transient(err)
+            )
             delay = next(delays, None) if retry else None
             if retry and delay is None:
                 dead.extend(
@@ -154,65 +233,42 @@ class _ReliablePartition(StatelessSinkPartition[Any]):
                                      attempts=attempt, first_failure_ms=first_ms)
                     for item, msg in retry
                 )
-                retry = []
-            if retry and delay is not None:
-                metrics.SINK_RETRIES.labels(pipeline=self._s.pipeline, sink=self._s.stage).inc(len(retry))
-                log.warning("kafka sink %s: %d records failed transiently; retry %d in %.2fs",
-                            self._s.topic, len(retry), attempt, delay)
-                time.sleep(delay)
-            pending = retry
+                break
+            if not retry:
+                break
+            metrics.SINK_RETRIES.labels(pipeline=self._s.pipeline, sink=self._s.stage).inc(len(retry))
+            log.warning("kafka sink %s: %d records failed transiently; retry %d in %.2fs",
+                        self._s.topic, len(retry), attempt, delay)
+            time.sleep(delay or 0.0)
+            attempt += 1
+            for item, msg in retry:
+                self._inflight.produce(item, msg)
+            failures = self._inflight.settle()
         if dead:
             self._dead_letters(dead)
 
-    def _send(self, pending: list[_Pending]) -> list[tuple[Any, OutMessage, Any]]:
-        """Produce all, wait for every delivery report; the failures."""
-        failed: list[tuple[Any, OutMessage, Any]] = []
-        reported: set[int] = set()
-        for i, (item, msg) in enumerate(pending):
-
-            def on_delivery(err: KafkaError | None, _m: Any, i: int = i, item: Any = item,
-                            msg: OutMessage = msg) -> None:
-                reported.add(i)
-                if err is not None:
-                    failed.append((item, msg, err))
-
-            kwargs: dict[str, Any] = {"headers": list(msg.headers), "on_delivery": on_delivery}
-            part = getattr(item, "partition", None)
-            if isinstance(part, int) and not isinstance(part, bool):
-                kwargs["partition"] = part
-            while True:
-                try:
-                    self._producer.produce(self._s.topic, msg.value, msg.key, **kwargs)
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
-                except KafkaException as exc:
-                    reported.add(i)
-                    failed.append((item, msg, exc))
-                    break
-        try:
-            # every message ends with a report within message.timeout.ms
-            while self._producer.flush(self._s.delivery_timeout_s + 5) > 0:
-                pass
-        except KafkaException as exc:
-            # fatal producer error (e.g. a broker that lost its state): start a new
-            # producer; what has no delivery report yet is retried (at-least-once)
-            log.warning("kafka sink %s: producer failed (%s); recreating it", self._s.topic, exc)
-            self._producer = Producer(self._s.producer_config())
-            transient = KafkaError(KafkaError._TRANSPORT, str(exc))
-            failed.extend((item, msg, transient) for i, (item, msg) in enumerate(pending) if i not in reported)
-        return failed
-
     def close(self) -> None:
-        self._producer.flush(self._s.delivery_timeout_s)
+        self.flush()
 
 
-class ReliableKafkaSink(DynamicSink[Any]):
-    """At-least-once Kafka sink (see module docstring)."""
+class ReliableKafkaSink(FixedPartitionedSink[Any, None]):
+    """At-least-once Kafka sink (see module docstring); one partition per Kafka partition.
 
-    def __init__(self, settings: KafkaSinkSettings, dead_letters: DeadLetters) -> None:
+    With `partitions=None` (topic size unknown) there is one sink partition and
+    librdkafka's key hash picks the Kafka partition.
+    """
+
+    def __init__(self, settings: KafkaSinkSettings, dead_letters: DeadLetters, partitions: int | None = None) -> None:
         self.settings = settings
         self.dead_letters = dead_letters
+        self.partitions = partitions
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ReliablePartition:
-        return _ReliablePartition(self.settings, self.dead_letters)
+    def list_parts(self) -> list[str]:
+        return [f"{p:05d}" for p in range(self.partitions or 1)]
+
+    def part_fn(self, item_key: str) -> int:
+        return partition_for(item_key.encode(), self.partitions or 1)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ReliablePartition:
+        partition = int(for_part) if self.partitions else None
+        return _ReliablePartition(self.settings, self.dead_letters, partition)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -158,7 +158,8 @@ def apply_hook(step_id: str, up: Stream[Event], hook: Callable[[Event], Any] | N
                *, pipeline: str) -> Guarded:
     """Run `hook` guarded over `up` (identity when there is no hook)."""
     if hook is None:
-        return Guarded(up, op.filter(f"{step_id}_none", up, _never))
+        no_letters = cast(Stream[DeadLetter], op.filter(f"{step_id}_none", up, _never))
+        return Guarded(up, no_letters)
     return guarded_map(step_id, up, _HookAdapter(hook), pipeline=pipeline)
 
 
@@ -204,7 +205,8 @@ class KeyLaneDedup:
         return (), False
 
     def notify_at(self) -> datetime | None:
-        return min((d.notify_at() for d in self.seen.values()), default=None)
+        times = [t for t in (d.notify_at() for d in self.seen.values()) if t is not None]
+        return min(times, default=None)
 
     def snapshot(self) -> LaneDedupState:
         return LaneDedupState({ident: d.snapshot() for ident, d in self.seen.items()}, self.STATE_VERSION)
@@ -228,7 +230,7 @@ def dedup_in_key_lane(step_id: str, up: Stream[Any], *, ttl_ms: int, pipeline: s
     cfg = DedupConfig(ttl_ms, on_evict=evict)
     identity = identity_of(identity_field)
 
-    def build(state: LaneDedupState | None) -> KeyLaneDedup:
+    def build(state: LaneDedupState | None) -> Any:  # a StatefulLogic by shape
         return KeyLaneDedup(cfg, identity, state)
 
     keyed = op.key_on(f"{step_id}_key", up, _event_key)
