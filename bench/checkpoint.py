@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -206,7 +207,7 @@ def bench_big(tmp: Path, big_keys: int, store: ObjectStore) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--events", type=int, default=3_000_000, help="events for the overhead run")
+    parser.add_argument("--events", type=int, default=2_000_000, help="events for the overhead run")
     parser.add_argument("--keys", type=int, default=100_000, help="keys for the overhead run")
     parser.add_argument("--interval", type=float, default=10.0, help="checkpoint interval, seconds")
     parser.add_argument("--big-keys", type=int, default=1_000_000, help="keys for full/incremental")
@@ -218,6 +219,7 @@ def main() -> None:
     if args.child:
         _child(args)
         return
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="sf-bench-ckpt-") as d:
         tmp = Path(d)
         result = bench_overhead(tmp, args.events, args.keys, args.interval)

@@ -30,14 +30,13 @@ __all__ = ["compact", "compact_partition"]
 BATCH = 2000
 
 _CANDIDATES = """
-WITH latest AS (
-  SELECT step_id, state_key, MAX(snap_epoch) AS snap_epoch
-  FROM snaps WHERE snap_epoch <= ?1 GROUP BY step_id, state_key
-)
-SELECT s.step_id, s.state_key, s.snap_epoch
-FROM snaps AS s JOIN latest AS l USING (step_id, state_key)
-WHERE s.snap_epoch < l.snap_epoch
-   OR (s.snap_epoch = l.snap_epoch AND s.ser_change IS NULL)
+SELECT s.step_id, s.state_key, s.snap_epoch FROM snaps AS s
+WHERE s.snap_epoch <= ?1 AND (
+  EXISTS (SELECT 1 FROM snaps AS n WHERE n.step_id = s.step_id AND n.state_key = s.state_key
+          AND n.snap_epoch > s.snap_epoch AND n.snap_epoch <= ?1)
+  OR (s.ser_change IS NULL AND NOT EXISTS (
+      SELECT 1 FROM snaps AS n WHERE n.step_id = s.step_id AND n.state_key = s.state_key
+      AND n.snap_epoch > s.snap_epoch AND n.snap_epoch <= ?1)))
 """
 
 

@@ -15,12 +15,11 @@ SELECT step_id, COUNT(*), SUM(ser_change IS NULL), COALESCE(SUM(LENGTH(ser_chang
 FROM snaps GROUP BY step_id
 """
 _LIVE_BY_STEP = """
-WITH latest AS (
-  SELECT step_id, state_key, MAX(snap_epoch) AS snap_epoch FROM snaps GROUP BY step_id, state_key
-)
-SELECT s.step_id, COUNT(*), COALESCE(SUM(LENGTH(s.ser_change)), 0)
-FROM snaps AS s JOIN latest AS l USING (step_id, state_key, snap_epoch)
-WHERE s.ser_change IS NOT NULL GROUP BY s.step_id
+SELECT s.step_id, COUNT(*), COALESCE(SUM(LENGTH(s.ser_change)), 0) FROM snaps AS s
+WHERE s.ser_change IS NOT NULL AND NOT EXISTS (
+  SELECT 1 FROM snaps AS n WHERE n.step_id = s.step_id AND n.state_key = s.state_key
+  AND n.snap_epoch > s.snap_epoch)
+GROUP BY s.step_id
 """
 
 

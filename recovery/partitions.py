@@ -176,12 +176,10 @@ def seal_copy(path: Path, epoch: int | None) -> SealInfo:
                 conn.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (epoch,))
             conn.execute(
                 """
-                WITH latest AS (
-                  SELECT step_id, state_key, MAX(snap_epoch) AS snap_epoch
-                  FROM snaps GROUP BY step_id, state_key
-                )
-                DELETE FROM snaps WHERE (step_id, state_key, snap_epoch) NOT IN
-                  (SELECT step_id, state_key, snap_epoch FROM latest)
+                DELETE FROM snaps WHERE EXISTS (
+                  SELECT 1 FROM snaps AS newer
+                  WHERE newer.step_id = snaps.step_id AND newer.state_key = snaps.state_key
+                    AND newer.snap_epoch > snaps.snap_epoch)
                 """
             )
             conn.execute("DELETE FROM snaps WHERE ser_change IS NULL")

@@ -147,14 +147,32 @@ def _materialize(m: Manifest, store: ObjectStore, key: bytes | None, out: Path) 
 
 
 def _swap_in(tmp: Path, recovery_dir: Path) -> None:
+    """Replace `recovery_dir` by `tmp`: a directory rename, or per file for a mount point."""
     old = None
     if recovery_dir.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{recovery_dir.name}.old-", dir=recovery_dir.parent))
         old.rmdir()
-        recovery_dir.rename(old)
+        try:
+            recovery_dir.rename(old)
+        except OSError:  # a mount point (Kubernetes volume) cannot be renamed
+            _swap_files(tmp, recovery_dir)
+            return
     tmp.rename(recovery_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _swap_files(tmp: Path, recovery_dir: Path) -> None:
+    """Swap partition files one by one (each an atomic rename inside the directory)."""
+    for stale in partition_files(recovery_dir):
+        stale.unlink()
+    for leftover in recovery_dir.glob("part-*.sqlite3-*"):  # -wal / -shm of the old files
+        leftover.unlink()
+    for part in partition_files(tmp):
+        staged = recovery_dir / f".{part.name}.restoring"
+        shutil.copyfile(part, staged)
+        staged.replace(recovery_dir / part.name)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _candidates(

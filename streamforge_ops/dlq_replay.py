@@ -103,11 +103,17 @@ def read_dlq_topic(brokers: str, topic: str, *, timeout_s: float = 30.0) -> Iter
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        done.add(m.partition())
+                        done.add(m.partition() or 0)
                         continue
                     raise RuntimeError(f"reading DLQ topic {topic!r}: {err}")
                 deadline = time.monotonic() + timeout_s
-                yield DeadLetter.from_json(m.value())
+                value = m.value()
+                if value is None:  # a tombstone: nothing to inspect or replay
+                    continue
+                try:
+                    yield DeadLetter.from_json(value)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ValueError(f"{topic}[{m.partition()}]@{m.offset()} is not a dead letter: {exc}") from None
     finally:
         consumer.close()
 

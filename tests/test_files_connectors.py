@@ -267,3 +267,6 @@ def test_json_line_encodes_dataclasses_bytes_and_tuples() -> None:
                    "event_id": "id", "source": "src", "op": "update",
                    "headers": [["h", {"base64": "/w=="}], ["t", "ok"]]}
     assert to_jsonable({"b": b"x", 1: {2}}) == {"b": "x", "1": [2]}
+    assert json.loads(json_line({"b": b"x", 1: {2}})) == {"b": "x", "1": [2]}  # unsortable keys
+    late = _Late(e, "r", 9)  # nested dataclasses: json_line is exactly to_jsonable
+    assert json.loads(json_line(late)) == to_jsonable(late) and to_jsonable(late)["event"]["type"] == "Event"

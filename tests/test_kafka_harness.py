@@ -16,17 +16,20 @@ dedup (deduplicate by event id before the sink), epoch_ms, ready_file.
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
+import yaml
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig
 from confluent_kafka import Producer
@@ -39,7 +42,7 @@ from dataflows.connectors.kafka import (
     kafka_source_from_config,
 )
 from dataflows.errors import split_dead_letters
-from dataflows.events import Event, kafka_event_id
+from dataflows.events import Event, RawRecord, kafka_event_id
 from dataflows.parse import parse_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,25 +129,42 @@ def crash_loop(
     final_timeout_s: float = 120.0,
     log: Any = None,
 ) -> CrashLoopResult:
-    """Run the flow, SIGKILL it `kills` times, then let it run to the end.
-
-    Each kill lands a seeded random `kill_after_s` after the run's first record
-    went through the flow (a `ready_file` the flow touches), so every kill hits
-    a running flow, with open transactions, commits and snapshots in flight.
-    """
-    rng = random.Random(seed)
+    """The harness flow in a crash loop (see `kill_loop`)."""
     spec_path = workdir / "spec.json"
     ready = workdir / "ready"
     spec_path.write_text(json.dumps({**spec, "ready_file": str(ready)}))
     recovery = workdir / "recovery"
     init_recovery(recovery)
-    result = CrashLoopResult()
     cmd = [sys.executable, "-m", "tests.test_kafka_harness", str(spec_path), str(recovery)]
+    return kill_loop(cmd, workdir, ready, kills=kills, seed=seed, kill_after_s=kill_after_s,
+                     final_timeout_s=final_timeout_s, log=log)
+
+
+def kill_loop(
+    cmd: list[str],
+    workdir: Path,
+    ready: Path,
+    *,
+    kills: int,
+    seed: int,
+    kill_after_s: tuple[float, float] = (0.05, 1.0),
+    final_timeout_s: float = 120.0,
+    env: dict[str, str] | None = None,
+    log: Any = None,
+) -> CrashLoopResult:
+    """Run `cmd`, SIGKILL it `kills` times, restarting it each time, then let it finish.
+
+    Each kill lands a seeded random `kill_after_s` after the run's first record
+    went through the flow (the flow touches `ready`), so every kill hits a
+    running flow, with open transactions, commits and snapshots in flight.
+    """
+    rng = random.Random(seed)
+    result = CrashLoopResult()
     stderr_path = workdir / "stderr.log"
     while True:
         ready.unlink(missing_ok=True)
         with stderr_path.open("ab") as err:
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=env)
         result.runs += 1
         if result.kills < kills and _wait_ready(proc, ready, final_timeout_s):
             delay = rng.uniform(*kill_after_s)
@@ -166,6 +186,19 @@ def crash_loop(
         return result
 
 
+def throttle_hook(event: Event) -> Event:
+    """A pipeline `patterns.enrich` hook for crash loops: marks progress, slows down.
+
+    Touches `$SF_TEST_READY_FILE` on the first event, sleeps
+    `$SF_TEST_THROTTLE_MS` per event.
+    """
+    ready = os.environ.get("SF_TEST_READY_FILE")
+    if ready and not os.path.exists(ready):
+        Path(ready).touch()
+    time.sleep(float(os.environ.get("SF_TEST_THROTTLE_MS", "0")) / 1000)
+    return event
+
+
 def _wait_ready(proc: subprocess.Popen[bytes], ready: Path, timeout_s: float) -> bool:
     """Until the flow signals records or exits; True if it is running with records."""
     deadline = time.monotonic() + timeout_s
@@ -176,6 +209,89 @@ def _wait_ready(proc: subprocess.Popen[bytes], ready: Path, timeout_s: float) ->
             return False
         time.sleep(0.01)
     return False
+
+
+def orders_config(b: str, src: str, out: str, dlq: str) -> dict[str, Any]:
+    """The orders pipeline, Kafka -> Kafka exactly-once, with the throttle hook."""
+    return {
+        "pipeline": {"name": "orders"},
+        "source": {"type": "kafka", "brokers": [b], "topics": [src], "tail": False, "batch-size": 100},
+        "sink": {"type": "kafka", "brokers": [b], "topic": out, "mode": "exactly-once",
+                 "transactional-id-prefix": f"test.{out}"},
+        "dlq": {"type": "kafka", "brokers": [b], "topic": dlq},
+        "limits": {"max-record-bytes": "16KiB"},
+        "parse": {"key-field": "order_id", "time-field": "ts", "op-field": "op", "id-field": "event_id"},
+        "patterns": {"dedup": {"ttl": "1h"}, "enrich": "tests.test_kafka_harness:throttle_hook"},
+    }
+
+
+@dataclass
+class OrdersCrashRun:
+    result: CrashLoopResult
+    want: Counter[str]  # table changes of the same pipeline run once in memory
+    got: Counter[str]  # read_committed output after the crash loop
+
+    @property
+    def lost(self) -> Counter[str]:
+        return self.want - self.got
+
+    @property
+    def extra(self) -> Counter[str]:
+        return self.got - self.want
+
+
+def orders_crash_loop(
+    bootstrap: str,
+    workdir: Path,
+    *,
+    records: int,
+    kills: int,
+    seed: int,
+    kill_after_s: tuple[float, float] = (0.3, 1.6),
+    throttle_ms: float = 3,
+    log: Any = None,
+) -> OrdersCrashRun:
+    """The orders pipeline under `python -m bytewax.run ... -r DIR -s 1 -b 0` in a kill loop.
+
+    Input: `records` generated orders (with duplicates and malformed lines) in a
+    1-partition topic; output: a 2-partition topic, exactly-once.
+    """
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from dataflows.generate import generate_orders
+    from dataflows.pipelines.orders import build_flow
+    from tests.fixtures.kafka import create_topic, read_topic
+
+    tag = uuid.uuid4().hex[:8]
+    src = create_topic(bootstrap, f"eo-orders-in-{tag}", 1)
+    out = create_topic(bootstrap, f"eo-orders-out-{tag}", 2)
+    dlq = create_topic(bootstrap, f"eo-orders-dlq-{tag}", 1)
+    lines = generate_orders(records, seed=seed).lines
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for line in lines:
+        producer.produce(src, line, partition=0)
+    assert producer.flush(30) == 0
+    cfg = orders_config(bootstrap, src, out, dlq)
+    config_path = workdir / "orders.yaml"
+    config_path.write_text(yaml.safe_dump(cfg))
+    recovery, ready = workdir / "recovery", workdir / "ready"
+    init_recovery(recovery)
+    env = {**os.environ, "STREAMFORGE_CONFIG": str(config_path), "SF_TEST_READY_FILE": str(ready),
+           "SF_TEST_THROTTLE_MS": str(throttle_ms)}
+    cmd = [sys.executable, "-m", "bytewax.run", "dataflows.pipelines.orders:flow",
+           "-r", str(recovery), "-s", "1", "-b", "0"]
+    result = kill_loop(cmd, workdir, ready, kills=kills, seed=seed, kill_after_s=kill_after_s,
+                       final_timeout_s=600, env=env, log=log)
+
+    raw = [RawRecord(line, kafka_event_id(src, 0, i), f"kafka:{src}",
+                     coords={"topic": src, "partition": 0, "offset": i}) for i, line in enumerate(lines)]
+    expected: list[Any] = []
+    run_main(build_flow(Config(cfg), source=TestingSource(raw), sink=TestingSink(expected),
+                        dlq_sink=TestingSink([])))
+    got = Counter(json.dumps(json.loads(m.value()), sort_keys=True)
+                  for m in read_topic(bootstrap, out, partitions=2, timeout_s=120))
+    want = Counter(json.dumps(asdict(c), sort_keys=True, default=str) for c in expected)
+    return OrdersCrashRun(result, want, got)
 
 
 def event_id_counts(messages: list[Any]) -> Counter[str]:

@@ -126,3 +126,19 @@ def test_sink_from_config(mongo: MongoHandle, tmp_path: Any) -> None:
     assert sink.settings.retry.max_attempts == 7 and sink.settings.version_field == "version"
     with pytest.raises(ValueError, match="uri"):
         mongo_sink_from_config(Config({"uri": "mongodb://", "database": "d", "collection": "c"}, "s"), "p")
+
+
+def test_mirror_reconcile_on_generation_marker(mongo: MongoHandle) -> None:
+    db = mongo.db()
+    db.src.insert_many([{"_id": "keep"}, {"_id": 7}])
+    db.target.insert_many([{"_id": "keep"}, {"_id": 7}, {"_id": "stale"}, {"_id": ObjectId()}])
+    marker = Event(key="__generation__", value={"generation": 2, "complete": True}, event_time_ms=0,
+                   event_id="m", source="mongo:x", op="generation")
+    plain = writer(mongo)
+    assert plain.write([marker, up("new", n=1)]) == []  # not a mirror: the marker is ignored
+    assert len(target(mongo)) == 5
+    mirror = writer(mongo, mirror_of=(mongo.uri, mongo.database, "src"))
+    assert mirror.write([up("new2", n=1), marker]) == []
+    assert set(target(mongo)) == {"keep", 7}  # absent from the source: removed after the batch
+    plain.close()
+    mirror.close()

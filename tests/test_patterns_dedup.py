@@ -45,6 +45,7 @@ def test_idle_identity_expires_by_wall_clock_and_is_discarded() -> None:
     assert d.on_item(ev("k", 0))[0]
     due = d.notify_at()
     assert due is not None and due >= datetime.fromtimestamp(1_005, UTC)
+    assert d.notify_at() is None
     now[0] += 4_999
     assert d.on_notify() == ((), False)  # not idle long enough: kept
     d.on_item(ev("k", 1))  # a sighting restarts the idle time
@@ -55,18 +56,20 @@ def test_idle_identity_expires_by_wall_clock_and_is_discarded() -> None:
     assert evicted == [1]
 
 
-def test_alarm_is_reused_within_slack() -> None:
+def test_wake_up_is_requested_only_when_bytewax_holds_none() -> None:
+    """Bytewax keeps a scheduled time until it fires; `None` from notify_at keeps it."""
     now = [10_000_000]
     d = Deduplicator(DedupConfig(60_000, clock=lambda: now[0]))
     d.on_item(ev("k", 0))
     first = d.notify_at()
-    now[0] += 10
+    assert first is not None
+    now[0] += 30_000
     d.on_item(ev("k", 1))
-    assert d.notify_at() is first  # no datetime rebuilt per event
-    now[0] += 4_000  # beyond the slack (60 s / 16 = 3.75 s)
-    d.on_item(ev("k", 2))
-    later = d.notify_at()
-    assert later is not None and first is not None and later > first
+    assert d.notify_at() is None  # the pending (earlier) wake-up stays scheduled
+    now[0] = int(first.timestamp() * 1000)
+    assert d.on_notify() == ((), False)  # early: seen 30 s after it was scheduled
+    again = d.notify_at()
+    assert again is not None and again.timestamp() * 1000 >= 10_000_000 + 30_000 + 60_000
 
 
 def test_snapshot_round_trip_carries_version() -> None:

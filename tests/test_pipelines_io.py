@@ -12,7 +12,13 @@ from dataflows.connectors.dlq import JsonlDeadLetterSink
 from dataflows.connectors.files import JsonlSink, JsonlSource
 from dataflows.dead_letter import ErrorCode, dead_letter
 from dataflows.events import RawRecord
-from dataflows.pipelines.io import build_dlq_sink, build_sink, build_source, item_key
+from dataflows.pipelines.io import (
+    build_changes_sink,
+    build_dlq_sink,
+    build_sink,
+    build_source,
+    item_key,
+)
 from dataflows.pipelines.summary import format_summary, summarize
 
 
@@ -27,6 +33,9 @@ def test_file_types_build_jsonl_connectors(tmp_path: Path) -> None:
     sink = build_sink(section({"path": str(tmp_path / "o.jsonl")}, "sink"), "p")  # type defaults to file
     assert isinstance(sink, JsonlSink) and sink.path == tmp_path / "o.jsonl"
     assert isinstance(build_dlq_sink(section({"type": "file", "path": "d.jsonl"}, "dlq"), "p"), JsonlDeadLetterSink)
+    changes = build_changes_sink(section({"path": "t", "changes-path": str(tmp_path / "c.jsonl")}, "sink"), "p")
+    assert isinstance(changes, JsonlSink) and changes.path == tmp_path / "c.jsonl"
+    assert build_changes_sink(section({"path": "t"}, "sink"), "p") is None
     tail = build_source(section({"path": str(tmp_path / "later.jsonl"), "tail": True}, "source"), "p")
     assert tail.list_parts() == [str(tmp_path / "later.jsonl")]  # tail waits for a missing file
 
@@ -43,6 +52,8 @@ def test_file_types_build_jsonl_connectors(tmp_path: Path) -> None:
         (build_sink, "sink", {"type": "s3"}, "sink.type: must be one of file, kafka, mongo"),
         (build_sink, "sink", {"type": "file"}, "sink.path: required key is missing"),
         (build_dlq_sink, "dlq", {"type": "mongo"}, "dlq.type: must be one of file, kafka"),
+        (build_changes_sink, "sink", {"type": "file", "path": "t", "changes-topic": "c"},
+         "sink.changes-topic: needs type 'kafka'"),
     ],
 )
 def test_bad_sections_raise_config_errors_naming_the_full_key(build, name, data, message) -> None:

@@ -2,8 +2,8 @@
 
 Generated order lines (malformed ones included) are produced to a 2-partition
 topic keyed by order; the flow reads them with `source.type: kafka`, writes
-the table with the exactly-once Kafka sink and the dead letters to a Kafka
-DLQ topic. The final table read back (read_committed) must equal the
+the table with the exactly-once Kafka sink, the diffs to `sink.changes-topic`
+and the dead letters to a Kafka DLQ topic. The final table read back (read_committed) must equal the
 reference of tests/test_pipelines_orders.py.
 """
 
@@ -40,11 +40,13 @@ def test_orders_pipeline_from_kafka_to_kafka_matches_the_reference(
 ) -> None:
     gen = generate_orders(600, seed=21)
     src, table_topic, dlq_topic = make_topic(2, "orders-in"), make_topic(2, "orders-table"), make_topic(1, "dlq")
+    changes_topic = make_topic(2, "orders-changes")
     _produce(kafka_bootstrap, src, gen.lines)
     base = load_config(REPO / "config" / "orders.yaml", environ={}).data
     base["source"] = {"type": "kafka", "brokers": [kafka_bootstrap], "topics": [src], "tail": False}
     base["sink"] = {"type": "kafka", "brokers": [kafka_bootstrap], "topic": table_topic,
-                    "mode": "exactly-once", "transactional-id-prefix": f"sf-test-{table_topic}"}
+                    "mode": "exactly-once", "transactional-id-prefix": f"sf-test-{table_topic}",
+                    "changes-topic": changes_topic}
     base["dlq"] = {"type": "kafka", "brokers": [kafka_bootstrap], "topic": dlq_topic}
     run_main(orders.build_flow(Config(base, "kafka-test")))
 
@@ -56,7 +58,9 @@ def test_orders_pipeline_from_kafka_to_kafka_matches_the_reference(
         else:
             table.pop(change["key"], None)
     letters = [DeadLetter.from_json(m.value()) for m in read_topic(kafka_bootstrap, dlq_topic)]
-    want_table, want_letters, _ = reference(gen)
+    kinds = Counter(json.loads(m.value())["kind"] for m in read_topic(kafka_bootstrap, changes_topic))
+    want_table, want_letters, want_kinds = reference(gen)
     assert table == want_table
+    assert kinds == want_kinds
     assert Counter((d.error_code, d.stage) for d in letters) == want_letters
     assert all(d.event_id.startswith(f"kafka:{src}:") and "offset" in d.coords for d in letters)

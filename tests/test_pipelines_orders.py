@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import TestingSource, cluster_main, run_main
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from dataflows.config import Config, ConfigError, load_config
 from dataflows.connectors.dlq import read_dead_letters
 from dataflows.connectors.files import JsonlSource, read_jsonl
-from dataflows.dead_letter import ErrorCode
-from dataflows.events import Event
+from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
+from dataflows.events import Event, RawRecord
 from dataflows.generate import generate_orders
 from dataflows.pipelines import orders
 from dataflows.pipelines.common import lazy_flow
@@ -205,3 +205,25 @@ def test_module_flow_is_built_from_streamforge_config(tmp_path: Path, monkeypatc
     assert flow.flow_id == "orders-env"
     run_main(flow)
     assert read_jsonl(cfg.str("sink.path"))
+
+
+def test_mixed_source_items_events_pass_dead_letters_join_unknown_items_are_dead_letters(tmp_path: Path) -> None:
+    """TestingSource/TestingSink stand in for a Mongo-like source (Events) and a Kafka-like
+    source error (a DeadLetter in the stream)."""
+    cfg, _ = setup(tmp_path, count=10)
+    doc = {"event_id": "e1", "order_id": "o-1", "op": "insert", "ts": 1000, "status": "created", "amount": 1.5}
+    raw = RawRecord(json.dumps(doc).encode(), "file:x:1", "file:x")
+    mongo_like = Event("o-2", {"order_id": "o-2", "status": "paid"}, 2000, "mongo:db.orders:tok1", "mongo:db.orders",
+                       op="insert")
+    source_error = dead_letter(RawRecord(b"", "kafka:t:0:5", "kafka:t"), code=ErrorCode.SOURCE_ERROR,
+                               stage="orders.source", pipeline="orders", message="broker gone")
+    table: list[Any] = []
+    letters: list[DeadLetter] = []
+    flow = orders.build_flow(cfg, source=TestingSource([raw, mongo_like, source_error, 42, b"{"]),
+                             sink=TestingSink(table), dlq_sink=TestingSink(letters))
+    run_main(flow)
+    assert sorted((c.kind, c.key) for c in table) == [("upsert", "o-1"), ("upsert", "o-2")]
+    assert sorted((d.error_code, d.stage) for d in letters) == [
+        (ErrorCode.SOURCE_ERROR, "orders.source"), (ErrorCode.UNSUPPORTED_TYPE, "orders.source"),
+        (ErrorCode.UNSUPPORTED_TYPE, "orders.source")]
+    assert {d.payload for d in letters if d.error_code == ErrorCode.UNSUPPORTED_TYPE} == {b"42", b"b'{'"}

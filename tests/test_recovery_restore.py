@@ -146,3 +146,22 @@ def test_nothing_stored_is_a_fresh_start(tmp_path: Path) -> None:
     result = _restore(tmp_path, store, strict=True)
     assert result.chosen == "fresh" and "no checkpoint or savepoint found" in result.reason
     assert len(partition_files(tmp_path / "out")) == 2
+
+
+def test_restore_into_a_mount_point_swaps_files(tmp_path: Path, setup, monkeypatch) -> None:
+    """A mount point cannot be renamed: restore swaps the partition files instead."""
+    _, store, (_, _, ck2) = setup
+    out = tmp_path / "out"
+    init_partitions(out, 2)
+    (out / "part-0.sqlite3-wal").write_bytes(b"stale wal of the old partition")
+    real_rename = Path.rename
+
+    def rename(self: Path, target):
+        if self == out:
+            raise OSError(16, "Device or resource busy")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    assert _restore(tmp_path, store).id == ck2.id
+    assert not (out / "part-0.sqlite3-wal").exists()
+    assert [logical_digest(p) for p in partition_files(out)] == [p.digest for p in ck2.partitions]

@@ -96,9 +96,24 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def _json_default(obj: Any) -> Any:
+    """`json.dumps` hook: one level of `to_jsonable` (json walks the rest natively)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {"type": type(obj).__name__}
+        for f in dataclasses.fields(obj):
+            out[f.name] = getattr(obj, f.name)
+        return out
+    if isinstance(obj, (bytes, bytearray, set, frozenset)) or isinstance(obj, Mapping):
+        return to_jsonable(obj)
+    return str(obj)
+
+
 def json_line(obj: Any) -> str:
-    """One line of JSON (no newline) for `obj`; keys sorted, so output is deterministic."""
-    return json.dumps(to_jsonable(obj), sort_keys=True, ensure_ascii=False)
+    """One line of JSON (no newline) for `obj` (= `to_jsonable(obj)`); keys sorted."""
+    try:
+        return json.dumps(obj, default=_json_default, sort_keys=True, ensure_ascii=False)
+    except TypeError:  # keys of mixed types cannot be sorted: make them all strings
+        return json.dumps(to_jsonable(obj), sort_keys=True, ensure_ascii=False)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:

@@ -6,8 +6,10 @@ Serialisation of sink items (`to_out_message`):
 - value: bytes kept as they are; a dataclass (Event, TableChange, ...) -> JSON
   of its fields (as `asdict` gives them, nested dataclasses included); a mapping -> JSON; bytes inside are decoded as UTF-8
   (invalid bytes escaped);
-- headers: `sf-event-id` = `item.event_id`, plus the item's own `headers`
-  (an Event's) when they are `(str, bytes)` pairs.
+- headers: `sf-event-id` = `item.event_id` (an item without one, e.g. a
+  Session revision, gets `content:<blake2b of key and value>`: deterministic,
+  so the exactly-once sink still recognises a replayed record), plus the
+  item's own `headers` (an Event's) when they are `(str, bytes)` pairs.
 
 Routing: `partition_for(key, n)` = crc32(key) mod n, stable across processes
 (same key -> same partition, so per-key order survives).
@@ -15,6 +17,7 @@ Routing: `partition_for(key, n)` = crc32(key) mod n, stable across processes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -100,9 +103,15 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _shallow_dict(obj: Any) -> dict[str, Any]:
     """Like `asdict` without its deep copy (JSON encoding only reads the values)."""
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+    names = _FIELD_NAMES.get(type(obj))
+    if names is None:
+        names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in fields(obj))
+    return {n: getattr(obj, n) for n in names}
 
 
 def _as_key(key: Any) -> bytes | None:
@@ -125,6 +134,8 @@ def to_out_message(item: Any) -> OutMessage:
         key = key if key is not None else _as_key(item.get("key"))
     else:
         raise TypeError(f"cannot serialise a {type(item).__name__} for Kafka")
+    if not event_id:  # e.g. a Session: a content id, the same when a replay re-emits it
+        event_id = "content:" + hashlib.blake2b((key or b"") + b"\0" + value, digest_size=16).hexdigest()
     headers: list[tuple[str, bytes]] = []
     for pair in getattr(item, "headers", ()) or ():
         if isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], bytes):
@@ -135,10 +146,11 @@ def to_out_message(item: Any) -> OutMessage:
     return OutMessage(key, value, tuple(headers), event_id)
 
 
-def header_value(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> bytes | None:
+def header_value(headers: Any, name: str) -> bytes | None:
+    """The first value of header `name` in a list of (name, value) pairs."""
     for k, v in headers or ():
         if k == name:
-            return v
+            return v.encode() if isinstance(v, str) else v
     return None
 
 

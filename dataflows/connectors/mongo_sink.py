@@ -25,8 +25,13 @@ document (deleted meanwhile) is retried; an incomparable version (other
 type) is a dead letter. Tombstones delete unconditionally (MongoDB keeps no
 tombstones to compare with).
 
-`MongoSink` wraps the writer as a Bytewax `DynamicSink`; its dead letters go
-to `on_dead_letters` (e.g. `JsonlDeadLetters`).
+Mirror mode (`mirror_of=(uri, database, collection)`): on a generation
+marker (`Event(op="generation")`, end of a source re-sync) the writer also
+deletes target documents absent from the mirrored source (`reconcile`).
+
+Wiring: `write_to_mongo` (operator: dead letters flow on to the pipeline's
+DLQ sink) or `MongoSink` (a Bytewax `DynamicSink`; its dead letters go to
+`on_dead_letters`, e.g. `JsonlDeadLetters`).
 """
 
 from __future__ import annotations

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bson import decode
+from bson.raw_bson import RawBSONDocument
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from pymongo import MongoClient
 from pymongo.change_stream import CollectionChangeStream
@@ -143,6 +145,11 @@ class NamespaceState:
     resyncs: list[str] = field(default_factory=list)  # reasons, newest last (max 10)
 
 
+def _plain(doc: Any) -> Any:
+    """A RawBSONDocument as a plain dict (what state keeps and pickles)."""
+    return decode(doc.raw) if isinstance(doc, RawBSONDocument) else doc
+
+
 class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
     def __init__(self, s: MongoSourceSettings, step_id: str, ns: str, state: NamespaceState, fresh: bool) -> None:
         self._s, self._step_id, self._ns, self._state = s, step_id, ns, state
@@ -156,9 +163,14 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
         self._wake = 0.0
         self._failures = 0
         self._last_data = time.monotonic()
+        self._resync_reason: str | None = None
+        self._latency = metrics.SOURCE_LATENCY.labels(pipeline=s.pipeline, source=self._source)
         self._reconnect = RetryPolicy(initial_backoff_s=s.initial_backoff_s, max_backoff_s=s.max_backoff_s, jitter=0.5)
         if fresh:
             self._check_start(coll_name)
+        elif state.scan is not None:
+            log.warning("source %s: resuming re-sync generation %d after %d documents",
+                        ns, state.scan.generation, state.scan.docs)
 
     # -- start checks ---------------------------------------------------------
     def _check_start(self, coll_name: str) -> None:
@@ -219,11 +231,15 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
     # -- state machine ----------------------------------------------------------
     def _step(self) -> list[SourceItem]:
         st = self._state
+        if self._resync_reason is not None:
+            self._begin_resync(self._resync_reason)
+            self._resync_reason = None
+            return []
         if st.scan is not None:
             return self._scan_chunk(st.scan)
         if st.token is None:
             if self._s.snapshot_mode == "never":
-                st.token = self._open_stream().resume_token
+                st.token = _plain(self._open_stream().resume_token)
                 return self._read_stream()
             self._begin_resync("first start without a resume token")
             return []
@@ -252,18 +268,19 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
         out: list[SourceItem] = []
         while len(out) < self._s.batch_size:
             change = stream.try_next()
-            self._state.token = stream.resume_token
             if change is None:
                 break
             op = change["operationType"]
             if op == "invalidate":
                 self._close_stream()
                 self._position_lost("invalidate event (collection dropped or renamed)")
-                break
+                return out
             if op in _DATA_OPS:
                 out.append(self._change_item(change))
             if not stream._cursor._has_next():  # batch used up: don't wait for another getMore
                 break
+        token = stream.resume_token  # the last event's or the post-batch token (a copy: read once)
+        self._state.token = token if token is None else _plain(token)
         return out
 
     def _change_item(self, change: Any) -> SourceItem:
@@ -281,9 +298,7 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
             return self._dead(exc, full.raw, event_id, key, coords)
         if op == "update" and value is None:
             op = "delete"
-        metrics.SOURCE_LATENCY.labels(pipeline=self._s.pipeline, source=self._source).observe(
-            max(0, now_ms() - time_ms)
-        )
+        self._latency.observe(max(0, now_ms() - time_ms))
         return Event(key=key, value=value, event_time_ms=time_ms, event_id=event_id, source=self._source, op=op)
 
     # -- SnapshotLoader -----------------------------------------------------------
@@ -295,13 +310,13 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
                 "events may have been missed. Set source.snapshot-mode: when_needed to re-sync "
                 "automatically, or reset this pipeline's state to start over."
             )
-        self._begin_resync(reason)
+        self._resync_reason = reason  # begun by the next _step, where network errors are handled
 
     def _begin_resync(self, reason: str) -> None:
         st = self._state
         stream = self._coll.watch(full_document="updateLookup", max_await_time_ms=self._s.max_await_ms)
         try:
-            token = stream.resume_token
+            token = _plain(stream.resume_token)
         finally:
             stream.close()
         if token is None:

@@ -12,7 +12,7 @@ recovery rows are written after it returns). The writer (DESIGN.md §4):
    (header `sf-event-id` = the item's event id); delivery callbacks track the
    highest offset written;
 3. `snapshot()` commits the transaction and returns
-   `{"committed_end": {p: next_offset}}`;
+   `{"committed_end": {p: next_offset}, "pending_skip": {p: {event_id: n}}}`;
 4. `build_part(resume_state)`: `init_transactions()` (fences a zombie with the
    same id: its open transaction is aborted, or, on Tansu, made visible), then
    reads partition p `read_committed` from `committed_end` (from the start of
@@ -20,6 +20,12 @@ recovery rows are written after it returns). The writer (DESIGN.md §4):
    `sf-event-id`s found there: those records were committed after the last
    durable snapshot. While the flow replays, a record whose id is in that
    multiset is skipped (and removed from it), so it is written once.
+   The replay of what a zombie wrote may span several epochs of the new run;
+   the ids not met yet are part of the snapshot (`pending_skip`) and join the
+   set on the next resume (without that, a second crash after the first
+   snapshot would forget them: the crash loop test caught exactly this).
+   An id stays pending until the replay meets it (a bounded set: at most
+   what was committed beyond one durable snapshot).
 
 Guarantee: every item reaching the sink is in the read_committed output
 exactly once, across any number of crashes (kill -9 included) and restarts
@@ -84,7 +90,7 @@ __all__ = ["ProducerFencedError", "TransactionalSettings", "TransactionalWriter"
 
 log = logging.getLogger(__name__)
 
-State = dict[str, dict[int, int]]
+State = dict[str, dict[int, Any]]
 
 
 class ProducerFencedError(RuntimeError):
@@ -131,9 +137,9 @@ def scan_committed(
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        return ids, max(end, msg.offset())
+                        return ids, max(end, msg.offset() or 0)
                     raise KafkaException(err)
-                end = max(end, msg.offset() + 1)
+                end = max(end, (msg.offset() or 0) + 1)
                 eid = header_value(msg.headers(), EVENT_ID_HEADER)
                 if eid is not None:
                     ids[eid.decode()] += 1
@@ -143,7 +149,13 @@ def scan_committed(
 
 class _TxPartition(StatefulSinkPartition[Any, State]):
     def __init__(
-        self, s: TransactionalSettings, dead_letters: DeadLetters, step_id: str, partition: int, start: int | None
+        self,
+        s: TransactionalSettings,
+        dead_letters: DeadLetters,
+        step_id: str,
+        partition: int,
+        start: int | None,
+        pending: dict[str, int] | None = None,
     ) -> None:
         self._s = s
         self._k = s.sink
@@ -159,7 +171,8 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
             )
         )
         self._producer.init_transactions(s.commit_timeout_s)
-        self.skip, self._end = scan_committed(self._k.brokers, self._k.topic, partition, start, s.scan_timeout_s)
+        found, self._end = scan_committed(self._k.brokers, self._k.topic, partition, start, s.scan_timeout_s)
+        self.skip: Counter[str] = Counter(pending or {}) + found
         self.skipped = 0
         self._open = False
         self._buffer: list[tuple[Any, OutMessage]] = []
@@ -224,7 +237,10 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
     def snapshot(self) -> State:
         if self._open:
             self._commit()
-        return {"committed_end": {self._partition: self._end}}
+        return {
+            "committed_end": {self._partition: self._end},
+            "pending_skip": {self._partition: dict(self.skip)},
+        }
 
     def _commit(self) -> None:
         delays = self._k.retry.delays()
@@ -298,7 +314,7 @@ class TransactionalWriter(FixedPartitionedSink[Any, State]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: State | None) -> _TxPartition:
         partition = int(for_part)
-        start = None
-        if resume_state is not None:
-            start = resume_state.get("committed_end", {}).get(partition)
-        return _TxPartition(self.settings, self.dead_letters, step_id, partition, start)
+        state = resume_state or {}
+        start = state.get("committed_end", {}).get(partition)
+        pending = state.get("pending_skip", {}).get(partition)
+        return _TxPartition(self.settings, self.dead_letters, step_id, partition, start, pending)

@@ -17,7 +17,8 @@ State per identity (`DedupState`): the anchor and the wall-clock time the
 identity was last seen. An identity idle for `ttl` of *wall-clock* time is
 expired through `notify_at` and its state discarded (`state_evictions`,
 reason `ttl`); a repeat arriving after that is emitted again. Expiry fires at
-most `slack_for(ttl)` late (see `alarm.py`).
+most `slack_for(ttl)` late; `notify_at` returns a time only when Bytewax holds
+no earlier wake-up for the identity (see `alarm.py`).
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class Deduplicator:
         return _EMPTY, False
 
     def on_notify(self) -> tuple[tuple[()], bool]:
+        if self.alarm is not None:
+            self.alarm.fired()
         if self.cfg.clock() >= self.last_wall_ms + self.cfg.ttl_ms:
             if self.cfg.on_evict is not None:
                 self.cfg.on_evict()
@@ -115,7 +118,7 @@ class Deduplicator:
         alarm = self.alarm
         if alarm is None:
             self.alarm = alarm = Alarm()
-        return alarm.schedule(self.last_wall_ms + self.cfg.ttl_ms, self.cfg.slack_ms)
+        return alarm.request(self.last_wall_ms + self.cfg.ttl_ms, self.cfg.slack_ms)
 
     def snapshot(self) -> DedupState:
         assert self.anchor_ms is not None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["changed_paths"]
+__all__ = ["changed_paths", "differing_paths"]
 
 _MISSING = object()
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
@@ -23,6 +23,11 @@ def changed_paths(before: Any, after: Any) -> tuple[str, ...]:
     """Sorted paths at which `before` and `after` differ (empty when equal)."""
     if before == after:
         return ()
+    return differing_paths(before, after)
+
+
+def differing_paths(before: Any, after: Any) -> tuple[str, ...]:
+    """`changed_paths` for values already known to differ (skips the whole-value comparison)."""
     out: list[str] = []
     _walk(before, after, "", out)
     out.sort()

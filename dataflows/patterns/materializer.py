@@ -43,6 +43,7 @@ from bytewax.dataflow import Stream, operator
 
 from dataflows import metrics
 from dataflows.events import Event, derive_id
+from dataflows.patterns.records import frozen_factory
 
 __all__ = [
     "MaterializedRow",
@@ -87,6 +88,9 @@ class ShardState:
     version: int = 1
 
 
+_change = frozen_factory(TableChange)
+
+
 def shard_of(key: str, shards: int) -> int:
     """Stable shard of a key (crc32, the same in every process)."""
     return zlib.crc32(key.encode()) % shards
@@ -117,11 +121,11 @@ class Materializer:
     """Latest value of one key (fast path; a Bytewax `StatefulLogic` by shape)."""
 
     STATE_VERSION = 1
-    __slots__ = ("step_id", "value", "known", "on_delete")
+    __slots__ = ("suffix", "value", "known", "on_delete")
 
     def __init__(self, step_id: str, state: MaterializedRow | None = None,
                  on_delete: Callable[[], None] | None = None) -> None:
-        self.step_id = step_id
+        self.suffix = "/" + step_id  # derived ids: f"{parent}/{step}" (events.derive_id)
         self.on_delete = on_delete
         self.known = state is not None
         self.value: Any = None if state is None else state.value
@@ -131,8 +135,8 @@ class Materializer:
         if opn == "delete":
             if self.known and self.on_delete is not None:
                 self.on_delete()
-            return (TableChange("tombstone", event.key, None, derive_id(event.event_id, self.step_id),
-                                event.event_time_ms),), True
+            return (_change("tombstone", event.key, None, event.event_id + self.suffix,
+                            event.event_time_ms),), True
         if opn == "generation":
             return _EMPTY, not self.known
         new = event.value
@@ -140,8 +144,8 @@ class Materializer:
             return _EMPTY, False
         self.known = True
         self.value = new
-        return (TableChange("upsert", event.key, new, derive_id(event.event_id, self.step_id),
-                            event.event_time_ms),), False
+        return (_change("upsert", event.key, new, event.event_id + self.suffix,
+                        event.event_time_ms),), False
 
     def on_notify(self) -> tuple[tuple[()], bool]:
         return _EMPTY, not self.known

@@ -30,8 +30,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 
 from dataflows import metrics
-from dataflows.events import Event, derive_id
-from dataflows.patterns.diff import changed_paths
+from dataflows.events import Event
+from dataflows.patterns.diff import changed_paths, differing_paths
+from dataflows.patterns.records import frozen_factory
 
 __all__ = ["Change", "MergerState", "StatefulMerger", "merge_changes"]
 
@@ -60,15 +61,18 @@ class MergerState:
     version: int = 1
 
 
+_change = frozen_factory(Change)
+
+
 class StatefulMerger:
     """The merge state machine of one key (a Bytewax `StatefulLogic` by shape)."""
 
     STATE_VERSION = 1
-    __slots__ = ("step_id", "value", "known", "on_delete")
+    __slots__ = ("suffix", "value", "known", "on_delete")
 
     def __init__(self, step_id: str, state: MergerState | None = None,
                  on_delete: Callable[[], None] | None = None) -> None:
-        self.step_id = step_id
+        self.suffix = "/" + step_id  # derived ids: f"{parent}/{step}" (events.derive_id)
         self.on_delete = on_delete
         self.known = state is not None
         self.value: Any = None if state is None else state.value
@@ -81,21 +85,21 @@ class StatefulMerger:
                 return _EMPTY, True
             if self.on_delete is not None:
                 self.on_delete()
-            return (Change("deleted", event.key, prev, None, changed_paths(prev, _NOTHING),
-                           derive_id(event.event_id, self.step_id), event.event_time_ms),), True
+            return (_change("deleted", event.key, prev, None, changed_paths(prev, _NOTHING),
+                            event.event_id + self.suffix, event.event_time_ms),), True
         if opn == "generation":
             return _EMPTY, not self.known
         new = event.value
         if not self.known:
             self.known = True
             self.value = new
-            return (Change("created", event.key, None, new, changed_paths(_NOTHING, new),
-                           derive_id(event.event_id, self.step_id), event.event_time_ms),), False
+            return (_change("created", event.key, None, new, changed_paths(_NOTHING, new),
+                            event.event_id + self.suffix, event.event_time_ms),), False
         if new == prev:
             return _EMPTY, False
         self.value = new
-        return (Change("updated", event.key, prev, new, changed_paths(prev, new),
-                       derive_id(event.event_id, self.step_id), event.event_time_ms),), False
+        return (_change("updated", event.key, prev, new, differing_paths(prev, new),
+                        event.event_id + self.suffix, event.event_time_ms),), False
 
     def on_notify(self) -> tuple[tuple[()], bool]:
         return _EMPTY, not self.known

@@ -17,7 +17,9 @@ Keyed by `Event.key`. Definitions (all times in event-time milliseconds):
 - a non-late event that falls in, extends or bridges a closed session updates
   it, and it is re-emitted (when closed again) with `revision + 1`;
 - a closed session is retained while `W - allowed_lateness < end + gap`
-  (until no non-late event can reach it), then dropped; a key without
+  (until no non-late event can reach it), then dropped (checked on each
+  event; an idle key's wall-clock wake-up for a drop may come up to one gap
+  later, so that closing a session does not reschedule it); a key without
   sessions is discarded (`state_evictions`, reason `sessions_closed`). Its
   watermark goes with it: a later event of that key starts afresh.
 - at EOF every session not yet emitted in its current form is emitted (state
@@ -33,7 +35,7 @@ from `initial()`; bridging two sessions needs `merge(acc_a, acc_b)`. Without
 `aggregate`, sessions only count (`aggregate` is None).
 
 State per key (`SessionState`): the key, its retained sessions
-(`SpanState`), the watermark and the wall time it last moved.
+(`SessionState.spans`), the watermark and the wall time it last moved.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from bytewax.dataflow import Stream, operator
 from dataflows import metrics
 from dataflows.events import Event, now_ms
 from dataflows.patterns.alarm import Alarm, slack_for
+from dataflows.patterns.records import frozen_factory
 
 __all__ = [
     "LateEvent",
@@ -58,7 +61,6 @@ __all__ = [
     "SessionConfig",
     "SessionOutputs",
     "SessionState",
-    "SpanState",
     "analyze_sessions",
 ]
 
@@ -88,25 +90,21 @@ class LateEvent:
     watermark_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class SpanState:
-    """Snapshot of one retained session."""
-
-    start_ms: int
-    end_ms: int
-    count: int
-    aggregate: Any
-    id_start_ms: int
-    emits: int
-    dirty: bool
+SpanTuple = tuple[int, int, int, Any, int, int, bool]
 
 
 @dataclass(frozen=True, slots=True)
 class SessionState:
-    """Snapshot of one key."""
+    """Snapshot of one key.
+
+    `spans`: the retained sessions in start order, each
+    `(start_ms, end_ms, count, aggregate, id_start_ms, emits, dirty)`:
+    `id_start_ms` names the session (`session_id`), `emits` counts its
+    emissions (the next revision), `dirty` says it changed since emitted.
+    """
 
     key: str
-    spans: tuple[SpanState, ...]
+    spans: tuple[SpanTuple, ...]
     watermark_ms: int
     wall_ms: int
     version: int = 1
@@ -121,6 +119,10 @@ class SessionOutputs:
 
     def __iter__(self) -> Iterator[Stream[Any]]:
         return iter((self.sessions, self.late))
+
+
+_session = frozen_factory(Session)
+_late = frozen_factory(LateEvent)
 
 
 class SessionConfig:
@@ -171,7 +173,7 @@ class SessionAnalyzer:
     """The sessions of one key (a Bytewax `StatefulLogic` by shape)."""
 
     STATE_VERSION = 1
-    __slots__ = ("cfg", "key", "spans", "wm", "wall_ms", "next_ms", "alarm")
+    __slots__ = ("cfg", "key", "spans", "wm", "wall_ms", "next_ms", "wake_ms", "alarm")
 
     def __init__(self, cfg: SessionConfig, state: SessionState | None = None) -> None:
         self.cfg = cfg
@@ -180,47 +182,62 @@ class SessionAnalyzer:
         self.key: str | None = None
         self.wm: int | None = None
         self.wall_ms = 0
-        # Watermark at which something next closes or drops (None: nothing retained).
+        # Watermark at which something next closes or drops (None: nothing retained), and
+        # the watermark to wake up at when idle: drops may wait up to one more gap, so an
+        # emitted session does not re-arm the wake-up of its key (see notify_at).
         self.next_ms: int | None = None
+        self.wake_ms: int | None = None
         if state is not None:
             self.key = state.key
             self.wm = state.watermark_ms
             self.wall_ms = state.wall_ms
-            self.spans = [_Span(s.start_ms, s.end_ms, s.count, s.aggregate, s.id_start_ms, s.emits,
-                                s.dirty) for s in state.spans]
-            self.next_ms = self.wm  # re-evaluate (and advance) at the first notification
+            self.spans = [_Span(*span) for span in state.spans]
+            self.next_ms = self.wake_ms = self.wm  # re-evaluate (and advance) at the first notification
 
     # -- events ----------------------------------------------------------------
     def on_item(self, event: Event) -> tuple[Any, bool]:
         cfg = self.cfg
         t = event.event_time_ms
         wm = self.wm
-        if wm is None:
-            self.key = event.key
+        if wm is None or t > wm:
+            if wm is None:
+                self.key = event.key
+            self.wm = wm = t
+            if cfg.clock is not None:
+                self.wall_ms = cfg.clock()
         elif t < wm - cfg.lateness_ms:
             if cfg.on_late is not None:
                 cfg.on_late()
-            return (LateEvent(event, LATE_REASON, wm),), False
-        if wm is None or t > wm:
-            self.wm = t
-            if cfg.clock is not None:
-                self.wall_ms = cfg.clock()
+            return (_late(event, LATE_REASON, wm),), False
         spans = self.spans
         gap = cfg.gap_ms
         agg = cfg.aggregate
-        last = spans[-1] if spans else None
-        if last is not None and last.start <= t < last.end + gap:
+        if not spans:
+            acc = cfg.initial() if cfg.initial is not None else None
+            spans.append(_Span(t, t, 1, agg(acc, event) if agg is not None else None, t, 0, True))
+            return self._fire()
+        last = spans[-1]
+        nxt = self.next_ms
+        if last.start <= t < last.end + gap:  # in or extending the newest session
             if t > last.end:
                 last.end = t
             last.count += 1
             if agg is not None:
                 last.agg = agg(last.agg, event)
+            if last.dirty and nxt is not None and wm < nxt:
+                return _EMPTY, False  # its threshold only grew: nothing is due
             last.dirty = True
-        elif last is None or t >= last.end + gap:
+            return self._fire()
+        if t >= last.end + gap:  # a new newest session
             acc = cfg.initial() if cfg.initial is not None else None
             spans.append(_Span(t, t, 1, agg(acc, event) if agg is not None else None, t, 0, True))
-        else:
-            self._merge_in(t, event)
+            wake = self.wake_ms
+            if nxt is not None and wake is not None and wm < nxt and wm < t + gap:
+                self.next_ms = min(nxt, t + gap)
+                self.wake_ms = min(wake, t + gap)
+                return _EMPTY, False
+            return self._fire()
+        self._merge_in(t, event)
         return self._fire()
 
     def _merge_in(self, t: int, event: Event) -> None:
@@ -263,6 +280,7 @@ class SessionAnalyzer:
         out: Any = _EMPTY
         drop = 0
         nearest: int | None = None
+        wake: int | None = None
         for s in spans:
             close = s.end + gap
             if s.dirty and wm >= close:
@@ -272,10 +290,17 @@ class SessionAnalyzer:
             if horizon >= close:
                 drop += 1  # ends are sorted: the expired sessions are a prefix
                 continue
-            due = close if s.dirty else close + late
+            if s.dirty:
+                due = wake_at = close
+            else:
+                due = close + late
+                wake_at = due + gap
             if nearest is None or due < nearest:
                 nearest = due
+            if wake is None or wake_at < wake:
+                wake = wake_at
         self.next_ms = nearest
+        self.wake_ms = wake
         if drop:
             del spans[:drop]
             if not spans:
@@ -287,13 +312,15 @@ class SessionAnalyzer:
     def _emit(self, s: _Span) -> Session:
         key = self.key
         assert key is not None
-        out = Session(key, s.start, s.end, s.count, s.agg, s.emits, f"{key}:{s.id_start}")
+        out = _session(key, s.start, s.end, s.count, s.agg, s.emits, f"{key}:{s.id_start}")
         s.emits += 1
         s.dirty = False
         return out
 
     # -- lifecycle ---------------------------------------------------------------
     def on_notify(self) -> tuple[Any, bool]:
+        if self.alarm is not None:
+            self.alarm.fired()
         clock = self.cfg.clock
         if clock is None or self.wm is None:
             return _EMPTY, False
@@ -307,17 +334,17 @@ class SessionAnalyzer:
         return [self._emit(s) for s in self.spans if s.dirty], False
 
     def notify_at(self) -> datetime | None:
-        nxt = self.next_ms
+        nxt = self.wake_ms
         if nxt is None or self.cfg.clock is None or self.wm is None:
             return None
         alarm = self.alarm
         if alarm is None:
             self.alarm = alarm = Alarm()
-        return alarm.schedule(self.wall_ms + max(0, nxt - self.wm), self.cfg.slack_ms)
+        return alarm.request(self.wall_ms + max(0, nxt - self.wm), self.cfg.slack_ms)
 
     def snapshot(self) -> SessionState:
         assert self.key is not None and self.wm is not None
-        spans = tuple(SpanState(s.start, s.end, s.count, s.agg, s.id_start, s.emits, s.dirty)
+        spans = tuple((s.start, s.end, s.count, s.agg, s.id_start, s.emits, s.dirty)
                       for s in self.spans)
         return SessionState(self.key, spans, self.wm, self.wall_ms, self.STATE_VERSION)
 

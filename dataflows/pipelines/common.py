@@ -34,8 +34,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
+from dataflows import metrics
 from dataflows.config import Config, ConfigError, load_config
-from dataflows.dead_letter import DeadLetter
+from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
 from dataflows.errors import Guarded, guarded_map
 from dataflows.events import Event, RawRecord
 from dataflows.parse import TypeSpec, parse_events
@@ -90,6 +91,31 @@ def _positive_size(cfg: Config, key: str, default: str) -> int:
     return value
 
 
+def _is_dead_letter(item: Any) -> bool:
+    return isinstance(item, DeadLetter)
+
+
+def _is_raw(item: Any) -> bool:
+    return isinstance(item, RawRecord)
+
+
+def _is_event(item: Any) -> bool:
+    return isinstance(item, Event)
+
+
+class _Unsupported:
+    """A source item that is neither RawRecord, Event nor DeadLetter -> UNSUPPORTED_TYPE."""
+
+    def __init__(self, pipeline: str, stage: str) -> None:
+        self.pipeline, self.stage = pipeline, stage
+
+    def __call__(self, item: Any) -> DeadLetter:
+        metrics.DLQ_EVENTS.labels(pipeline=self.pipeline, stage=self.stage,
+                                  error_code=ErrorCode.UNSUPPORTED_TYPE).inc()
+        return dead_letter(item, code=ErrorCode.UNSUPPORTED_TYPE, stage=self.stage, pipeline=self.pipeline,
+                           message=f"a source yielded a {type(item).__name__}, not a RawRecord or Event")
+
+
 def ingest(
     flow: Dataflow,
     source: Source[Any],
@@ -98,10 +124,16 @@ def ingest(
     options: ParseOptions,
     optional: Mapping[str, TypeSpec] | None = None,
 ) -> Guarded:
-    """Steps `source` and `parse`: emits Events (`ok`) and DeadLetters (`dlq`)."""
+    """Steps `source` and `parse`: emits Events (`ok`) and DeadLetters (`dlq`).
+
+    RawRecords are parsed (`<flow>.parse`), Events pass, a source's own
+    DeadLetters join the DLQ, anything else is an UNSUPPORTED_TYPE dead letter.
+    """
     items = op.input("source", flow, source)
-    letters = op.branch("source_errors", items, lambda x: isinstance(x, DeadLetter))
-    raw = op.branch("raw_records", letters.falses, lambda x: isinstance(x, RawRecord))
+    letters = op.branch("source_errors", items, _is_dead_letter)
+    raw = op.branch("raw_records", letters.falses, _is_raw)
+    given = op.branch("source_events", raw.falses, _is_event)
+    unsupported = op.map("unsupported", given.falses, _Unsupported(pipeline, f"{flow.flow_id}.source"))
     required = {options.id_field: str} if options.id_field else None
     parsed = parse_events(
         "parse",
@@ -114,8 +146,8 @@ def ingest(
         required=required,
         optional=optional,
     )
-    events = op.merge("events", parsed.ok, raw.falses)
-    return Guarded(events, op.merge("ingest_dlq", letters.trues, parsed.dlq))
+    events = op.merge("events", parsed.ok, given.trues)
+    return Guarded(events, op.merge("ingest_dlq", letters.trues, parsed.dlq, unsupported))
 
 
 def load_hook(cfg: Config, key: str) -> Callable[[Event], Any] | None:

@@ -5,6 +5,8 @@
   `kafka` -> `dataflows.connectors.kafka.kafka_source_from_config`,
   `mongo` -> `dataflows.connectors.mongo.mongo_source_from_config`.
 - `build_sink(cfg, pipeline)`: `sink` section; `file` (`path`), `kafka`, `mongo`.
+- `build_changes_sink(cfg, pipeline)`: the optional diffs output of the `sink`
+  section: `changes-path` (JSONL) or `changes-topic` (kafka), else None.
 - `build_dlq_sink(cfg, pipeline)`: `dlq` section; `file` (`path`), `kafka`.
 
 Connector modules are imported only when their type is used, so a missing
@@ -30,7 +32,14 @@ from dataflows.config import Config, ConfigError
 from dataflows.connectors.dlq import JsonlDeadLetterSink
 from dataflows.connectors.files import JsonlSink, JsonlSource, expand_paths
 
-__all__ = ["build_dlq_sink", "build_sink", "build_source", "item_key", "write_output"]
+__all__ = [
+    "build_changes_sink",
+    "build_dlq_sink",
+    "build_sink",
+    "build_source",
+    "item_key",
+    "write_output",
+]
 
 SOURCE_TYPES = ("file", "kafka", "mongo")
 SINK_TYPES = ("file", "kafka", "mongo")
@@ -117,6 +126,25 @@ def _build_sink(cfg: Config, section: str, pipeline: str, path_key: str) -> Sink
     if kind == "mongo":
         return _connector(cfg, section, "mongo", "mongo_sink_from_config", pipeline)
     return JsonlSink(cfg.str(path_key))
+
+
+def build_changes_sink(cfg: Config, pipeline: str) -> Sink[Any] | None:
+    """The optional second output of a `sink` section: `changes-path` (JSONL file)
+    or, for `type: kafka`, `changes-topic` (the same brokers and mode); None if neither."""
+    section = _section_name(cfg, "sink")
+    with _keys_under(section):
+        if cfg.has("changes-path"):
+            return JsonlSink(cfg.str("changes-path"))
+        if cfg.has("changes-topic"):
+            if cfg.str("type", "file") != "kafka":
+                raise ConfigError(f"{section}.changes-topic: needs type 'kafka' (in {cfg.origin})")
+            data = {**cfg.data, "topic": cfg.str("changes-topic")}
+            if "transactional-id-prefix" in data:
+                data["transactional-id-prefix"] = f"{data['transactional-id-prefix']}.changes"
+            else:
+                data["transactional-id-prefix"] = f"streamforge.{pipeline}.changes"
+            return _connector(Config(data, cfg.origin), section, "kafka", "kafka_sink_from_config", pipeline)
+    return None
 
 
 def build_dlq_sink(cfg: Config, pipeline: str) -> Sink[Any]:

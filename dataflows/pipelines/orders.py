@@ -19,7 +19,7 @@
   redelivery is not enriched twice; a raising hook makes a USER_FUNCTION
   dead letter (stage `<pipeline>.enrich`).
 - merge: per order, a Change (created / updated / deleted, with the changed
-  fields) -> `sink.changes-path` when set.
+  fields) -> `sink.changes-path` (JSONL) or `sink.changes-topic` (kafka) when set.
 - materialize: per order, TableChange upsert / tombstone -> `sink`
   (`patterns.materializer.sweep: true` tombstones keys missing from a Mongo
   re-sync, with `patterns.materializer.shards`).
@@ -38,7 +38,6 @@ from bytewax.dataflow import Dataflow
 from bytewax.outputs import Sink
 
 from dataflows.config import Config, ConfigError
-from dataflows.connectors.files import JsonlSink
 from dataflows.pipelines.common import (
     ParseOptions,
     apply_hook,
@@ -48,7 +47,13 @@ from dataflows.pipelines.common import (
     lazy_flow,
     load_hook,
 )
-from dataflows.pipelines.io import build_dlq_sink, build_sink, build_source, write_output
+from dataflows.pipelines.io import (
+    build_changes_sink,
+    build_dlq_sink,
+    build_sink,
+    build_source,
+    write_output,
+)
 
 __all__ = ["build_flow"]
 
@@ -73,15 +78,16 @@ def build_flow(
                                        op_field="op", id_field="event_id")
     if not options.id_field:
         raise ConfigError(f"parse.id-field: the orders pipeline needs the event id field (in {cfg.origin})")
-    ttl_ms = dedup_ttl_ms(cfg) or 0
+    ttl_ms = dedup_ttl_ms(cfg, "1h")
+    assert ttl_ms is not None  # it has a default
     sweep = cfg.bool("patterns.materializer.sweep", False)
     shards = cfg.int("patterns.materializer.shards", 64, minimum=1)
     hook = load_hook(cfg, "patterns.enrich")
     source = source if source is not None else build_source(cfg.section("source"), name)
     sink = sink if sink is not None else build_sink(cfg.section("sink"), name)
     dlq_sink = dlq_sink if dlq_sink is not None else build_dlq_sink(cfg.section("dlq"), name)
-    if changes_sink is None and cfg.has("sink.changes-path"):
-        changes_sink = JsonlSink(cfg.str("sink.changes-path"))
+    if changes_sink is None:
+        changes_sink = build_changes_sink(cfg.section("sink"), name)
 
     flow = Dataflow(name)
     events, ingest_dlq = ingest(flow, source, pipeline=name, options=options, optional=OPTIONAL_TYPES)

@@ -158,7 +158,7 @@ def crash_loop(db: Any, uri: str, workdir: Path, *, seed: int, kills: int, resyn
     rng = random.Random(seed)
     extra: dict[str, Any] = {}
     if resync_docs:
-        extra = {"snapshot-max-docs-per-second": max(200, resync_docs // 3), "snapshot-chunk-size": 100}
+        extra = {"snapshot-max-docs-per-second": max(100, resync_docs // 5), "snapshot-chunk-size": 100}
     config = write_config(workdir / "config.yaml", uri=uri, database=db.name, workdir=workdir, **extra)
     proc = PipelineProcess.prepare(workdir, config)
     work = Workload(db.customers, seed)
@@ -188,8 +188,11 @@ def crash_loop(db: Any, uri: str, workdir: Path, *, seed: int, kills: int, resyn
         raise AssertionError(f"{exc}\n--- pipeline log ---\n{proc.log_tail()}") from None
     finally:
         proc.kill()
+    log = proc.log_tail(10_000)
     return {"kills": kills, "starts": proc.starts, "ops": work.ops, "rolls": rolls,
-            "docs": db.customers.count_documents({})}
+            "docs": db.customers.count_documents({}),
+            "resyncs_started": log.count("re-sync as generation"),
+            "resyncs_resumed": log.count("resuming re-sync")}
 
 
 def _converged(db: Any, proc: PipelineProcess) -> bool:

@@ -82,6 +82,14 @@ class Collection:
                 start = bisect.bisect_right(self.keys, sort_key(cond["$gt"]))
             else:
                 start = bisect.bisect_left(self.keys, sort_key(cond["$gte"]))
+        elif isinstance(cond, Mapping) and set(cond) == {"$in"}:
+            keys = sorted({sort_key(v) for v in cond["$in"]})
+            rest = {k: v for k, v in flt.items() if k != "_id"}
+            for k in keys:
+                doc = self.docs.get(k)
+                if doc is not None and matches(doc, rest):
+                    yield doc
+            return
         elif cond is not None and not isinstance(cond, Mapping):
             doc = self.get(cond)
             if doc is not None and matches(doc, flt):

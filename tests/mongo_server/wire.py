@@ -91,6 +91,8 @@ class CommandHandler:
         return reply
 
     def _failpoint(self, key: str) -> Failpoint | None:
+        if not self.failpoints:
+            return None
         with self.store.lock:
             for fp in self.failpoints:
                 if fp.command.lower() == key and fp.times > 0:
@@ -248,13 +250,17 @@ class CommandHandler:
     def cmd_find(self, cmd: Mapping[str, Any], db: str) -> dict[str, Any]:
         name = cmd["find"]
         ns = f"{db}.{name}"
+        sort = list((cmd.get("sort") or {}).items())
+        skip, limit = int(cmd.get("skip", 0)), abs(int(cmd.get("limit", 0)))
         with self.store.lock:
             c = self.store.coll(db, name)
-            docs = [] if c is None else list(c.scan(cmd.get("filter") or {}))
-        for field_name, direction in reversed(list((cmd.get("sort") or {}).items())):
+            found = iter(()) if c is None else c.scan(cmd.get("filter") or {})
+            if limit and sort in ([], [("_id", 1)]):  # scan order is _id order: stop early
+                found = itertools.islice(found, skip + limit)
+            docs = list(found)
+        for field_name, direction in reversed(sort):
             docs.sort(key=lambda d, f=field_name: sort_key(d.get(f)), reverse=direction == -1)
-        docs = docs[int(cmd.get("skip", 0)):]
-        limit = abs(int(cmd.get("limit", 0)))
+        docs = docs[skip:]
         if limit:
             docs = docs[:limit]
         batch_size = int(cmd.get("batchSize", 101)) or len(docs)
