@@ -70,13 +70,18 @@ class Config:
 
     data: dict[str, Any] = field(default_factory=dict)
     origin: builtins.str = "<defaults>"
+    prefix: builtins.str = ""
+
+    def full_key(self, key: builtins.str) -> builtins.str:
+        """The key as a user writes it (`source.type`, not `type`, in a section)."""
+        return self.prefix + key
 
     def raw(self, key: builtins.str, default: Any = _MISSING) -> Any:
         node: Any = self.data
         for part in key.split("."):
             if not isinstance(node, Mapping) or part not in node:
                 if default is _MISSING:
-                    raise ConfigError(f"{key}: required key is missing (in {self.origin})")
+                    raise ConfigError(f"{self.full_key(key)}: required key is missing (in {self.origin})")
                 return default
             node = node[part]
         return node
@@ -91,7 +96,7 @@ class Config:
         try:
             return conv(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{key}: {what}: {exc} (in {self.origin})") from None
+            raise ConfigError(f"{self.full_key(key)}: {what}: {exc} (in {self.origin})") from None
 
     def str(self, key: builtins.str, default: Any = _MISSING) -> builtins.str:
         return self._typed(key, default, _as_str, "expected a string")
@@ -99,7 +104,9 @@ class Config:
     def int(self, key: builtins.str, default: Any = _MISSING, *, minimum: builtins.int | None = None) -> builtins.int:
         value = self._typed(key, default, _as_int, "expected an integer")
         if minimum is not None and value is not None and value < minimum:
-            raise ConfigError(f"{key}: must be >= {minimum}, got {value} (in {self.origin})")
+            raise ConfigError(
+                f"{self.full_key(key)}: must be >= {minimum}, got {value} (in {self.origin})"
+            )
         return value
 
     def float(self, key: builtins.str, default: Any = _MISSING) -> builtins.float:
@@ -120,15 +127,15 @@ class Config:
         value = self.str(key, default)
         if value not in choices:
             raise ConfigError(
-                f"{key}: must be one of {', '.join(choices)}, got {value!r} (in {self.origin})"
+                f"{self.full_key(key)}: must be one of {', '.join(choices)}, got {value!r} (in {self.origin})"
             )
         return value
 
     def section(self, key: builtins.str) -> Config:
         value = self.raw(key, {})
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping (in {self.origin})")
-        return Config(dict(value), f"{self.origin}#{key}")
+            raise ConfigError(f"{self.full_key(key)}: expected a mapping (in {self.origin})")
+        return Config(dict(value), self.origin, f"{self.full_key(key)}.")
 
 
 def _as_str(v: Any) -> str:
@@ -160,7 +167,11 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
         node = data
         for i, part in enumerate(parts):
-            match = next((k for k in node if k.lower().replace("-", "_") == part), part)
+            # An existing key matches whatever its spelling; a new one takes the
+            # house style (`min_pause` -> `min-pause`).
+            match = next(
+                (k for k in node if k.lower().replace("-", "_") == part), part.replace("_", "-")
+            )
             if i == len(parts) - 1:
                 node[match] = yaml.safe_load(text) if text != "" else ""
             else:

@@ -304,7 +304,7 @@ def test_output_dash_prints_one_yaml_stream(capsys: pytest.CaptureFixture[str]) 
     ("config", "args", "message"),
     [
         (None, [], "does not exist"),
-        ("pipeline: {name: x}\ncheckpoints: {interval: soon}\n", [], "#checkpoints"),
+        ("pipeline: {name: x}\ncheckpoints: {interval: soon}\n", [], "checkpoints.interval"),
         ("source: {type: file}\n", [], "pipeline.name"),
         ("pipeline: {name: Bad.Name}\n", [], "Kubernetes name"),
         ("pipeline: {name: x}\n", ["--replicas", "3"], "--replicas must be 0 or 1"),

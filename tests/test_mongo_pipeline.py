@@ -103,9 +103,7 @@ def test_crash_loop_during_resync_with_oplog_rollover(mongo: MongoHandle, tmp_pa
     summary = crash_loop(mongo.db(), mongo.uri, tmp_path, seed=SEED + 1, kills=KILLS, resync_docs=1500,
                          roll_oplog=server.roll_oplog)
     assert summary["starts"] == KILLS + 1 and summary["rolls"] == KILLS // 2
-    # kills landed during a re-sync: a scan resumed from its progress, or started over
-    # (killed before its first snapshot), beyond the 1 + 2 re-syncs that must happen
-    assert summary["resyncs_resumed"] > 0 or summary["resyncs_started"] > 3, summary
+    assert summary["resyncs_resumed"] >= 1, summary  # a restart continued a scan mid-way
 
 
 def test_token_expiry_while_stopped_resyncs_and_deletes(mongo: MongoHandle, tmp_path: Path) -> None:

@@ -20,8 +20,11 @@ sink:
   transaction-timeout: 60s
   delivery-timeout: 30s
   retry: {max-attempts: 5, initial-backoff: 100ms, max-backoff: 10s, multiplier: 2, jitter: 0.2}
-  dlq-topic: orders-dlq            # the sink's own dead letters (SINK_WRITE): a Kafka topic,
+  commit-timeout: 30s              # exactly-once: per commit attempt
+  dlq-topic: orders-dlq            # the sink's own dead letters (SINK_WRITE): a Kafka topic
+  # dlq-brokers: ...               #   (default: the sink's brokers),
   # dlq-path: .streamforge/orders/out/kafka-sink-dlq.jsonl   # or a JSONL file (the default)
+  # partitions: 4                  # default: the topic's partition count (needed with check: false)
 dlq:
   type: kafka
   brokers: [127.0.0.1:9092]
@@ -29,8 +32,8 @@ dlq:
 ```
 
 Every builder checks the brokers and topics at start (metadata within
-`metadata-timeout`, default 5s): a bad address or a missing topic is a
-`KafkaStartError` (a `ConfigError`) naming them.
+`metadata-timeout`, default 5s; `check: false` skips it): a bad address or a
+missing topic is a `KafkaStartError` (a `ConfigError`) naming them.
 
 Wiring: the source stream mixes `RawRecord` and `DeadLetter` (consumer
 errors), split it with `dataflows.errors.split_dead_letters`. Write to a Kafka

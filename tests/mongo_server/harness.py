@@ -149,7 +149,8 @@ def crash_loop(db: Any, uri: str, workdir: Path, *, seed: int, kills: int, resyn
     """Run the pipeline, SIGKILL it `kills` times at seeded random moments, check convergence.
 
     With `resync_docs`, the source collection starts with that many documents and
-    the first start re-syncs them throttled, so kills land mid-scan. With
+    the first start re-syncs them throttled; the first kill waits until part of
+    that scan is committed, so at least one restart resumes a scan mid-way. With
     `roll_oplog`, the oplog is rolled over while the pipeline is down (every
     other kill): the next start must re-sync, and documents deleted meanwhile
     must disappear from the target. Returns a summary; raises AssertionError
@@ -158,7 +159,7 @@ def crash_loop(db: Any, uri: str, workdir: Path, *, seed: int, kills: int, resyn
     rng = random.Random(seed)
     extra: dict[str, Any] = {}
     if resync_docs:
-        extra = {"snapshot-max-docs-per-second": max(100, resync_docs // 5), "snapshot-chunk-size": 100}
+        extra = {"snapshot-max-docs-per-second": max(100, resync_docs // 8), "snapshot-chunk-size": 100}
     config = write_config(workdir / "config.yaml", uri=uri, database=db.name, workdir=workdir, **extra)
     proc = PipelineProcess.prepare(workdir, config)
     work = Workload(db.customers, seed)
@@ -171,10 +172,12 @@ def crash_loop(db: Any, uri: str, workdir: Path, *, seed: int, kills: int, resyn
     rolls = 0
     try:
         for n in range(kills):
-            until = time.monotonic() + rng.uniform(0.5, 3.0)
+            until = time.monotonic() + rng.uniform(0.5, 4.0)
             while time.monotonic() < until:
                 work.step()
                 time.sleep(0.002)
+            if n == 0 and resync_docs:
+                wait_until(lambda: _mid_scan(proc), 60, "a committed, half-done re-sync")
             proc.check_alive()
             proc.kill()
             if roll_oplog is not None and n % 2 == 1:
@@ -193,6 +196,12 @@ def crash_loop(db: Any, uri: str, workdir: Path, *, seed: int, kills: int, resyn
             "docs": db.customers.count_documents({}),
             "resyncs_started": log.count("re-sync as generation"),
             "resyncs_resumed": log.count("resuming re-sync")}
+
+
+def _mid_scan(proc: PipelineProcess) -> bool:
+    proc.check_alive()
+    state = committed_source_state(proc.recovery_dir)
+    return state is not None and state.scan is not None and state.scan.docs > 0
 
 
 def _converged(db: Any, proc: PipelineProcess) -> bool:
