@@ -28,18 +28,20 @@ import shutil
 import sqlite3
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from recovery.checkpoint import manifest_or_error
 from recovery.delta import apply_delta
-from recovery.manifest import Kind, Manifest, ManifestError, scan
+from recovery.manifest import Kind, Manifest, ManifestError, PartitionEntry, scan
 from recovery.partitions import init_partitions, logical_digest, partition_files
 from recovery.store import ObjectStore, StoreError
 
 __all__ = ["RestoreError", "RestoreResult", "restore"]
 
+PARALLEL_DOWNLOADS = 8
 Target = Literal["latest"] | tuple[Kind, str]
 
 
@@ -112,6 +114,32 @@ def _chain(m: Manifest, store: ObjectStore, key: bytes | None) -> list[Manifest]
     return [*chain, m]
 
 
+def _assemble(entry: PartitionEntry, links: list[Manifest], store: ObjectStore, out: Path) -> None:
+    """Download base + deltas of one partition into `out`, verify every checksum."""
+    target = out / f"part-{entry.index}.sqlite3"
+    for link in links:
+        step = next((e for e in link.partitions if e.index == entry.index), None)
+        if step is None:
+            raise _Rejected(f"{link.id} has no partition {entry.index}")
+        data = _fetch(store, step.object, step.sha256)
+        try:
+            if not step.delta:
+                target.write_bytes(data)
+            else:
+                delta = out / f".delta-{entry.index}"
+                delta.write_bytes(data)
+                apply_delta(target, delta)
+                delta.unlink()
+        except sqlite3.DatabaseError as exc:
+            raise _Rejected(f"partition {entry.index} of {link.id} is unreadable: {exc}") from None
+    try:
+        digest = logical_digest(target)
+    except sqlite3.DatabaseError as exc:
+        raise _Rejected(f"partition {entry.index} is unreadable: {exc}") from None
+    if digest != entry.digest:
+        raise _Rejected(f"partition {entry.index} does not match its digest after assembly")
+
+
 def _materialize(m: Manifest, store: ObjectStore, key: bytes | None, out: Path) -> None:
     if key:
         try:
@@ -119,31 +147,10 @@ def _materialize(m: Manifest, store: ObjectStore, key: bytes | None, out: Path) 
         except ManifestError as exc:
             raise _Rejected(str(exc)) from None
     links = _chain(m, store, key)
-    for entry in m.partitions:
-        target = out / f"part-{entry.index}.sqlite3"
-        for link in links:
-            step = next((e for e in link.partitions if e.index == entry.index), None)
-            if step is None:
-                raise _Rejected(f"{link.id} has no partition {entry.index}")
-            data = _fetch(store, step.object, step.sha256)
-            try:
-                if not step.delta:
-                    target.write_bytes(data)
-                else:
-                    delta = out / f".delta-{entry.index}"
-                    delta.write_bytes(data)
-                    apply_delta(target, delta)
-                    delta.unlink()
-            except sqlite3.DatabaseError as exc:
-                raise _Rejected(
-                    f"partition {entry.index} of {link.id} is unreadable: {exc}"
-                ) from None
-        try:
-            digest = logical_digest(target)
-        except sqlite3.DatabaseError as exc:
-            raise _Rejected(f"partition {entry.index} is unreadable: {exc}") from None
-        if digest != entry.digest:
-            raise _Rejected(f"partition {entry.index} does not match its digest after assembly")
+    with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
+        futures = [pool.submit(_assemble, e, links, store, out) for e in m.partitions]
+        for f in futures:
+            f.result()
 
 
 def _swap_in(tmp: Path, recovery_dir: Path) -> None:

@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
-from bson.errors import BSONError
 from bytewax.dataflow import Stream, operator
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pymongo import DeleteOne, MongoClient, ReplaceOne
@@ -247,7 +246,7 @@ class MongoWriter:
             self._coll.bulk_write([w.request for w in pending], ordered=False)
         except BulkWriteError as exc:
             return self._sort_errors(pending, exc)
-        except (PyMongoError, BSONError) as exc:
+        except Exception as exc:  # noqa: BLE001 - classified: transient, or isolate the bad write
             if is_transient(exc):
                 return [(w, exc) for w in pending], []
             if len(pending) == 1:
@@ -297,7 +296,10 @@ class MongoWriter:
         """After E11000 on a guarded upsert: 'stale', 'retry' or a conflict message."""
         vf = self.s.version_field
         assert vf is not None
-        current = self._coll.find_one({"_id": w.doc_id}, {vf: 1})
+        try:
+            current = self._coll.find_one({"_id": w.doc_id}, {vf: 1})
+        except PyMongoError:
+            return "retry"
         if current is None or vf not in current:
             return "retry"
         try:

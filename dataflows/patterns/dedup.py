@@ -52,16 +52,17 @@ class DedupState:
 class DedupConfig:
     """Settings shared by every identity of one dedup step."""
 
-    __slots__ = ("ttl_ms", "slack_ms", "clock", "on_evict")
+    __slots__ = ("ttl_ms", "slack_ms", "clock", "on_evict", "expire_idle")
 
     def __init__(self, ttl_ms: int, *, clock: Callable[[], int] = now_ms,
-                 on_evict: Callable[[], None] | None = None) -> None:
+                 on_evict: Callable[[], None] | None = None, expire_idle: bool = True) -> None:
         if ttl_ms <= 0:
             raise ValueError(f"dedup ttl_ms must be > 0, got {ttl_ms}")
         self.ttl_ms = ttl_ms
         self.slack_ms = slack_for(ttl_ms)
         self.clock = clock
         self.on_evict = on_evict
+        self.expire_idle = expire_idle
 
 
 class Deduplicator:
@@ -115,6 +116,8 @@ class Deduplicator:
         return _EMPTY, False
 
     def notify_at(self) -> datetime | None:
+        if not self.cfg.expire_idle:
+            return None
         alarm = self.alarm
         if alarm is None:
             self.alarm = alarm = Alarm()
@@ -154,16 +157,18 @@ class identity_of:  # noqa: N801 - used like a function
 @operator
 def deduplicate(step_id: str, up: Stream[Event], *, ttl_ms: int, pipeline: str,
                 key: str | Callable[[Event], str] | None = None,
-                clock: Callable[[], int] = now_ms) -> Stream[Event]:
+                clock: Callable[[], int] = now_ms, expire_idle: bool = True) -> Stream[Event]:
     """Emit the first occurrence of each identity within `ttl_ms` of event time.
 
     Emits: the input Events that are not duplicates, unchanged.
     State per identity: `DedupState` (anchor event time, last wall-clock
     sighting); discarded after `ttl_ms` of wall-clock idleness.
-    `clock` (ms since the epoch) is injectable for tests.
+    `clock` (ms since the epoch) is injectable for tests. `expire_idle=False`
+    schedules no wake-ups (faster: Bytewax scans every pending wake-up on each
+    activation) but keeps every identity forever: only for a bounded identity space.
     """
     evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="ttl").inc
-    cfg = DedupConfig(ttl_ms, clock=clock, on_evict=evict)
+    cfg = DedupConfig(ttl_ms, clock=clock, on_evict=evict, expire_idle=expire_idle)
     keyed = op.key_on("identity", up, identity_of(key))
 
     def build(state: DedupState | None) -> Any:

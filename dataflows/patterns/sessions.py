@@ -225,7 +225,11 @@ class SessionAnalyzer:
             if agg is not None:
                 last.agg = agg(last.agg, event)
             if last.dirty and nxt is not None and wm < nxt:
-                return _EMPTY, False  # its threshold only grew: nothing is due
+                # Its threshold only grew: nothing is due. Keep the wake-up exact in the
+                # common one-session case (a stale, early one would re-arm the alarm).
+                if len(spans) == 1:
+                    self.next_ms = self.wake_ms = last.end + gap
+                return _EMPTY, False
             last.dirty = True
             return self._fire()
         if t >= last.end + gap:  # a new newest session

@@ -178,6 +178,8 @@ def crash_loop(db: Any, uri: str, workdir: Path, *, seed: int, kills: int, resyn
                 time.sleep(0.002)
             if n == 0 and resync_docs:
                 wait_until(lambda: _mid_scan(proc), 60, "a committed, half-done re-sync")
+            elif n == 0:
+                wait_streaming_committed(proc, 60)  # later restarts resume from a token
             proc.check_alive()
             proc.kill()
             if roll_oplog is not None and n % 2 == 1:
