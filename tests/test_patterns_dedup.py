@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from dataflows import metrics
 from dataflows.patterns.dedup import DedupConfig, Deduplicator, DedupState, deduplicate, identity_of
+from dataflows.patterns.dedup_shards import ShardDeduplicator, shard_router
 from tests.test_patterns_harness import ev, frozen_clock, run_pattern
 
 
@@ -161,3 +162,51 @@ def test_dataflow_expires_idle_keys_and_counts_evictions() -> None:
     assert counter._value.get() - before >= 2
     # e2 repeats e0 within the event-time TTL, but a's state expired (wall clock) before it came.
     assert sorted(e.event_id for e in out) == ["e0", "e1", "e2"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(events_st, st.integers(1, 120), st.integers(0, 40), st.integers(1, 3))
+def test_sharded_matches_per_identity(events: list[tuple[str, int]], ttl: int, cut: int,
+                                      shards: int) -> None:
+    """The sharded state machine decides exactly like one Deduplicator per identity."""
+    cfg = DedupConfig(ttl, clock=frozen_clock)
+    route = shard_router(lambda e: e.key, shards)
+    logics: dict[str, ShardDeduplicator] = {}
+    got = []
+    for i, (ident, t) in enumerate(events):
+        if i == cut:
+            logics = {k: ShardDeduplicator(cfg, pickle.loads(pickle.dumps(v.snapshot())))
+                      for k, v in logics.items()}
+        shard, item = route(ev(ident, t))
+        if logics.setdefault(shard, ShardDeduplicator(cfg)).on_item(item)[0]:
+            got.append(i)
+    assert got == reference(events, ttl)
+
+
+def test_shard_expires_oldest_identities_first() -> None:
+    now = [5_000_000]
+    evicted: list[int] = []
+    cfg = DedupConfig(1_000, clock=lambda: now[0], on_evict=lambda: evicted.append(1))
+    s = ShardDeduplicator(cfg)
+    s.on_item(("a", ev("a", 0)))
+    now[0] += 500
+    s.on_item(("b", ev("b", 0)))
+    first = s.notify_at()
+    assert first is not None and first.timestamp() * 1000 >= 5_001_000
+    now[0] += 300
+    s.on_item(("a", ev("a", 1)))  # a seen again: b is now the oldest
+    now[0] = 5_001_500
+    assert s.on_notify() == ((), False)  # b idle exactly the TTL: expired; a kept
+    assert list(s.seen) == ["a"] and evicted == [1]
+    assert s.snapshot().seen == {"a": (0, 5_000_800)}
+    now[0] = 5_001_800
+    assert s.on_notify() == ((), True)  # the shard is empty: discarded
+    assert evicted == [1, 1]
+
+
+def test_dataflow_sharded_dedup() -> None:
+    items = [ev("a", 0, {"oid": 1}, eid="e0"), ev("b", 10, {"oid": 1}, eid="e1"),
+             ev("c", 20, {"oid": 2}, eid="e2"), ev("a", 1000, {"oid": 1}, eid="e3")]
+    out = run_pattern(lambda s: deduplicate("dedup", s, ttl_ms=500, pipeline="t", key="oid",
+                                            clock=frozen_clock, shards=4), items)
+    assert sorted(e.event_id for e in out) == ["e0", "e2", "e3"]

@@ -54,6 +54,10 @@ def _dedup(s: Stream[Event]) -> Stream[Any]:
     return deduplicate("dedup", s, ttl_ms=45, pipeline="t", clock=frozen_clock)
 
 
+def _dedup_sharded(s: Stream[Event]) -> Stream[Any]:
+    return deduplicate("dedup", s, ttl_ms=45, pipeline="t", clock=frozen_clock, shards=3)
+
+
 def _merger(s: Stream[Event]) -> Stream[Any]:
     return merge_changes("merge", s, pipeline="t")
 
@@ -74,6 +78,7 @@ def _materializer_sweep(s: Stream[Event]) -> Stream[Any]:
 
 PATTERNS: dict[str, Callable[[Stream[Event]], Stream[Any]]] = {
     "dedup": _dedup,
+    "dedup_sharded": _dedup_sharded,
     "merger": _merger,
     "sessions": _sessions,
     "materializer": _materializer,
@@ -89,6 +94,7 @@ def uninterrupted() -> dict[str, dict[str, Any]]:
 def test_workload_exercises_every_kind_of_output(uninterrupted: dict[str, dict[str, Any]]) -> None:
     """Guard against a vacuous comparison: the workload produces each kind of record."""
     assert 0 < len(uninterrupted["dedup"]) < len(workload())
+    assert uninterrupted["dedup_sharded"] == uninterrupted["dedup"]
     kinds = {c.kind for c in uninterrupted["merger"].values()}
     assert kinds == {"created", "updated", "deleted"}
     names = {type(x).__name__ for x in uninterrupted["sessions"].values()}

@@ -104,6 +104,7 @@ def _json_default(obj: Any) -> Any:
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_ENCODER = json.JSONEncoder(default=_json_default, sort_keys=True)
 
 
 def _shallow_dict(obj: Any) -> dict[str, Any]:
@@ -127,9 +128,9 @@ def to_out_message(item: Any) -> OutMessage:
     if isinstance(item, bytes):
         value = item
     elif is_dataclass(item) and not isinstance(item, type):
-        value = json.dumps(_shallow_dict(item), default=_json_default, sort_keys=True).encode()
+        value = _ENCODER.encode(_shallow_dict(item)).encode()
     elif isinstance(item, Mapping):
-        value = json.dumps(dict(item), default=_json_default, sort_keys=True).encode()
+        value = _ENCODER.encode(dict(item)).encode()
         event_id = event_id or str(item.get("event_id", "") or "")
         key = key if key is not None else _as_key(item.get("key"))
     else:

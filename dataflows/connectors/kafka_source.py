@@ -75,6 +75,7 @@ class _RawRecordPartition(StatefulSourcePartition[Item, Any]):
         self._inner = inner
         self._stage = stage
         self._pipeline = pipeline
+        self._latency_by_source: dict[str, Any] = {}
 
     def next_batch(self) -> list[Item]:
         out: list[Item] = []
@@ -85,11 +86,16 @@ class _RawRecordPartition(StatefulSourcePartition[Item, Any]):
                 continue
             rec = to_raw_record(msg)
             if rec.timestamp_ms is not None:
-                metrics.SOURCE_LATENCY.labels(pipeline=self._pipeline, source=rec.source).observe(
-                    max(0, now - rec.timestamp_ms)
-                )
+                self._latency(rec.source).observe(max(0, now - rec.timestamp_ms))
             out.append(rec)
         return out
+
+    def _latency(self, source: str) -> Any:
+        child = self._latency_by_source.get(source)
+        if child is None:
+            child = metrics.SOURCE_LATENCY.labels(pipeline=self._pipeline, source=source)
+            self._latency_by_source[source] = child
+        return child
 
     def next_awake(self) -> Any:
         return self._inner.next_awake()

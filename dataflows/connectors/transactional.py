@@ -176,7 +176,7 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
         self.skipped = 0
         self._open = False
         self._buffer: list[tuple[Any, OutMessage]] = []
-        self._failed: list[tuple[int, KafkaError]] = []
+        self._failed: dict[str, KafkaError] = {}  # event id -> delivery error
         self._written_end = self._end
 
     # -- writing ---------------------------------------------------------
@@ -195,7 +195,7 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
             if not self._open:
                 self._producer.begin_transaction()
                 self._open = True
-            err = self._produce(len(self._buffer), msg)
+            err = self._produce(msg)
             if err is None:
                 self._buffer.append((item, msg))
             else:
@@ -210,13 +210,14 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
             del self.skip[event_id]
         self.skipped += 1
 
-    def _produce(self, idx: int, msg: OutMessage) -> KafkaException | None:
-        def on_delivery(err: KafkaError | None, m: Any) -> None:
-            if err is not None:
-                self._failed.append((idx, err))
-            else:
-                self._written_end = max(self._written_end, m.offset() + 1)
+    def _on_delivery(self, err: KafkaError | None, m: Any) -> None:
+        if err is not None:
+            eid = header_value(m.headers(), EVENT_ID_HEADER) or b""
+            self._failed[eid.decode()] = err
+        elif m.offset() is not None and m.offset() >= self._written_end:
+            self._written_end = m.offset() + 1
 
+    def _produce(self, msg: OutMessage) -> KafkaException | None:
         while True:
             try:
                 self._producer.produce(
@@ -225,7 +226,7 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
                     msg.key,
                     partition=self._partition,
                     headers=list(msg.headers),
-                    on_delivery=on_delivery,
+                    on_delivery=self._on_delivery,
                 )
                 return None
             except BufferError:
@@ -273,18 +274,18 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
 
     def _abort_and_resend(self) -> None:
         self._producer.abort_transaction(self._s.commit_timeout_s)
-        failed = dict(self._failed)
+        permanent = {eid: err for eid, err in self._failed.items() if not is_transient(err)}
         self._failed.clear()
         dead = [
-            sink_dead_letter(item, msg, self._k, error=failed[i], partition=self._partition)
-            for i, (item, msg) in enumerate(self._buffer)
-            if i in failed and not is_transient(failed[i])
+            sink_dead_letter(item, msg, self._k, error=permanent[msg.event_id], partition=self._partition)
+            for item, msg in self._buffer
+            if msg.event_id in permanent
         ]
-        keep = [pair for i, pair in enumerate(self._buffer) if not (i in failed and not is_transient(failed[i]))]
+        keep = [(item, msg) for item, msg in self._buffer if msg.event_id not in permanent]
         self._buffer = []
         self._producer.begin_transaction()
         for item, msg in keep:
-            err = self._produce(len(self._buffer), msg)
+            err = self._produce(msg)
             if err is None:
                 self._buffer.append((item, msg))
             else:

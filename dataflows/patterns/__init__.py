@@ -2,13 +2,14 @@
 
 | pattern | wiring | logic |
 |---|---|---|
-| dedup | `deduplicate` | `Deduplicator` |
+| dedup | `deduplicate` | `Deduplicator`, `ShardDeduplicator` (`shards=N`) |
 | merger | `merge_changes` -> `Change` | `StatefulMerger` |
 | sessions | `analyze_sessions` -> `Session`, `LateEvent` | `SessionAnalyzer` |
 | materializer | `materialize` -> `TableChange` | `Materializer`, `ShardMaterializer` |
 """
 
 from dataflows.patterns.dedup import Deduplicator, DedupState, deduplicate
+from dataflows.patterns.dedup_shards import ShardDeduplicator, ShardDedupState
 from dataflows.patterns.diff import changed_paths
 from dataflows.patterns.materializer import (
     MaterializedRow,
@@ -40,6 +41,8 @@ __all__ = [
     "SessionAnalyzer",
     "SessionOutputs",
     "SessionState",
+    "ShardDedupState",
+    "ShardDeduplicator",
     "ShardMaterializer",
     "ShardState",
     "StatefulMerger",

@@ -19,6 +19,10 @@ expired through `notify_at` and its state discarded (`state_evictions`,
 reason `ttl`); a repeat arriving after that is emitted again. Expiry fires at
 most `slack_for(ttl)` late; `notify_at` returns a time only when Bytewax holds
 no earlier wake-up for the identity (see `alarm.py`).
+
+`shards=N` keeps the same rule with N Bytewax keys holding many identities
+each (`dedup_shards.py`): far fewer pending wake-ups and per-key overhead,
+but every epoch snapshots whole shards.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from dataflows import metrics
 from dataflows.events import Event, now_ms
 from dataflows.patterns.alarm import Alarm, slack_for
 
-__all__ = ["DedupConfig", "DedupState", "Deduplicator", "deduplicate", "identity_of"]
+__all__ = ["DedupConfig", "DedupState", "Deduplicator", "deduplicate", "identity_of", "judge"]
 
 _EMPTY: tuple[()] = ()
 
@@ -47,6 +51,18 @@ class DedupState:
     anchor_ms: int
     last_seen_wall_ms: int
     version: int = 1
+
+
+def judge(anchor_ms: int | None, t: int, ttl_ms: int) -> int | None:
+    """The TTL rule: None for a duplicate, else the anchor after emitting an event at `t`."""
+    if anchor_ms is None:
+        return t
+    d = t - anchor_ms
+    if d >= ttl_ms:
+        return t
+    if d <= -ttl_ms:
+        return anchor_ms
+    return None
 
 
 class DedupConfig:
@@ -89,19 +105,11 @@ class Deduplicator:
     def on_item(self, event: Event) -> tuple[tuple[Event, ...], bool]:
         cfg = self.cfg
         self.last_wall_ms = cfg.clock()
-        t = event.event_time_ms
-        anchor = self.anchor_ms
+        anchor = judge(self.anchor_ms, event.event_time_ms, cfg.ttl_ms)
         if anchor is None:
-            self.anchor_ms = t
-            return (event,), False
-        d = t - anchor
-        ttl = cfg.ttl_ms
-        if d >= ttl:
-            self.anchor_ms = t
-            return (event,), False
-        if d <= -ttl:
-            return (event,), False
-        return _EMPTY, False
+            return _EMPTY, False
+        self.anchor_ms = anchor
+        return (event,), False
 
     def on_notify(self) -> tuple[tuple[()], bool]:
         if self.alarm is not None:
@@ -157,7 +165,8 @@ class identity_of:  # noqa: N801 - used like a function
 @operator
 def deduplicate(step_id: str, up: Stream[Event], *, ttl_ms: int, pipeline: str,
                 key: str | Callable[[Event], str] | None = None,
-                clock: Callable[[], int] = now_ms, expire_idle: bool = True) -> Stream[Event]:
+                clock: Callable[[], int] = now_ms, expire_idle: bool = True,
+                shards: int | None = None) -> Stream[Event]:
     """Emit the first occurrence of each identity within `ttl_ms` of event time.
 
     Emits: the input Events that are not duplicates, unchanged.
@@ -166,9 +175,19 @@ def deduplicate(step_id: str, up: Stream[Event], *, ttl_ms: int, pipeline: str,
     `clock` (ms since the epoch) is injectable for tests. `expire_idle=False`
     schedules no wake-ups (faster: Bytewax scans every pending wake-up on each
     activation) but keeps every identity forever: only for a bounded identity space.
+    `shards=N` groups identities into N Bytewax keys (`dedup_shards.py`: much
+    faster at many identities, but each epoch snapshots whole shards).
     """
     evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="ttl").inc
     cfg = DedupConfig(ttl_ms, clock=clock, on_evict=evict, expire_idle=expire_idle)
+    if shards is not None:
+        from dataflows.patterns.dedup_shards import ShardDeduplicator, ShardDedupState, shard_router
+
+        def build_shard(state: ShardDedupState | None) -> Any:
+            return ShardDeduplicator(cfg, state)
+
+        routed = op.map("shard", up, shard_router(identity_of(key), shards))
+        return op.key_rm("unkey", op.stateful("dedup", routed, build_shard))
     keyed = op.key_on("identity", up, identity_of(key))
 
     def build(state: DedupState | None) -> Any:
