@@ -122,9 +122,9 @@ def _sealed_copies(
         copy_partition(f, dst)
         copies.append(dst)
         deadline.check(f"copying {f.name}")
-    for c in copies:
-        seal_copy(c, epoch)
-    conns = [connect(c, readonly=True) for c in copies]
+    for copy in copies:
+        seal_copy(copy, epoch)
+    conns = [connect(copy, readonly=True) for copy in copies]
     try:
         sealed = resume_epoch(conns)
     finally:

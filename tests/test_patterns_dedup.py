@@ -46,7 +46,7 @@ def test_idle_identity_expires_by_wall_clock_and_is_discarded() -> None:
     assert d.on_item(ev("k", 0))[0]
     due = d.notify_at()
     assert due is not None and due >= datetime.fromtimestamp(1_005, UTC)
-    assert d.notify_at() is None
+    assert d.notify_at() is due  # contract mode: always the time, cached (no datetime per call)
     now[0] += 4_999
     assert d.on_notify() == ((), False)  # not idle long enough: kept
     d.on_item(ev("k", 1))  # a sighting restarts the idle time
@@ -58,9 +58,10 @@ def test_idle_identity_expires_by_wall_clock_and_is_discarded() -> None:
 
 
 def test_wake_up_is_requested_only_when_bytewax_holds_none() -> None:
-    """Bytewax keeps a scheduled time until it fires; `None` from notify_at keeps it."""
+    """Sparse mode (the wiring's): Bytewax keeps a scheduled time until it fires, and
+    `None` from notify_at keeps it."""
     now = [10_000_000]
-    d = Deduplicator(DedupConfig(60_000, clock=lambda: now[0]))
+    d = Deduplicator(DedupConfig(60_000, clock=lambda: now[0], sparse_wakeups=True))
     d.on_item(ev("k", 0))
     first = d.notify_at()
     assert first is not None

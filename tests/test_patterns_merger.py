@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflows.patterns.diff import changed_paths
+from dataflows.patterns.diff import changed_paths, top_level_paths
 from dataflows.patterns.merger import Change, MergerState, StatefulMerger, merge_changes
 from tests.test_patterns_harness import ev, run_pattern
 
@@ -168,3 +168,9 @@ def test_dataflow_merge_changes() -> None:
                    ("3/patterns_test.merge", "updated", ("x",)),
                    ("5/patterns_test.merge", "deleted", ("x",)),
                    ("7/patterns_test.merge", "created", ("x",))]
+
+
+@settings(max_examples=100, deadline=None)
+@given(json_st | st.dictionaries(st.sampled_from("abcd") | st.integers(0, 3), json_st, max_size=4))
+def test_top_level_paths_equals_diff_against_nothing(doc: Any) -> None:
+    assert top_level_paths(doc) == changed_paths({}, doc) or doc == {}

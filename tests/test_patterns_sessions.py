@@ -194,3 +194,23 @@ def _both(up: Any) -> Any:
     sessions, late = analyze_sessions("sessions", up, gap_ms=10, allowed_lateness_ms=30,
                                       pipeline="t-sessions", advance_on_idle=False)
     return op.merge("all", sessions, late)
+
+
+def test_dataflow_idle_keys_close_and_are_discarded() -> None:
+    """Through Bytewax (sparse wake-ups): a clock that jumps far ahead at each reading makes
+    every key idle-close at its first notification; all events end up in closed sessions."""
+    ticks = iter(range(0, 10**13, 10**9))
+    evictions = metrics.STATE_EVICTIONS.labels(pipeline="t-idle", step="patterns_test.sessions",
+                                               reason="sessions_closed")
+    before = evictions._value.get()
+    items = [ev("a", 0), ev("b", 0), ev("a", 5), ev("c", 7)]
+
+    def body(up: Any) -> Any:
+        sessions, _ = analyze_sessions("sessions", up, gap_ms=10, allowed_lateness_ms=0,
+                                       pipeline="t-idle", clock=lambda: next(ticks))
+        return sessions
+
+    out = run_pattern(body, items, batch_size=1)
+    assert sum(s.count for s in out) == len(items)
+    assert {s.key for s in out} == {"a", "b", "c"}
+    assert evictions._value.get() - before >= 2

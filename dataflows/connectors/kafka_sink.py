@@ -47,7 +47,7 @@ from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
 from dataflows.events import now_ms
 from dataflows.retry import RetryPolicy
 
-__all__ = ["DeadLetters", "InFlight", "KafkaSinkSettings", "ReliableKafkaSink", "sink_dead_letter", "unwrap_item"]
+__all__ = ["DeadLetters", "InFlight", "KafkaSinkSettings", "ReliableKafkaSink", "encode_batch", "sink_dead_letter", "unwrap_item"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,21 @@ def sink_dead_letter(
     return letter
 
 
+def encode_batch(
+    values: list[Any], s: KafkaSinkSettings
+) -> tuple[list[tuple[Any, OutMessage]], list[DeadLetter]]:
+    """Serialise a write batch: `(item, message)` pairs, and dead letters for unusable items."""
+    encoded: list[tuple[Any, OutMessage]] = []
+    dead: list[DeadLetter] = []
+    for raw in values:
+        item = unwrap_item(raw)
+        try:
+            encoded.append((item, to_out_message(item)))
+        except Exception as exc:  # noqa: BLE001 - an unusable item is a dead letter
+            dead.append(sink_dead_letter(item, None, s, code=ErrorCode.UNSUPPORTED_TYPE, error=exc))
+    return encoded, dead
+
+
 _Pending = tuple[Any, OutMessage]
 _Failure = tuple[Any, OutMessage, Any]
 
@@ -195,14 +210,8 @@ class _ReliablePartition(StatefulSinkPartition[Any, None]):
         self._inflight = InFlight(s, partition)
 
     def write_batch(self, values: list[Any]) -> None:
-        dead: list[DeadLetter] = []
-        for raw in values:
-            item = unwrap_item(raw)
-            try:
-                msg = to_out_message(item)
-            except Exception as exc:  # noqa: BLE001 - an unusable item is a dead letter
-                dead.append(sink_dead_letter(item, None, self._s, code=ErrorCode.UNSUPPORTED_TYPE, error=exc))
-                continue
+        encoded, dead = encode_batch(values, self._s)
+        for item, msg in encoded:
             self._inflight.produce(item, msg)
         self._inflight.producer.poll(0)
         if dead:

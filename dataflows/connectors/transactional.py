@@ -76,15 +76,13 @@ from dataflows.connectors.kafka_common import (
     header_value,
     is_transient,
     partition_for,
-    to_out_message,
 )
 from dataflows.connectors.kafka_sink import (
     DeadLetters,
     KafkaSinkSettings,
+    encode_batch,
     sink_dead_letter,
-    unwrap_item,
 )
-from dataflows.dead_letter import DeadLetter, ErrorCode
 
 __all__ = ["ProducerFencedError", "TransactionalSettings", "TransactionalWriter", "scan_committed"]
 
@@ -181,14 +179,8 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
 
     # -- writing ---------------------------------------------------------
     def write_batch(self, values: list[Any]) -> None:
-        dead: list[DeadLetter] = []
-        for raw in values:
-            item = unwrap_item(raw)
-            try:
-                msg = to_out_message(item)
-            except Exception as exc:  # noqa: BLE001 - an unusable item is a dead letter
-                dead.append(sink_dead_letter(item, None, self._k, code=ErrorCode.UNSUPPORTED_TYPE, error=exc))
-                continue
+        encoded, dead = encode_batch(values, self._k)
+        for item, msg in encoded:
             if self.skip.get(msg.event_id, 0) > 0:
                 self._consume_skip(msg.event_id)
                 continue

@@ -9,11 +9,16 @@ the whole map, so every key with a pending wake-up costs a little per batch
 (the main throughput limit of the TTL and idle-session patterns at 100k
 keys).
 
-`Alarm` mirrors that map entry for one key, so a logic returns a `datetime`
-only when Bytewax holds none for the key or holds one later than wanted:
-a wake-up fires at most `slack_ms` after the wanted time, possibly earlier
-(a key seen again since wants a later time; it is then re-armed). Patterns
-re-check the clock in `on_notify`, so an early notification is harmless.
+`Alarm.schedule` follows the `StatefulLogic` contract (always the next time,
+a cached `datetime` rebuilt only when the wanted time leaves a slack window).
+`Alarm.request` is the *sparse* mode the patterns' own wiring uses: it
+mirrors Bytewax's map entry for the key and returns a `datetime` only when
+Bytewax holds none or holds one later than wanted (a wake-up fires at most
+`slack_ms` after the wanted time, possibly earlier: a key seen again since
+wants a later time and is then re-armed). Sparse mode relies on the
+0.21.1 behaviour above, so it is only for a logic handed to Bytewax
+directly, not one composed inside another logic. Patterns re-check the
+clock in `on_notify`, so an early notification is harmless.
 """
 
 from __future__ import annotations
@@ -29,21 +34,28 @@ def slack_for(period_ms: int) -> int:
 
 
 class Alarm:
-    """The wake-up Bytewax holds for one key (`due_ms`, ms since the epoch, or None)."""
+    """The wake-up time of one key: `due_ms` (ms since the epoch) and its `datetime`."""
 
-    __slots__ = ("due_ms",)
+    __slots__ = ("due_ms", "at")
 
     def __init__(self) -> None:
-        self.due_ms: int | None = None
+        self.due_ms = 0
+        self.at: datetime | None = None
+
+    def schedule(self, want_ms: int, slack_ms: int) -> datetime:
+        """Always a time in `[want_ms, want_ms + slack_ms]` (the `StatefulLogic` contract), cached."""
+        at = self.at
+        if at is None or not want_ms <= self.due_ms <= want_ms + slack_ms:
+            self.due_ms = due = want_ms + slack_ms
+            self.at = at = datetime.fromtimestamp(due / 1000, UTC)
+        return at
 
     def request(self, want_ms: int, slack_ms: int) -> datetime | None:
-        """The value for `notify_at`: a new time in `[want, want + slack]`, or None to keep the pending one."""
-        due = self.due_ms
-        if due is not None and due <= want_ms + slack_ms:
+        """Sparse mode: a new time, or None to keep the one Bytewax holds (not later than wanted)."""
+        if self.at is not None and self.due_ms <= want_ms + slack_ms:
             return None
-        self.due_ms = due = want_ms + slack_ms
-        return datetime.fromtimestamp(due / 1000, UTC)
+        return self.schedule(want_ms, slack_ms)
 
     def fired(self) -> None:
         """Bytewax dropped the pending wake-up (it fired): the next request schedules anew."""
-        self.due_ms = None
+        self.at = None

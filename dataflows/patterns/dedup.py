@@ -17,8 +17,10 @@ State per identity (`DedupState`): the anchor and the wall-clock time the
 identity was last seen. An identity idle for `ttl` of *wall-clock* time is
 expired through `notify_at` and its state discarded (`state_evictions`,
 reason `ttl`); a repeat arriving after that is emitted again. Expiry fires at
-most `slack_for(ttl)` late; `notify_at` returns a time only when Bytewax holds
-no earlier wake-up for the identity (see `alarm.py`).
+most `slack_for(ttl)` late; in the wiring, `notify_at` returns a time only
+when Bytewax holds no earlier wake-up for the identity (sparse mode, see
+`alarm.py`); a `Deduplicator` built with a default `DedupConfig` always
+returns its next wake-up time, so it can be composed in other logics.
 
 `shards=N` keeps the same rule with N Bytewax keys holding many identities
 each (`dedup_shards.py`): far fewer pending wake-ups and per-key overhead,
@@ -68,10 +70,11 @@ def judge(anchor_ms: int | None, t: int, ttl_ms: int) -> int | None:
 class DedupConfig:
     """Settings shared by every identity of one dedup step."""
 
-    __slots__ = ("ttl_ms", "slack_ms", "clock", "on_evict", "expire_idle")
+    __slots__ = ("ttl_ms", "slack_ms", "clock", "on_evict", "expire_idle", "sparse_wakeups")
 
     def __init__(self, ttl_ms: int, *, clock: Callable[[], int] = now_ms,
-                 on_evict: Callable[[], None] | None = None, expire_idle: bool = True) -> None:
+                 on_evict: Callable[[], None] | None = None, expire_idle: bool = True,
+                 sparse_wakeups: bool = False) -> None:
         if ttl_ms <= 0:
             raise ValueError(f"dedup ttl_ms must be > 0, got {ttl_ms}")
         self.ttl_ms = ttl_ms
@@ -79,6 +82,8 @@ class DedupConfig:
         self.clock = clock
         self.on_evict = on_evict
         self.expire_idle = expire_idle
+        # True only when the logic is handed to Bytewax directly (see alarm.py).
+        self.sparse_wakeups = sparse_wakeups
 
 
 class Deduplicator:
@@ -129,7 +134,10 @@ class Deduplicator:
         alarm = self.alarm
         if alarm is None:
             self.alarm = alarm = Alarm()
-        return alarm.request(self.last_wall_ms + self.cfg.ttl_ms, self.cfg.slack_ms)
+        want = self.last_wall_ms + self.cfg.ttl_ms
+        if self.cfg.sparse_wakeups:
+            return alarm.request(want, self.cfg.slack_ms)
+        return alarm.schedule(want, self.cfg.slack_ms)
 
     def snapshot(self) -> DedupState:
         assert self.anchor_ms is not None
@@ -179,7 +187,8 @@ def deduplicate(step_id: str, up: Stream[Event], *, ttl_ms: int, pipeline: str,
     faster at many identities, but each epoch snapshots whole shards).
     """
     evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="ttl").inc
-    cfg = DedupConfig(ttl_ms, clock=clock, on_evict=evict, expire_idle=expire_idle)
+    cfg = DedupConfig(ttl_ms, clock=clock, on_evict=evict, expire_idle=expire_idle,
+                      sparse_wakeups=True)
     if shards is not None:
         from dataflows.patterns.dedup_shards import ShardDeduplicator, ShardDedupState, shard_router
 

@@ -88,8 +88,10 @@ class ShardDeduplicator:
         alarm = self.alarm
         if alarm is None:
             self.alarm = alarm = Alarm()
-        oldest_wall = next(iter(self.seen.values()))[1]
-        return alarm.request(oldest_wall + self.cfg.ttl_ms, self.cfg.slack_ms)
+        want = next(iter(self.seen.values()))[1] + self.cfg.ttl_ms
+        if self.cfg.sparse_wakeups:
+            return alarm.request(want, self.cfg.slack_ms)
+        return alarm.schedule(want, self.cfg.slack_ms)
 
     def snapshot(self) -> ShardDedupState:
         return ShardDedupState(dict(self.seen), self.STATE_VERSION)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["changed_paths", "differing_paths"]
+__all__ = ["changed_paths", "differing_paths", "top_level_paths"]
 
 _MISSING = object()
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
@@ -24,6 +24,13 @@ def changed_paths(before: Any, after: Any) -> tuple[str, ...]:
     if before == after:
         return ()
     return differing_paths(before, after)
+
+
+def top_level_paths(doc: Any) -> tuple[str, ...]:
+    """`changed_paths({}, doc)`, fast: a dict's top-level fields (sorted), else the root."""
+    if isinstance(doc, dict):
+        return tuple(sorted(map(str, doc)))
+    return ("",)
 
 
 def differing_paths(before: Any, after: Any) -> tuple[str, ...]:

@@ -31,13 +31,12 @@ from bytewax.dataflow import Stream, operator
 
 from dataflows import metrics
 from dataflows.events import Event
-from dataflows.patterns.diff import changed_paths, differing_paths
+from dataflows.patterns.diff import differing_paths, top_level_paths
 from dataflows.patterns.records import frozen_factory
 
 __all__ = ["Change", "MergerState", "StatefulMerger", "merge_changes"]
 
 _EMPTY: tuple[()] = ()
-_NOTHING: dict[str, Any] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +84,7 @@ class StatefulMerger:
                 return _EMPTY, True
             if self.on_delete is not None:
                 self.on_delete()
-            return (_change("deleted", event.key, prev, None, changed_paths(prev, _NOTHING),
+            return (_change("deleted", event.key, prev, None, top_level_paths(prev),
                             event.event_id + self.suffix, event.event_time_ms),), True
         if opn == "generation":
             return _EMPTY, not self.known
@@ -93,7 +92,7 @@ class StatefulMerger:
         if not self.known:
             self.known = True
             self.value = new
-            return (_change("created", event.key, None, new, changed_paths(_NOTHING, new),
+            return (_change("created", event.key, None, new, top_level_paths(new),
                             event.event_id + self.suffix, event.event_time_ms),), False
         if new == prev:
             return _EMPTY, False

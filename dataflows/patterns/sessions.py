@@ -7,8 +7,10 @@ Keyed by `Event.key`. Definitions (all times in event-time milliseconds):
   them into one; a distance of exactly `gap` starts a new session;
 - the key's *watermark* `W` is the largest event time seen for the key;
   with `advance_on_idle` (default) it also advances with the wall clock
-  while the key is idle (by the wall time elapsed since `W` last moved), so
-  idle keys close; disable it for fully replay-deterministic output;
+  while the key is idle (by the wall time elapsed since `W` last moved, also
+  across a restart), so idle keys close and are discarded; disable it for
+  fully replay-deterministic output, but then a key's newest session closes
+  only on a later event of the key (or EOF) and the key is never discarded;
 - a session *closes* when `W >= end + gap` and is then emitted
   (`Session.revision` 0);
 - an event is *late* iff `t < W - allowed_lateness`: it goes to the `late`
@@ -129,7 +131,7 @@ class SessionConfig:
     """Settings shared by every key of one sessions step."""
 
     __slots__ = ("gap_ms", "lateness_ms", "aggregate", "initial", "merge", "clock",
-                 "slack_ms", "on_late", "on_evict")
+                 "slack_ms", "on_late", "on_evict", "sparse_wakeups")
 
     def __init__(self, gap_ms: int, allowed_lateness_ms: int, *,
                  aggregate: Callable[[Any, Event], Any] | None = None,
@@ -137,7 +139,8 @@ class SessionConfig:
                  merge: Callable[[Any, Any], Any] | None = None,
                  clock: Callable[[], int] | None = now_ms,
                  on_late: Callable[[], None] | None = None,
-                 on_evict: Callable[[], None] | None = None) -> None:
+                 on_evict: Callable[[], None] | None = None,
+                 sparse_wakeups: bool = False) -> None:
         if gap_ms <= 0:
             raise ValueError(f"sessions gap_ms must be > 0, got {gap_ms}")
         if allowed_lateness_ms < 0:
@@ -153,6 +156,8 @@ class SessionConfig:
         self.slack_ms = slack_for(gap_ms)
         self.on_late = on_late
         self.on_evict = on_evict
+        # True only when the logic is handed to Bytewax directly (see alarm.py).
+        self.sparse_wakeups = sparse_wakeups
 
 
 class _Span:
@@ -344,7 +349,10 @@ class SessionAnalyzer:
         alarm = self.alarm
         if alarm is None:
             self.alarm = alarm = Alarm()
-        return alarm.request(self.wall_ms + max(0, nxt - self.wm), self.cfg.slack_ms)
+        want = self.wall_ms + max(0, nxt - self.wm)
+        if self.cfg.sparse_wakeups:
+            return alarm.request(want, self.cfg.slack_ms)
+        return alarm.schedule(want, self.cfg.slack_ms)
 
     def snapshot(self) -> SessionState:
         assert self.key is not None and self.wm is not None
@@ -379,6 +387,7 @@ def analyze_sessions(step_id: str, up: Stream[Event], *, gap_ms: int, allowed_la
         on_late=metrics.LATE_EVENTS.labels(pipeline=pipeline, step=step_id).inc,
         on_evict=metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id,
                                                 reason="sessions_closed").inc,
+        sparse_wakeups=True,
     )
 
     def build(state: SessionState | None) -> Any:
