@@ -14,10 +14,13 @@
   credentials from the Secret `<name>-credentials`, config overrides
   (`STREAMFORGE__SOURCE__URI=...`) from the optional Secret `<name>-env`,
   `/healthz` (liveness) and
-  `/readyz` (readiness) on the metrics port. No preStop hook: on SIGTERM the
-  supervisor stops the dataflow and takes a savepoint itself
-  (`savepoints.on-cancel`), so `terminationGracePeriodSeconds` covers
-  `recovery.stop-grace` + `checkpoints.timeout` + a margin.
+  `/readyz` (readiness) on the metrics port, and a preStop hook that takes a
+  savepoint (`streamforge savepoint create --name prestop`) while the flow still
+  runs, as the Flink operator does before it cancels a job. When
+  `savepoints.on-cancel` is on, the pod config moves that savepoint from the
+  supervisor's SIGTERM handler to the preStop hook (so it is taken once);
+  `terminationGracePeriodSeconds` covers `checkpoints.timeout` (the savepoint) +
+  `recovery.stop-grace` (the stop) + a margin.
 - `service.yaml`: a headless Service (stable pod DNS, metrics ports).
 - `podmonitor.yaml`: scrape the supervisor's `/metrics` and the Bytewax
   dataflow API's `/metrics` (checkpoint metrics live in the supervisor,
@@ -155,6 +158,9 @@ def pod_config(
     for section, url in (("checkpoints", ck_url), ("savepoints", settings.savepoints.store.url)):
         target = store or (url if url.startswith("s3://") else default_store)
         data.setdefault(section, {})["dir"] = target
+    if settings.savepoints.on_cancel:
+        # The preStop hook takes the stop savepoint (see module doc).
+        data["savepoints"]["on-cancel"] = False
     for section in ("sink", "dlq"):
         sec = data.get(section)
         if isinstance(sec, dict) and sec.get("type") == "file":
@@ -260,6 +266,14 @@ fi
 """
 
 
+def _prestop(settings: Settings) -> dict[str, Any]:
+    """The preStop savepoint (savepoints.on-cancel), as a container `lifecycle`."""
+    if not settings.savepoints.on_cancel:
+        return {}
+    command = ["streamforge", "savepoint", "create", "--config", CONFIG_FILE, "--name", "prestop"]
+    return {"lifecycle": {"preStop": {"exec": {"command": command}}}}
+
+
 def _statefulset(
     name: str, meta: dict[str, Any], settings: Settings, options: RenderOptions, config_text: str
 ) -> dict[str, Any]:
@@ -310,6 +324,7 @@ def _statefulset(
             "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
+        **_prestop(settings),
         "resources": {
             "requests": {"cpu": f"{250 * settings.workers}m", "memory": "512Mi"},
             "limits": {"memory": "1Gi"},

@@ -204,8 +204,15 @@ def test_statefulset_runs_supervisor_with_restore_volume_secrets_and_probes(tmp_
     assert main_c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert main_c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert {p["name"]: p["containerPort"] for p in main_c["ports"]}["metrics"] == 9500
-    # SIGTERM -> stop (stop-grace 40s) + savepoint (up to checkpoints.timeout 90s) must fit
+    # preStop savepoint (up to checkpoints.timeout 90s) + stop (stop-grace 40s) must fit
+    assert main_c["lifecycle"]["preStop"]["exec"]["command"] == [
+        "streamforge", "savepoint", "create", "--config", "/etc/streamforge/pipeline.yaml",
+        "--name", "prestop",
+    ]  # fmt: skip
     assert spec["terminationGracePeriodSeconds"] >= 40 + 90
+    # ...and the supervisor does not take a second one on SIGTERM.
+    pod_cfg = yaml.safe_load(objs["ConfigMap"]["data"]["pipeline.yaml"])
+    assert pod_cfg["savepoints"]["on-cancel"] is False
     assert spec["volumes"][0]["configMap"]["name"] == objs["ConfigMap"]["metadata"]["name"]
 
 
