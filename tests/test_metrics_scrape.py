@@ -75,8 +75,8 @@ def test_bytewax_api_serves_streamforge_metrics_that_move(tmp_path: Path) -> Non
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", "dataflows.pipelines.orders:flow", "-s", "1"],
-        cwd=ROOT,
-        env=env,
+        cwd=tmp_path,  # Bytewax's API writes dataflow.json into the working directory
+        env={**env, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
