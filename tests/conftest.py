@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 
-pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.s3", "tests.fixtures.mongo"]
+pytest_plugins = [
+    "tests.fixtures.kafka",
+    "tests.fixtures.s3",
+    "tests.fixtures.mongo",
+    "tests.fixtures.fault_proxy",
+]
 
 # In CI (CI set), a test that needs an optional tool fails instead of skipping.
 REQUIRE_TOOLS = bool(os.environ.get("CI")) or bool(os.environ.get("STREAMFORGE_REQUIRE_TOOLS"))
