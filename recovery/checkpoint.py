@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dataflows import metrics
+from dataflows.faults import fault_point
 from recovery.delta import make_delta
 from recovery.manifest import (
     Kind,
@@ -120,6 +121,7 @@ def _sealed_copies(
     for f in files:
         dst = work / f.name
         copy_partition(f, dst)
+        fault_point("checkpoint.copy")
         copies.append(dst)
         deadline.check(f"copying {f.name}")
     for copy in copies:
@@ -220,6 +222,7 @@ def take_checkpoint(
             data = _object_bytes(copy, parent, work)
             key = object_key(pipeline, kind, snap_id, part_index(copy), parent is not None)
             store.put(key, data)
+            fault_point("checkpoint.upload")
             deadline.check(f"uploading {key}")
             keys = connect(copy, readonly=True)
             try:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dataflows.faults import fault_point
 from recovery.checkpoint import manifest_or_error
 from recovery.delta import apply_delta
 from recovery.manifest import Kind, Manifest, ManifestError, PartitionEntry, scan
@@ -164,6 +165,7 @@ def _swap_in(tmp: Path, recovery_dir: Path) -> None:
         except OSError:  # a mount point (Kubernetes volume) cannot be renamed
             _swap_files(tmp, recovery_dir)
             return
+    fault_point("restore.swap")
     tmp.rename(recovery_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -178,6 +180,7 @@ def _swap_files(tmp: Path, recovery_dir: Path) -> None:
     for part in partition_files(tmp):
         staged = recovery_dir / f".{part.name}.restoring"
         shutil.copyfile(part, staged)
+        fault_point("restore.swap")
         staged.replace(recovery_dir / part.name)
     shutil.rmtree(tmp, ignore_errors=True)
 

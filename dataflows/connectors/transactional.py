@@ -83,6 +83,7 @@ from dataflows.connectors.kafka_sink import (
     encode_batch,
     sink_dead_letter,
 )
+from dataflows.faults import fault_point
 
 __all__ = ["ProducerFencedError", "TransactionalSettings", "TransactionalWriter", "scan_committed"]
 
@@ -241,6 +242,7 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
         while True:
             attempt += 1
             try:
+                fault_point("kafka.commit")
                 self._producer.commit_transaction(self._s.commit_timeout_s)
                 self._end = self._written_end
                 self._buffer.clear()
