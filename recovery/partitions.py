@@ -21,8 +21,10 @@ A checkpoint copy is made consistent by `seal_copy`: given the resume epoch R
 read from the live partitions *before* copying (every later copy holds all
 snapshots below R), it clamps the frontiers to R, keeps for each key only the
 row Bytewax would load at R (dropping discarded keys), and refuses a copy
-whose commit epoch passed R (the ``-b`` backup interval was shorter than the
-copy took).
+whose commit epoch reached R (the ``-b`` backup interval was shorter than the
+copy took). Bytewax's GC at commit epoch C keeps, per key, only the newest
+snapshot at or below C, so at C >= R the rows below R of every key
+re-snapshotted at R are gone: sealing would delete those keys (DESIGN.md §10).
 """
 
 from __future__ import annotations
@@ -153,7 +155,8 @@ class SealInfo:
 def seal_copy(path: Path, epoch: int | None) -> SealInfo:
     """Make a copied partition resume exactly at `epoch` with one row per live key.
 
-    Raises PartitionError if the copy's commit epoch is above `epoch`.
+    Raises PartitionError if the copy's commit epoch is at or above `epoch`
+    (its GC already dropped rows the resume at `epoch` needs).
     """
     conn = sqlite3.connect(path)
     try:
@@ -162,10 +165,11 @@ def seal_copy(path: Path, epoch: int | None) -> SealInfo:
             raise PartitionError(f"{path}: no parts row; not an initialised partition")
         row = conn.execute("SELECT commit_epoch FROM commits").fetchone()
         commit = row[0] if row else None
-        if epoch is not None and commit is not None and commit > epoch:
+        if epoch is not None and commit is not None and commit >= epoch:
             raise PartitionError(
-                f"partition {index[0]} committed epoch {commit} past the consistent epoch {epoch} "
-                "while it was copied; raise the backup interval (-b) above the checkpoint duration"
+                f"partition {index[0]} committed epoch {commit} while it was copied, which "
+                f"reached the consistent epoch {epoch} (its older snapshots are garbage-"
+                "collected); raise recovery.backup-interval above checkpoints.timeout"
             )
         conn.execute("PRAGMA secure_delete = ON")  # freed pages zeroed: they compress away
         before = conn.total_changes
