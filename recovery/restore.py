@@ -28,6 +28,7 @@ import shutil
 import sqlite3
 import tempfile
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,7 @@ def restore(
     target: Target = "latest",
     strict: bool = False,
     signing_key: bytes | None = None,
+    check: Callable[[Path, Manifest], list[str]] | None = None,
 ) -> RestoreResult:
     """Restore the best valid snapshot into `recovery_dir` (see module doc)."""
     recovery_dir = Path(recovery_dir).absolute()
@@ -229,6 +231,8 @@ def restore(
         )
         try:
             _materialize(m, store, signing_key, tmp)
+            if check is not None:  # e.g. the step-id check; raises RestoreError to refuse
+                notes.extend(check(tmp, m))
         except _Rejected as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             note = f"{m.kind} {m.id} rejected: {exc}"

@@ -69,10 +69,14 @@ def has_local_progress(recovery_dir: Path) -> bool:
 
 
 def restore_into(
-    job: Job, recovery_dir: Path, target: Target, *, strict: bool = False
+    job: Job, recovery_dir: Path, target: Target, *, strict: bool = False, check_steps: bool = True
 ) -> Decision:
-    """Run recovery.restore.restore into `recovery_dir`; RestoreError -> CliError."""
+    """Run recovery.restore.restore into `recovery_dir`; RestoreError -> CliError.
+
+    `check_steps`: match the snapshot's step ids to the flow's (restore_steps).
+    """
     from recovery.restore import RestoreError, restore
+    from streamforge_ops.restore_steps import restore_check
 
     try:
         res = restore(
@@ -84,6 +88,7 @@ def restore_into(
             target=target,
             strict=strict,
             signing_key=job.signing_key,
+            check=restore_check(job) if check_steps else None,
         )
     except RestoreError as exc:
         raise CliError(f"restore failed: {exc}") from None
@@ -110,6 +115,9 @@ def prepare(
         decision = Decision(
             "local", None, f"local partitions in {rdir} hold progress; resuming them"
         )
+        from streamforge_ops.restore_steps import check_local
+
+        decision.notes += check_local(job, rdir)
     else:
         decision = restore_into(job, rdir, target or "latest", strict=strict)
     try:

@@ -79,6 +79,7 @@ class SavepointSettings:
     on_cancel: bool = True
     max_age_s: float | None = 7 * 86400.0
     max_count: int | None = 10
+    allow_non_restored_state: bool = False  # Flink's execution.savepoint.ignore-unclaimed-state
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ def read_settings(cfg: Config) -> Settings:
         on_cancel=sp.bool("on-cancel", True),
         max_age_s=sp.duration("max-age", "7d"),
         max_count=sp.int("max-count", 10, minimum=1),
+        allow_non_restored_state=sp.bool("allow-non-restored-state", False),
     )
     return Settings(
         pipeline=name,

@@ -13,6 +13,7 @@ import argparse
 from streamforge_ops.cli import CliError
 from streamforge_ops.job import add_config_arg, load_job, supervisor_pid
 from streamforge_ops.output import emit, progress
+from streamforge_ops.restore_steps import add_allow_arg, allowing
 from streamforge_ops.restoring import parse_target, restore_into
 
 
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arg(p)
     p.add_argument("--store", metavar="URL", help="override checkpoints.dir and savepoints.dir")
     p.add_argument("--strict", action="store_true", help="fail instead of falling back")
+    add_allow_arg(p)
     p.add_argument("--force", action="store_true", help="restore even while a supervisor runs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_run)
@@ -37,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"restore {args.what} needs an ID (see `streamforge {args.what} list`)")
     target = parse_target("latest" if args.what == "latest" else f"{args.what}:{args.id}")
     assert target is not None
-    job = load_job(args.config, store=args.store)
+    job = allowing(load_job(args.config, store=args.store), args)
     pid = supervisor_pid(job)
     if pid is not None and not args.force:
         raise CliError(f"a supervisor of {job.pipeline!r} runs (pid {pid}): stop it first or use --force")

@@ -6,6 +6,7 @@ import argparse
 
 from streamforge_ops.cli import CliError
 from streamforge_ops.job import add_config_arg, load_job
+from streamforge_ops.restore_steps import add_allow_arg, allowing
 from streamforge_ops.restoring import parse_target
 from streamforge_ops.supervisor import RunOptions, Supervisor
 
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--fresh", action="store_true",
                        help="discard local partitions and start from scratch (stateless)")
     p.add_argument("--strict", action="store_true", help="fail instead of falling back to an older state")
+    add_allow_arg(p)
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(func=_run)
 
@@ -42,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError("run: give a PIPELINE name or --config FILE")
     if args.workers is not None and args.workers < 1:
         raise CliError(f"--workers must be >= 1, got {args.workers}")
-    job = load_job(args.config, pipeline=args.pipeline, store=args.store)
+    job = allowing(load_job(args.config, pipeline=args.pipeline, store=args.store), args)
     opts = RunOptions(
         workers=args.workers,
         target=parse_target(args.restore),

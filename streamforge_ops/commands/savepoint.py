@@ -16,6 +16,7 @@ from streamforge_ops import snapshots
 from streamforge_ops.cli import CliError
 from streamforge_ops.job import add_config_arg, load_job, supervisor_pid
 from streamforge_ops.output import emit, listing, manifest_full, progress
+from streamforge_ops.restore_steps import add_allow_arg, allowing
 from streamforge_ops.restoring import restore_into
 
 
@@ -44,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parsers["prune"].add_argument("--max-count", type=int, help="keep at most this many")
     parsers["restore"].add_argument("--force", action="store_true",
                                     help="restore even while a supervisor of this job runs")
+    add_allow_arg(parsers["restore"])
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -82,7 +84,7 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    job = load_job(args.config, store=args.store)
+    job = allowing(load_job(args.config, store=args.store), args)
     pid = supervisor_pid(job)
     if pid is not None and not args.force:
         raise CliError(f"a supervisor of {job.pipeline!r} runs (pid {pid}): stop it first or use --force")

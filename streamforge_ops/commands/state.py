@@ -78,7 +78,7 @@ def _inspect_remote(job: Job, target: tuple[Literal["checkpoint", "savepoint"], 
     kind, ident = target
     with tempfile.TemporaryDirectory(prefix="sf-inspect-") as tmp:
         progress(f"downloading {kind} {ident} ...")
-        restore_into(job, Path(tmp) / "recovery", target, strict=True)
+        restore_into(job, Path(tmp) / "recovery", target, strict=True, check_steps=False)
         report = dict(inspect_partitions(Path(tmp) / "recovery"))
     report["source"] = f"{kind}:{ident}"
     return report
@@ -124,8 +124,21 @@ def _migrate(args: argparse.Namespace) -> int:
     from recovery.migrate import migrate_dir
 
     rdir = _local_dir(args)
+    renamed = _rename_steps(args, rdir)
     _import_flow_module(args)
     progress(f"migrating state in {rdir} ...")
     changed = migrate_dir(rdir)
-    emit({"dir": str(rdir), "migrated": changed}, as_json=args.json, text=f"migrated {changed} state rows in {rdir}")
+    emit({"dir": str(rdir), "migrated": changed, "renamed": renamed}, as_json=args.json,
+         text=f"migrated {changed} state rows, renamed {renamed} in {rdir}")
     return 0
+
+
+def _rename_steps(args: argparse.Namespace, rdir: Path) -> int:
+    """Apply state.step-renames of the config (if one is given) to `rdir`; rows renamed."""
+    from streamforge_ops.restore_steps import apply_step_renames
+
+    try:
+        job = load_job(args.config)
+    except CliError:
+        return 0  # --dir without a config: no renames configured
+    return apply_step_renames(job, rdir)

@@ -28,6 +28,7 @@ from streamforge_ops import snapshots
 from streamforge_ops.cli import CliError
 from streamforge_ops.job import Job, add_config_arg, load_job, supervisor_pid
 from streamforge_ops.output import progress
+from streamforge_ops.restore_steps import add_allow_arg, allowing
 from streamforge_ops.restoring import Target
 from streamforge_ops.supervisor import RunOptions, Supervisor
 
@@ -46,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-timeout", default="120s", help="how long to wait for the old job to stop")
     p.add_argument("--workers", "-w", type=int, help="worker count of the new version")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    add_allow_arg(p)
     p.set_defaults(func=_run)
 
 
@@ -63,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"--workers must be >= 1, got {args.workers}")
     if not args.config and not os.environ.get("STREAMFORGE_CONFIG"):
         raise CliError("upgrade needs --config NEW_CONFIG")
-    job = load_job(args.config)
+    job = allowing(load_job(args.config), args)
     old = args.pid if args.pid is not None else supervisor_pid(job)
     target: Target | None = None
     if args.mode == "savepoint":  # taken while the old version runs: it stays up if this fails
