@@ -14,7 +14,9 @@ import: a comma-separated list of `name[@N][=action]`:
 
 When `STREAMFORGE_FAULT_MARK` names a file, a line `name pid` is appended to
 it (and fsynced) just before the point fires, so a harness can tell a fault
-that fired from one whose point was never reached.
+that fired from one whose point was never reached; and a point already in
+that file does not fire again (once per mark file, across restarts of the
+process, so an armed point does not turn into a crash loop).
 
 Unarmed (the variable unset, i.e. every production run), `fault_point` costs
 one lookup in an empty dict. The chaos harness (scripts/chaos.py) arms them.
@@ -25,7 +27,7 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["POINTS", "fault_point", "parse_spec"]
+__all__ = ["POINTS", "fault_point", "fired", "parse_spec"]
 
 ENV = "STREAMFORGE_FAULT_POINT"
 MARK_ENV = "STREAMFORGE_FAULT_MARK"
@@ -70,6 +72,8 @@ def _hit(name: str, nth: int, action: str) -> None:
         return
     mark = os.environ.get(MARK_ENV)
     if mark:
+        if name in fired(mark):
+            return
         with open(mark, "a") as f:
             f.write(f"{name} {os.getpid()}\n")
             f.flush()
@@ -81,6 +85,15 @@ def _hit(name: str, nth: int, action: str) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def fired(mark: str) -> list[str]:
+    """The points recorded in the mark file `mark` (in firing order)."""
+    try:
+        with open(mark) as f:
+            return [line.split()[0] for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
 
 
 def _children(parent: int) -> list[int]:

@@ -1,0 +1,183 @@
+"""Adversarial fault harness: run the pipelines under seeded fault schedules, check every record.
+
+    .venv/bin/python scripts/chaos.py --runs 100 --seed 1 [--json]
+    .venv/bin/python scripts/chaos.py --seed 1 --run 17                 # re-run exactly run 17
+    .venv/bin/python scripts/chaos.py --replay-schedule '{"seed": ...}' # re-run a printed schedule
+
+Each run draws a fault schedule from `random.Random(seed + run)`
+(scripts/chaoslib/schedule.py: kills of the Bytewax child at any moment, also
+inside a checkpoint copy or upload, a restore swap and commit_transaction;
+kills of the supervisor; broker pauses longer than the client timeouts and
+broker restarts; an object store answering 503, resetting connections or
+slow, through a fault-injecting HTTP proxy in front of moto; restarts with
+the clock 2 h ahead; `streamforge checkpoint create`, `savepoint create` and
+`upgrade` while it runs) and runs one workload (orders Kafka -> Kafka
+exactly-once with 2 workers and 4 output partitions; the same at-least-once
+through the Deduplicator; file -> file) under `streamforge run`. The output
+(read_committed for Kafka) and the DLQ are compared with a fault-free run of
+the same input (once per workload and invocation): lost, duplicated and
+divergent records, and runs that do not end within their deadline (stuck).
+
+The harness starts its own Tansu broker (storage on a moto server of its own,
+so a restart keeps the log), moto and the proxy on free loopback ports, and
+stops them at the end. Progress goes to stderr; the exit code is 1 when any
+run failed (every failure prints the command that replays it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.chaoslib.checker import Record, check  # noqa: E402
+from scripts.chaoslib.runner import RunOutcome, ScheduleRunner  # noqa: E402
+from scripts.chaoslib.schedule import Schedule, draw_schedule  # noqa: E402
+from scripts.chaoslib.services import Services  # noqa: E402
+from scripts.chaoslib.workloads import Workload, WorkloadInput, make_input  # noqa: E402
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class Chaos:
+    """One invocation: shared services, inputs and fault-free outputs per workload."""
+
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args, self.work = args, work
+        self.services: Services | None = None
+        self.inputs: dict[str, WorkloadInput] = {}
+        self.baselines: dict[str, tuple[list[Record], list[str]]] = {}
+        self.report: dict[str, Any] = {"runs": 0, "faults": Counter(), "fired": Counter(), "lost": 0,
+                                       "duplicated": 0, "divergent": 0, "stuck": 0, "failures": []}
+
+    def _workload(self, name: str, tag: str) -> Workload:
+        assert self.services is not None
+        if name not in self.inputs:
+            self.inputs[name] = make_input(name, self.services, self.work, self.args.records, self.args.seed)
+        return Workload(self.inputs[name], self.services, self.work / tag, f"{tag}-{uuid.uuid4().hex[:6]}")
+
+    def _run(self, schedule: Schedule, tag: str) -> RunOutcome:
+        runner = ScheduleRunner(schedule, self._workload(schedule.workload, tag),
+                                deadline_s=self.args.deadline, log=log)
+        return runner.run()
+
+    def baseline(self, workload: str) -> tuple[list[Record], list[str]]:
+        if workload not in self.baselines:
+            log(f"[{workload}] fault-free run ...")
+            out = self._run(Schedule(self.args.seed, -1, workload, ()), f"baseline-{workload}")
+            if out.error:
+                raise RuntimeError(f"the fault-free run of {workload} failed: {out.error}")
+            log(f"[{workload}] fault-free: {len(out.records)} records, {len(out.dlq)} dead letters "
+                f"in {out.seconds}s")
+            self.baselines[workload] = (out.records, out.dlq)
+        return self.baselines[workload]
+
+    def run_one(self, schedule: Schedule) -> None:
+        want, want_dlq = self.baseline(schedule.workload)
+        out = self._run(schedule, f"run{schedule.run}")
+        r = self.report
+        r["runs"] += 1
+        r["faults"].update(schedule.kinds())
+        r["fired"].update(out.fired)
+        what: str | None = None
+        if out.stuck:
+            r["stuck"] += 1
+            what = out.error
+        elif out.error:
+            what = out.error
+        else:
+            exactly_once = schedule.workload != "kafka-at-least-once"
+            v = check(want, out.records, exactly_once=exactly_once, baseline_dlq=want_dlq, got_dlq=out.dlq,
+                      exact_dlq=schedule.workload == "file")
+            r["lost"] += v.lost
+            r["duplicated"] += v.duplicated
+            r["divergent"] += v.divergent
+            if not v.ok:
+                what = v.what()
+        status = "ok" if what is None else "FAIL"
+        log(f"run {schedule.run} [{schedule.workload}] {' '.join(schedule.kinds())} "
+            f"(fired: {' '.join(out.fired) or '-'}) {out.seconds}s: {status}{'' if what is None else ': ' + what}")
+        if what is not None:
+            replay = f"python scripts/chaos.py --seed {schedule.seed} --run {schedule.run}"
+            r["failures"].append({"seed": schedule.seed, "run": schedule.run, "schedule": json.loads(schedule.to_json()),
+                                  "what": what, "replay": replay, "notes": out.notes[-12:],
+                                  "workdir": str(self.work / f"run{schedule.run}")})
+            log(f"  replay: {replay}\n  schedule: {schedule.to_json()}\n  notes: {out.notes[-12:]}")
+
+    def execute(self, schedules: list[Schedule]) -> dict[str, Any]:
+        kafka = any(s.workload != "file" for s in schedules)
+        self.services = Services(self.work, kafka=kafka, seed=self.args.seed).start()
+        try:
+            for schedule in schedules:
+                self.run_one(schedule)
+                if self.args.out:
+                    Path(self.args.out).write_text(json.dumps(self.summary(), indent=1))
+        finally:
+            self.services.stop()
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.report, "faults": dict(self.report["faults"]), "fired": dict(self.report["fired"])}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=10, help="number of runs (default 10)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the fault schedules (default 1)")
+    ap.add_argument("--run", type=int, metavar="K", help="run only run K of this seed (a failure's replay)")
+    ap.add_argument("--replay-schedule", metavar="JSON", help="run exactly this schedule (as printed)")
+    ap.add_argument("--records", type=int, default=1500, help="input records per workload (default 1500)")
+    ap.add_argument("--deadline", type=float, default=150.0, help="seconds a run may take (default 150)")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    ap.add_argument("--out", metavar="FILE", help="also write the summary to FILE after every run")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory even when every run passed")
+    args = ap.parse_args(argv)
+    if args.runs < 1 or args.records < 10 or args.deadline <= 0:
+        ap.error("--runs must be >= 1, --records >= 10 and --deadline > 0")
+    return args
+
+
+def schedules_of(args: argparse.Namespace) -> list[Schedule]:
+    if args.replay_schedule:
+        try:
+            return [Schedule.from_json(args.replay_schedule)]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"chaos.py: error: --replay-schedule: not a schedule ({exc})") from None
+    if args.run is not None:
+        return [draw_schedule(args.seed, args.run)]
+    return [draw_schedule(args.seed, run) for run in range(args.runs)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    schedules = schedules_of(args)
+    work = Path(tempfile.mkdtemp(prefix="sf-chaos-"))
+    log(f"chaos: {len(schedules)} run(s), seed {args.seed}, work dir {work}")
+    t0 = time.monotonic()
+    report = Chaos(args, work).execute(schedules)
+    report["seconds"] = round(time.monotonic() - t0, 1)
+    failed = bool(report["failures"])
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        print(f"{report['runs']} runs in {report['seconds']}s: lost {report['lost']}, duplicated "
+              f"{report['duplicated']}, divergent {report['divergent']}, stuck {report['stuck']}, "
+              f"{len(report['failures'])} failed run(s); faults drawn {report['faults']}")
+    if not failed and not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

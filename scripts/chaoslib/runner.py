@@ -1,0 +1,330 @@
+"""Run one fault schedule of one workload under `streamforge run`, then check it.
+
+The run starts the supervisor (`python -m streamforge_ops run --config ...`),
+waits for its first dataflow child, then plays the schedule's timeline:
+every fault becomes one or more timed actions (a kill, a pause and its
+resume, a store fault window and its end, an operator command). Fault-point
+faults (`child-kill-checkpoint-*`, `supervisor-kill-checkpoint-upload`,
+`kafka-commit-kill`, `restore-swap-kill`) arm `STREAMFORGE_FAULT_POINT`
+(dataflows/faults.py); a mark file records which of them fired.
+
+Like Kubernetes (restartPolicy Always), the runner starts the supervisor
+again whenever it exits non-zero: at once after a SIGKILL, and at most
+`MAX_FAILED_STARTS` times after any other exit (then the run fails with the
+supervisor's last error). The run ends when a supervisor exits 0 with phase
+`completed` (bounded input done); it is *stuck* if that does not happen
+within `deadline_s`. Then every fault is healed and the output is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dataflows.faults import fired
+from scripts.chaoslib.checker import Record
+from scripts.chaoslib.schedule import Fault, Schedule
+from scripts.chaoslib.workloads import REPO, Workload
+
+__all__ = ["RunOutcome", "ScheduleRunner"]
+
+MAX_FAILED_STARTS = 6
+LONG_RESTART_SKEW_S = 2 * 3600.0
+CLOCK_SKEW_ENV = "STREAMFORGE_CLOCK_SKEW_SECONDS"
+THROTTLE_MS = "3"
+POINT_OF = {  # fault kind -> armed fault point spec (nth filled in)
+    "child-kill-checkpoint-copy": "checkpoint.copy@{nth}=kill-children",
+    "child-kill-checkpoint-upload": "checkpoint.upload@{nth}=kill-children",
+    "supervisor-kill-checkpoint-upload": "checkpoint.upload@{nth}=kill",
+    "kafka-commit-kill": "kafka.commit@{nth}=kill",
+}
+
+
+@dataclass
+class RunOutcome:
+    records: list[Record] = field(default_factory=list)
+    dlq: list[str] = field(default_factory=list)
+    stuck: bool = False
+    error: str | None = None  # the run could not complete (not a data verdict)
+    fired: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(order=True)
+class _Action:
+    at: float
+    label: str = field(compare=False)
+    fn: Callable[[], bool] = field(compare=False)  # False: not possible now, try again next tick
+    tries: int = field(default=0, compare=False)
+
+
+class ScheduleRunner:
+    def __init__(self, schedule: Schedule, workload: Workload, *, deadline_s: float,
+                 log: Callable[[str], None]) -> None:
+        self.schedule, self.w, self.deadline_s, self.log = schedule, workload, deadline_s, log
+        self.root = workload.root
+        self.mark = self.root / "faults.fired"
+        self.sup: subprocess.Popen[bytes] | None = None
+        self.reap: list[subprocess.Popen[bytes]] = []
+        self.ops: list[tuple[str, subprocess.Popen[bytes], float]] = []
+        self.starts = 0
+        self.failed_starts = 0
+        self.skew = 0.0
+        self.extra_points: list[str] = []
+        self.outcome = RunOutcome()
+        self.restart_at: float | None = None
+        self.restart_points: list[str] = []
+        self.points = [POINT_OF[f.kind].format(**f.params) for f in schedule.faults if f.kind in POINT_OF]
+
+    # -- processes ---------------------------------------------------------------
+
+    def _env(self, *, armed: bool) -> dict[str, str]:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "STREAMFORGE_FAULT_MARK": str(self.mark),
+               "STREAMFORGE_CHAOS_THROTTLE_MS": THROTTLE_MS, CLOCK_SKEW_ENV: str(self.skew)}
+        env.pop("STREAMFORGE_FAULT_POINT", None)
+        points = [*self.points, *self.restart_points] if armed else []
+        if points:
+            env["STREAMFORGE_FAULT_POINT"] = ",".join(points)
+        return env
+
+    def _spawn(self, args: list[str], name: str, *, armed: bool) -> subprocess.Popen[bytes]:
+        self.starts += 1
+        out = (self.root / f"{name}-{self.starts}.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "streamforge_ops", *args, "--config", str(self.cfg)],
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=self._env(armed=armed),
+                                start_new_session=True)
+        proc.log_path = out.name  # type: ignore[attr-defined]
+        out.close()
+        return proc
+
+    def _start_supervisor(self) -> None:
+        self.sup = self._spawn(["run"], "supervisor", armed=True)
+        self.restart_points = []
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.root / "supervisor.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def _child_pid(self) -> int | None:
+        st = self.status()
+        pid = st.get("child_pid")
+        if self.sup is None or st.get("pid") != self.sup.pid or not pid:
+            return None
+        return int(pid) if _alive(int(pid)) else None
+
+    def _kill_supervisor(self) -> bool:
+        if self.sup is None or self.sup.poll() is not None:
+            return False
+        child = self._child_pid()
+        self.sup.kill()
+        self.sup.wait()
+        if child:
+            _wait_dead(child)
+        return True
+
+    # -- actions -----------------------------------------------------------------
+
+    def _actions(self, f: Fault, t0: float) -> list[_Action]:
+        at = t0 + f.at_s
+        p = f.params
+        svc = self.w.services
+        if f.kind == "child-kill":
+            return [_Action(at, f.kind, self._kill_child)]
+        if f.kind in ("supervisor-kill", "long-restart", "restore-swap-kill"):
+            return [_Action(at, f.kind, lambda: self._restart_supervisor(f))]
+        if f.kind == "broker-pause":
+            return [_Action(at, "broker-pause", _true(svc.pause_broker)),
+                    _Action(at + p["for_s"], "broker-resume", _true(svc.resume_broker))]
+        if f.kind == "broker-restart":
+            return [_Action(at, "broker-stop", _true(svc.stop_broker)),
+                    _Action(at + p["down_s"], "broker-start", _true(svc.start_broker))]
+        if f.kind.startswith("store-"):
+            mode = {"store-503": "slowdown", "store-reset": "reset", "store-slow": "delay"}[f.kind]
+            return [_Action(at, f.kind, _true(lambda: svc.proxy.set_mode(
+                        mode, delay_s=p.get("delay_s", 0.0), probability=p["probability"]))),
+                    _Action(at + p["for_s"], f"{f.kind}-end", _true(lambda: svc.proxy.set_mode("pass")))]
+        if f.kind in ("op-checkpoint", "op-savepoint"):
+            what = f.kind.removeprefix("op-")
+            return [_Action(at, f.kind, lambda: self._op([what, "create"], f.kind))]
+        if f.kind == "op-upgrade":
+            return [_Action(at, f.kind, lambda: self._upgrade(p["mode"]))]
+        return []  # fault-point kinds: armed in the environment
+
+    def _kill_child(self) -> bool:
+        pid = self._child_pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        return True
+
+    def _restart_supervisor(self, f: Fault) -> bool:
+        if not self._kill_supervisor():
+            return False
+        if f.kind == "long-restart":
+            self.skew += LONG_RESTART_SKEW_S
+        if f.kind == "restore-swap-kill":  # the node is gone: a new one restores from the store
+            shutil.rmtree(self.w.recovery_dir, ignore_errors=True)
+            self.restart_points = ["restore.swap=kill"]
+        self.restart_at = time.monotonic() + f.params.get("down_s", 0.0)
+        return True
+
+    def _op(self, args: list[str], label: str) -> bool:
+        self.ops.append((label, self._spawn(args, label, armed=False), time.monotonic()))
+        return True
+
+    def _upgrade(self, mode: str) -> bool:
+        if self.sup is None or self.sup.poll() is not None:
+            return False
+        self.reap.append(self.sup)
+        self.sup = self._spawn(["upgrade", "--mode", mode], "upgrade", armed=True)
+        return True
+
+    # -- the run -----------------------------------------------------------------
+
+    def run(self) -> RunOutcome:
+        started = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.cfg = self.w.write_config()
+        deadline = started + self.deadline_s
+        try:
+            self._start_supervisor()
+            t0 = self._first_child(deadline)
+            if t0 is not None:
+                timeline = sorted(a for f in self.schedule.faults for a in self._actions(f, t0))
+                self._loop(timeline, deadline)
+        finally:
+            self._cleanup()
+            self.w.services.heal()
+        self.outcome.fired = fired(str(self.mark))
+        if self.outcome.error is None and not self.outcome.stuck:
+            try:
+                self.outcome.records, self.outcome.dlq = self.w.read_output()
+            except Exception as exc:  # noqa: BLE001 - e.g. a read_committed read that never ends
+                self.outcome.stuck = True
+                self.outcome.error = f"reading the output: {type(exc).__name__}: {exc}"
+        self.outcome.seconds = round(time.monotonic() - started, 1)
+        return self.outcome
+
+    def _first_child(self, deadline: float) -> float | None:
+        while time.monotonic() < deadline:
+            if self._child_pid() is not None:
+                return time.monotonic()
+            if self.sup is not None and self.sup.poll() is not None:
+                if not self._on_exit():
+                    return None
+            time.sleep(0.05)
+        self.outcome.stuck = True
+        self.outcome.error = "stuck: the first dataflow child never started"
+        return None
+
+    def _loop(self, timeline: list[_Action], deadline: float) -> None:
+        while True:
+            now = time.monotonic()
+            if now > deadline:
+                self.outcome.stuck = True
+                st = self.status()
+                self.outcome.error = (f"stuck: not completed after {self.deadline_s:.0f}s (phase "
+                                      f"{st.get('phase')}, restarts {st.get('restarts')}; pending "
+                                      f"{[a.label for a in timeline]})")
+                return
+            while timeline and timeline[0].at <= now:
+                action = timeline.pop(0)
+                if action.fn():
+                    self.outcome.notes.append(f"{now - deadline + self.deadline_s:.1f}s {action.label}")
+                elif action.tries < 100:  # e.g. no child right now: retry for ~5 s
+                    action.tries += 1
+                    action.at = now + 0.05
+                    timeline.insert(0, action)
+                    break
+                else:
+                    self.outcome.notes.append(f"{action.label}: not possible, skipped")
+            self._tend_ops()
+            self.reap = [p for p in self.reap if p.poll() is None]
+            if self.restart_at is not None and now >= self.restart_at:
+                self.restart_at = None
+                self._start_supervisor()
+            if self.sup is not None and self.restart_at is None and self.sup.poll() is not None:
+                if self.sup.returncode == 0 and self.status().get("phase") == "completed":
+                    return
+                if not self._on_exit():
+                    return
+            time.sleep(0.05)
+
+    def _on_exit(self) -> bool:
+        """The supervisor exited: start it again (False: give up, the run failed)."""
+        assert self.sup is not None
+        code = self.sup.returncode
+        tail = _tail(Path(self.sup.log_path))  # type: ignore[attr-defined]
+        if code != -signal.SIGKILL:
+            self.failed_starts += 1
+            self.outcome.notes.append(f"supervisor exited {code}: {tail[-300:]}")
+            if self.failed_starts > MAX_FAILED_STARTS:
+                self.outcome.error = f"the supervisor keeps failing (exit {code}): {tail[-1500:]}"
+                return False
+            time.sleep(0.5)
+        self._start_supervisor()
+        return True
+
+    def _tend_ops(self) -> None:
+        for label, proc, since in list(self.ops):
+            if proc.poll() is not None:
+                self.ops.remove((label, proc, since))
+                if proc.returncode != 0:
+                    self.outcome.notes.append(f"{label} exited {proc.returncode}: "
+                                              f"{_tail(Path(proc.log_path))[-300:]}")  # type: ignore[attr-defined]
+            elif time.monotonic() - since > 60:
+                proc.kill()
+                proc.wait()
+                self.ops.remove((label, proc, since))
+                self.outcome.notes.append(f"{label} did not end within 60s (killed)")
+
+    def _cleanup(self) -> None:
+        child = self._child_pid()
+        for proc in [*([self.sup] if self.sup else []), *self.reap, *(p for _, p, _ in self.ops)]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if child:
+            _wait_dead(child)
+
+
+def _true(fn: Callable[[], Any]) -> Callable[[], bool]:
+    def run() -> bool:
+        fn()
+        return True
+    return run
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_dead(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-3000:]
+    except OSError:
+        return ""

@@ -1,0 +1,108 @@
+"""Fault kinds and the seeded draw of one run's fault schedule (pure logic).
+
+A run's schedule is drawn from `random.Random(seed + run)`. Its first fault
+rotates through every kind (`run % len(FAULT_KINDS)`: 100 runs draw each of
+the 16 kinds at least 6 times), its workload rotates through the workloads
+that fault applies to (runs 0-2 cover all three); then 0-2 more faults of
+the kinds that apply to the workload, weighted by 1 / (the number of
+workloads the kind applies to). Each fault has `at_s` (seconds after the
+dataflow's first start) and kind-specific parameters; `Schedule.to_json()` /
+`Schedule.from_json()` round-trip it for `--replay-schedule`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["FAULT_KINDS", "WORKLOADS", "Fault", "Schedule", "applicable_kinds", "draw_schedule"]
+
+WORKLOADS = ("kafka-exactly-once", "kafka-at-least-once", "file")
+
+# kind -> (workloads it applies to, what it does)
+FAULT_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "child-kill": (WORKLOADS, "SIGKILL the Bytewax child at a random moment"),
+    "child-kill-checkpoint-copy": (WORKLOADS, "SIGKILL the child while the supervisor copies a partition"),
+    "child-kill-checkpoint-upload": (WORKLOADS, "SIGKILL the child while the supervisor uploads a checkpoint"),
+    "supervisor-kill": (WORKLOADS, "SIGKILL the supervisor (its child dies with it); start it again"),
+    "supervisor-kill-checkpoint-upload": (WORKLOADS, "SIGKILL the supervisor in the middle of an upload"),
+    "restore-swap-kill": (WORKLOADS, "lose the node (supervisor killed, recovery dir gone), SIGKILL the "
+                                     "restoring supervisor during the swap, start it again"),
+    "kafka-commit-kill": (WORKLOADS[:1], "SIGKILL the child inside commit_transaction"),
+    "broker-pause": (WORKLOADS[:2], "SIGSTOP the broker longer than the client timeouts, then SIGCONT"),
+    "broker-restart": (WORKLOADS[:2], "kill the broker and start it again (durable storage)"),
+    "store-503": (WORKLOADS[:2], "the object store answers 503 SlowDown for a while"),
+    "store-reset": (WORKLOADS[:2], "the object store resets connections for a while"),
+    "store-slow": (WORKLOADS[:2], "the object store answers slowly for a while"),
+    "long-restart": (WORKLOADS, "SIGKILL the supervisor, start it again with the clock 2 h ahead "
+                                "(longer than the dedup TTL and the session gap)"),
+    "op-checkpoint": (WORKLOADS, "`streamforge checkpoint create` while it runs"),
+    "op-savepoint": (WORKLOADS, "`streamforge savepoint create` while it runs"),
+    "op-upgrade": (WORKLOADS, "`streamforge upgrade --mode savepoint|last-state` while it runs"),
+}
+
+
+def applicable_kinds(workload: str) -> list[str]:
+    return [k for k, (workloads, _) in FAULT_KINDS.items() if workload in workloads]
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    at_s: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    seed: int
+    run: int
+    workload: str
+    faults: tuple[Fault, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Schedule:
+        d = json.loads(text)
+        return cls(d["seed"], d["run"], d["workload"], tuple(Fault(**f) for f in d["faults"]))
+
+    def kinds(self) -> list[str]:
+        return [f.kind for f in self.faults]
+
+
+def _params(kind: str, rng: random.Random) -> dict[str, Any]:
+    """Kind-specific parameters of one fault."""
+    if kind in ("child-kill-checkpoint-copy", "child-kill-checkpoint-upload",
+                "supervisor-kill-checkpoint-upload", "kafka-commit-kill"):
+        return {"nth": rng.randint(1, 8)}  # the N-th hit of the fault point
+    if kind == "broker-pause":
+        return {"for_s": round(rng.uniform(6.0, 9.0), 2)}  # > delivery/commit timeouts (5 s)
+    if kind == "broker-restart":
+        return {"down_s": round(rng.uniform(0.5, 3.0), 2)}
+    if kind in ("store-503", "store-reset", "store-slow"):
+        return {"for_s": round(rng.uniform(2.0, 6.0), 2), "probability": round(rng.uniform(0.3, 1.0), 2),
+                **({"delay_s": round(rng.uniform(0.5, 3.0), 2)} if kind == "store-slow" else {})}
+    if kind in ("supervisor-kill", "long-restart", "restore-swap-kill"):
+        return {"down_s": round(rng.uniform(0.0, 1.5), 2)}
+    if kind == "op-upgrade":
+        return {"mode": rng.choice(["savepoint", "last-state"])}
+    return {}
+
+
+def draw_schedule(seed: int, run: int) -> Schedule:
+    """The schedule of run `run` of an invocation with `seed` (see the module docstring)."""
+    rng = random.Random(seed + run)
+    kinds = list(FAULT_KINDS)
+    first = kinds[run % len(kinds)]
+    workloads = FAULT_KINDS[first][0]
+    workload = workloads[(run + run // len(kinds)) % len(workloads)]
+    kinds = applicable_kinds(workload)
+    weights = [1 / len(FAULT_KINDS[k][0]) for k in kinds]  # kinds of fewer workloads: drawn more often
+    chosen = [first, *rng.choices(kinds, weights, k=rng.randint(0, 2))]
+    faults = sorted((Fault(k, round(rng.uniform(0.5, 6.0), 2), _params(k, rng)) for k in chosen),
+                    key=lambda f: f.at_s)
+    return Schedule(seed, run, workload, tuple(faults))

@@ -1,0 +1,179 @@
+"""The three chaos workloads: their inputs (made once per invocation) and run configs.
+
+All three run the orders pipeline (config/orders.yaml) on generated orders
+(`dataflows.generate.generate_orders`: with redeliveries and malformed lines,
+so the Deduplicator and the DLQ have work), slowed by the `throttle` hook:
+
+- `kafka-exactly-once`: Kafka (2 partitions, keyed by order) -> Kafka
+  exactly-once (TransactionalWriter), 2 workers, 4 output partitions;
+- `kafka-at-least-once`: the same with `sink.mode: at-least-once`: the
+  output may hold copies, never a loss or a different record;
+- `file`: the embedded default, JSONL file -> JSONL table and DLQ, 1 worker,
+  `file://` checkpoint store.
+
+The input is shared by every run of a workload (same topic or file, hence the
+same event ids); each run gets its own output topics, recovery directory,
+store prefix and transactional ids.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from confluent_kafka import Producer
+
+from scripts.chaoslib.checker import Record
+from scripts.chaoslib.services import BUCKET, Services
+from tests.fixtures.kafka import create_topic, read_topic
+
+__all__ = ["Workload", "WorkloadInput", "make_input"]
+
+REPO = Path(__file__).resolve().parents[2]
+IN_PARTITIONS = 2
+OUT_PARTITIONS = 4
+
+
+@dataclass(frozen=True)
+class WorkloadInput:
+    workload: str
+    source: str  # topic or file path
+    records: int
+
+
+def _order_partition(line: bytes) -> int:
+    try:
+        key = str(json.loads(line)["order_id"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+    return zlib.crc32(key.encode()) % IN_PARTITIONS
+
+
+def make_input(workload: str, services: Services, work: Path, records: int, seed: int) -> WorkloadInput:
+    """Generate the workload's input once: a keyed topic, or a JSONL file."""
+    from dataflows.generate import generate_orders
+
+    lines = generate_orders(records, seed=seed, oversized_bytes=20_000).lines
+    if workload == "file":
+        path = work / "input" / "orders.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
+        return WorkloadInput(workload, str(path), len(lines))
+    topic = create_topic(services.bootstrap, f"chaos-in-{workload}-{seed}", IN_PARTITIONS)
+    producer = Producer({"bootstrap.servers": services.bootstrap, "linger.ms": 5, "message.max.bytes": 2_000_000})
+    for line in lines:
+        producer.produce(topic, line, partition=_order_partition(line))
+    if producer.flush(60) != 0:
+        raise RuntimeError(f"could not produce the input of {workload} to {topic}")
+    return WorkloadInput(workload, topic, len(lines))
+
+
+@dataclass
+class Workload:
+    """One run's resources and config for a workload."""
+
+    inp: WorkloadInput
+    services: Services
+    root: Path
+    tag: str
+
+    @property
+    def name(self) -> str:
+        return self.inp.workload
+
+    @property
+    def kafka(self) -> bool:
+        return self.name != "file"
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.name != "kafka-at-least-once"
+
+    @property
+    def recovery_dir(self) -> Path:
+        return self.root / "recovery"
+
+    def write_config(self) -> Path:
+        """Create the run's topics and write its config; the path."""
+        cfg: dict[str, Any] = yaml.safe_load((REPO / "config" / "orders.yaml").read_text())
+        out = self.root / "out"
+        cfg["pipeline"].update({"name": "orders", "workers": 2 if self.kafka else 1})
+        cfg["patterns"]["enrich"] = "scripts.chaoslib.hooks:throttle"
+        cfg["recovery"].update({"dir": str(self.recovery_dir), "partitions": 4, "snapshot-interval": "1s",
+                                "backup-interval": "10s", "compact-interval": "2s", "restart-backoff": "0.2s",
+                                "stop-grace": "10s"})
+        cfg["checkpoints"].update({"interval": "1s", "timeout": "8s", "min-pause": "0s", "retained": 3})
+        cfg["metrics"] = {"port": 0, "host": "127.0.0.1"}
+        if self.kafka:
+            b = self.services.bootstrap
+            self.out_topic = create_topic(b, f"chaos-out-{self.tag}", OUT_PARTITIONS)
+            self.dlq_topic = create_topic(b, f"chaos-dlq-{self.tag}", 1)
+            cfg["source"] = {"type": "kafka", "brokers": [b], "topics": [self.inp.source], "tail": False,
+                             "batch-size": 100, "starting-offset": "earliest"}
+            cfg["sink"] = {"type": "kafka", "brokers": [b], "topic": self.out_topic,
+                           "mode": "exactly-once" if self.exactly_once else "at-least-once",
+                           "transactional-id-prefix": f"chaos-{self.tag}", "delivery-timeout": "5s",
+                           "commit-timeout": "5s", "transaction-timeout": "20s"}
+            cfg["dlq"] = {"type": "kafka", "brokers": [b], "topic": self.dlq_topic}
+            store = {"dir": f"s3://{BUCKET}/{self.tag}", "endpoint-url": self.services.proxy.endpoint_url}
+        else:
+            cfg["source"] = {"type": "file", "path": self.inp.source, "tail": False}
+            cfg["sink"] = {"type": "file", "path": str(out / "table.jsonl")}
+            cfg["dlq"] = {"type": "file", "path": str(out / "dlq.jsonl")}
+            store = {"dir": f"file://{self.root / 'store'}"}
+        cfg["checkpoints"].update(store)
+        cfg["savepoints"].update(store)
+        path = self.root / "config.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return path
+
+    def read_output(self) -> tuple[list[Record], list[str]]:
+        """The run's output records (read_committed for Kafka) and its dead letters (canonical)."""
+        if self.kafka:
+            b = self.services.bootstrap
+            out = [Record(_header(m, "sf-event-id"), json.dumps(
+                [m.partition(), _text(m.key()), json.loads(m.value())], sort_keys=True))
+                for m in read_topic(b, self.out_topic, partitions=OUT_PARTITIONS, timeout_s=60)]
+            dlq = [_dead_letter(m.value()) for m in read_topic(b, self.dlq_topic, partitions=1, timeout_s=60)]
+            return out, dlq
+        table, dlq_path = self.root / "out" / "table.jsonl", self.root / "out" / "dlq.jsonl"
+        rows = [json.loads(line) for line in _lines(table)]
+        out = [Record(str(_find(r, "event_id")), json.dumps(r, sort_keys=True)) for r in rows]
+        return out, [_dead_letter(line) for line in _lines(dlq_path)]
+
+
+def _lines(path: Path) -> list[bytes]:
+    return [line for line in path.read_bytes().splitlines() if line.strip()] if path.exists() else []
+
+
+def _find(doc: Any, field: str) -> Any:
+    """The first `field` anywhere in a JSON document (the table row's event id)."""
+    if isinstance(doc, dict):
+        if field in doc:
+            return doc[field]
+        doc = list(doc.values())
+    if isinstance(doc, list):
+        for item in doc:
+            found = _find(item, field)
+            if found is not None:
+                return found
+    return None
+
+
+def _text(b: bytes | None) -> str | None:
+    return b.decode("utf-8", "backslashreplace") if b is not None else None
+
+
+def _header(m: Any, name: str) -> str:
+    value = dict(m.headers() or []).get(name)
+    return value.decode() if value else "<none>"
+
+
+def _dead_letter(raw: bytes) -> str:
+    """A dead letter's identity: error code, stage, event id, payload (not times or attempts)."""
+    d = json.loads(raw)
+    return json.dumps([d.get("error_code"), d.get("stage"), d.get("event_id"), d.get("payload")])
