@@ -46,12 +46,13 @@ class RecoverySettings:
     dir: Path
     partitions: int = 4
     snapshot_interval_s: float = 2.0
-    backup_interval_s: float = 60.0
+    backup_interval_s: float = 240.0  # must be above checkpoints.timeout (checked at start)
     compact_interval_s: float = 300.0
     restart_initial_backoff_s: float = 1.0
     restart_max_backoff_s: float = 60.0
     restart_multiplier: float = 2.0
-    max_restarts: int = 0  # 0 = unlimited
+    max_restarts: int = 0  # 0 = unlimited; counted over restart_window_s
+    restart_window_s: float = 600.0  # FKO's restarts threshold / window
     crash_loop_restarts: int = 3  # restarts within crash_loop_window_s that mark /healthz unhealthy
     crash_loop_window_s: float = 300.0
     stop_grace_s: float = 20.0
@@ -80,6 +81,7 @@ class SavepointSettings:
     max_age_s: float | None = 7 * 86400.0
     max_count: int | None = 10
     allow_non_restored_state: bool = False  # Flink's execution.savepoint.ignore-unclaimed-state
+    timeout_s: float = 120.0  # the stop (SIGTERM / preStop) savepoint gives up after this
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,19 @@ def _positive(value: float, key: str) -> float:
     return value
 
 
+def _check_backup_interval(recovery: RecoverySettings, checkpoints: CheckpointSettings) -> None:
+    """A checkpoint copy may take up to `checkpoints.timeout`; Bytewax keeps superseded
+    snapshots for `recovery.backup-interval` (`-b`). A copy that outlives them reaches the
+    consistent epoch and is refused (or, unchecked, drops state: DESIGN §10)."""
+    if recovery.backup_interval_s <= checkpoints.timeout_s:
+        raise ConfigError(
+            f"recovery.backup-interval ({recovery.backup_interval_s:g}s) must be above "
+            f"checkpoints.timeout ({checkpoints.timeout_s:g}s): Bytewax must keep superseded "
+            "snapshots longer than a checkpoint copy may take; raise recovery.backup-interval "
+            "or lower checkpoints.timeout"
+        )
+
+
 def read_settings(cfg: Config) -> Settings:
     """Read the pipeline/recovery/checkpoints/savepoints/security/metrics sections."""
     name = cfg.str("pipeline.name")
@@ -150,12 +165,13 @@ def read_settings(cfg: Config) -> Settings:
         dir=Path(rec.str("dir", f".streamforge/{name}/recovery")),
         partitions=rec.int("partitions", 4, minimum=1),
         snapshot_interval_s=_positive(rec.duration("snapshot-interval", "2s"), "recovery.snapshot-interval"),
-        backup_interval_s=rec.duration("backup-interval", "60s"),
+        backup_interval_s=rec.duration("backup-interval", "240s"),
         compact_interval_s=rec.duration("compact-interval", "5m"),
         restart_initial_backoff_s=rec.duration("restart-backoff", "1s"),
         restart_max_backoff_s=rec.duration("max-restart-backoff", "60s"),
         restart_multiplier=rec.float("restart-multiplier", 2.0),
         max_restarts=rec.int("max-restarts", 0, minimum=0),
+        restart_window_s=_positive(rec.duration("restart-window", "10m"), "recovery.restart-window"),
         crash_loop_restarts=rec.int("crash-loop-restarts", 3, minimum=1),
         crash_loop_window_s=rec.duration("crash-loop-window", "5m"),
         stop_grace_s=rec.duration("stop-grace", "20s"),
@@ -178,7 +194,9 @@ def read_settings(cfg: Config) -> Settings:
         max_age_s=sp.duration("max-age", "7d"),
         max_count=sp.int("max-count", 10, minimum=1),
         allow_non_restored_state=sp.bool("allow-non-restored-state", False),
+        timeout_s=_positive(sp.duration("timeout", f"{checkpoints.timeout_s}s"), "savepoints.timeout"),
     )
+    _check_backup_interval(recovery, checkpoints)
     return Settings(
         pipeline=name,
         flow=cfg.str("pipeline.flow", f"dataflows.pipelines.{name}:flow"),

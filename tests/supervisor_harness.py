@@ -86,7 +86,7 @@ class Workspace:
             "source": {"type": "file", "path": str(self.input), "tail": False, "delay": 0.02, "batch-size": 5},
             "sink": {"type": "file", "path": str(self.output)},
             "recovery": {"dir": str(self.recovery), "partitions": 4, "snapshot-interval": "1s",
-                         "backup-interval": "10s", "compact-interval": "1s", "restart-backoff": "0.2s",
+                         "backup-interval": "40s", "compact-interval": "1s", "restart-backoff": "0.2s",
                          "stop-grace": "10s"},
             "checkpoints": {"dir": self.store_url, "interval": "1s", "timeout": "30s",
                             "min-pause": "0s", "retained": 3, "incremental": True},

@@ -80,3 +80,40 @@ def test_argparse_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[s
         main(argv)
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("recovery", "checkpoints"), [
+    ("backup-interval: 60s", "timeout: 120s"),   # the shipped defaults before issue 9
+    ("backup-interval: 120s", "timeout: 120s"),  # equal is not above
+    ("backup-interval: 0s", "timeout: 5s"),      # -b 0: nothing superseded is kept
+])
+@pytest.mark.parametrize("command", [["run"], ["checkpoint", "create"], ["savepoint", "list"]])
+def test_backup_interval_not_above_checkpoint_timeout_is_refused(
+    recovery: str, checkpoints: str, command: list[str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 9 item 1: a copy that takes longer than `recovery.backup-interval` can reach the
+    consistent epoch and drop state (DESIGN §10), so every command that loads the pipeline
+    settings refuses it at start, naming both keys, exit 2, no traceback."""
+    monkeypatch.delenv("STREAMFORGE_CONFIG", raising=False)
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "pipeline: {name: p}\n"
+        f"recovery: {{dir: {tmp_path}/rec, {recovery}}}\n"
+        f"checkpoints: {{dir: file://{tmp_path}/store, {checkpoints}}}\n"
+    )
+    assert main([*command, "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "recovery.backup-interval" in err and "checkpoints.timeout" in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "rec").exists(), "refused before anything was started"
+
+
+def test_shipped_configs_respect_backup_interval_above_timeout() -> None:
+    """The configs in config/ load (their backup-interval is above their checkpoints.timeout)."""
+    from dataflows.config import load_config
+    from streamforge_ops.settings import read_settings
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml")):
+        s = read_settings(load_config(path, environ={}))
+        assert s.recovery.backup_interval_s > s.checkpoints.timeout_s, path
