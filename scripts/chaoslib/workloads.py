@@ -104,7 +104,7 @@ class Workload:
         cfg["pipeline"].update({"name": "orders", "workers": 2 if self.kafka else 1})
         cfg["patterns"]["enrich"] = "scripts.chaoslib.hooks:throttle"
         cfg["recovery"].update({"dir": str(self.recovery_dir), "partitions": 4, "snapshot-interval": "1s",
-                                "backup-interval": "10s", "compact-interval": "2s", "restart-backoff": "0.2s",
+                                "backup-interval": "10s", "compact-interval": "2s", "restart-backoff": "0.2s", "max-restart-backoff": "1s",
                                 "stop-grace": "10s"})
         cfg["checkpoints"].update({"interval": "1s", "timeout": "8s", "min-pause": "0s", "retained": 3})
         cfg["metrics"] = {"port": 0, "host": "127.0.0.1"}

@@ -1,0 +1,144 @@
+"""The chaos harness (scripts/chaos.py): its schedule draw, its checker, its fault points, a short run.
+
+The checker is fed outputs known to be wrong (a lost record, a duplicate, a
+record written differently, a dead letter too many or missing) and must report
+each: a checker that cannot fail proves nothing. The short seeded run drives
+the real harness (Tansu, moto behind the fault proxy, `streamforge run`) over
+one run of each workload and must come back clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from scripts.chaoslib.checker import Record, check
+from scripts.chaoslib.schedule import (
+    FAULT_KINDS,
+    WORKLOADS,
+    Schedule,
+    applicable_kinds,
+    draw_schedule,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# -- schedules ---------------------------------------------------------------
+
+
+def test_schedule_is_a_function_of_seed_and_run() -> None:
+    assert draw_schedule(1, 7) == draw_schedule(1, 7)
+    assert draw_schedule(1, 7) != draw_schedule(2, 7)
+    s = draw_schedule(3, 11)
+    assert Schedule.from_json(s.to_json()) == s
+
+
+def test_schedules_cover_every_workload_and_every_kind() -> None:
+    assert {draw_schedule(1, r).workload for r in range(3)} == set(WORKLOADS)
+    drawn: Counter[str] = Counter()
+    for run in range(100):
+        s = draw_schedule(1, run)
+        assert 1 <= len(s.faults) <= 3
+        assert all(f.kind in applicable_kinds(s.workload) for f in s.faults), s
+        drawn.update(s.kinds())
+    assert set(drawn) == set(FAULT_KINDS)
+    assert min(drawn.values()) >= 5, drawn
+
+
+# -- the checker -------------------------------------------------------------
+
+BASE = [Record("e1", "a"), Record("e2", "b"), Record("e3", "c")]
+
+
+def test_checker_passes_the_same_output_in_any_order() -> None:
+    v = check(BASE, list(reversed(BASE)), baseline_dlq=["d1"], got_dlq=["d1"])
+    assert v.ok and (v.lost, v.duplicated, v.divergent) == (0, 0, 0)
+
+
+def test_checker_reports_a_lost_record() -> None:
+    v = check(BASE, BASE[:2])
+    assert (v.lost, v.duplicated, v.divergent) == (1, 0, 0) and not v.ok
+    assert "e3" in v.what()
+
+
+def test_checker_reports_a_duplicate_unless_at_least_once() -> None:
+    v = check(BASE, [*BASE, Record("e2", "b")])
+    assert (v.lost, v.duplicated, v.divergent) == (0, 1, 0)
+    alo = check(BASE, [*BASE, Record("e2", "b")], exactly_once=False)
+    assert alo.ok and alo.redelivered == 1
+
+
+def test_checker_reports_a_divergent_record_even_at_least_once() -> None:
+    got = [BASE[0], Record("e2", "B"), BASE[2]]
+    for exactly_once in (True, False):
+        v = check(BASE, got, exactly_once=exactly_once)
+        assert (v.lost, v.duplicated, v.divergent) == (0, 0, 1), exactly_once
+    v = check(BASE, [*BASE, Record("e9", "z")])  # a record the fault-free run never wrote
+    assert v.duplicated == 1 and not v.ok
+
+
+def test_checker_compares_the_dlq() -> None:
+    missing = check(BASE, BASE, baseline_dlq=["d1", "d2"], got_dlq=["d1"])
+    assert (missing.lost, missing.dlq_missing) == (1, 1)
+    diverted = check(BASE, BASE[:2], baseline_dlq=["d1"], got_dlq=["d1", "sink-write-e3"])
+    assert (diverted.lost, diverted.divergent, diverted.dlq_unexpected) == (1, 1, 1)
+    assert check(BASE, BASE, baseline_dlq=["d1"], got_dlq=["d1", "d1"], exact_dlq=False).ok
+    assert not check(BASE, BASE, baseline_dlq=["d1"], got_dlq=["d1", "d1"]).ok
+
+
+# -- fault points --------------------------------------------------------------
+
+_POINT_SCRIPT = """
+from dataflows.faults import fault_point
+for i in range(5):
+    fault_point("p")
+    print(i, flush=True)
+"""
+
+
+def _run_point(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _POINT_SCRIPT], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **env}, timeout=60)
+
+
+def test_fault_point_kills_at_the_nth_hit_once_per_mark_file(tmp_path: Path) -> None:
+    assert _run_point({}).stdout.split() == ["0", "1", "2", "3", "4"]  # unarmed: a no-op
+    mark = tmp_path / "fired"
+    env = {"STREAMFORGE_FAULT_POINT": "p@3", "STREAMFORGE_FAULT_MARK": str(mark)}
+    first = _run_point(env)
+    assert first.returncode == -9 and first.stdout.split() == ["0", "1"]
+    assert mark.read_text().split()[0] == "p"
+    assert _run_point(env).returncode == 0  # fired once: a restarted process is not killed again
+
+
+def test_fault_point_spec_errors_name_the_variable() -> None:
+    from dataflows.faults import parse_spec
+
+    assert parse_spec("a@2=kill-children, b") == {"a": (2, "kill-children"), "b": (1, "kill")}
+    with pytest.raises(ValueError, match="STREAMFORGE_FAULT_POINT"):
+        parse_spec("a=explode")
+
+
+# -- a short seeded run --------------------------------------------------------
+
+
+def test_short_chaos_run_of_each_workload_is_clean(tmp_path: Path) -> None:
+    """Runs 0-2 of seed 1 (one per workload, see draw_schedule) with small inputs."""
+    out = tmp_path / "chaos.json"
+    proc = subprocess.run(
+        [sys.executable, "scripts/chaos.py", "--runs", "3", "--seed", "1", "--records", "400",
+         "--json", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    report = json.loads(proc.stdout) if proc.stdout.strip() else json.loads(out.read_text())
+    assert report["runs"] == 3, proc.stderr[-3000:]
+    assert sum(report["faults"].values()) >= 3
+    assert (report["lost"], report["duplicated"], report["divergent"], report["stuck"]) == (0, 0, 0, 0), \
+        json.dumps(report["failures"], indent=1)
+    assert proc.returncode == 0 and report["failures"] == []
