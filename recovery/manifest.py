@@ -12,7 +12,10 @@ interrupted) and is never chosen. Ids sort by creation time.
 
 Signing: with a key, ``signature`` is the HMAC-SHA256 of the canonical JSON of
 every other field. The manifest lists each object's sha256, so the signature
-covers the objects too.
+covers the objects too. A stored manifest is checked against its signature
+on the raw document, BEFORE any field is read (`parse_manifest`): what a
+reader may say about a manifest that fails is only where it was found (its
+kind and id from the store key), never what it claims (pipeline, counts).
 """
 
 from __future__ import annotations
@@ -25,17 +28,20 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from recovery.store import ObjectStore, StoreError
+from recovery.store import ObjectStore, StoreNotFound
 
 __all__ = [
     "MANIFEST_NAME",
     "Manifest",
     "ManifestError",
     "PartitionEntry",
+    "SignatureError",
     "manifest_key",
     "new_id",
     "object_key",
+    "parse_manifest",
     "scan",
+    "snapshot_ids",
     "snapshot_prefix",
 ]
 
@@ -46,6 +52,18 @@ Kind = Literal["checkpoint", "savepoint"]
 
 class ManifestError(Exception):
     """A manifest is unreadable, unsigned or its signature does not match."""
+
+
+class SignatureError(ManifestError):
+    """Unsigned while a signing key is set, or the signature does not match."""
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _hmac(key: bytes, doc: dict[str, Any]) -> str:
+    return hmac.new(key, _canonical(doc), hashlib.sha256).hexdigest()
 
 
 @dataclass
@@ -92,37 +110,35 @@ class Manifest:
     def incremental(self) -> bool:
         return self.parent_id is not None
 
-    def _payload(self) -> bytes:
+    def _unsigned(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("signature")
-        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return data
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
+        """Parse without any signature check (see `parse_manifest` for stored ones)."""
+        return cls._from_document(_document(text))
+
+    @classmethod
+    def _from_document(cls, data: dict[str, Any]) -> Manifest:
         try:
-            data = json.loads(text)
             known = {f.name for f in fields(cls)}
             data = {k: v for k, v in data.items() if k in known}
             data["partitions"] = [PartitionEntry(**p) for p in data["partitions"]]
             return cls(**data)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ManifestError(f"unreadable manifest: {type(exc).__name__}: {exc}") from None
 
     def sign(self, key: bytes) -> None:
-        self.signature = hmac.new(key, self._payload(), hashlib.sha256).hexdigest()
+        self.signature = _hmac(key, self._unsigned())
 
     def verify(self, key: bytes) -> None:
-        """Raise ManifestError unless signed with `key` and untampered."""
-        if not self.signature:
-            raise ManifestError(f"{self.kind} {self.id} is not signed and a signing key is set")
-        expected = hmac.new(key, self._payload(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, self.signature):
-            raise ManifestError(
-                f"{self.kind} {self.id}: signature mismatch (tampered or other key)"
-            )
+        """Raise SignatureError unless signed with `key` and untampered."""
+        _verify(asdict(self), key, f"{self.kind} {self.id}")
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (no per-partition details)."""
@@ -142,6 +158,41 @@ class Manifest:
             "source_positions": self.source_positions,
             "state_bytes_by_step": self.state_bytes_by_step,
         }
+
+
+def _document(text: str | bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ManifestError(f"unreadable manifest: {type(exc).__name__}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ManifestError("unreadable manifest: not a JSON object")
+    return doc
+
+
+def _verify(doc: dict[str, Any], key: bytes, where: str) -> None:
+    """Check `doc`'s signature over the rest of `doc`; reads no other field."""
+    signature = doc.get("signature")
+    if not signature:
+        raise SignatureError(f"{where} is not signed and a signing key is set")
+    unsigned = {k: v for k, v in doc.items() if k != "signature"}
+    if not isinstance(signature, str) or not hmac.compare_digest(_hmac(key, unsigned), signature):
+        raise SignatureError(f"{where}: signature mismatch (tampered or signed with another key)")
+
+
+def parse_manifest(
+    text: str | bytes, where: str, key: bytes | None, *, allow_unsigned: bool = False
+) -> Manifest:
+    """A stored manifest, its signature verified (with `key`) BEFORE any field is read.
+
+    `where` names it by its store location (``checkpoint ckpt-...``), for
+    messages. `allow_unsigned`: with a key, accept a manifest without any
+    signature (never a wrong one). Raises SignatureError / ManifestError.
+    """
+    doc = _document(text)
+    if key is not None and not (allow_unsigned and not doc.get("signature")):
+        _verify(doc, key, where)
+    return Manifest._from_document(doc)
 
 
 def new_id(kind: Kind, now: datetime | None = None) -> str:
@@ -164,22 +215,52 @@ def object_key(pipeline: str, kind: Kind, snap_id: str, index: int, delta: bool)
     return snapshot_prefix(pipeline, kind, snap_id) + name
 
 
-def scan(store: ObjectStore, pipeline: str, kind: Kind) -> tuple[list[Manifest], list[str]]:
-    """Complete manifests, newest first, and notes about incomplete/unreadable ones."""
+def snapshot_ids(store: ObjectStore, pipeline: str, kind: Kind) -> tuple[list[str], list[str]]:
+    """Ids that have a manifest, newest id first, and notes about incomplete ones."""
     root = f"{pipeline}/{kind}s/"
     ids: dict[str, bool] = {}
     for key in store.list(root):
         snap_id, _, rest = key[len(root) :].partition("/")
         ids[snap_id] = ids.get(snap_id, False) or rest == MANIFEST_NAME
+    notes = [
+        f"{kind} {snap_id} ignored: incomplete (no manifest; upload interrupted)"
+        for snap_id in sorted(ids, reverse=True)
+        if not ids[snap_id]
+    ]
+    return [i for i in sorted(ids, reverse=True) if ids[i]], notes
+
+
+def scan(
+    store: ObjectStore,
+    pipeline: str,
+    kind: Kind,
+    *,
+    signing_key: bytes | None = None,
+    allow_unsigned: bool = False,
+    rejected: list[ManifestError] | None = None,
+) -> tuple[list[Manifest], list[str]]:
+    """Complete manifests, newest first, and notes about incomplete/unreadable ones.
+
+    With `signing_key`, a manifest whose signature fails (`parse_manifest`) is
+    a note, never a manifest; every rejection is also appended to `rejected`.
+    A manifest that vanished after the listing is a note; any other store
+    error (unavailable, refused) raises `StoreError`: a manifest that could not
+    be read is not a rejected one.
+    """
+    ids, notes = snapshot_ids(store, pipeline, kind)
     manifests: list[Manifest] = []
-    notes: list[str] = []
-    for snap_id in sorted(ids, reverse=True):
-        if not ids[snap_id]:
-            notes.append(f"{kind} {snap_id} ignored: incomplete (no manifest; upload interrupted)")
+    for snap_id in ids:
+        where = f"{kind} {snap_id}"
+        try:
+            raw = store.get(manifest_key(pipeline, kind, snap_id))
+        except StoreNotFound:
+            notes.append(f"{where} ignored: its manifest vanished (deleted while listing)")
             continue
         try:
-            manifests.append(Manifest.from_json(store.get(manifest_key(pipeline, kind, snap_id))))
-        except (ManifestError, StoreError) as exc:
-            notes.append(f"{kind} {snap_id} rejected: {exc}")
+            manifests.append(parse_manifest(raw, where, signing_key, allow_unsigned=allow_unsigned))
+        except ManifestError as exc:
+            notes.append(f"{where} rejected: {exc}")
+            if rejected is not None:
+                rejected.append(exc)
     manifests.sort(key=lambda m: (m.created_at, m.id), reverse=True)
     return manifests, notes

@@ -1,15 +1,28 @@
 """Restore: choose a snapshot, verify it, and swap it into the recovery directory.
 
 Chain (``target="latest"``): complete checkpoints newest first, then
-savepoints newest first, then a fresh start. Each candidate is downloaded
-into a temporary directory next to the recovery directory and verified: the
-signature when a signing key is set (unsigned or tampered -> rejected), the
-sha256 of every object (base and deltas of an incremental checkpoint), that
-it decompresses, and the logical digest of every assembled partition. The
-first candidate that passes replaces the recovery directory atomically
-(rename); each rejected one is listed in `RestoreResult.notes` with the
-reason.
+savepoints newest first, then a fresh start. Each candidate's manifest is
+checked against its signature (when a signing key is set) before any of its
+fields is read; then it is downloaded into a stage inside the recovery
+directory and verified: the sha256 of every object (base and deltas of an
+incremental checkpoint), that it decompresses, and the logical digest of
+every assembled partition. The first candidate that passes replaces the
+local partitions with the crash-safe swap of `recovery.swap` (old or new,
+never a mix); each rejected one is listed in `RestoreResult.notes`.
 
+What falls back and what fails:
+
+- Verified corruption (sha256 or digest mismatch, undecompressable or
+  unreadable object, a base/delta object or manifest that is gone, a bad
+  signature on some candidates) rejects that candidate: the chain falls back.
+- A store error (``503 SlowDown``, timeout, connection reset, refused or
+  expired credentials) is retried with `retry` (`dataflows.retry.RetryPolicy`,
+  on top of the store's own retries); if it persists the restore fails with
+  `StoreUnavailable`: an older snapshot or a fresh start would silently drop
+  the state that could not be read.
+- Signed snapshots but no signing key, or no candidate whose signature
+  verifies with the key (the key changed): `RestoreError`, never a fresh start.
+- With a key, an unsigned manifest is rejected unless `allow_unsigned`.
 - ``strict=True``: the first candidate must pass; any rejection raises
   `RestoreError` instead of falling back. With no snapshot at all, a fresh
   start is not a fallback and is allowed.
@@ -26,29 +39,45 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sqlite3
-import tempfile
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from dataflows.faults import fault_point
-from recovery.checkpoint import manifest_or_error
+from dataflows.retry import RetryExhausted, RetryPolicy
 from recovery.delta import apply_delta
-from recovery.manifest import Kind, Manifest, ManifestError, PartitionEntry, scan
+from recovery.manifest import (
+    Kind,
+    Manifest,
+    ManifestError,
+    PartitionEntry,
+    SignatureError,
+    manifest_key,
+    parse_manifest,
+    scan,
+)
 from recovery.partitions import init_partitions, logical_digest, partition_files
-from recovery.store import ObjectStore, StoreError
+from recovery.store import ObjectStore, StoreError, StoreNotFound
+from recovery.swap import settle, stage_dir, swap_in
 
-__all__ = ["RestoreError", "RestoreResult", "restore"]
+__all__ = ["STORE_RETRY", "RestoreError", "RestoreResult", "StoreUnavailable", "restore"]
 
 PARALLEL_DOWNLOADS = 8
 Target = Literal["latest"] | tuple[Kind, str]
+T = TypeVar("T")
+# On top of the store's own retries: ride out a store outage of ~half a minute.
+STORE_RETRY = RetryPolicy(max_attempts=5, initial_backoff_s=1.0, max_backoff_s=15.0)
+_FRESH_HINT = "; to start from scratch anyway (the stored state is then not used), pass --fresh"
 
 
 class RestoreError(Exception):
     """Nothing acceptable to restore under the given rules."""
+
+
+class StoreUnavailable(RestoreError):
+    """The store could not be read (after retries): nothing was restored, nothing fell back."""
 
 
 class _Rejected(Exception):
@@ -90,11 +119,46 @@ def _check_compatible(m: Manifest, pipeline: str, partition_count: int) -> None:
         )
 
 
+class _Patient:
+    """`store` for reading, each call retried with `policy` (a missing object is an answer)."""
+
+    def __init__(self, store: ObjectStore, policy: RetryPolicy) -> None:
+        self.inner, self.url, self.policy = store, store.url, policy
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return self.policy.call(
+                fn, lambda e: isinstance(e, StoreError) and not isinstance(e, StoreNotFound)
+            )
+        except RetryExhausted as exc:
+            raise StoreUnavailable(
+                f"the store could not be read, after {exc.attempts} attempt(s): {exc.last}; "
+                "nothing was restored and nothing older or fresh was chosen instead "
+                "(it would silently drop the state that could not be read): fix the store "
+                f"or its credentials and start again{_FRESH_HINT}"
+            ) from None
+
+    def get(self, key: str) -> bytes:
+        return self._call(lambda: self.inner.get(key))
+
+    def list(self, prefix: str) -> list[str]:
+        return self._call(lambda: self.inner.list(prefix))
+
+    def exists(self, key: str) -> bool:
+        return self._call(lambda: self.inner.exists(key))
+
+    def put(self, key: str, data: bytes) -> None:
+        raise StoreError(f"{self.url}: restore never writes ({key})")
+
+    def delete(self, key: str) -> None:
+        raise StoreError(f"{self.url}: restore never deletes ({key})")
+
+
 def _fetch(store: ObjectStore, key: str, sha256: str) -> bytes:
     try:
         data = store.get(key)
-    except StoreError as exc:
-        raise _Rejected(str(exc)) from None
+    except StoreNotFound as exc:
+        raise _Rejected(f"{exc} (the snapshot is incomplete)") from None
     if hashlib.sha256(data).hexdigest() != sha256:
         raise _Rejected(f"object {key} is corrupted or truncated (sha256 mismatch)")
     try:
@@ -103,17 +167,30 @@ def _fetch(store: ObjectStore, key: str, sha256: str) -> bytes:
         raise _Rejected(f"object {key} does not decompress: {exc}") from None
 
 
-def _chain(m: Manifest, store: ObjectStore, key: bytes | None) -> list[Manifest]:
+def _chain(
+    m: Manifest, store: ObjectStore, key: bytes | None, allow_unsigned: bool
+) -> list[Manifest]:
+    """The base and deltas `m` is built on, each verified like `m` itself, then `m`."""
     chain = []
     for snap_id in m.chain:
+        where = f"{m.kind} {snap_id}"
         try:
-            link = manifest_or_error(store, m.pipeline, m.kind, snap_id)
-            if key:
-                link.verify(key)
-        except ManifestError as exc:
+            raw = store.get(manifest_key(m.pipeline, m.kind, snap_id))
+            link = parse_manifest(raw, where, key, allow_unsigned=allow_unsigned)
+        except (ManifestError, StoreNotFound) as exc:
             raise _Rejected(f"needs {snap_id} (base/delta) which is unusable: {exc}") from None
+        _refuse_signed_without_key(link, key)
         chain.append(link)
     return [*chain, m]
+
+
+def _refuse_signed_without_key(m: Manifest, key: bytes | None) -> None:
+    if key is None and m.signature:
+        raise RestoreError(
+            f"{m.kind} {m.id} is signed but no signing key is set (security.signing-key-env): "
+            "its signature cannot be checked, so it is refused rather than loaded unverified; "
+            f"set the key{_FRESH_HINT}"
+        )
 
 
 def _assemble(entry: PartitionEntry, links: list[Manifest], store: ObjectStore, out: Path) -> None:
@@ -142,66 +219,60 @@ def _assemble(entry: PartitionEntry, links: list[Manifest], store: ObjectStore, 
         raise _Rejected(f"partition {entry.index} does not match its digest after assembly")
 
 
-def _materialize(m: Manifest, store: ObjectStore, key: bytes | None, out: Path) -> None:
-    if key:
-        try:
-            m.verify(key)
-        except ManifestError as exc:
-            raise _Rejected(str(exc)) from None
-    links = _chain(m, store, key)
+def _materialize(
+    m: Manifest, store: ObjectStore, key: bytes | None, allow_unsigned: bool, out: Path
+) -> None:
+    """Download and verify every partition of `m` into `out` (its signature was checked)."""
+    links = _chain(m, store, key, allow_unsigned)
     with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
         futures = [pool.submit(_assemble, e, links, store, out) for e in m.partitions]
         for f in futures:
             f.result()
 
 
-def _swap_in(tmp: Path, recovery_dir: Path) -> None:
-    """Replace `recovery_dir` by `tmp`: a directory rename, or per file for a mount point."""
-    old = None
-    if recovery_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{recovery_dir.name}.old-", dir=recovery_dir.parent))
-        old.rmdir()
-        try:
-            recovery_dir.rename(old)
-        except OSError:  # a mount point (Kubernetes volume) cannot be renamed
-            _swap_files(tmp, recovery_dir)
-            return
-    fault_point("restore.swap")
-    tmp.rename(recovery_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+@dataclass
+class _Scan:
+    """The candidates of a restore, in chain order, and what was found along the way."""
 
-
-def _swap_files(tmp: Path, recovery_dir: Path) -> None:
-    """Swap partition files one by one (each an atomic rename inside the directory)."""
-    for stale in partition_files(recovery_dir):
-        stale.unlink()
-    for leftover in recovery_dir.glob("part-*.sqlite3-*"):  # -wal / -shm of the old files
-        leftover.unlink()
-    for part in partition_files(tmp):
-        staged = recovery_dir / f".{part.name}.restoring"
-        shutil.copyfile(part, staged)
-        fault_point("restore.swap")
-        staged.replace(recovery_dir / part.name)
-    shutil.rmtree(tmp, ignore_errors=True)
+    candidates: list[tuple[Manifest, ObjectStore]]
+    notes: list[str]
+    bad_signatures: list[ManifestError]
 
 
 def _candidates(
-    target: Target, pipeline: str, checkpoint_store: ObjectStore, savepoint_store: ObjectStore
-) -> tuple[list[tuple[Manifest, ObjectStore]], list[str]]:
+    target: Target,
+    pipeline: str,
+    stores: dict[Kind, ObjectStore],
+    key: bytes | None,
+    allow_unsigned: bool,
+) -> _Scan:
+    kinds: list[Kind] = ["checkpoint", "savepoint"] if target == "latest" else [target[0]]
+    found = _Scan([], [], [])
+    for kind in kinds:
+        rejected: list[ManifestError] = []
+        manifests, notes = scan(
+            stores[kind],
+            pipeline,
+            kind,
+            signing_key=key,
+            allow_unsigned=allow_unsigned,
+            rejected=rejected,
+        )
+        found.candidates += [(m, stores[kind]) for m in manifests]
+        found.notes += notes
+        found.bad_signatures += [e for e in rejected if isinstance(e, SignatureError)]
     if target == "latest":
-        ckpts, notes = scan(checkpoint_store, pipeline, "checkpoint")
-        sps, sp_notes = scan(savepoint_store, pipeline, "savepoint")
-        return [(m, checkpoint_store) for m in ckpts] + [
-            (m, savepoint_store) for m in sps
-        ], notes + sp_notes
+        return found
     kind, wanted = target
-    store = checkpoint_store if kind == "checkpoint" else savepoint_store
-    manifests, _ = scan(store, pipeline, kind)
-    for m in manifests:
+    for m, store in found.candidates:
         if wanted in (m.id, m.name):
-            return [(m, store)], []
-    raise RestoreError(f"no complete {kind} {wanted!r} for pipeline {pipeline} in {store.url}")
+            return _Scan([(m, store)], [], [])
+    for note in found.notes:
+        if note.startswith(f"{kind} {wanted} "):
+            raise RestoreError(note)
+    raise RestoreError(
+        f"no complete {kind} {wanted!r} for pipeline {pipeline} in {stores[kind].url}"
+    )
 
 
 def restore(
@@ -214,27 +285,41 @@ def restore(
     target: Target = "latest",
     strict: bool = False,
     signing_key: bytes | None = None,
+    allow_unsigned: bool = False,
+    retry: RetryPolicy = STORE_RETRY,
     check: Callable[[Path, Manifest], list[str]] | None = None,
 ) -> RestoreResult:
-    """Restore the best valid snapshot into `recovery_dir` (see module doc)."""
+    """Restore the best valid snapshot into `recovery_dir` (see module doc).
+
+    Raises `StoreUnavailable` if the store cannot be read, `RestoreError` when
+    the rules refuse every candidate (see module doc).
+    """
     recovery_dir = Path(recovery_dir).absolute()
     recovery_dir.parent.mkdir(parents=True, exist_ok=True)
-    candidates, notes = _candidates(target, pipeline, checkpoint_store, savepoint_store)
+    settled = settle(recovery_dir)
+    patient = _Patient(checkpoint_store, retry)
+    stores: dict[Kind, ObjectStore] = {
+        "checkpoint": patient,
+        "savepoint": patient
+        if savepoint_store is checkpoint_store
+        else _Patient(savepoint_store, retry),
+    }
+    found = _candidates(target, pipeline, stores, signing_key, allow_unsigned)
+    notes = settled + found.notes
     explicit = target != "latest"
     broken = [n for n in notes if " rejected: " in n]
     if strict and broken:
         raise RestoreError(f"{broken[0]} (strict: not falling back)")
-    for n, (m, store) in enumerate(candidates):
+    for n, (m, store) in enumerate(found.candidates):
+        _refuse_signed_without_key(m, signing_key)
         _check_compatible(m, pipeline, partition_count)
-        tmp = Path(
-            tempfile.mkdtemp(prefix=f".{recovery_dir.name}.restore-", dir=recovery_dir.parent)
-        )
+        stage = stage_dir(recovery_dir)
         try:
-            _materialize(m, store, signing_key, tmp)
+            _materialize(m, store, signing_key, allow_unsigned, stage)
             if check is not None:  # e.g. the step-id check; raises RestoreError to refuse
-                notes.extend(check(tmp, m))
+                notes.extend(check(stage, m))
         except _Rejected as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(stage, ignore_errors=True)
             note = f"{m.kind} {m.id} rejected: {exc}"
             notes.append(note)
             if strict or explicit:
@@ -243,9 +328,9 @@ def restore(
                 ) from None
             continue
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(stage, ignore_errors=True)
             raise
-        _swap_in(tmp, recovery_dir)
+        swap_in(recovery_dir)
         if n == 0:
             reason = "requested" if explicit else f"latest valid {m.kind}"
         else:
@@ -258,6 +343,12 @@ def restore(
             epoch=m.epoch,
             source_positions=m.source_positions,
         )
+    if found.bad_signatures:
+        raise RestoreError(
+            f"no checkpoint or savepoint verifies with the signing key "
+            f"({len(found.bad_signatures)} failed: {found.bad_signatures[0]}); if the key "
+            f"was changed, set the one they were signed with{_FRESH_HINT}"
+        )
     created = (
         init_partitions(recovery_dir, partition_count)
         if not partition_files(recovery_dir)
@@ -268,5 +359,9 @@ def restore(
         if created
         else "kept the existing local partitions"
     )
-    why = "no valid checkpoint or savepoint" if candidates else "no checkpoint or savepoint found"
+    why = (
+        "no valid checkpoint or savepoint"
+        if found.candidates
+        else "no checkpoint or savepoint found"
+    )
     return RestoreResult(chosen="fresh", id=None, reason=f"{why}; {what}", notes=notes)

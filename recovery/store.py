@@ -9,10 +9,12 @@ to bytes. Two implementations:
 - `S3Store` (``s3://bucket/prefix``): boto3, with the endpoint, region and
   credentials of the standard AWS chain (env vars, config files, instance
   roles), an optional server-side encryption setting, and bounded retries
-  with exponential backoff.
+  of transient failures (5xx such as ``503 SlowDown``, timeouts, resets)
+  with the jittered exponential backoff of `dataflows.retry.RetryPolicy`.
 
 Every failure surfaces as `StoreError`, whose message names the store URL,
-the operation and the error code, and never a credential.
+the operation and the error code, and never a credential; a missing object
+is `StoreNotFound` (a definite answer, not a transient failure).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from pathlib import Path
 from typing import Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlparse
 
-__all__ = ["FileStore", "ObjectStore", "S3Store", "StoreError", "open_store"]
+from dataflows.retry import RetryPolicy
+
+__all__ = ["FileStore", "ObjectStore", "S3Store", "StoreError", "StoreNotFound", "open_store"]
 
 T = TypeVar("T")
 
@@ -48,6 +52,10 @@ class StoreError(Exception):
     """An object store operation failed; the message never contains secrets."""
 
 
+class StoreNotFound(StoreError):
+    """The object does not exist (the store answered; nothing to retry)."""
+
+
 @runtime_checkable
 class ObjectStore(Protocol):
     """Bytes by key. Keys use ``/`` separators and are relative to `url`."""
@@ -63,11 +71,6 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     def exists(self, key: str) -> bool: ...
-
-
-def _backoff(attempt: int, base_s: float = 0.2, cap_s: float = 2.0) -> float:
-    """Full-jitter exponential backoff for retry `attempt` (0-based)."""
-    return random.uniform(0, min(cap_s, base_s * (2**attempt)))
 
 
 class FileStore:
@@ -101,7 +104,7 @@ class FileStore:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
-            raise StoreError(f"{self.url}: object {key} not found") from None
+            raise StoreNotFound(f"{self.url}: object {key} not found") from None
         except OSError as exc:
             raise StoreError(f"{self.url}: get {key}: {exc.strerror or exc}") from None
 
@@ -149,6 +152,9 @@ class S3Store:
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.sse = sse
         self.retries = max(0, retries)
+        self._retry = RetryPolicy(
+            max_attempts=self.retries + 1, initial_backoff_s=0.2, max_backoff_s=2.0, jitter=1.0
+        )
         config = Config(
             retries={"max_attempts": 1, "mode": "standard"},
             connect_timeout=3,
@@ -176,6 +182,7 @@ class S3Store:
             PartialCredentialsError,
         )
 
+        delays = self._retry.delays()
         attempt = 0
         while True:
             try:
@@ -189,7 +196,7 @@ class S3Store:
                 code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
                 if code in _NOT_FOUND_CODES:
-                    raise StoreError(f"{self.url}: object {key} not found") from None
+                    raise StoreNotFound(f"{self.url}: object {key} not found") from None
                 if code in _CREDENTIAL_CODES or status == 403:
                     raise StoreError(
                         f"{self.url}: {op} {key}: S3 refused the credentials ({code}); check "
@@ -204,11 +211,12 @@ class S3Store:
             except BotoCoreError as exc:
                 retryable = True
                 error = type(exc).__name__
-            if not retryable or attempt >= self.retries:
+            delay = next(delays, None) if retryable else None
+            if delay is None:
                 raise StoreError(
                     f"{self.url}: {op} {key} failed after {attempt + 1} attempt(s): {error}"
                 ) from None
-            time.sleep(_backoff(attempt))
+            time.sleep(delay)
             attempt += 1
 
     def put(self, key: str, data: bytes) -> None:
@@ -254,10 +262,8 @@ class S3Store:
                 key,
                 lambda: self._client.head_object(Bucket=self.bucket, Key=self._key(key)),
             )
-        except StoreError as exc:
-            if "not found" in str(exc):
-                return False
-            raise
+        except StoreNotFound:
+            return False
         return True
 
 

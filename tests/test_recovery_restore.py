@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from recovery.checkpoint import take_checkpoint
-from recovery.manifest import manifest_key
+from recovery.manifest import Manifest, manifest_key
 from recovery.partitions import init_partitions, logical_digest, partition_files
 from recovery.restore import RestoreError, restore
 from recovery.savepoint import create_savepoint
@@ -39,9 +39,14 @@ def setup(tmp_path: Path) -> tuple[Path, ObjectStore, list]:
 
 def _restore(tmp_path: Path, store: ObjectStore, **kw):
     kw.setdefault("partition_count", 2)
+    kw.setdefault("signing_key", KEY)
     return restore(
         tmp_path / "out", checkpoint_store=store, savepoint_store=store, pipeline=PIPE, **kw
     )
+
+
+def _nothing_in(path: Path) -> bool:
+    return not path.exists() or not any(path.iterdir())
 
 
 def _damage(store: ObjectStore, key: str, how: str) -> None:
@@ -87,6 +92,7 @@ def test_all_checkpoints_bad_falls_back_to_savepoint_then_fresh(tmp_path: Path, 
         savepoint_store=store,
         pipeline=PIPE,
         partition_count=2,
+        signing_key=KEY,
     )
     assert fresh.chosen == "fresh" and "no valid checkpoint or savepoint" in fresh.reason
     assert len(fresh.notes) == 3 and len(partition_files(tmp_path / "out2")) == 2
@@ -97,7 +103,7 @@ def test_strict_refuses_to_fall_back(tmp_path: Path, setup) -> None:
     _damage(store, ck2.partitions[0].object, "corrupt")
     with pytest.raises(RestoreError, match="strict"):
         _restore(tmp_path, store, strict=True)
-    assert not (tmp_path / "out").exists()  # nothing half-restored
+    assert _nothing_in(tmp_path / "out")  # nothing (half-)restored, no stage left
 
 
 def test_tampered_or_unsigned_manifest_refused_with_key(tmp_path: Path, setup) -> None:
@@ -114,8 +120,11 @@ def test_tampered_or_unsigned_manifest_refused_with_key(tmp_path: Path, setup) -
     assert any(unsigned.id in n and "not signed" in n for n in result.notes)
     with pytest.raises(RestoreError, match="signature mismatch"):
         _restore(tmp_path, store, signing_key=KEY, target=("checkpoint", ck2.id))
-    # Without a key, the unsigned latest one is fine.
-    assert _restore(tmp_path, store).id == unsigned.id
+    # Explicitly allowed (security.allow-unsigned), the unsigned one is restored with the key
+    # set; a wrong signature is still refused.
+    assert _restore(tmp_path, store, allow_unsigned=True).id == unsigned.id
+    with pytest.raises(RestoreError, match="signature mismatch"):
+        _restore(tmp_path, store, allow_unsigned=True, target=("checkpoint", ck2.id))
 
 
 def test_other_partition_count_and_pipeline_refused(tmp_path: Path, setup) -> None:
@@ -125,11 +134,51 @@ def test_other_partition_count_and_pipeline_refused(tmp_path: Path, setup) -> No
     ):
         _restore(tmp_path, store, partition_count=4)
     key = manifest_key(PIPE, "checkpoint", ck2.id)
-    doc = json.loads(store.get(key))
-    doc["pipeline"] = "payments"
-    store.put(key, json.dumps(doc).encode())
+    other = Manifest.from_json(store.get(key))
+    other.pipeline = "payments"
+    other.sign(KEY)  # a genuine manifest of another pipeline, not a tampered one
+    store.put(key, other.to_json().encode())
     with pytest.raises(RestoreError, match="belongs to pipeline 'payments'"):
         _restore(tmp_path, store)
+
+
+def test_fields_of_a_tampered_manifest_are_never_read(tmp_path: Path, setup) -> None:
+    """Wrong pipeline AND partition count AND bad signature: the signature is reported.
+
+    The old code checked the pipeline first and refused with "belongs to
+    pipeline 'payments'", i.e. it acted on fields nobody had verified.
+    """
+    _, store, (_, ck1, ck2) = setup
+    key = manifest_key(PIPE, "checkpoint", ck2.id)
+    doc = json.loads(store.get(key))
+    doc.update(pipeline="payments", partition_count=4, created_at="2999-01-01T00:00:00+00:00")
+    store.put(key, json.dumps(doc).encode())
+    result = _restore(tmp_path, store)
+    assert result.id == ck1.id
+    assert result.notes == [f"checkpoint {ck2.id} rejected: checkpoint {ck2.id}: "
+                            "signature mismatch (tampered or signed with another key)"]
+    with pytest.raises(RestoreError, match="signature mismatch") as err:
+        _restore(tmp_path, store, target=("checkpoint", ck2.id))
+    assert "payments" not in str(err.value) and "partitions" not in str(err.value)
+
+
+def test_missing_signing_key_is_refused_not_loaded_unverified(tmp_path: Path, setup) -> None:
+    """Signed snapshots, no key (e.g. the Secret not mounted): refused, nothing restored.
+
+    The old code skipped verification and restored them.
+    """
+    _, store, (_, _, ck2) = setup
+    with pytest.raises(RestoreError, match=f"checkpoint {ck2.id} is signed but no signing key"):
+        _restore(tmp_path, store, signing_key=None)
+    assert _nothing_in(tmp_path / "out")
+
+
+def test_changed_signing_key_is_refused_not_a_fresh_start(tmp_path: Path, setup) -> None:
+    """Every snapshot fails the signature: the key changed, refuse (old code: fresh start)."""
+    with pytest.raises(RestoreError, match="no checkpoint or savepoint verifies") as err:
+        _restore(tmp_path, setup[1], signing_key=b"another key" * 3)
+    assert "--fresh" in str(err.value)
+    assert partition_files(tmp_path / "out") == []
 
 
 def test_explicit_savepoint_by_name_and_missing_target(tmp_path: Path, setup) -> None:
