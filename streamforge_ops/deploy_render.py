@@ -112,6 +112,8 @@ class RenderResult:
     namespace: str
     manifests: list[Manifest]
     notes: list[str] = field(default_factory=list)
+    # the bucket lifecycle configuration expiring unpinned savepoints (s3-lifecycle.json)
+    lifecycle: dict[str, Any] | None = None
 
 
 def render(cfg: Config, options: RenderOptions | None = None) -> RenderResult:
@@ -138,7 +140,21 @@ def render(cfg: Config, options: RenderOptions | None = None) -> RenderResult:
         Manifest("podmonitor.yaml", _podmonitor(name, meta)),
         Manifest("prometheusrule.yaml", _prometheusrule(options)),
     ]
-    return RenderResult(settings.pipeline, options.namespace, manifests, notes)
+    return RenderResult(settings.pipeline, options.namespace, manifests, notes,
+                        _lifecycle(pod_cfg["savepoints"]["dir"], settings))
+
+
+def _lifecycle(savepoints_url: str, settings: Settings) -> dict[str, Any] | None:
+    """recovery.savepoint.lifecycle_configuration for the pod's savepoint store (None
+    without savepoints.max-age)."""
+    from urllib.parse import urlparse
+
+    from recovery.savepoint import lifecycle_configuration
+
+    max_age = settings.savepoints.max_age_s
+    if not max_age:
+        return None
+    return lifecycle_configuration(urlparse(savepoints_url).path, settings.pipeline, max_age)
 
 
 def pod_config(

@@ -10,12 +10,19 @@ dataflows/connectors/kafka_dlq.py) or a JSONL file of the same envelopes.
   `sf-event-id` = its event id and `sf-replay` = the replay tag; rate-limited;
   `dry_run` only counts. The Kafka source gives a record carrying `sf-replay`
   the event id of its `sf-event-id` header, so a Deduplicator keyed on event
-  ids makes a second replay of the same letters harmless.
+  ids makes a second replay of the same letters harmless. `FileTarget`
+  appends envelope lines to a JSONL file a file source reads; that source
+  gives them their original event id (dataflows/connectors/replay_lines.py).
+- `plan_from_config(cfg)`: `dlq replay --config PIPELINE.yaml`: the DLQ is
+  the pipeline's `dlq` section, the target its input (the source topics, or
+  the one JSONL file of a file source); its exactly-once output topics are
+  refused as targets (`refuse_output_topic`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,16 +32,22 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from dataflows.config import Config
 from dataflows.connectors.kafka_common import EVENT_ID_HEADER, REPLAY_HEADER
+from dataflows.connectors.replay_lines import replay_line
 from dataflows.dead_letter import DeadLetter
 
 __all__ = [
     "DlqFilter",
+    "FileTarget",
+    "KafkaTarget",
     "RateLimiter",
     "ReplayReport",
     "parse_time_ms",
+    "plan_from_config",
     "read_dlq_file",
     "read_dlq_topic",
+    "refuse_output_topic",
     "replay",
     "replay_record",
     "summarize",
@@ -210,58 +223,172 @@ class ReplayReport:
         return {**d, "by_topic": dict(self.by_topic), "errors": self.errors[:10]}
 
 
+class KafkaTarget:
+    """Replays to Kafka: to `to`, else each letter's original topic.
+
+    `inputs` (from `--config`: the pipeline's source topics): a letter whose
+    original topic is not one of them goes to the first. The producer is
+    created on the first send (a dry run never connects).
+    """
+
+    def __init__(self, brokers: str | None, to: str | None = None, *, inputs: Sequence[str] = (),
+                 producer: Any = None) -> None:
+        self.brokers, self.to, self.inputs, self._producer = brokers, to, tuple(inputs), producer
+        self._report: ReplayReport | None = None
+
+    def _to(self, letter: DeadLetter) -> str | None:
+        if self.to or not self.inputs:
+            return self.to
+        original = letter.coords.get("topic")
+        return original if original in self.inputs else self.inputs[0]
+
+    def name(self, letter: DeadLetter) -> str | None:
+        record = replay_record(letter, self._to(letter), "")
+        return None if record is None else str(record["topic"])
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        assert self._report is not None
+        if err is not None:
+            self._report.failed += 1
+            self._report.errors.append(f"{msg.topic()}: {err.str()}")
+        else:
+            self._report.replayed += 1
+            self._report.by_topic[msg.topic()] += 1
+
+    def send(self, letter: DeadLetter, tag: str, report: ReplayReport) -> None:
+        if self._producer is None:
+            if not self.brokers:
+                raise ValueError("brokers are needed to replay (or use a dry run)")
+            self._producer = Producer({"bootstrap.servers": self.brokers, "enable.idempotence": True})
+        self._report = report
+        record = replay_record(letter, self._to(letter), tag)
+        assert record is not None
+        while True:
+            try:
+                self._producer.produce(on_delivery=self._on_delivery, **record)
+                break
+            except BufferError:
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(60)
+
+
+class FileTarget:
+    """Replays into a JSONL file a file source reads: one envelope line per letter
+    (dataflows/connectors/replay_lines.py: the source gives it the original event id),
+    appended, flushed and fsynced at the end."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._f: Any = None
+
+    def name(self, letter: DeadLetter) -> str:
+        return self.path
+
+    def send(self, letter: DeadLetter, tag: str, report: ReplayReport) -> None:
+        if self._f is None:
+            self._f = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        self._f.write(replay_line(letter.payload, letter.event_id, tag))
+        self._f.flush()  # whole lines only: a tailing source never sees half of one
+        report.replayed += 1
+        report.by_topic[self.path] += 1
+
+    def close(self) -> None:
+        if self._f is not None:
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._f = None
+
+
+ReplayTarget = KafkaTarget | FileTarget
+
+
 def replay(
     letters: Iterable[DeadLetter],
     *,
-    brokers: str | None,
+    target: ReplayTarget,
     flt: DlqFilter,
-    to: str | None = None,
     rate: float | None = None,
     dry_run: bool = False,
     tag: str | None = None,
     progress: Callable[[int], None] = lambda n: None,
-    producer: Any = None,
 ) -> ReplayReport:
-    """Replay the matching dead letters (see module docstring)."""
+    """Replay the matching dead letters to `target` (see module docstring)."""
     report = ReplayReport(dry_run=dry_run, tag=tag or str(int(time.time() * 1000)))
-    if not dry_run and producer is None:
-        if not brokers:
-            raise ValueError("brokers are needed to replay (or use a dry run)")
-        producer = Producer({"bootstrap.servers": brokers, "enable.idempotence": True})
     limiter = RateLimiter(None if dry_run else rate)
-
-    def on_delivery(err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            report.failed += 1
-            report.errors.append(f"{msg.topic()}: {err.str()}")
-        else:
-            report.replayed += 1
-            report.by_topic[msg.topic()] += 1
-
-    for letter in letters:
-        report.total += 1
-        if not flt.matches(letter):
-            continue
-        report.matched += 1
-        record = replay_record(letter, to, report.tag)
-        if record is None:
-            report.no_topic += 1
-            continue
-        progress(1)
-        if dry_run:
-            report.by_topic[record["topic"]] += 1
-            continue
-        limiter.wait()
-        while True:
-            try:
-                producer.produce(on_delivery=on_delivery, **record)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-    if producer is not None and not dry_run:
-        producer.flush(60)
+    try:
+        for letter in letters:
+            report.total += 1
+            if not flt.matches(letter):
+                continue
+            report.matched += 1
+            name = target.name(letter)
+            if name is None:
+                report.no_topic += 1
+                continue
+            progress(1)
+            if dry_run:
+                report.by_topic[name] += 1
+                continue
+            limiter.wait()
+            target.send(letter, report.tag, report)
+    finally:
+        target.close()
     return report
+
+
+def refuse_output_topic(brokers: str, topic: str, *, exactly_once: Sequence[str] = (),
+                        timeout_s: float = 10.0, peek: int = 5) -> None:
+    """Raise LookupError if `topic` is a pipeline's output (a replay must go through an input).
+
+    Refused: a topic named as an exactly-once output (`exactly_once`, from
+    `--config`), and any topic whose newest records carry `sf-event-id`
+    without `sf-replay`, i.e. written by a StreamForge sink: the
+    TransactionalWriter skips by that id after a restart, so foreign records
+    in its output are lost or duplicated (issue 9, path 6).
+    """
+    why = "the pipeline's exactly-once output" if topic in exactly_once else None
+    if why is None and _written_by_a_sink(brokers, topic, timeout_s, peek):
+        why = "written by a StreamForge sink (its records carry sf-event-id)"
+    if why is not None:
+        raise LookupError(
+            f"refusing to replay into {topic!r}: it is {why}. Replay goes through the pipeline's "
+            "input: use --config PIPELINE.yaml (the input topic or file), or --to an input topic"
+        )
+
+
+def _written_by_a_sink(brokers: str, topic: str, timeout_s: float, peek: int) -> bool:
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "streamforge-dlq-tool",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    try:
+        md = consumer.list_topics(topic, timeout=timeout_s)
+        meta = md.topics.get(topic)
+        if meta is None or meta.error is not None:
+            return False  # a topic that does not exist yet holds nothing
+        wanted: list[TopicPartition] = []
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                wanted.append(TopicPartition(topic, p, max(low, high - peek)))
+        if not wanted:
+            return False
+        consumer.assign(wanted)
+        deadline, seen = time.monotonic() + timeout_s, 0
+        while seen < peek * len(wanted) and time.monotonic() < deadline:
+            for m in consumer.consume(100, 0.2):
+                if m.error() is not None:
+                    continue
+                seen += 1
+                headers = m.headers() or []
+                names = {h[0] for h in headers}
+                if EVENT_ID_HEADER in names and REPLAY_HEADER not in names:
+                    return True
+        return False
+    finally:
+        consumer.close()
 
 
 def to_json(obj: Any) -> str:
@@ -277,3 +404,52 @@ def letters_source(brokers: str | None, topic: str | None, file: str | None) -> 
 
 def as_set(values: Sequence[str] | None) -> frozenset[str]:
     return frozenset(v for item in values or () for v in item.split(",") if v)
+
+
+@dataclass
+class PipelinePlan:
+    """What `dlq replay --config` reads and where it writes."""
+
+    letters: Iterable[DeadLetter]
+    target: ReplayTarget
+    dlq: str
+    exactly_once_outputs: list[str] = field(default_factory=list)
+    brokers: str | None = None
+
+
+def _brokers(section: Config) -> str:
+    raw = section.raw("brokers")
+    return raw if isinstance(raw, str) else ",".join(str(b) for b in raw)
+
+
+def plan_from_config(cfg: Config) -> PipelinePlan:
+    """The DLQ and replay target of a pipeline config (ValueError naming the key if impossible)."""
+    dlq, source, sink = cfg.section("dlq"), cfg.section("source"), cfg.section("sink")
+    pipeline = cfg.str("pipeline.name")
+    if dlq.str("type", "file") == "kafka":
+        dlq_brokers, dlq_topic = _brokers(dlq), dlq.str("topic")
+        letters: Iterable[DeadLetter] = read_dlq_topic(dlq_brokers, dlq_topic)
+        where = f"kafka topic {dlq_topic}"
+    else:
+        path = dlq.str("path", f".streamforge/{pipeline}/out/dlq.jsonl")
+        letters = read_dlq_file(path) if os.path.exists(path) else iter(())
+        where = f"file {path}"
+    kind = source.str("type", "file")
+    brokers = None
+    if kind == "kafka":
+        brokers = _brokers(source)
+        topics = source.raw("topics", None) or [source.str("topic")]
+        target: ReplayTarget = KafkaTarget(brokers, inputs=[str(t) for t in topics])
+    elif kind == "file":
+        path = source.raw("path", None)
+        if not isinstance(path, str) or any(c in path for c in "*?["):
+            raise ValueError(f"source.path: {path!r} is not one file; give the file to append the "
+                             "replay to with --to-file (one the source reads)")
+        target = FileTarget(path)
+    else:
+        raise ValueError(f"source.type: {kind!r}: a {kind} source cannot be written to; replay to "
+                         "a topic or file the pipeline reads (--file/--topic with --to or --to-file)")
+    eo: list[str] = []
+    if sink.str("type", "file") == "kafka" and sink.str("mode", "at-least-once") == "exactly-once":
+        eo = [sink.str(k) for k in ("topic", "changes-topic") if sink.has(k)]
+    return PipelinePlan(letters, target, where, eo, brokers)

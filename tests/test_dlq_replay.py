@@ -22,7 +22,7 @@ from dataflows.connectors.mongo_sink import JsonlDeadLetters
 from dataflows.dead_letter import DeadLetter, dead_letter
 from dataflows.events import RawRecord
 from streamforge_ops.cli import main
-from streamforge_ops.dlq_replay import DlqFilter, RateLimiter, replay
+from streamforge_ops.dlq_replay import DlqFilter, KafkaTarget, RateLimiter, replay
 from tests.fixtures.kafka import read_topic
 from tests.test_kafka_harness import build, event_id_counts
 
@@ -57,6 +57,11 @@ def test_dlq_inspect_replay_twice_with_dedup_downstream(
         }
 
     run_main(build(spec(src, out1, dlq, 100, False), "v1"))
+    assert len(read_topic(b, out1, partitions=1)) == 3
+
+    # issue 9 path 6: a pipeline's output (its records carry sf-event-id) is never a replay target
+    assert main(["dlq", "replay", "--brokers", b, "--topic", dlq, "--to", out1, "--no-progress"]) == 2
+    assert "refusing to replay into" in capsys.readouterr().err
     assert len(read_topic(b, out1, partitions=1)) == 3
 
     code, summary = _cli(capsys, "dlq", "inspect", "--brokers", b, "--topic", dlq, "--json")
@@ -113,7 +118,7 @@ def test_dlq_inspect_file_filters_and_text_output(tmp_path: Path, capsys: pytest
     assert code == 0 and "SCHEMA" in text and "payload0" in text
     # a file DLQ has no topic in its coordinates: replay needs --to
     letters = list(JsonlDeadLetters(path).read())
-    rep = replay(letters, brokers=None, flt=DlqFilter(), dry_run=True)
+    rep = replay(letters, target=KafkaTarget(None), flt=DlqFilter(), dry_run=True)
     assert rep.no_topic == 3 and rep.matched == 3
 
 
@@ -143,3 +148,28 @@ def test_rate_limiter_spaces_calls() -> None:
     for _ in range(5):
         limiter.wait()
     assert slept == [0.25, 0.25, 0.25, 0.25]
+
+
+def test_replay_refuses_the_configured_exactly_once_output(
+    tmp_path: Path, kafka_bootstrap: str, make_topic: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--config` + `--to` naming the pipeline's exactly-once output topic: refused (even empty,
+    even as a dry run); its input topic is accepted (issue 9, path 6)."""
+    import yaml
+
+    b = kafka_bootstrap
+    src, out = make_topic(1, "eo-in"), make_topic(1, "eo-out")
+    dlq = tmp_path / "dlq.jsonl"
+    JsonlDeadLetters(dlq)([_letter(0, "SCHEMA", "p.parse", 1_000)])
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "pipeline": {"name": "p"},
+        "source": {"type": "kafka", "brokers": [b], "topics": [src]},
+        "sink": {"type": "kafka", "brokers": [b], "topic": out, "mode": "exactly-once"},
+        "dlq": {"type": "file", "path": str(dlq)},
+    }))
+    base = ["dlq", "replay", "--config", str(cfg), "--dry-run", "--no-progress", "--json"]
+    assert main([*base, "--to", out]) == 2
+    assert "exactly-once output" in capsys.readouterr().err
+    code, rep = _cli(capsys, *base)
+    assert code == 0 and rep["by_topic"] == {src: 1}

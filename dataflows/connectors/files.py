@@ -7,7 +7,9 @@ decoding: the parse step decides about bad UTF-8 or bad JSON), event id
 `{path, line, offset}`. The partition's snapshot is `{"offset", "line"}`:
 the byte offset just after the last emitted line, so a resume never repeats
 or skips a line. `\\n` and `\\r\\n` endings are both stripped; blank lines
-are skipped (they still count as lines).
+are skipped (they still count as lines). A line appended by `streamforge dlq
+replay` (an envelope, see replay_lines.py) yields its original payload and
+its original event id.
 
 - batch mode (`tail=False`): a last line without a newline is emitted at end
   of file, then the partition ends.
@@ -50,6 +52,7 @@ from typing import Any, TypedDict
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from dataflows.connectors.replay_lines import unwrap_replay_line
 from dataflows.events import RawRecord, file_event_id
 
 __all__ = [
@@ -184,9 +187,13 @@ class _JsonlSourcePartition(StatefulSourcePartition[RawRecord, FilePosition]):
         payload = raw_line[:-1] if raw_line.endswith(b"\n") else raw_line
         if payload.endswith(b"\r"):
             payload = payload[:-1]
+        event_id = file_event_id(self._path, self._line)
+        replayed = unwrap_replay_line(payload)
+        if replayed is not None:  # a DLQ replay (streamforge dlq replay) keeps its event id
+            payload, event_id = replayed
         return RawRecord(
             payload=payload,
-            event_id=file_event_id(self._path, self._line),
+            event_id=event_id,
             source=f"file:{self._path}",
             coords={"path": self._path, "line": self._line, "offset": start},
         )

@@ -11,6 +11,7 @@ config/orders.yaml --output deploy/k8s`. `--output -` prints one YAML stream.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -78,6 +79,10 @@ def _render(args: argparse.Namespace) -> int:
         sys.stdout.write("---\n".join(dump_manifest(m, result.pipeline) for m in result.manifests))
         return 0
     paths = write_manifests(result, Path(args.output))
+    lifecycle = None
+    if result.lifecycle is not None:  # for `aws s3api put-bucket-lifecycle-configuration`
+        lifecycle = Path(args.output) / "s3-lifecycle.json"
+        lifecycle.write_text(json.dumps(result.lifecycle, indent=2) + "\n")
     objects = [
         {"kind": m.kind, "name": m.name, "file": str(path)}
         for m, path in zip(result.manifests, paths, strict=True)
@@ -88,7 +93,10 @@ def _render(args: argparse.Namespace) -> int:
         "output": str(args.output),
         "objects": objects,
         "notes": result.notes,
+        "lifecycle": str(lifecycle) if lifecycle else None,
     }
     text = "\n".join(f"wrote {o['file']} ({o['kind']} {o['name']})" for o in objects)
+    if lifecycle:
+        text += f"\nwrote {lifecycle} (S3 lifecycle: expire unpinned savepoints)"
     emit(summary, as_json=args.json, text=text)
     return 0

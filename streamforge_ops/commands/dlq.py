@@ -4,10 +4,14 @@
     streamforge dlq inspect --file .streamforge/orders/out/dlq.jsonl
     streamforge dlq replay --brokers H:P --topic orders-dlq --error-code MALFORMED_JSON \\
         --since 2026-11-22T08:00 --rate 100 [--to orders-retry] [--dry-run] [--json]
+    streamforge dlq replay --config config/orders.yaml --error-code OVERSIZED [--dry-run]
 
 Replayed records carry the original key and payload bytes, header
-`sf-event-id` (their event id) and `sf-replay` (the replay tag); see
-streamforge_ops/dlq_replay.py.
+`sf-event-id` (their event id) and `sf-replay` (the replay tag); into a
+JSONL file (`--to-file`, or a file source with `--config`) an envelope line
+that the file source reads back with the original event id. `--config` takes
+the DLQ and the target (the pipeline's input) from the pipeline config. A
+pipeline's output topic is refused as a target (see docs/dlq-replay-guide.md).
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ from typing import Any
 from streamforge_ops.cli import CliError
 from streamforge_ops.dlq_replay import (
     DlqFilter,
+    FileTarget,
+    KafkaTarget,
     as_set,
     letters_source,
     parse_time_ms,
+    plan_from_config,
+    refuse_output_topic,
     replay,
     summarize,
     to_json,
@@ -43,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           description="Replay dead letters: original key and payload, same event id.")
     _common(rep)
     rep.add_argument("--to", metavar="TOPIC", help="target topic (default: the original topic of each letter)")
+    rep.add_argument("--to-file", metavar="PATH", help="append to this JSONL file (a file source's input)")
     rep.add_argument("--target-brokers", help="brokers of the target (default: --brokers)")
     rep.add_argument("--rate", type=float, help="at most N records per second")
     rep.add_argument("--dry-run", action="store_true", help="count what would be replayed, write nothing")
@@ -52,7 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    src = p.add_argument_group("DLQ source (a Kafka topic or a JSONL file)")
+    src = p.add_argument_group("DLQ source (a pipeline config, a Kafka topic or a JSONL file)")
+    src.add_argument("--config", metavar="PIPELINE.yaml",
+                     help="the pipeline's DLQ (dlq section); replay writes to its input")
     src.add_argument("--brokers", help="Kafka bootstrap servers, host:port[,host:port]")
     src.add_argument("--topic", help="DLQ topic")
     src.add_argument("--file", help="JSONL DLQ file")
@@ -77,7 +88,26 @@ def _filter(args: argparse.Namespace) -> DlqFilter:
     return DlqFilter(as_set(args.error_code), as_set(args.stage), times["since"], times["until"])
 
 
+def _plan(args: argparse.Namespace) -> Any:
+    """The `plan_from_config` of `--config` (None without it)."""
+    if not args.config:
+        return None
+    if args.file or args.topic:
+        raise CliError("give either --config or --file / --brokers --topic, not both")
+    from dataflows.config import ConfigError, load_config
+
+    try:
+        return plan_from_config(load_config(args.config))
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    except ValueError as exc:
+        raise CliError(f"{args.config}: {exc}") from None
+
+
 def _source(args: argparse.Namespace) -> Any:
+    plan = _plan(args)
+    if plan is not None:
+        return plan.letters
     if args.file and args.topic:
         raise CliError("give either --file or --brokers/--topic, not both")
     if not args.file and not (args.brokers and args.topic):
@@ -118,13 +148,35 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target(args: argparse.Namespace, plan: Any) -> Any:
+    """The replay target; refuses a pipeline's output topic (replay goes through its input)."""
+    if args.to and args.to_file:
+        raise CliError("give either --to or --to-file, not both")
+    if args.to_file:
+        return FileTarget(args.to_file)
+    if plan is not None:
+        eo = plan.exactly_once_outputs
+        target = KafkaTarget(plan.brokers, args.to) if args.to and plan.brokers else plan.target
+        if args.to and not plan.brokers:
+            raise CliError("--to: the pipeline's source is not Kafka; use --to-file")
+    else:
+        target_brokers = args.target_brokers or args.brokers
+        if not args.dry_run and not target_brokers:
+            raise CliError("replaying needs --brokers (or --target-brokers), or use --dry-run")
+        target, eo = KafkaTarget(target_brokers, args.to), []
+    if isinstance(target, KafkaTarget) and target.brokers:
+        for topic in [target.to] if target.to else list(target.inputs):
+            _run_guarded(lambda topic=topic: refuse_output_topic(target.brokers, topic, exactly_once=eo))
+    return target
+
+
 def _replay(args: argparse.Namespace) -> int:
     flt = _filter(args)
     if args.rate is not None and args.rate <= 0:
         raise CliError("--rate must be > 0")
-    target_brokers = args.target_brokers or args.brokers
-    if not args.dry_run and not target_brokers:
-        raise CliError("replaying needs --brokers (or --target-brokers), or use --dry-run")
+    plan = _plan(args)
+    target = _target(args, plan)
+    letters = plan.letters if plan is not None else _source(args)
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
@@ -132,7 +184,7 @@ def _replay(args: argparse.Namespace) -> int:
         bar = tqdm(desc="replay", unit="rec", file=sys.stderr, disable=None)
     try:
         report = _run_guarded(lambda: replay(
-            _source(args), brokers=target_brokers, flt=flt, to=args.to, rate=args.rate,
+            letters, target=target, flt=flt, rate=args.rate,
             dry_run=args.dry_run, tag=args.tag, progress=bar.update if bar is not None else (lambda n: None),
         ))
     finally:

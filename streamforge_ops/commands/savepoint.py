@@ -3,7 +3,10 @@
 Savepoints live under `savepoints/` of `savepoints.dir` and are never removed
 by checkpoint retention. `prune` removes by age and count but always keeps at
 least one. `restore ID` replaces the local recovery partitions with the
-savepoint (stop the pipeline first).
+savepoint (stop the pipeline first). `create --pin` / `pin ID` / `unpin ID`:
+a pinned savepoint is never pruned or deleted, and on S3 its objects are
+tagged `streamforge-pinned=true` so the bucket lifecycle rule that
+`streamforge deploy render` writes (s3-lifecycle.json) does not expire it.
 """
 
 from __future__ import annotations
@@ -32,15 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "restore": actions.add_parser("restore", help="restore a savepoint into the recovery dir"),
         "delete": actions.add_parser("delete", help="delete one savepoint"),
         "prune": actions.add_parser("prune", help="delete old savepoints (keeps at least one)"),
+        "pin": actions.add_parser("pin", help="keep a savepoint: never pruned, not expired by S3 lifecycle"),
+        "unpin": actions.add_parser("unpin", help="let prune and the S3 lifecycle rule remove it again"),
     }
     for name, a in parsers.items():
         add_config_arg(a)
         a.add_argument("--store", metavar="URL", help="override savepoints.dir")
         a.add_argument("--json", action="store_true", help="machine-readable output")
-        if name in ("describe", "restore", "delete"):
+        if name in ("describe", "restore", "delete", "pin", "unpin"):
             a.add_argument("id", metavar="ID", help="savepoint id")
         a.set_defaults(func=globals()[f"_{name}"])
     parsers["create"].add_argument("--name", help="a label for the savepoint (e.g. pre-upgrade-v2)")
+    parsers["create"].add_argument("--pin", action="store_true", help="pin it (see `savepoint pin`)")
     parsers["prune"].add_argument("--max-age", help="delete savepoints older than this (e.g. 7d)")
     parsers["prune"].add_argument("--max-count", type=int, help="keep at most this many")
     parsers["restore"].add_argument("--force", action="store_true",
@@ -57,8 +63,32 @@ def _create(args: argparse.Namespace) -> int:
     if not out.ok:
         print(f"streamforge: savepoint failed: {out.error}", file=sys.stderr)
         return 1
-    emit(manifest_full(out.manifest), as_json=args.json, text=out.manifest.id)
+    data = manifest_full(out.manifest)
+    if args.pin:
+        from recovery.savepoint import pin
+
+        pin(job.savepoint_store, job.pipeline, out.manifest.id)
+    data["pinned"] = args.pin
+    emit(data, as_json=args.json, text=out.manifest.id)
     return 0
+
+
+def _pin(args: argparse.Namespace, pinned: bool = True) -> int:
+    from recovery.manifest import ManifestError
+    from recovery.savepoint import pin, unpin
+
+    job = load_job(args.config, store=args.store)
+    try:
+        snap_id = (pin if pinned else unpin)(job.savepoint_store, job.pipeline, args.id)
+    except ManifestError as exc:
+        raise CliError(f"no savepoint {args.id!r} for {job.pipeline!r}") from exc
+    emit({"id": snap_id, "pinned": pinned}, as_json=args.json,
+         text=f"{'pinned' if pinned else 'unpinned'} {snap_id}")
+    return 0
+
+
+def _unpin(args: argparse.Namespace) -> int:
+    return _pin(args, pinned=False)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -78,7 +108,9 @@ def _describe(args: argparse.Namespace) -> int:
         manifest = describe(job.savepoint_store, job.pipeline, args.id)
     except ManifestError as exc:
         raise CliError(f"no savepoint {args.id!r} for {job.pipeline!r}") from exc
-    data = manifest_full(manifest)
+    from recovery.savepoint import is_pinned
+
+    data = {**manifest_full(manifest), "pinned": is_pinned(job.savepoint_store, job.pipeline, manifest.id)}
     emit(data, as_json=args.json, text="\n".join(f"{k}: {v}" for k, v in data.items()))
     return 0
 
@@ -102,6 +134,8 @@ def _delete(args: argparse.Namespace) -> int:
     try:
         delete_savepoint(job.savepoint_store, job.pipeline, args.id)
     except ManifestError as exc:
+        if "pinned" in str(exc):
+            raise CliError(str(exc)) from None
         raise CliError(f"no savepoint {args.id!r} for {job.pipeline!r}") from exc
     snapshots.update_savepoint_gauge(job)
     emit({"deleted": args.id}, as_json=args.json, text=f"deleted {args.id}")
