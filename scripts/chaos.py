@@ -39,11 +39,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.chaoslib.checker import Record, check  # noqa: E402
+from scripts.chaoslib.checker import check  # noqa: E402
 from scripts.chaoslib.runner import RunOutcome, ScheduleRunner  # noqa: E402
 from scripts.chaoslib.schedule import Schedule, draw_schedule  # noqa: E402
 from scripts.chaoslib.services import Services  # noqa: E402
-from scripts.chaoslib.workloads import Workload, WorkloadInput, make_input  # noqa: E402
+from scripts.chaoslib.workloads import REPO, Workload, WorkloadInput, make_input  # noqa: E402
 
 
 def log(line: str) -> None:
@@ -57,39 +57,41 @@ class Chaos:
         self.args, self.work = args, work
         self.services: Services | None = None
         self.inputs: dict[str, WorkloadInput] = {}
-        self.baselines: dict[str, tuple[list[Record], list[str]]] = {}
-        self.report: dict[str, Any] = {"runs": 0, "faults": Counter(), "fired": Counter(), "lost": 0,
+        self.baselines: dict[str, RunOutcome] = {}
+        self.report: dict[str, Any] = {"runs": 0, "faults": Counter(), "landed": Counter(), "lost": 0,
                                        "duplicated": 0, "divergent": 0, "stuck": 0, "failures": []}
 
     def _workload(self, name: str, tag: str) -> Workload:
         assert self.services is not None
         if name not in self.inputs:
-            self.inputs[name] = make_input(name, self.services, self.work, self.args.records, self.args.seed)
-        return Workload(self.inputs[name], self.services, self.work / tag, f"{tag}-{uuid.uuid4().hex[:6]}")
+            self.inputs[name] = make_input(name, self.services, self.work, self.args.records, self.args.seed,
+                                           self.args.input)
+        return Workload(self.inputs[name], self.services, self.work / tag, f"{tag}-{uuid.uuid4().hex[:6]}",
+                        self.args.pipeline_config)
 
-    def _run(self, schedule: Schedule, tag: str) -> RunOutcome:
+    def _run(self, schedule: Schedule, tag: str, active_s: float = 0.0) -> RunOutcome:
         runner = ScheduleRunner(schedule, self._workload(schedule.workload, tag),
-                                deadline_s=self.args.deadline, log=log)
+                                deadline_s=self.args.deadline, active_s=active_s, log=log)
         return runner.run()
 
-    def baseline(self, workload: str) -> tuple[list[Record], list[str]]:
+    def baseline(self, workload: str) -> RunOutcome:
         if workload not in self.baselines:
             log(f"[{workload}] fault-free run ...")
             out = self._run(Schedule(self.args.seed, -1, workload, ()), f"baseline-{workload}")
             if out.error:
                 raise RuntimeError(f"the fault-free run of {workload} failed: {out.error}")
             log(f"[{workload}] fault-free: {len(out.records)} records, {len(out.dlq)} dead letters "
-                f"in {out.seconds}s")
-            self.baselines[workload] = (out.records, out.dlq)
+                f"in {out.seconds}s ({out.active_s}s processing)")
+            self.baselines[workload] = out
         return self.baselines[workload]
 
     def run_one(self, schedule: Schedule) -> None:
-        want, want_dlq = self.baseline(schedule.workload)
-        out = self._run(schedule, f"run{schedule.run}")
+        base = self.baseline(schedule.workload)
+        out = self._run(schedule, f"run{schedule.run}", base.active_s)
         r = self.report
         r["runs"] += 1
         r["faults"].update(schedule.kinds())
-        r["fired"].update(out.fired)
+        r["landed"].update(out.landed)
         what: str | None = None
         if out.stuck:
             r["stuck"] += 1
@@ -98,7 +100,7 @@ class Chaos:
             what = out.error
         else:
             exactly_once = schedule.workload != "kafka-at-least-once"
-            v = check(want, out.records, exactly_once=exactly_once, baseline_dlq=want_dlq, got_dlq=out.dlq,
+            v = check(base.records, out.records, exactly_once=exactly_once, baseline_dlq=base.dlq, got_dlq=out.dlq,
                       exact_dlq=schedule.workload == "file")
             r["lost"] += v.lost
             r["duplicated"] += v.duplicated
@@ -107,7 +109,7 @@ class Chaos:
                 what = v.what()
         status = "ok" if what is None else "FAIL"
         log(f"run {schedule.run} [{schedule.workload}] {' '.join(schedule.kinds())} "
-            f"(fired: {' '.join(out.fired) or '-'}) {out.seconds}s: {status}{'' if what is None else ': ' + what}")
+            f"(landed: {' '.join(out.landed) or '-'}) {out.seconds}s: {status}{'' if what is None else ': ' + what}")
         if what is not None:
             replay = f"python scripts/chaos.py --seed {schedule.seed} --run {schedule.run}"
             r["failures"].append({"seed": schedule.seed, "run": schedule.run, "schedule": json.loads(schedule.to_json()),
@@ -128,7 +130,7 @@ class Chaos:
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
-        return {**self.report, "faults": dict(self.report["faults"]), "fired": dict(self.report["fired"])}
+        return {**self.report, "faults": dict(self.report["faults"]), "landed": dict(self.report["landed"])}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -139,12 +141,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--replay-schedule", metavar="JSON", help="run exactly this schedule (as printed)")
     ap.add_argument("--records", type=int, default=1500, help="input records per workload (default 1500)")
     ap.add_argument("--deadline", type=float, default=150.0, help="seconds a run may take (default 150)")
+    ap.add_argument("--pipeline-config", type=Path, default=REPO / "config" / "orders.yaml", metavar="YAML",
+                    help="your pipeline's config (default config/orders.yaml): its flow, parse and patterns "
+                         "are kept; source, sinks, recovery and checkpoints are the harness's")
+    ap.add_argument("--input", type=Path, metavar="JSONL",
+                    help="input lines for your pipeline (default: generated orders); the first --records are used")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     ap.add_argument("--out", metavar="FILE", help="also write the summary to FILE after every run")
     ap.add_argument("--keep", action="store_true", help="keep the work directory even when every run passed")
     args = ap.parse_args(argv)
     if args.runs < 1 or args.records < 10 or args.deadline <= 0:
         ap.error("--runs must be >= 1, --records >= 10 and --deadline > 0")
+    for flag, path in (("--pipeline-config", args.pipeline_config), ("--input", args.input)):
+        if path is not None and not path.is_file():
+            ap.error(f"{flag}: {path} is not a file")
     return args
 
 

@@ -55,7 +55,9 @@ class RunOutcome:
     dlq: list[str] = field(default_factory=list)
     stuck: bool = False
     error: str | None = None  # the run could not complete (not a data verdict)
-    fired: list[str] = field(default_factory=list)
+    fired: list[str] = field(default_factory=list)  # fault points that fired (the mark file)
+    landed: list[str] = field(default_factory=list)  # fault kinds that struck (an action ran, a point fired)
+    active_s: float = 0.0  # from the first dataflow start to completion
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -66,12 +68,14 @@ class _Action:
     label: str = field(compare=False)
     fn: Callable[[], bool] = field(compare=False)  # False: not possible now, try again next tick
     tries: int = field(default=0, compare=False)
+    kind: str | None = field(default=None, compare=False)  # the fault kind it makes land
 
 
 class ScheduleRunner:
-    def __init__(self, schedule: Schedule, workload: Workload, *, deadline_s: float,
+    def __init__(self, schedule: Schedule, workload: Workload, *, deadline_s: float, active_s: float,
                  log: Callable[[str], None]) -> None:
         self.schedule, self.w, self.deadline_s, self.log = schedule, workload, deadline_s, log
+        self.active_s = active_s  # the fault-free run's processing time: `Fault.at` is a fraction of it
         self.root = workload.root
         self.mark = self.root / "faults.fired"
         self.sup: subprocess.Popen[bytes] | None = None
@@ -137,29 +141,29 @@ class ScheduleRunner:
     # -- actions -----------------------------------------------------------------
 
     def _actions(self, f: Fault, t0: float) -> list[_Action]:
-        at = t0 + f.at_s
+        at = t0 + f.at * self.active_s
         p = f.params
         svc = self.w.services
         if f.kind == "child-kill":
-            return [_Action(at, f.kind, self._kill_child)]
+            return [_Action(at, f.kind, self._kill_child, kind=f.kind)]
         if f.kind in ("supervisor-kill", "long-restart", "restore-swap-kill"):
-            return [_Action(at, f.kind, lambda: self._restart_supervisor(f))]
+            return [_Action(at, f.kind, lambda: self._restart_supervisor(f), kind=f.kind)]
         if f.kind == "broker-pause":
-            return [_Action(at, "broker-pause", _true(svc.pause_broker)),
+            return [_Action(at, "broker-pause", _true(svc.pause_broker), kind=f.kind),
                     _Action(at + p["for_s"], "broker-resume", _true(svc.resume_broker))]
         if f.kind == "broker-restart":
-            return [_Action(at, "broker-stop", _true(svc.stop_broker)),
+            return [_Action(at, "broker-stop", _true(svc.stop_broker), kind=f.kind),
                     _Action(at + p["down_s"], "broker-start", _true(svc.start_broker))]
         if f.kind.startswith("store-"):
             mode = {"store-503": "slowdown", "store-reset": "reset", "store-slow": "delay"}[f.kind]
             return [_Action(at, f.kind, _true(lambda: svc.proxy.set_mode(
-                        mode, delay_s=p.get("delay_s", 0.0), probability=p["probability"]))),
+                        mode, delay_s=p.get("delay_s", 0.0), probability=p["probability"])), kind=f.kind),
                     _Action(at + p["for_s"], f"{f.kind}-end", _true(lambda: svc.proxy.set_mode("pass")))]
         if f.kind in ("op-checkpoint", "op-savepoint"):
             what = f.kind.removeprefix("op-")
-            return [_Action(at, f.kind, lambda: self._op([what, "create"], f.kind))]
+            return [_Action(at, f.kind, lambda: self._op([what, "create"], f.kind), kind=f.kind)]
         if f.kind == "op-upgrade":
-            return [_Action(at, f.kind, lambda: self._upgrade(p["mode"]))]
+            return [_Action(at, f.kind, lambda: self._upgrade(p["mode"]), kind=f.kind)]
         return []  # fault-point kinds: armed in the environment
 
     def _kill_child(self) -> bool:
@@ -203,11 +207,13 @@ class ScheduleRunner:
             t0 = self._first_child(deadline)
             if t0 is not None:
                 timeline = sorted(a for f in self.schedule.faults for a in self._actions(f, t0))
-                self._loop(timeline, deadline)
+                self._loop(timeline, t0, deadline)
         finally:
             self._cleanup()
             self.w.services.heal()
         self.outcome.fired = fired(str(self.mark))
+        points = {POINT_OF[k].split("@")[0]: k for k in POINT_OF}
+        self.outcome.landed += [points[p] for p in self.outcome.fired if p in points]
         if self.outcome.error is None and not self.outcome.stuck:
             try:
                 self.outcome.records, self.outcome.dlq = self.w.read_output()
@@ -229,7 +235,7 @@ class ScheduleRunner:
         self.outcome.error = "stuck: the first dataflow child never started"
         return None
 
-    def _loop(self, timeline: list[_Action], deadline: float) -> None:
+    def _loop(self, timeline: list[_Action], t0: float, deadline: float) -> None:
         while True:
             now = time.monotonic()
             if now > deadline:
@@ -243,6 +249,8 @@ class ScheduleRunner:
                 action = timeline.pop(0)
                 if action.fn():
                     self.outcome.notes.append(f"{now - deadline + self.deadline_s:.1f}s {action.label}")
+                    if action.kind:
+                        self.outcome.landed.append(action.kind)
                 elif action.tries < 100:  # e.g. no child right now: retry for ~5 s
                     action.tries += 1
                     action.at = now + 0.05
@@ -257,6 +265,7 @@ class ScheduleRunner:
                 self._start_supervisor()
             if self.sup is not None and self.restart_at is None and self.sup.poll() is not None:
                 if self.sup.returncode == 0 and self.status().get("phase") == "completed":
+                    self.outcome.active_s = round(now - t0, 2)
                     return
                 if not self._on_exit():
                     return

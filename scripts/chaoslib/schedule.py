@@ -5,8 +5,10 @@ rotates through every kind (`run % len(FAULT_KINDS)`: 100 runs draw each of
 the 16 kinds at least 6 times), its workload rotates through the workloads
 that fault applies to (runs 0-2 cover all three); then 0-2 more faults of
 the kinds that apply to the workload, weighted by 1 / (the number of
-workloads the kind applies to). Each fault has `at_s` (seconds after the
-dataflow's first start) and kind-specific parameters; `Schedule.to_json()` /
+workloads the kind applies to). Each fault has `at` (when it strikes, as a
+fraction of the fault-free run's processing time, counted from the first
+dataflow start, so that it lands while the run works) and kind-specific
+parameters; `Schedule.to_json()` /
 `Schedule.from_json()` round-trip it for `--replay-schedule`.
 """
 
@@ -51,7 +53,7 @@ def applicable_kinds(workload: str) -> list[str]:
 @dataclass(frozen=True)
 class Fault:
     kind: str
-    at_s: float
+    at: float  # fraction of the fault-free run's processing time
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,6 +105,6 @@ def draw_schedule(seed: int, run: int) -> Schedule:
     kinds = applicable_kinds(workload)
     weights = [1 / len(FAULT_KINDS[k][0]) for k in kinds]  # kinds of fewer workloads: drawn more often
     chosen = [first, *rng.choices(kinds, weights, k=rng.randint(0, 2))]
-    faults = sorted((Fault(k, round(rng.uniform(0.5, 6.0), 2), _params(k, rng)) for k in chosen),
-                    key=lambda f: f.at_s)
+    faults = sorted((Fault(k, round(rng.uniform(0.05, 0.9), 3), _params(k, rng)) for k in chosen),
+                    key=lambda f: f.at)
     return Schedule(seed, run, workload, tuple(faults))

@@ -11,6 +11,11 @@ so the Deduplicator and the DLQ have work), slowed by the `throttle` hook:
 - `file`: the embedded default, JSONL file -> JSONL table and DLQ, 1 worker,
   `file://` checkpoint store.
 
+`--pipeline-config` / `--input` (scripts/chaos.py) replace the orders config
+and the generated input: the harness then keeps the pipeline's flow, parse
+and pattern settings and replaces only its source, sinks, recovery and
+checkpoint settings.
+
 The input is shared by every run of a workload (same topic or file, hence the
 same event ids); each run gets its own output topics, recovery directory,
 store prefix and transactional ids.
@@ -53,11 +58,16 @@ def _order_partition(line: bytes) -> int:
     return zlib.crc32(key.encode()) % IN_PARTITIONS
 
 
-def make_input(workload: str, services: Services, work: Path, records: int, seed: int) -> WorkloadInput:
-    """Generate the workload's input once: a keyed topic, or a JSONL file."""
+def make_input(workload: str, services: Services, work: Path, records: int, seed: int,
+               lines_from: Path | None = None) -> WorkloadInput:
+    """The workload's input, once: generated orders (or the first `records` lines of
+    `lines_from`) in a topic keyed by `order_id`, or in a JSONL file."""
     from dataflows.generate import generate_orders
 
-    lines = generate_orders(records, seed=seed, oversized_bytes=20_000).lines
+    if lines_from is not None:
+        lines = lines_from.read_bytes().splitlines()[:records]
+    else:
+        lines = generate_orders(records, seed=seed, oversized_bytes=20_000).lines
     if workload == "file":
         path = work / "input" / "orders.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +90,7 @@ class Workload:
     services: Services
     root: Path
     tag: str
+    base_config: Path = REPO / "config" / "orders.yaml"
 
     @property
     def name(self) -> str:
@@ -99,10 +110,12 @@ class Workload:
 
     def write_config(self) -> Path:
         """Create the run's topics and write its config; the path."""
-        cfg: dict[str, Any] = yaml.safe_load((REPO / "config" / "orders.yaml").read_text())
+        cfg: dict[str, Any] = yaml.safe_load(self.base_config.read_text())
         out = self.root / "out"
-        cfg["pipeline"].update({"name": "orders", "workers": 2 if self.kafka else 1})
-        cfg["patterns"]["enrich"] = "scripts.chaoslib.hooks:throttle"
+        cfg["pipeline"].update({"workers": 2 if self.kafka else 1})
+        for section in ("patterns", "recovery", "checkpoints", "savepoints"):
+            cfg.setdefault(section, {})
+        cfg["patterns"].setdefault("enrich", "scripts.chaoslib.hooks:throttle")  # keep a pipeline's own hook
         cfg["recovery"].update({"dir": str(self.recovery_dir), "partitions": 4, "snapshot-interval": "1s",
                                 "backup-interval": "10s", "compact-interval": "2s", "restart-backoff": "0.2s", "max-restart-backoff": "1s",
                                 "stop-grace": "10s"})
