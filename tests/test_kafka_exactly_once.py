@@ -78,7 +78,7 @@ def test_zombie_is_fenced_and_replay_is_written_once(
     first = sink.build_part("step", "00000", None)
     first.write_batch([_event(i) for i in range(5)])
     durable = first.snapshot()  # epoch 1 committed and durable
-    assert durable == {"committed_end": {0: 5}, "pending_skip": {0: {}}}
+    assert durable == {"committed_end": {0: 5}, "pending_skip": {0: {}}, "partitions": {0: 1}}
     first.write_batch([_event(i) for i in range(5, 10)])  # epoch 2: open transaction, then "crash"
     first._producer.flush(5)
 

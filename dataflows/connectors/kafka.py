@@ -21,6 +21,14 @@ sink:
   delivery-timeout: 30s
   retry: {max-attempts: 5, initial-backoff: 100ms, max-backoff: 10s, multiplier: 2, jitter: 0.2}
   commit-timeout: 30s              # exactly-once: per commit attempt
+  scan-timeout: 20s                # exactly-once: bound of the tail scan at start (commit-timeout +
+                                   #   scan-timeout must be below transaction-timeout)
+  fresh-scan-window: 15m           # exactly-once, no resume state: scan only this writer's records
+                                   #   of this last window (not the whole pre-existing topic)
+  skip-window: 1000000             # exactly-once: offsets after a resume scan's end before an id
+                                   #   the replay never met leaves the skip set
+  restore-window: 7d               # exactly-once: how far back a restore may go (savepoints.max-age);
+                                   #   a topic retention.ms below it is warned about at start
   dlq-topic: orders-dlq            # the sink's own dead letters (SINK_WRITE): a Kafka topic
   # dlq-brokers: ...               #   (default: the sink's brokers),
   # dlq-path: .streamforge/orders/out/kafka-sink-dlq.jsonl   # or a JSONL file (the default)
@@ -33,7 +41,14 @@ dlq:
 
 Every builder checks the brokers and topics at start (metadata within
 `metadata-timeout`, default 5s; `check: false` skips it): a bad address or a
-missing topic is a `KafkaStartError` (a `ConfigError`) naming them.
+missing topic is a `KafkaStartError` (a `ConfigError`) naming them. An
+exactly-once sink also reads the output topic's configs (DescribeConfigs):
+`cleanup.policy=compact` is refused (compaction drops records the tail scan
+needs), a `retention.ms` below `restore-window` is warned about, and so is a
+broker that does not report `retention.ms` (Tansu 0.6.0, DESIGN.md §10). The
+partition count is also kept in the writer's state: a restart with another
+count is refused (`transactional.OutputPartitionsChanged`, with how to
+migrate).
 
 Wiring: the source stream mixes `RawRecord` and `DeadLetter` (consumer
 errors), split it with `dataflows.errors.split_dead_letters`. Write to a Kafka
@@ -45,6 +60,7 @@ makes (key = `item.key`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import bytewax.operators as op
@@ -53,7 +69,7 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from dataflows.config import Config, ConfigError
-from dataflows.connectors.kafka_common import KafkaStartError, check_cluster
+from dataflows.connectors.kafka_common import KafkaStartError, check_cluster, topic_config
 from dataflows.connectors.kafka_dlq import KafkaDeadLetterWriter, KafkaDlqSink
 from dataflows.connectors.kafka_sink import DeadLetters, KafkaSinkSettings, ReliableKafkaSink
 from dataflows.connectors.kafka_source import RawRecordKafkaSource
@@ -71,6 +87,8 @@ __all__ = [
 ]
 
 MODES = ("exactly-once", "at-least-once")
+
+log = logging.getLogger(__name__)
 
 
 def brokers_from_config(cfg: Config, key: str = "brokers") -> list[str]:
@@ -134,20 +152,67 @@ def kafka_sink_from_config(cfg: Config, pipeline: str) -> Sink[Any]:
         delivery_timeout_s=cfg.duration("delivery-timeout", 30.0),
         stage=cfg.str("stage", f"{pipeline}.kafka-sink"),
     )
-    dead_letters = _sink_dead_letters(cfg, brokers, pipeline)
     partitions = cfg.int("partitions", counts.get(topic, 0) or None, minimum=1)
+    if partitions is not None and counts.get(topic, partitions) < partitions:
+        raise ConfigError(f"{cfg.full_key('partitions')}: {partitions}, but topic {topic!r} has only "
+                          f"{counts[topic]} partitions (in {cfg.origin})")
     if mode == "at-least-once":
-        return ReliableKafkaSink(settings, dead_letters, partitions)
+        return ReliableKafkaSink(settings, _sink_dead_letters(cfg, brokers, pipeline), partitions)
     if partitions is None:
-        raise ConfigError(f"partitions: needed when check is false in exactly-once mode (in {cfg.origin})")
+        raise ConfigError(f"{cfg.full_key('partitions')}: needed when check is false in exactly-once mode "
+                          f"(in {cfg.origin})")
+    tx = _transactional_settings(cfg, settings, partitions, pipeline)
+    if cfg.bool("check", True):
+        _check_exactly_once_topic(cfg, brokers, topic)
+    return TransactionalWriter(tx, _sink_dead_letters(cfg, brokers, pipeline))
+
+
+def _transactional_settings(
+    cfg: Config, sink: KafkaSinkSettings, partitions: int, pipeline: str
+) -> TransactionalSettings:
+    """The exactly-once keys; `scan-timeout` + `commit-timeout` must fit in `transaction-timeout`
+    (a partition built lazily blocks the worker's open transactions that long)."""
     tx = TransactionalSettings(
-        sink=settings,
+        sink=sink,
         partitions=partitions,
         transactional_id_prefix=cfg.str("transactional-id-prefix", f"streamforge.{pipeline}"),
         transaction_timeout_s=cfg.duration("transaction-timeout", 60.0),
         commit_timeout_s=cfg.duration("commit-timeout", 30.0),
+        scan_timeout_s=cfg.duration("scan-timeout", 20.0),
+        fresh_scan_window_s=cfg.duration("fresh-scan-window", 900.0),
+        skip_window=cfg.int("skip-window", 1_000_000, minimum=1),
     )
-    return TransactionalWriter(tx, dead_letters)
+    if tx.scan_timeout_s + tx.commit_timeout_s >= tx.transaction_timeout_s:
+        raise ConfigError(
+            f"{cfg.full_key('scan-timeout')} ({tx.scan_timeout_s:g}s) + {cfg.full_key('commit-timeout')} "
+            f"({tx.commit_timeout_s:g}s) must be below {cfg.full_key('transaction-timeout')} "
+            f"({tx.transaction_timeout_s:g}s): a partition built while other transactions are open would "
+            f"outlast them (in {cfg.origin})"
+        )
+    return tx
+
+
+def _check_exactly_once_topic(cfg: Config, brokers: list[str], topic: str) -> None:
+    """Refuse a compacted output topic; warn on a retention below `restore-window` or unknown."""
+    configs = topic_config(brokers, topic, cfg.duration("metadata-timeout", 5.0))
+    if "compact" in configs.get("cleanup.policy", ""):
+        raise KafkaStartError(
+            f"{cfg.full_key('topic')}: topic {topic!r} has cleanup.policy={configs['cleanup.policy']}: "
+            f"compaction deletes records the exactly-once tail scan needs after a restart (duplicates); use "
+            f"cleanup.policy=delete for an exactly-once output (in {cfg.origin})"
+        )
+    window_s = cfg.duration("restore-window", 7 * 86400.0)
+    raw = configs.get("retention.ms")
+    if raw is None:
+        log.warning("%s: topic %r: retention.ms not reported by the broker (DescribeConfigs; Tansu 0.6.0 "
+                    "omits it, DESIGN.md §10): cannot check it against %s (%gs); make sure the topic keeps "
+                    "records at least that long", cfg.full_key("topic"), topic, cfg.full_key("restore-window"),
+                    window_s)
+    elif 0 <= int(raw) < window_s * 1000:
+        log.warning("WARNING %s: topic %r keeps records retention.ms=%s, less than %s (%gs): a restore "
+                    "that far back replays into a partition whose tail was deleted, and the exactly-once "
+                    "scan cannot see what it must skip (duplicates)", cfg.full_key("topic"), topic, raw,
+                    cfg.full_key("restore-window"), window_s)
 
 
 def kafka_dlq_sink_from_config(cfg: Config, pipeline: str) -> KafkaDlqSink:

@@ -32,17 +32,22 @@ from dataflows.config import ConfigError
 __all__ = [
     "EVENT_ID_HEADER",
     "REPLAY_HEADER",
+    "WRITER_HEADER",
     "KafkaStartError",
     "OutMessage",
     "check_cluster",
     "header_value",
+    "is_fenced",
+    "is_per_record",
     "is_transient",
     "partition_for",
+    "topic_config",
     "to_out_message",
 ]
 
 EVENT_ID_HEADER = "sf-event-id"
 REPLAY_HEADER = "sf-replay"
+WRITER_HEADER = "sf-writer"  # the exactly-once writer's transactional id, on every record it writes
 
 _TRANSIENT_CODES = {
     KafkaError._MSG_TIMED_OUT,
@@ -62,6 +67,20 @@ _TRANSIENT_CODES = {
     KafkaError.NOT_COORDINATOR,
     KafkaError.CONCURRENT_TRANSACTIONS,
 }
+
+
+# Errors about one record (it can never be written), not about the producer or the transaction.
+_PER_RECORD_CODES = {
+    KafkaError.MSG_SIZE_TOO_LARGE,  # librdkafka's own check in produce() and the broker's refusal
+    KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_MSG_SIZE,
+    KafkaError.INVALID_MSG,
+    KafkaError.INVALID_RECORD,
+    KafkaError._KEY_SERIALIZATION,
+    KafkaError._VALUE_SERIALIZATION,
+}
+
+_FENCED_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 
 
 class KafkaStartError(ConfigError):
@@ -87,6 +106,28 @@ def is_transient(err: KafkaError | BaseException | None) -> bool:
     if err.fatal():
         return False
     return err.retriable() or err.code() in _TRANSIENT_CODES
+
+
+def _kafka_error(err: KafkaError | BaseException | None) -> KafkaError | None:
+    if isinstance(err, KafkaException):
+        err = err.args[0] if err.args else None
+    return err if isinstance(err, KafkaError) else None
+
+
+def is_per_record(err: KafkaError | BaseException | None) -> bool:
+    """Whether the error is about the record itself (too large, invalid): it can never be written.
+
+    `_STATE` (the transaction is abortable), timeouts and fencing are not: they are about the
+    producer or the transaction, and the record is written once that is resolved.
+    """
+    kerr = _kafka_error(err)
+    return kerr is not None and not kerr.fatal() and kerr.code() in _PER_RECORD_CODES
+
+
+def is_fenced(err: KafkaError | BaseException | None) -> bool:
+    """Whether the producer is fenced or failed fatally (`_FATAL`): it can never write again."""
+    kerr = _kafka_error(err)
+    return kerr is not None and (kerr.fatal() or kerr.code() in _FENCED_CODES)
 
 
 def partition_for(key: bytes | None, partitions: int) -> int:
@@ -140,7 +181,7 @@ def to_out_message(item: Any) -> OutMessage:
     headers: list[tuple[str, bytes]] = []
     for pair in getattr(item, "headers", ()) or ():
         if isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], bytes):
-            if pair[0] != EVENT_ID_HEADER:
+            if pair[0] not in (EVENT_ID_HEADER, WRITER_HEADER):  # set by the sinks, never copied
                 headers.append((str(pair[0]), pair[1]))
     if event_id:
         headers.append((EVENT_ID_HEADER, event_id.encode()))
@@ -177,3 +218,20 @@ def check_cluster(brokers: Sequence[str], topics: Iterable[str], timeout_s: floa
             raise KafkaStartError(f"Kafka topic {topic!r} on {servers}: {meta.error.str()}")
         counts[topic] = len(meta.partitions)
     return counts
+
+
+def topic_config(brokers: Sequence[str], topic: str, timeout_s: float = 5.0) -> dict[str, str]:
+    """The topic's configs as DescribeConfigs reports them (name -> value).
+
+    A broker may leave keys out: Tansu 0.6.0 reports only the configs a topic was created with
+    (no `retention.ms` by default, DESIGN.md §10), so callers must handle a missing key.
+    """
+    from confluent_kafka.admin import ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": ",".join(brokers)})
+    try:
+        futures = admin.describe_configs([ConfigResource("topic", topic)], request_timeout=timeout_s)
+        configs = next(iter(futures.values())).result(timeout_s)
+    except KafkaException as exc:
+        raise KafkaStartError(f"Kafka topic {topic!r}: DescribeConfigs failed: {exc.args[0]}") from None
+    return {name: entry.value for name, entry in configs.items() if entry.value is not None}

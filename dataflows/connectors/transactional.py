@@ -11,21 +11,29 @@ recovery rows are written after it returns). The writer (DESIGN.md §4):
 2. `write_batch` begins a transaction if none is open and produces each record
    (header `sf-event-id` = the item's event id); delivery callbacks track the
    highest offset written;
+   and header `sf-writer` = its transactional id); delivery callbacks track the
+   highest offset written;
 3. `snapshot()` commits the transaction and returns
-   `{"committed_end": {p: next_offset}, "pending_skip": {p: {event_id: n}}}`;
-4. `build_part(resume_state)`: `init_transactions()` (fences a zombie with the
-   same id: its open transaction is aborted, or, on Tansu, made visible), then
-   reads partition p `read_committed` from `committed_end` (from the start of
-   the partition without a resume state) to the end and counts the
-   `sf-event-id`s found there: those records were committed after the last
-   durable snapshot. While the flow replays, a record whose id is in that
+   `{"committed_end": {p: next_offset}, "pending_skip": {p: {event_id: [n, expires_at]}},
+   "partitions": {p: n}}` (n: the sink's partition count);
+4. `build_part(resume_state)`: refuses a resume state written for another
+   partition count (`OutputPartitionsChanged`: records are routed by
+   crc32(key) mod n, a replay would reach partitions whose skip sets do not
+   hold them); `init_transactions()` (fences a zombie with the same id: its
+   open transaction is aborted, or, on Tansu, made visible); then
+   `transactional_scan.scan_own_records` reads partition p `read_committed`
+   from `committed_end` (without a resume state: from `fresh-scan-window`
+   before now) to the high watermark, waiting (bounded by `scan-timeout`) for
+   a foreign open transaction to end, and counts the `sf-event-id`s of the
+   records THIS writer wrote there: those records were committed after the
+   last durable snapshot. While the flow replays, a record whose id is in that
    multiset is skipped (and removed from it), so it is written once.
    The replay of what a zombie wrote may span several epochs of the new run;
    the ids not met yet are part of the snapshot (`pending_skip`) and join the
    set on the next resume (without that, a second crash after the first
    snapshot would forget them: the crash loop test caught exactly this).
-   An id stays pending until the replay meets it (a bounded set: at most
-   what was committed beyond one durable snapshot).
+   An id stays pending until the replay meets it or its offset window
+   expires (`transactional_scan.SkipSet`).
 
 Guarantee: every item reaching the sink is in the read_committed output
 exactly once, across any number of crashes (kill -9 included) and restarts
@@ -35,21 +43,42 @@ from the recovery directory, as long as:
   with the same event ids (ids derive from source coordinates, DESIGN.md §2);
 - event ids are unique per output record (repeated ids are counted, so a
   legitimately repeated id is handled when replay repeats it identically);
-- nothing else writes to the output topic's partitions (the scan would count
-  foreign ids), and without a resume state (fresh recovery directory) the
-  whole partition is scanned: records already there by id are not rewritten;
+- nothing else writes to the output topic's partitions (foreign records are
+  not counted, but a foreign open transaction stalls the scan until
+  `scan-timeout`); without a resume state (fresh recovery directory) only
+  this writer's records of the last `fresh-scan-window` are skipped, so a
+  restart after a crash before the first durable snapshot must come within
+  that window;
+- the output topic keeps what the scan needs: not compacted, retention
+  above the restore window (checked at start by `kafka.py`);
 - `transaction.timeout.ms` (`transaction-timeout`) is well above the epoch
   interval plus the restart time, so a transaction is not aborted by the
   broker before `snapshot()` commits it; consumers read `read_committed`.
 
-Failures: a record that cannot be serialised or is refused for good (too
-large) becomes a dead letter; a commit that fails transiently is retried
-with the `RetryPolicy` (an abortable error aborts, re-produces the records of
-the transaction and commits again); when the retries are exhausted, or the
-producer is fenced (a newer instance took over), `snapshot()` raises: the
-flow stops and a restart replays from the last durable snapshot, which is
-exactly what the writer is built for. Dead letters are written outside the
-transaction (at-least-once).
+Failures: only a record that cannot be serialised or is refused for good
+(too large, invalid: `kafka_common.is_per_record`) becomes a dead letter.
+After an abortable error (a delivery timeout, a broker refusal mid-epoch)
+librdkafka fails every later `produce()` of the transaction with `_STATE`
+until `abort_transaction()`: those records stay in the transaction; at the
+commit the writer aborts and re-sends EVERY record of the transaction (it
+keeps them all until the commit), then commits again, within the
+`RetryPolicy`. A commit that fails transiently is retried the same way. An
+abort that fails or times out (`TransactionAbortError`), exhausted retries,
+and a fenced producer (`ProducerFencedError`) raise a `WriterRestartError`
+out of `snapshot()`: the process exits and a restart replays from the last
+durable snapshot, which is exactly what the writer is built for. Dead
+letters are written after the transaction committed (outside it, at least
+once), so a fenced or restarting writer never writes any.
+
+Partitions are built by Bytewax (0.21.1 `src/outputs.rs`
+`partitioned_output`): those with a resume state when the state loads, at
+the start; those without one lazily, when their first item arrives, inside
+the write step, while the worker's other transactions are open. The sink
+is not told which worker owns which partition (`calc_primaries`,
+`src/timely.rs`), so it cannot build them itself; instead a build is
+bounded: `scan-timeout` + `commit-timeout` must be below
+`transaction-timeout` (refused at start otherwise), so a lazy build cannot
+outlast the open transactions.
 """
 
 from __future__ import annotations
@@ -61,19 +90,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from confluent_kafka import (
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from dataflows import metrics
+from dataflows.config import ConfigError
 from dataflows.connectors.kafka_common import (
-    EVENT_ID_HEADER,
+    WRITER_HEADER,
     OutMessage,
-    header_value,
+    is_fenced,
+    is_per_record,
     is_transient,
     partition_for,
 )
@@ -83,17 +108,42 @@ from dataflows.connectors.kafka_sink import (
     encode_batch,
     sink_dead_letter,
 )
+from dataflows.connectors.transactional_scan import (
+    SkipSet,
+    TailScanError,
+    WriterRestartError,
+    exactly_once_writer,
+    scan_own_records,
+)
+from dataflows.dead_letter import DeadLetter
 from dataflows.faults import fault_point
 
-__all__ = ["ProducerFencedError", "TransactionalSettings", "TransactionalWriter", "scan_committed"]
+__all__ = [
+    "OutputPartitionsChanged",
+    "ProducerFencedError",
+    "TailScanError",
+    "TransactionAbortError",
+    "TransactionalSettings",
+    "TransactionalWriter",
+    "WriterRestartError",
+    "exactly_once_writer",
+]
 
 log = logging.getLogger(__name__)
 
 State = dict[str, dict[int, Any]]
 
 
-class ProducerFencedError(RuntimeError):
-    """This writer's transactions cannot commit (fenced or retries exhausted)."""
+class ProducerFencedError(WriterRestartError):
+    """This writer's transactions cannot commit (fenced, fatal, or retries exhausted)."""
+
+
+class TransactionAbortError(WriterRestartError):
+    """`abort_transaction()` failed or timed out: the transaction's state is unknown."""
+
+
+class OutputPartitionsChanged(ConfigError):
+    """The resume state was written for another output partition count."""
 
 
 @dataclass(frozen=True)
@@ -103,47 +153,24 @@ class TransactionalSettings:
     transactional_id_prefix: str
     transaction_timeout_s: float = 60.0
     commit_timeout_s: float = 30.0
-    scan_timeout_s: float = 60.0
+    scan_timeout_s: float = 20.0
+    fresh_scan_window_s: float = 900.0
+    skip_window: int = 1_000_000
 
 
-def scan_committed(
-    brokers: tuple[str, ...] | list[str], topic: str, partition: int, start: int | None, timeout_s: float
-) -> tuple[Counter[str], int]:
-    """Event ids committed in `topic[partition]` from `start` (None: beginning) to the end.
-
-    Returns the ids (counted) and the offset the read reached (end of partition).
-    """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": ",".join(brokers),
-            "group.id": "streamforge-txn-scan",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-            "fetch.wait.max.ms": 10,
-            "auto.offset.reset": "earliest",
-        }
+def partitions_changed_message(topic: str, old: int, new: int) -> str:
+    return (
+        f"sink.topic {topic!r}: the recovery state was written for {old} output partitions, the sink now "
+        f"has {new} (the topic's partition count, or sink.partitions). Records are routed by crc32(key) "
+        f"mod the partition count, so the replay would write records to partitions whose exactly-once "
+        f"skip sets do not hold them (duplicates). To migrate: set `sink.partitions: {old}` to keep "
+        f"writing the first {old} partitions; or drain the pipeline (let it consume its input, take a "
+        f"savepoint, stop it) and start it with a fresh recovery state (`streamforge run --fresh`) or on "
+        f"a new output topic."
     )
-    ids: Counter[str] = Counter()
-    end = start or 0
-    try:
-        consumer.assign([TopicPartition(topic, partition, start or 0)])
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}[{partition}] to its end took over {timeout_s:g}s")
-            for msg in consumer.consume(1000, 0.02):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        return ids, max(end, msg.offset() or 0)
-                    raise KafkaException(err)
-                end = max(end, (msg.offset() or 0) + 1)
-                eid = header_value(msg.headers(), EVENT_ID_HEADER)
-                if eid is not None:
-                    ids[eid.decode()] += 1
-    finally:
-        consumer.close()
+
+
+_Record = tuple[Any, OutMessage]
 
 
 class _TxPartition(StatefulSinkPartition[Any, State]):
@@ -154,13 +181,14 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
         step_id: str,
         partition: int,
         start: int | None,
-        pending: dict[str, int] | None = None,
+        pending: dict[str, Any] | None = None,
     ) -> None:
         self._s = s
         self._k = s.sink
         self._dead_letters = dead_letters
         self._partition = partition
         self.transactional_id = f"{s.transactional_id_prefix}.{step_id}.{partition}"
+        self._writer_header = (WRITER_HEADER, self.transactional_id.encode())
         self._producer = Producer(
             self._k.producer_config(
                 **{
@@ -170,56 +198,76 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
             )
         )
         self._producer.init_transactions(s.commit_timeout_s)
-        found, self._end = scan_committed(self._k.brokers, self._k.topic, partition, start, s.scan_timeout_s)
-        self.skip: Counter[str] = Counter(pending or {}) + found
+        found, _begin, self._end = scan_own_records(
+            self._k.brokers, self._k.topic, partition, start, self.transactional_id,
+            timeout_s=s.scan_timeout_s, fresh_window_s=s.fresh_scan_window_s,
+        )
+        expires_at = self._end + s.skip_window
+        self._skip = SkipSet.from_state(pending, expires_at)
+        self._skip.add(found, expires_at)
         self.skipped = 0
         self._open = False
-        self._buffer: list[tuple[Any, OutMessage]] = []
-        self._failed: dict[str, KafkaError] = {}  # event id -> delivery error
+        self._needs_abort = False
+        self._records: list[_Record] = []  # every record of the open transaction
+        self._generation = 0  # bumped at each abort: older delivery reports are ignored
+        self._failed: dict[int, KafkaError] = {}  # index in _records -> delivery error
+        self._refused: set[int] = set()  # indexes in _records refused for good by produce()
+        self._dead: list[DeadLetter] = []  # written once the transaction committed
         self._written_end = self._end
+
+    @property
+    def skip(self) -> Counter[str]:
+        """The ids still to skip (counted)."""
+        return self._skip.counts
 
     # -- writing ---------------------------------------------------------
     def write_batch(self, values: list[Any]) -> None:
         encoded, dead = encode_batch(values, self._k)
+        self._dead.extend(dead)
         for item, msg in encoded:
-            if self.skip.get(msg.event_id, 0) > 0:
-                self._consume_skip(msg.event_id)
+            if self._skip.take(msg.event_id):
+                self.skipped += 1
                 continue
             if not self._open:
                 self._producer.begin_transaction()
                 self._open = True
-            err = self._produce(msg)
-            if err is None:
-                self._buffer.append((item, msg))
-            else:
-                dead.append(sink_dead_letter(item, msg, self._k, error=err, partition=self._partition))
+            self._records.append((item, msg))
+            if not self._needs_abort:
+                self._send(len(self._records) - 1)
         self._producer.poll(0)
-        if dead:
-            self._dead_letters(dead)
 
-    def _consume_skip(self, event_id: str) -> None:
-        self.skip[event_id] -= 1
-        if self.skip[event_id] <= 0:
-            del self.skip[event_id]
-        self.skipped += 1
+    def _send(self, index: int) -> None:
+        """Produce record `index` of the transaction; a per-record refusal makes it a dead letter."""
+        item, msg = self._records[index]
+        err = self._produce(index, msg)
+        if err is None:
+            return
+        if is_fenced(err):
+            raise ProducerFencedError(f"{self.transactional_id}: fenced: {err}") from err
+        if is_per_record(err):
+            self._dead.append(sink_dead_letter(item, msg, self._k, error=err, partition=self._partition))
+            self._refused.add(index)  # not part of the transaction any more
+        else:  # _STATE (abortable transaction), or the transaction is otherwise unusable
+            self._needs_abort = True
 
-    def _on_delivery(self, err: KafkaError | None, m: Any) -> None:
-        if err is not None:
-            eid = header_value(m.headers(), EVENT_ID_HEADER) or b""
-            self._failed[eid.decode()] = err
-        elif m.offset() is not None and m.offset() >= self._written_end:
-            self._written_end = m.offset() + 1
+    def _produce(self, index: int, msg: OutMessage) -> KafkaException | None:
+        generation = self._generation
 
-    def _produce(self, msg: OutMessage) -> KafkaException | None:
+        def on_delivery(err: KafkaError | None, m: Any) -> None:
+            if generation != self._generation:
+                return  # a report of an aborted attempt
+            if err is not None:
+                self._failed[index] = err
+            elif m.offset() is not None and m.offset() >= self._written_end:
+                self._written_end = m.offset() + 1
+
+        headers: list[tuple[str, str | bytes | None]] = [h for h in msg.headers if h[0] != WRITER_HEADER]
+        headers.append(self._writer_header)
         while True:
             try:
                 self._producer.produce(
-                    self._k.topic,
-                    msg.value,
-                    msg.key,
-                    partition=self._partition,
-                    headers=list(msg.headers),
-                    on_delivery=self._on_delivery,
+                    self._k.topic, msg.value, msg.key, partition=self._partition, headers=headers,
+                    on_delivery=on_delivery,
                 )
                 return None
             except BufferError:
@@ -231,65 +279,88 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
     def snapshot(self) -> State:
         if self._open:
             self._commit()
+        self._flush_dead()
+        if self._skip.expire(self._end):
+            log.warning("%s: the replay never met %d skipped id(s) within their offset window (a "
+                        "non-deterministic replay?); dropped", self.transactional_id, self._skip.dropped)
         return {
             "committed_end": {self._partition: self._end},
-            "pending_skip": {self._partition: dict(self.skip)},
+            "pending_skip": {self._partition: self._skip.to_state()},
+            "partitions": {self._partition: self._s.partitions},
         }
+
+    def _flush_dead(self) -> None:
+        if self._dead:
+            dead, self._dead = self._dead, []
+            self._dead_letters(dead)
 
     def _commit(self) -> None:
         delays = self._k.retry.delays()
         attempt = 0
         while True:
             attempt += 1
+            if self._needs_abort:
+                self._abort_and_resend()
             try:
                 fault_point("kafka.commit")
                 self._producer.commit_transaction(self._s.commit_timeout_s)
-                self._end = self._written_end
-                self._buffer.clear()
-                self._failed.clear()
-                self._open = False
-                return
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
-                if err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                                                  KafkaError.INVALID_PRODUCER_EPOCH):
+                if is_fenced(err):
                     raise ProducerFencedError(f"{self.transactional_id}: fenced: {err.str()}") from exc
                 delay = next(delays, None)
                 if delay is None or not (err.txn_requires_abort() or is_transient(err)):
                     raise ProducerFencedError(
-                        f"{self.transactional_id}: commit failed after {attempt} attempt(s): {err.str()}"
+                        f"{self.transactional_id}: commit failed after {attempt} attempt(s): {err.str()}; "
+                        f"restart from the last snapshot"
                     ) from exc
                 metrics.SINK_RETRIES.labels(pipeline=self._k.pipeline, sink=self._k.stage).inc()
                 log.warning("%s: commit failed (%s); retry %d in %.2fs", self.transactional_id, err.str(),
                             attempt, delay)
                 time.sleep(delay)
-                if err.txn_requires_abort():
-                    self._abort_and_resend()
+                self._needs_abort = self._needs_abort or err.txn_requires_abort()
+                continue
+            self._end = self._written_end
+            self._records.clear()
+            self._failed.clear()
+            self._refused.clear()
+            self._open = False
+            return
 
     def _abort_and_resend(self) -> None:
-        self._producer.abort_transaction(self._s.commit_timeout_s)
-        permanent = {eid: err for eid, err in self._failed.items() if not is_transient(err)}
-        self._failed.clear()
-        dead = [
-            sink_dead_letter(item, msg, self._k, error=permanent[msg.event_id], partition=self._partition)
-            for item, msg in self._buffer
-            if msg.event_id in permanent
-        ]
-        keep = [(item, msg) for item, msg in self._buffer if msg.event_id not in permanent]
-        self._buffer = []
-        self._producer.begin_transaction()
-        for item, msg in keep:
-            err = self._produce(msg)
-            if err is None:
-                self._buffer.append((item, msg))
+        """Abort, dead-letter the records refused for good, re-send every other record."""
+        try:
+            self._producer.abort_transaction(self._s.commit_timeout_s)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if is_fenced(err):
+                raise ProducerFencedError(f"{self.transactional_id}: fenced: {err.str()}") from exc
+            raise TransactionAbortError(
+                f"{self.transactional_id}: abort_transaction failed ({err.str()}); the transaction's state "
+                f"is unknown: restart from the last snapshot"
+            ) from exc
+        self._generation += 1
+        failed, self._failed = self._failed, {}
+        keep: list[_Record] = []
+        for i, (item, msg) in enumerate(self._records):
+            if i in self._refused:
+                continue  # already a dead letter
+            if i in failed and is_per_record(failed[i]):
+                self._dead.append(sink_dead_letter(item, msg, self._k, error=failed[i], partition=self._partition))
             else:
-                dead.append(sink_dead_letter(item, msg, self._k, error=err, partition=self._partition))
-        if dead:
-            self._dead_letters(dead)
+                keep.append((item, msg))
+        self._records, self._refused = keep, set()
+        self._needs_abort = False
+        self._producer.begin_transaction()
+        for i in range(len(self._records)):
+            if self._needs_abort:
+                break
+            self._send(i)
 
     def close(self) -> None:
         if self._open:
             self._commit()
+        self._flush_dead()
 
 
 class TransactionalWriter(FixedPartitionedSink[Any, State]):
@@ -310,6 +381,11 @@ class TransactionalWriter(FixedPartitionedSink[Any, State]):
     def build_part(self, step_id: str, for_part: str, resume_state: State | None) -> _TxPartition:
         partition = int(for_part)
         state = resume_state or {}
+        written_for = state.get("partitions", {}).get(partition)
+        if written_for is not None and written_for != self.settings.partitions:
+            raise OutputPartitionsChanged(
+                partitions_changed_message(self.settings.sink.topic, written_for, self.settings.partitions)
+            )
         start = state.get("committed_end", {}).get(partition)
         pending = state.get("pending_skip", {}).get(partition)
         return _TxPartition(self.settings, self.dead_letters, step_id, partition, start, pending)

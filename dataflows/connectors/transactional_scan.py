@@ -1,0 +1,236 @@
+"""The TransactionalWriter's tail scan and skip set (DESIGN.md §4 step 4, §10).
+
+`scan_own_records` reads one output partition `read_committed` and counts the
+`sf-event-id`s of the records THIS writer committed there (header `sf-writer`
+= its transactional id; a foreign record carrying a matching id is not ours):
+
+- from `start` (the resume state's `committed_end`), or, without a resume
+  state, only records of the last `fresh_window_s` (by record timestamp): a
+  fresh state never takes a pre-existing topic's ids from offset 0. The read
+  starts at the offset ListOffsets gives for that time (Tansu 0.6.0 answers
+  offset 0 for any timestamp, so there the read is longer; what is kept is
+  bounded all the same by the timestamp filter);
+- to (at least) the high watermark read (read_uncommitted) when the scan
+  starts, i.e. until the consumer reports the end of the partition there. A
+  read_committed consumer stops at the last stable offset: another producer's
+  open transaction hides everything after it, including this writer's later
+  commits. The scan waits for the stable offset to pass that high watermark;
+  after `timeout_s` in all it raises `TailScanError` (a clean restart) rather
+  than count too little (which would duplicate).
+
+`SkipSet` holds the ids to skip while the flow replays, each with the
+committed end at which it expires: ids found by a scan that ended at H expire
+once the writer's committed end reaches H + `skip-window` offsets. Until the
+replay meets them they travel in the snapshot; an id the replay never meets
+(a non-deterministic replay) would otherwise travel in every snapshot
+forever. The replay does not re-emit the crashed run's records in the same
+order (sources interleave differently: two input partitions read at other
+speeds), so the window must exceed what the partition receives while the
+replay catches up with where the crashed run was; the default (1,000,000
+offsets) is far above one restore's replay, and a dropped id is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from dataflows.connectors.kafka_common import EVENT_ID_HEADER, WRITER_HEADER, header_value
+
+__all__ = ["SkipSet", "TailScanError", "WriterRestartError", "exactly_once_writer", "scan_own_records"]
+
+log = logging.getLogger(__name__)
+
+
+class WriterRestartError(RuntimeError):
+    """The exactly-once writer cannot go on safely: the process must exit and restart from the
+    last durable snapshot (the supervisor restarts it; the replay is what the writer is built for)."""
+
+
+class TailScanError(WriterRestartError):
+    """The tail scan could not read what it needs within `sink.scan-timeout`."""
+
+
+def _consumer(brokers: tuple[str, ...] | list[str], isolation: str) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": ",".join(brokers),
+            "group.id": "streamforge-txn-scan",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": isolation,
+            "fetch.wait.max.ms": 10,
+            "auto.offset.reset": "earliest",
+        }
+    )
+
+
+def _watermarks(brokers: tuple[str, ...] | list[str], tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """(low, high) of the partition, read_uncommitted: the high watermark includes open transactions."""
+    consumer = _consumer(brokers, "read_uncommitted")
+    try:
+        low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+        return int(low), int(high)
+    finally:
+        consumer.close()
+
+
+def _fresh_start(consumer: Consumer, tp: TopicPartition, low: int, high: int, since_ms: int,
+                 timeout_s: float) -> int:
+    """The first offset whose timestamp is at or after `since_ms` (ListOffsets by time)."""
+    found = consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, since_ms)], timeout=timeout_s)
+    offset = found[0].offset
+    return high if offset < 0 else max(low, offset)
+
+
+def scan_own_records(
+    brokers: tuple[str, ...] | list[str],
+    topic: str,
+    partition: int,
+    start: int | None,
+    writer_id: str,
+    *,
+    timeout_s: float,
+    fresh_window_s: float,
+) -> tuple[Counter[str], int, int]:
+    """The ids this writer committed in `topic[partition]` after `start`: (ids, scan start, scan end).
+
+    See the module docstring; `TailScanError` after `timeout_s`.
+    """
+    deadline = time.monotonic() + timeout_s
+    tp = TopicPartition(topic, partition)
+    low, high = _watermarks(brokers, tp, timeout_s)
+    consumer = _consumer(brokers, "read_committed")
+    ids: Counter[str] = Counter()
+    since_ms, writer = 0, writer_id.encode()
+    try:
+        if start is None:
+            since_ms = int((time.time() - fresh_window_s) * 1000)
+            begin = _fresh_start(consumer, tp, low, high, since_ms, timeout_s)
+        else:
+            if start < low:
+                log.warning("%s[%d]: records %d..%d after the last snapshot were deleted by the broker "
+                            "(retention or compaction): the exactly-once scan cannot see them and may "
+                            "write some records again", topic, partition, start, low)
+            begin = max(start, low)
+        if begin >= high:
+            return ids, begin, max(begin, high)
+        consumer.assign([TopicPartition(topic, partition, begin)])
+        while True:
+            if time.monotonic() > deadline:
+                raise TailScanError(_scan_timeout_message(consumer, tp, begin, high, timeout_s))
+            for msg in consumer.consume(1000, 0.05):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        if (msg.offset() or 0) >= high:
+                            return ids, begin, int(msg.offset() or 0)
+                        continue  # stopped at the last stable offset: wait for it to move
+                    raise KafkaException(err)
+                # records past `high` were written after the scan began (by others: this writer has
+                # not started); counting only ours, reading on to the end reported by EOF is harmless
+                if msg.timestamp()[1] >= since_ms and header_value(msg.headers(), WRITER_HEADER) == writer:
+                    eid = header_value(msg.headers(), EVENT_ID_HEADER)
+                    if eid is not None:
+                        ids[eid.decode()] += 1
+    finally:
+        consumer.close()
+
+
+def _scan_timeout_message(consumer: Consumer, tp: TopicPartition, begin: int, high: int, timeout_s: float) -> str:
+    try:
+        stable = consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)[1]
+    except KafkaException:
+        stable = -1
+    why = (f"an open transaction of another producer holds the last stable offset at {stable}"
+           if 0 <= stable < high else "the read did not reach it")
+    return (f"{tp.topic}[{tp.partition}]: the exactly-once tail scan must read offsets {begin}..{high} "
+            f"read_committed, but {why} within sink.scan-timeout ({timeout_s:g}s). Counting less would "
+            f"write records twice, so the writer stops (restart from the last snapshot). End or abort "
+            f"that open transaction (no other producer may write to an exactly-once output topic), or "
+            f"raise sink.scan-timeout.")
+
+
+class SkipSet:
+    """Ids to skip while replaying (counted), each with the committed end at which it expires."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.expires: dict[str, int] = {}
+        self.dropped = 0
+
+    def add(self, ids: Counter[str], expires_at: int) -> None:
+        for eid, n in ids.items():
+            self.counts[eid] += n
+            self.expires[eid] = max(self.expires.get(eid, expires_at), expires_at)
+
+    def take(self, event_id: str) -> bool:
+        """True (and one fewer to skip) if `event_id` is to be skipped."""
+        n = self.counts.get(event_id, 0)
+        if n <= 0:
+            return False
+        if n == 1:
+            del self.counts[event_id]
+            self.expires.pop(event_id, None)
+        else:
+            self.counts[event_id] = n - 1
+        return True
+
+    def expire(self, committed_end: int) -> int:
+        """Drop the ids whose window the committed end has passed; how many were dropped."""
+        gone = [eid for eid, at in self.expires.items() if at <= committed_end]
+        for eid in gone:
+            self.dropped += self.counts.pop(eid, 0)
+            del self.expires[eid]
+        return len(gone)
+
+    def to_state(self) -> dict[str, list[int]]:
+        return {eid: [n, self.expires[eid]] for eid, n in self.counts.items()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None, default_expiry: int) -> SkipSet:
+        """From `to_state()`; a plain `{id: count}` (older snapshots) expires at `default_expiry`."""
+        skip = cls()
+        for eid, value in (state or {}).items():
+            n, at = (value, default_expiry) if isinstance(value, int) else (int(value[0]), int(value[1]))
+            skip.add(Counter({eid: n}), at)
+        return skip
+
+
+def exactly_once_writer(brokers: tuple[str, ...] | list[str], topic: str, timeout_s: float = 5.0) -> str | None:
+    """The `sf-writer` (an exactly-once TransactionalWriter's transactional id) found among the
+    last records of any partition of `topic`, or None: whether `topic` is an exactly-once output.
+
+    Reads read_uncommitted (an open transaction's records count too); lists all topics rather
+    than asking by name (which auto-creates a topic on brokers that allow it, Tansu does).
+    """
+    consumer = _consumer(brokers, "read_uncommitted")
+    try:
+        meta = consumer.list_topics(timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return None
+        tps = []
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
+            if high > low:
+                tps.append(TopicPartition(topic, p, max(low, high - 20)))  # past control records
+        if not tps:
+            return None
+        consumer.assign(tps)
+        deadline, done = time.monotonic() + timeout_s, 0
+        while done < len(tps) and time.monotonic() < deadline:
+            for msg in consumer.consume(100, 0.05):
+                err = msg.error()
+                if err is not None:
+                    done += err.code() == KafkaError._PARTITION_EOF
+                    continue
+                writer = header_value(msg.headers(), WRITER_HEADER)
+                if writer is not None:
+                    return writer.decode("utf-8", "replace")
+        return None
+    finally:
+        consumer.close()
