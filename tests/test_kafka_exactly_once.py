@@ -1,4 +1,11 @@
-"""TransactionalWriter on a real Tansu broker: crash loop and zombie fencing."""
+"""TransactionalWriter on a real Tansu broker: crash loop and zombie fencing.
+
+What Tansu 0.6.0 cannot show (DESIGN.md §10), for every test here: its
+`init_transactions()` makes a zombie's open transaction visible instead of
+aborting it (Kafka aborts it: the writer's scan handles both, but only the
+"visible" branch runs here), and its `abort_transaction()` can time out (the
+writer then restarts cleanly, see tests/test_kafka_exactly_once_faults.py).
+"""
 
 from __future__ import annotations
 
@@ -40,7 +47,12 @@ def _spec(bootstrap: str, src: str, out: str, dlq: str, prefix: str) -> dict[str
 
 @pytest.mark.timeout(200)
 def test_crash_loop_exactly_once(kafka_bootstrap: str, make_topic: Callable[..., str], tmp_path: Path) -> None:
-    """SIGKILL the flow >= 5 times at seeded random moments; read_committed output == input, once each."""
+    """SIGKILL the flow >= 5 times at seeded random moments; read_committed output == input, once each.
+
+    Broker behaviour proved: transactional commits are atomic and survive the producer's death,
+    read_committed hides uncommitted records, a new producer with the same transactional.id
+    fences the killed one. Tansu cannot show: the killed run's open transaction being aborted
+    (Tansu makes it visible, so the skip-by-id path is what this test exercises)."""
     src, out, dlq = make_topic(2, "eo-in"), make_topic(2, "eo-out"), make_topic(1, "eo-dlq")
     expected = produce_orders(kafka_bootstrap, src, 3000, 2)  # 6 s of work > 5 kills x 1 s
     spec = _spec(kafka_bootstrap, src, out, dlq, f"crash-{random.Random(SEED).randrange(10**6)}")
@@ -71,7 +83,11 @@ def test_zombie_is_fenced_and_replay_is_written_once(
     kafka_bootstrap: str, make_topic: Callable[..., str]
 ) -> None:
     """A zombie's open transaction never doubles the output, whether the broker aborts it
-    (Kafka) or makes it visible (Tansu): the new instance skips what it finds committed."""
+    (Kafka) or makes it visible (Tansu): the new instance skips what it finds committed.
+
+    Broker behaviour proved: `init_transactions()` with the same transactional.id fences the old
+    producer (its later commit fails, `ProducerFencedError`). Tansu cannot show: the abort of the
+    zombie's transaction (it makes it visible instead; on Kafka the scan finds nothing to skip)."""
     out = make_topic(1, "zombie")
     dead: list[Any] = []
     sink = _writer(kafka_bootstrap, out, "zombie-test", dead)
@@ -96,7 +112,11 @@ def test_replay_spanning_epochs_survives_a_second_crash(
     kafka_bootstrap: str, make_topic: Callable[..., str]
 ) -> None:
     """The zombie's records are met over two epochs of the new run, which crashes in
-    between: the ids not met yet travel in the snapshot (`pending_skip`)."""
+    between: the ids not met yet travel in the snapshot (`pending_skip`).
+
+    Broker behaviour proved: records committed after the durable snapshot stay readable
+    read_committed from `committed_end`. Tansu cannot show: the zombie's open transaction being
+    aborted (visible here, so the ids are found by the scan; on Kafka there is nothing to skip)."""
     out = make_topic(1, "span")
     sink = _writer(kafka_bootstrap, out, "span-test", [])
     first = sink.build_part("step", "00000", None)
@@ -116,7 +136,12 @@ def test_replay_spanning_epochs_survives_a_second_crash(
 
 
 def test_fresh_start_skips_ids_already_committed(kafka_bootstrap: str, make_topic: Callable[..., str]) -> None:
-    """No resume state (crash before the first durable snapshot): the whole partition is scanned."""
+    """No resume state (crash before the first durable snapshot): this writer's recent records
+    (`fresh-scan-window`) are scanned and skipped.
+
+    Broker behaviour proved: committed records carry their headers (`sf-event-id`, `sf-writer`)
+    and the producer's timestamp. Tansu cannot show: ListOffsets by timestamp (it answers offset
+    0 for any time, so the scan reads from the start and filters by timestamp)."""
     out = make_topic(1, "fresh")
     sink = _writer(kafka_bootstrap, out, "fresh-test", [])
     part = sink.build_part("step", "00000", None)
@@ -140,7 +165,11 @@ def test_message_keeps_key_value_and_event_id_header() -> None:
 def test_orders_pipeline_crash_loop_exactly_once(kafka_bootstrap: str, tmp_path: Path) -> None:
     """`python -m bytewax.run dataflows.pipelines.orders:flow -r DIR -s 1 -b 0`, Kafka -> Kafka
     exactly-once, SIGKILLed 5 times: the read_committed table changes equal those of the same
-    pipeline run once in memory, each exactly once."""
+    pipeline run once in memory, each exactly once.
+
+    Broker behaviour proved: as the crash loop above, through the real pipeline (source offsets
+    in Bytewax state, transactional output). Tansu cannot show: a killed run's open transaction
+    aborted by `init_transactions()` (it becomes visible), nor a slow abort."""
     run = orders_crash_loop(kafka_bootstrap, tmp_path, records=3000, kills=5, seed=SEED)
     assert run.result.kills == 5
     assert sum(run.want.values()) > 1000

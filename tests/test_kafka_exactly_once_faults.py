@@ -409,3 +409,19 @@ def test_pending_skip_ids_the_replay_never_meets_expire(kafka_bootstrap: str,
         second.write_batch(_events(range(100 + 5 * batch, 105 + 5 * batch)))
         state = second.snapshot()
     assert state["pending_skip"][0] == {}
+
+
+def test_exactly_once_output_is_recognised_by_its_writer_header(kafka_bootstrap: str,
+                                                                make_topic: Callable[..., str]) -> None:
+    """`exactly_once_writer(brokers, topic)` names the writer of an exactly-once output topic (its
+    records carry `sf-writer`), None for another topic: what `dlq replay --to` checks before
+    writing into an exactly-once output. Broker behaviour: headers of committed records."""
+    out, other = make_topic(1, "eo-writer"), make_topic(1, "plain")
+    part = _writer(kafka_bootstrap, out, "writer-test", []).build_part("step", "00000", None)
+    part.write_batch(_events(range(3)))
+    part.close()
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    p.produce(other, b"{}", b"k", headers=[("sf-event-id", b"x")])
+    assert p.flush(10) == 0
+    assert transactional.exactly_once_writer([kafka_bootstrap], out) == "writer-test.step.0"
+    assert transactional.exactly_once_writer([kafka_bootstrap], other) is None
