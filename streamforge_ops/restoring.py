@@ -7,6 +7,15 @@ one, local partitions that already hold progress are resumed as they are
 restore chain runs: latest valid checkpoint -> latest savepoint -> fresh.
 Either way the recovery directory ends up initialised with the configured
 partition count, and the caller gets a `Decision` saying what and why.
+
+A restore that fails (the store could not be read, the signing key is
+missing or changed: `recovery.restore`) exits with the message and creates
+nothing. It also leaves the marker ``restore-required`` next to the
+recovery directory: until a restore succeeds or the operator passes
+``--fresh``, local partitions are not resumed (the chain runs again) and
+``--no-restore`` is refused, so no start after a failed restore continues
+from a local state that does not hold the stored one. An interrupted
+restore swap is completed or rolled back first (`recovery.swap.settle`).
 """
 
 from __future__ import annotations
@@ -20,7 +29,15 @@ from typing import Any, Literal, cast
 from streamforge_ops.cli import CliError
 from streamforge_ops.job import Job
 
-__all__ = ["Decision", "Target", "has_local_progress", "parse_target", "prepare", "restore_into"]
+__all__ = [
+    "Decision",
+    "Target",
+    "has_local_progress",
+    "parse_target",
+    "prepare",
+    "restore_into",
+    "restore_required",
+]
 
 Target = Literal["latest"] | tuple[Literal["checkpoint", "savepoint"], str]
 
@@ -68,12 +85,24 @@ def has_local_progress(recovery_dir: Path) -> bool:
     return False
 
 
+def _marker(recovery_dir: Path) -> Path:
+    return recovery_dir.absolute().parent / "restore-required"
+
+
+def restore_required(recovery_dir: Path) -> str | None:
+    """Why the last restore of the chain into `recovery_dir` failed, if it did (see module doc)."""
+    marker = _marker(recovery_dir)
+    return marker.read_text().strip() if marker.exists() else None
+
+
 def restore_into(
     job: Job, recovery_dir: Path, target: Target, *, strict: bool = False, check_steps: bool = True
 ) -> Decision:
     """Run recovery.restore.restore into `recovery_dir`; RestoreError -> CliError.
 
     `check_steps`: match the snapshot's step ids to the flow's (restore_steps).
+    A failure of the ``latest`` chain leaves the ``restore-required`` marker;
+    a success removes it.
     """
     from recovery.restore import RestoreError, restore
     from streamforge_ops.restore_steps import restore_check
@@ -88,10 +117,16 @@ def restore_into(
             target=target,
             strict=strict,
             signing_key=job.signing_key,
+            allow_unsigned=job.settings.security.allow_unsigned,
+            retry=job.settings.checkpoints.restore_retry,
             check=restore_check(job) if check_steps else None,
         )
     except RestoreError as exc:
+        if target == "latest":
+            _marker(recovery_dir).parent.mkdir(parents=True, exist_ok=True)
+            _marker(recovery_dir).write_text(f"{exc}\n")
         raise CliError(f"restore failed: {exc}") from None
+    _marker(recovery_dir).unlink(missing_ok=True)
     return Decision(res.chosen, res.id, res.reason, list(res.notes))
 
 
@@ -100,18 +135,28 @@ def prepare(
 ) -> Decision:
     """Bring the job's recovery directory to its starting state (see module doc)."""
     from recovery.partitions import PartitionError, init_partitions
+    from recovery.swap import settle
 
     rdir = job.recovery_dir
+    settled = settle(rdir)
+    failed = restore_required(rdir)
     if fresh:
         shutil.rmtree(rdir, ignore_errors=True)
+        _marker(rdir).unlink(missing_ok=True)
         decision = Decision("fresh", None, "--fresh: local state discarded, store not consulted")
+    elif no_restore and failed:
+        raise CliError(
+            f"--no-restore: the last restore of {job.pipeline!r} failed ({failed}); the local "
+            "partitions do not hold that state. Start without --no-restore to restore it, or "
+            "with --fresh to start from scratch"
+        )
     elif no_restore:
         decision = Decision(
             "local" if has_local_progress(rdir) else "fresh",
             None,
             "--no-restore: store not consulted",
         )
-    elif target is None and has_local_progress(rdir):
+    elif target is None and not failed and has_local_progress(rdir):
         decision = Decision(
             "local", None, f"local partitions in {rdir} hold progress; resuming them"
         )
@@ -126,4 +171,5 @@ def prepare(
         raise CliError(str(exc)) from None
     if created:
         decision.notes.append(f"created {job.settings.recovery.partitions} partitions in {rdir}")
+    decision.notes[:0] = settled
     return decision

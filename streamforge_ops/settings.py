@@ -10,10 +10,12 @@ start with a message naming the key.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dataflows.config import Config, ConfigError
+from dataflows.retry import RetryPolicy, retry_policy_from_config
+from recovery.restore import STORE_RETRY
 
 __all__ = [
     "CheckpointSettings",
@@ -70,6 +72,8 @@ class CheckpointSettings:
     incremental: bool = True
     full_every: int = 10
     externalized_retention: str = "RETAIN_ON_CANCELLATION"
+    # checkpoints.retry.*: how a restore retries reads of the store before it fails
+    restore_retry: RetryPolicy = field(default_factory=lambda: STORE_RETRY)
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class SecuritySettings:
     """HMAC signing of manifests: the key is read from an environment variable."""
 
     signing_key_env: str = "STREAMFORGE_SIGNING_KEY"
+    allow_unsigned: bool = False  # security.allow-unsigned: with a key, restore unsigned snapshots
 
     def signing_key(self) -> bytes | None:
         value = os.environ.get(self.signing_key_env)
@@ -187,6 +192,7 @@ def read_settings(cfg: Config) -> Settings:
         externalized_retention=ck.choice(
             "externalized-retention", RETENTION_MODES, "RETAIN_ON_CANCELLATION"
         ),
+        restore_retry=retry_policy_from_config(ck, STORE_RETRY),
     )
     savepoints = SavepointSettings(
         store=_store(sp, ck_store),
@@ -205,7 +211,10 @@ def read_settings(cfg: Config) -> Settings:
         recovery=recovery,
         checkpoints=checkpoints,
         savepoints=savepoints,
-        security=SecuritySettings(sec.str("signing-key-env", "STREAMFORGE_SIGNING_KEY")),
+        security=SecuritySettings(
+            sec.str("signing-key-env", "STREAMFORGE_SIGNING_KEY"),
+            allow_unsigned=sec.bool("allow-unsigned", False),
+        ),
         metrics=MetricsSettings(
             port=met.int("port", 9464, minimum=0),
             host=met.str("host", "0.0.0.0"),

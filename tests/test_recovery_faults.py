@@ -33,8 +33,9 @@ class SlowStore:
         self.inner, self.url = inner, inner.url
     def put(self, key, data):
         self.inner.put(key, data)
-        print("PUT", key, flush=True)
-        time.sleep(60)
+        if "/checkpoints/" in key:  # not the checkpoint lease (orders/leases/...)
+            print("PUT", key, flush=True)
+            time.sleep(60)
     def __getattr__(self, name):
         return getattr(self.inner, name)
 

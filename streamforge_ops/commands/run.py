@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--no-restore", action="store_true",
                        help="do not consult the store; resume local partitions if any")
     start.add_argument("--fresh", action="store_true",
-                       help="discard local partitions and start from scratch (stateless)")
+                       help="discard local partitions and start from scratch (stateless); the way past "
+                            "a restore refused for an unreadable store or a missing signing key")
     p.add_argument("--strict", action="store_true", help="fail instead of falling back to an older state")
     add_allow_arg(p)
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
