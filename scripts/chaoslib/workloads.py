@@ -130,7 +130,7 @@ class Workload:
             cfg["sink"] = {"type": "kafka", "brokers": [b], "topic": self.out_topic,
                            "mode": "exactly-once" if self.exactly_once else "at-least-once",
                            "transactional-id-prefix": f"chaos-{self.tag}", "delivery-timeout": "5s",
-                           "commit-timeout": "5s", "transaction-timeout": "20s"}
+                           "commit-timeout": "5s", "transaction-timeout": "30s"}
             cfg["dlq"] = {"type": "kafka", "brokers": [b], "topic": self.dlq_topic}
             store = {"dir": f"s3://{BUCKET}/{self.tag}", "endpoint-url": self.services.proxy.endpoint_url}
         else:
