@@ -15,6 +15,10 @@ listCollections, create, count, endSessions.
     client = pymongo.MongoClient(server.uri)
     ...
     server.roll_oplog()         # every held resume token -> 286 ChangeStreamHistoryLost
+    server.cursor_loss_code = 136   # open streams overtaken by the oplog answer 136 CappedPositionLost
+    server.standalone = True    # hello without setName; $changeStream -> 40573
+    server.fresh_stream_lookback = 3  # a fresh stream's first batch carries the last 3 entries
+    server.reads                # readConcern / $readPreference of every find / aggregate / count
     server.stop(); server.start()   # network errors for clients; data is kept
     server.fail_command("update", times=2, code=91, labels=["RetryableWriteError"])
     server.close()
@@ -72,6 +76,35 @@ class MongoTestServer:
     def roll_oplog(self) -> None:
         """Overwrite the whole oplog: any token held now answers 286 on resume."""
         self.store.roll_oplog()
+
+    @property
+    def cursor_loss_code(self) -> int:
+        return self.store.cursor_loss_code
+
+    @cursor_loss_code.setter
+    def cursor_loss_code(self, code: int) -> None:
+        self.store.cursor_loss_code = code
+
+    @property
+    def standalone(self) -> bool:
+        return self.handler.standalone
+
+    @standalone.setter
+    def standalone(self, value: bool) -> None:
+        self.handler.standalone = value
+
+    @property
+    def fresh_stream_lookback(self) -> int:
+        return self.handler.fresh_stream_lookback
+
+    @fresh_stream_lookback.setter
+    def fresh_stream_lookback(self, n: int) -> None:
+        self.handler.fresh_stream_lookback = n
+
+    @property
+    def reads(self) -> list[dict[str, Any]]:
+        """readConcern / $readPreference of each find / aggregate / count so far."""
+        return self.handler.reads
 
     def set_oplog_size(self, size: int) -> None:
         with self.store.lock:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import datetime
+import math
 import uuid
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any
 
 from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
@@ -55,11 +57,39 @@ def _type_rank(v: Any) -> int:
     return 12
 
 
+def _number_key(v: Any) -> tuple[int, Fraction]:
+    """Exact numeric order across int32 / int64 / double / decimal128, as MongoDB compares them.
+
+    MongoDB compares numbers by value, exactly (src/mongo/bson/bsonelement.cpp compareElements ->
+    compareLongToDouble / compareDoubles; NaN sorts below every other number), so 2**60 and
+    2**60 + 1 are different `_id`s; a float() key would make them collide.
+    """
+    if isinstance(v, Decimal128):
+        d = v.to_decimal()
+        if d.is_nan():
+            return (0, Fraction(0))
+        if d.is_infinite():
+            return (1 if d < 0 else 3, Fraction(0))
+        return (2, Fraction(d))
+    if isinstance(v, float):
+        if math.isnan(v):
+            return (0, Fraction(0))
+        if math.isinf(v):
+            return (1 if v < 0 else 3, Fraction(0))
+    return (2, Fraction(v))
+
+
 def sort_key(v: Any) -> tuple[Any, ...]:
-    """A Python sort key that orders values like MongoDB's BSON comparison."""
+    """A Python sort key that orders values like MongoDB's BSON comparison.
+
+    Types compare by their canonical type order first (MinKey < null < numbers <
+    string < object < array < binData < ObjectId < bool < date < timestamp <
+    regex < MaxKey; https://www.mongodb.com/docs/manual/reference/bson-type-comparison-order/),
+    then by value within the type (numbers exactly, see `_number_key`).
+    """
     rank = _type_rank(v)
     if rank == 2:
-        return (rank, float(v.to_decimal()) if isinstance(v, Decimal128) else float(v))
+        return (rank, _number_key(v))
     if rank in (0, 1, 12, 13):
         return (rank, 0)
     if rank == 4:

@@ -13,6 +13,7 @@ import copy
 import datetime
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +39,11 @@ class ServerError(Exception):
 
 @dataclass(frozen=True)
 class OplogEntry:
-    """One oplog entry. `op` is insert/update/replace/delete/drop/noop."""
+    """One oplog entry. `op` is insert/update/replace/delete/drop/rename/dropDatabase/noop.
+
+    A `rename` entry names the source collection in `coll` and the target in `to`;
+    `dropped_target` is true when it replaced an existing target (dropTarget).
+    """
 
     seq: int
     ts: Timestamp
@@ -50,14 +55,21 @@ class OplogEntry:
     doc: dict[str, Any] | None = None
     updated: dict[str, Any] | None = None
     removed: list[str] | None = None
+    to: str | None = None
+    dropped_target: bool = False
 
 
 @dataclass
 class Collection:
-    """Documents by `sort_key(_id)`, plus the sorted list of those keys."""
+    """Documents by `sort_key(_id)`, plus the sorted list of those keys.
+
+    `uuid`: like MongoDB's collection UUID (listCollections `info.uuid`): new for
+    every created collection, kept by a rename within the database.
+    """
 
     docs: dict[Any, dict[str, Any]] = field(default_factory=dict)
     keys: list[Any] = field(default_factory=list)
+    uuid: uuid.UUID = field(default_factory=uuid.uuid4)
 
     def get(self, doc_id: Any) -> dict[str, Any] | None:
         return self.docs.get(sort_key(doc_id))
@@ -73,8 +85,23 @@ class Collection:
         if self.docs.pop(k, None) is not None:
             del self.keys[bisect.bisect_left(self.keys, k)]
 
+    def index_range(self, lo: Any = None, hi: Any = None) -> Iterator[dict[str, Any]]:
+        """Documents in `_id` index order from `lo` (inclusive) to `hi` (exclusive), across all types.
+
+        What `find(..., hint={_id: 1}, min={_id: lo}, max={_id: hi})` walks on a real server:
+        index bounds, unlike `$gt`/`$lt` predicates, are not bracketed by BSON type.
+        """
+        start = 0 if lo is None else bisect.bisect_left(self.keys, sort_key(lo))
+        end = len(self.keys) if hi is None else bisect.bisect_left(self.keys, sort_key(hi))
+        for k in self.keys[start:end]:
+            yield self.docs[k]
+
     def scan(self, flt: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-        """Documents matching `flt` in `_id` order; `_id` range filters use the index."""
+        """Documents matching `flt` in `_id` order; `_id` range filters use the index.
+
+        `$gt`/`$gte` only position the walk; `matches` then applies MongoDB's type
+        bracketing (`{_id: {$gt: 5}}` never matches a string `_id`).
+        """
         start = 0
         cond = flt.get("_id")
         if isinstance(cond, Mapping) and ("$gt" in cond or "$gte" in cond):
@@ -123,6 +150,7 @@ class Store:
         self.noop_interval_s = noop_interval_s
         self.last_seq = 0
         self._last_ts = Timestamp(0, 0)
+        self.cursor_loss_code = 286  # what an open change stream overtaken by the oplog answers (286 or 136)
 
     # -- oplog ---------------------------------------------------------------
     def _next_ts(self) -> Timestamp:
@@ -184,10 +212,26 @@ class Store:
             return True
 
     def drop_database(self, db: str) -> None:
+        """Like MongoDB: a `drop` entry per collection, then one `dropDatabase` entry."""
         with self.lock:
             for name in list(self.dbs.get(db, {})):
                 self.drop(db, name)
             self.dbs.pop(db, None)
+            self.log(db, "$cmd", "dropDatabase")
+
+    def rename(self, db: str, name: str, to: str, *, drop_target: bool) -> None:
+        """renameCollection within `db` (errors as MongoDB: 26, 48, 20)."""
+        with self.lock:
+            colls = self.dbs.get(db, {})
+            if name not in colls:
+                raise ServerError(26, "NamespaceNotFound", f"Source collection {db}.{name} does not exist")
+            if name == to:
+                raise ServerError(20, "IllegalOperation", "Can't rename a collection to itself")
+            existed = to in colls
+            if existed and not drop_target:
+                raise ServerError(48, "NamespaceExists", f"target namespace exists: {db}.{to}")
+            colls[to] = colls.pop(name)
+            self.log(db, name, "rename", to=to, dropped_target=existed)
 
     # -- writes ---------------------------------------------------------------
     def insert(self, db: str, name: str, doc: dict[str, Any]) -> None:

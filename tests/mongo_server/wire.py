@@ -21,7 +21,7 @@ from typing import Any
 
 import bson
 import mockupdb
-from bson import ObjectId
+from bson import Binary, ObjectId
 
 from tests.mongo_server.changes import ChangeCursor, open_change_stream
 from tests.mongo_server.query import QueryError, matches, sort_key
@@ -66,6 +66,9 @@ class CommandHandler:
         self._ids = itertools.count(1000)
         self.stopping = threading.Event()
         self.commands_seen: dict[str, int] = {}
+        self.standalone = False  # answer like a standalone mongod: no setName, $changeStream -> 40573
+        self.fresh_stream_lookback = 0  # test-server only: fresh streams start this many entries back
+        self.reads: list[dict[str, Any]] = []  # find/aggregate: {"cmd", "readConcern", "$readPreference"}
 
     # -- dispatch -------------------------------------------------------------
     def handle(self, cmd: Mapping[str, Any], db: str) -> dict[str, Any]:
@@ -81,11 +84,15 @@ class CommandHandler:
         if fn is None:
             return ServerError(59, "CommandNotFound", f"no such command: '{name}'").reply()
         try:
+            if key in ("find", "aggregate", "count"):
+                self._check_read_concern(key, cmd)
             reply = fn(cmd, db)
         except ServerError as exc:
             return exc.reply()
         except QueryError as exc:
             return ServerError(exc.code, "BadValue", str(exc)).reply()
+        except Exception as exc:  # noqa: BLE001 - a bug in the test server answers, never hangs the client
+            return ServerError(1, "InternalError", f"test server: {type(exc).__name__}: {exc}").reply()
         reply.setdefault("ok", 1)
         reply.setdefault("operationTime", self.store.last_ts)
         return reply
@@ -100,9 +107,36 @@ class CommandHandler:
                     return fp
         return None
 
+    def _check_read_concern(self, key: str, cmd: Mapping[str, Any]) -> None:
+        """Accept `readConcern` like a replica-set member (and record it for tests).
+
+        Levels local / available / majority / linearizable / snapshot; `afterClusterTime`
+        beyond the server's cluster time fails with 72 InvalidOptions, as
+        src/mongo/db/read_concern_mongod.cpp does ("readConcern afterClusterTime value must
+        not be greater than the current clusterTime"). A single member is its own majority,
+        so majority reads see every acknowledged write.
+        """
+        rc = dict(cmd.get("readConcern") or {})
+        self.reads.append({"cmd": key, "readConcern": rc, "$readPreference": cmd.get("$readPreference")})
+        level = rc.get("level", "local")
+        if level not in ("local", "available", "majority", "linearizable", "snapshot"):
+            raise ServerError(9, "FailedToParse", f"{level} is not a valid readConcern level")
+        after = rc.get("afterClusterTime")
+        if after is not None:
+            last = self.store.last_ts
+            if (after.time, after.inc) > (last.time, last.inc):
+                raise ServerError(72, "InvalidOptions",
+                                  "readConcern afterClusterTime value must not be greater than the current clusterTime")
+
     # -- handshake and admin --------------------------------------------------
     def cmd_hello(self, cmd: Mapping[str, Any], db: str) -> dict[str, Any]:
         me = self.address()
+        if self.standalone:
+            return {"isWritablePrimary": True, "ismaster": True, "helloOk": True,
+                    "maxBsonObjectSize": self.max_bson_size, "maxMessageSizeBytes": 48_000_000,
+                    "maxWriteBatchSize": 100_000, "localTime": datetime.datetime.now(datetime.UTC),
+                    "logicalSessionTimeoutMinutes": 30, "connectionId": 1, "minWireVersion": 0,
+                    "maxWireVersion": 17, "readOnly": False}
         return {
             "isWritablePrimary": True,
             "ismaster": True,
@@ -144,8 +178,10 @@ class CommandHandler:
     def cmd_listcollections(self, cmd: Mapping[str, Any], db: str) -> dict[str, Any]:
         flt = cmd.get("filter") or {}
         with self.store.lock:
-            names = sorted(self.store.dbs.get(db, {}))
-        rows = [{"name": n, "type": "collection", "options": {}, "info": {"readOnly": False}} for n in names]
+            colls = dict(self.store.dbs.get(db, {}))
+        rows = [{"name": n, "type": "collection", "options": {},
+                 "info": {"readOnly": False, "uuid": Binary.from_uuid(c.uuid)}}
+                for n, c in sorted(colls.items())]
         if "name" in flt:
             rows = [r for r in rows if r["name"] == flt["name"]]
         return {"cursor": {"id": 0, "ns": f"{db}.$cmd.listCollections", "firstBatch": rows}}
@@ -164,6 +200,17 @@ class CommandHandler:
         if not self.store.drop(db, cmd["drop"]):
             raise ServerError(26, "NamespaceNotFound", "ns not found")
         return {"ns": f"{db}.{cmd['drop']}"}
+
+    def cmd_renamecollection(self, cmd: Mapping[str, Any], db: str) -> dict[str, Any]:
+        """`{renameCollection: "db.a", to: "db.b", dropTarget: bool}` on admin (same database only)."""
+        if db != "admin":
+            raise ServerError(13, "Unauthorized", "renameCollection may only be run against the admin database.")
+        src_db, _, src = str(cmd["renameCollection"]).partition(".")
+        dst_db, _, dst = str(cmd["to"]).partition(".")
+        if src_db != dst_db:
+            raise ServerError(20, "IllegalOperation", "the test server renames within one database only")
+        self.store.rename(src_db, src, dst, drop_target=bool(cmd.get("dropTarget")))
+        return {}
 
     def cmd_dropdatabase(self, cmd: Mapping[str, Any], db: str) -> dict[str, Any]:
         self.store.drop_database(db)
@@ -252,9 +299,13 @@ class CommandHandler:
         ns = f"{db}.{name}"
         sort = list((cmd.get("sort") or {}).items())
         skip, limit = int(cmd.get("skip", 0)), abs(int(cmd.get("limit", 0)))
+        flt = cmd.get("filter") or {}
         with self.store.lock:
             c = self.store.coll(db, name)
-            found = iter(()) if c is None else c.scan(cmd.get("filter") or {})
+            if "min" in cmd or "max" in cmd:
+                found = iter(()) if c is None else self._index_walk(c, cmd, flt)
+            else:
+                found = iter(()) if c is None else c.scan(flt)
             if limit and sort in ([], [("_id", 1)]):  # scan order is _id order: stop early
                 found = itertools.islice(found, skip + limit)
             docs = list(found)
@@ -268,6 +319,22 @@ class CommandHandler:
             docs = docs[:batch_size]
         return self._first_batch(ns, docs, batch_size)
 
+    @staticmethod
+    def _index_walk(c: Any, cmd: Mapping[str, Any], flt: Mapping[str, Any]) -> Any:
+        """find with `min`/`max` index bounds: they need `hint` (error 51173 as mongod), walk all types."""
+        hint = cmd.get("hint")
+        if hint is None:
+            raise ServerError(51173, "Location51173",
+                              "When using min()/max() a hint of which index to use must be provided")
+        keys = [list(b) for b in (cmd.get("min"), cmd.get("max")) if b]
+        if (isinstance(hint, Mapping) and list(hint) != ["_id"]) or (isinstance(hint, str) and hint != "_id_") \
+                or any(k != ["_id"] for k in keys):
+            raise ServerError(51174, "Location51174",
+                              "The index implied by min() / max() must match the hint (the test server has only _id_)")
+        lo = (cmd.get("min") or {}).get("_id") if cmd.get("min") else None
+        hi = (cmd.get("max") or {}).get("_id") if cmd.get("max") else None
+        return (d for d in c.index_range(lo, hi) if matches(d, flt))
+
     def _first_batch(self, ns: str, docs: list[dict[str, Any]], batch_size: int) -> dict[str, Any]:
         batch, rest = docs[:batch_size], docs[batch_size:]
         cid = 0
@@ -280,11 +347,12 @@ class CommandHandler:
         pipeline = list(cmd.get("pipeline") or [])
         if not pipeline or "$changeStream" not in pipeline[0]:
             return self._simple_aggregate(cmd, db, pipeline)
-        if len(pipeline) > 1:
-            raise ServerError(40324, "Location40324", "the test server supports no stages after $changeStream")
+        if self.standalone:
+            raise ServerError(40573, "Location40573", "The $changeStream stage is only supported on replica sets")
         coll = cmd["aggregate"] if cmd["aggregate"] != 1 else None
         with self.store.lock:
-            cursor = open_change_stream(self.store, db, coll, pipeline[0]["$changeStream"])
+            cursor = open_change_stream(self.store, db, coll, pipeline[0]["$changeStream"], pipeline[1:],
+                                        self.max_bson_size, self.fresh_stream_lookback)
             batch_size = int((cmd.get("cursor") or {}).get("batchSize", 101))
             events, pbrt = cursor.read(self.store, batch_size)
             cid = 0 if cursor.invalidated else next(self._ids)
