@@ -37,7 +37,7 @@ ACTIONS = ("kill", "kill-children")
 POINTS = {
     "checkpoint.copy": "recovery/checkpoint.py, after a partition is copied (supervisor)",
     "checkpoint.upload": "recovery/checkpoint.py, after an object is uploaded, before the manifest (supervisor)",
-    "restore.swap": "recovery/restore.py, in the middle of swapping the restored partitions in (supervisor)",
+    "restore.swap": "recovery/swap.py: after the stage is fsynced (1st hit), after the journal commit (2nd), after each partition file moved in (supervisor)",
     "kafka.commit": "dataflows/connectors/transactional.py, just before commit_transaction (child)",
 }
 
