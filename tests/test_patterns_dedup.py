@@ -78,8 +78,8 @@ def test_snapshot_round_trip_carries_version() -> None:
     d = Deduplicator(DedupConfig(100, clock=frozen_clock))
     feed(d, [5, 50])
     snap = pickle.loads(pickle.dumps(d.snapshot()))
-    assert snap == DedupState(5, 0, Deduplicator.STATE_VERSION)
-    assert snap.version == Deduplicator.STATE_VERSION == 1
+    assert snap == DedupState(5, 0, Deduplicator.STATE_VERSION, 0)  # + the snapshot's pipeline time
+    assert snap.version == Deduplicator.STATE_VERSION == 2
     resumed = Deduplicator(DedupConfig(100, clock=frozen_clock), snap)
     assert feed(resumed, [104, 105]) == [105]
 

@@ -86,7 +86,7 @@ def test_retained_until_lateness_then_dropped() -> None:
     assert [s.start for s in a.spans] == [12, 29]  # dropped once watermark - lateness >= end + gap
 
 
-def test_idle_key_closes_by_wall_clock_and_is_discarded() -> None:
+def test_idle_key_closes_by_pipeline_clock_and_is_discarded() -> None:
     now = [1_000_000]
     evicted: list[int] = []
     a = analyzer(gap=10_000, late=5_000, clock=lambda: now[0], on_evict=lambda: evicted.append(1))
@@ -99,8 +99,10 @@ def test_idle_key_closes_by_wall_clock_and_is_discarded() -> None:
     now[0] += 1  # watermark 52_000 + 10_000 = end + gap: closes
     out, discard = a.on_notify()
     assert spans(out) == [(50_000, 52_000, 2, 0, "k:50000")] and not discard
-    now[0] += 5_000  # watermark - lateness reaches end + gap: dropped, key discarded
-    assert a.on_notify() == ((), True)
+    now[0] += 5_000  # the drop threshold (watermark - lateness = end + gap) is reached ...
+    assert a.on_notify() == ((), False)  # ... but each idle step needs a full gap of pipeline time
+    now[0] += 5_000
+    assert a.on_notify() == ((), True)  # dropped, key discarded
     assert evicted == [1]
 
 
@@ -120,7 +122,7 @@ def test_snapshot_round_trip_resumes_identically() -> None:
     a = analyzer(gap=10, late=30)
     feed(a, 0, 5, 20)
     state = pickle.loads(pickle.dumps(a.snapshot()))
-    assert state.version == SessionAnalyzer.STATE_VERSION == 1 and state.key == "k"
+    assert state.version == SessionAnalyzer.STATE_VERSION == 2 and state.key == "k"
     b = SessionAnalyzer(a.cfg, state)
     assert spans(feed(b, 3, 40)) == spans(feed(a, 3, 40))
 

@@ -1,6 +1,7 @@
 """Sharded Deduplicator: many identities per Bytewax key, one wake-up per shard.
 
-Same TTL rule and idle expiry as `dedup.Deduplicator`, but the identities are
+Same TTL rule and idle expiry (on pipeline time, decided on the item, the
+wake-up only frees memory early) as `dedup.Deduplicator`, but the identities are
 grouped into `shards` Bytewax keys (`zlib.crc32(identity) % shards`). Each
 shard keeps its identities in last-sighting order, so expiry pops the oldest
 ones in O(1) each, and schedules a single wake-up (for its oldest identity).
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from dataflows.clock import setstate_with_defaults
 from dataflows.events import Event
 from dataflows.patterns.alarm import Alarm
 from dataflows.patterns.dedup import DedupConfig, judge
@@ -33,16 +35,24 @@ _EMPTY: tuple[()] = ()
 
 @dataclass(frozen=True, slots=True)
 class ShardDedupState:
-    """Snapshot of one shard: `seen[identity] = (anchor_ms, last_seen_wall_ms)`, oldest sighting first."""
+    """Snapshot of one shard: `seen[identity] = (anchor_ms, last_seen_ms)`, oldest sighting first.
+
+    `last_seen_ms` is pipeline time, `clock_ms` the pipeline time of the
+    snapshot. Version 1 (before the pipeline clock) has wall times there (the
+    pipeline times of a process that never resumed) and no `clock_ms`.
+    """
 
     seen: dict[str, tuple[int, int]]
     version: int = 1
+    clock_ms: int | None = None
+
+    __setstate__ = setstate_with_defaults
 
 
 class ShardDeduplicator:
     """The dedup state machine of one shard; items are `(identity, event)` pairs."""
 
-    STATE_VERSION = 1
+    STATE_VERSION = 2
     __slots__ = ("cfg", "seen", "alarm")
 
     def __init__(self, cfg: DedupConfig, state: ShardDedupState | None = None) -> None:
@@ -50,24 +60,33 @@ class ShardDeduplicator:
         self.alarm: Alarm | None = None
         self.seen: OrderedDict[str, tuple[int, int]] = OrderedDict(
             () if state is None else state.seen)
+        if state is not None and state.clock_ms is not None:
+            cfg.clock.restored(state.clock_ms)
+        elif self.seen:  # the newest sighting is last
+            cfg.clock.restored(next(reversed(self.seen.values()))[1])
 
     def on_item(self, item: tuple[str, Event]) -> tuple[tuple[Event, ...], bool]:
         ident, event = item
         cfg = self.cfg
         seen = self.seen
+        now = cfg.clock.now()
         entry = seen.pop(ident, None)  # re-inserted last: the order is last-sighting order
+        if entry is not None and now - entry[1] >= cfg.idle_ms:
+            entry = None  # expired, whether or not the wake-up came first
+            if cfg.on_evict is not None:
+                cfg.on_evict()
         anchor = judge(None if entry is None else entry[0], event.event_time_ms, cfg.ttl_ms)
         if anchor is None:
             assert entry is not None  # a duplicate has an anchor
-            seen[ident] = (entry[0], cfg.clock())
+            seen[ident] = (entry[0], now)
             return _EMPTY, False
-        seen[ident] = (anchor, cfg.clock())
+        seen[ident] = (anchor, now)
         return (event,), False
 
     def on_notify(self) -> tuple[tuple[()], bool]:
         if self.alarm is not None:
             self.alarm.fired()
-        horizon = self.cfg.clock() - self.cfg.ttl_ms
+        horizon = self.cfg.clock.now() - self.cfg.idle_ms
         seen = self.seen
         evict = self.cfg.on_evict
         while seen:
@@ -88,13 +107,13 @@ class ShardDeduplicator:
         alarm = self.alarm
         if alarm is None:
             self.alarm = alarm = Alarm()
-        want = next(iter(self.seen.values()))[1] + self.cfg.ttl_ms
+        want = next(iter(self.seen.values()))[1] + self.cfg.ttl_ms + self.cfg.clock.real_delta_ms
         if self.cfg.sparse_wakeups:
             return alarm.request(want, self.cfg.slack_ms)
         return alarm.schedule(want, self.cfg.slack_ms)
 
     def snapshot(self) -> ShardDedupState:
-        return ShardDedupState(dict(self.seen), self.STATE_VERSION)
+        return ShardDedupState(dict(self.seen), self.STATE_VERSION, self.cfg.clock.now())
 
 
 class shard_router:  # noqa: N801 - used like a function

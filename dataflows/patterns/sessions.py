@@ -6,11 +6,21 @@ Keyed by `Event.key`. Definitions (all times in event-time milliseconds):
   `start - gap < t < end + gap`; an event that joins two sessions *bridges*
   them into one; a distance of exactly `gap` starts a new session;
 - the key's *watermark* `W` is the largest event time seen for the key;
-  with `advance_on_idle` (default) it also advances with the wall clock
-  while the key is idle (by the wall time elapsed since `W` last moved, also
-  across a restart), so idle keys close and are discarded; disable it for
-  fully replay-deterministic output, but then a key's newest session closes
-  only on a later event of the key (or EOF) and the key is never discarded;
+  with `advance_on_idle` (default) it also advances with the *pipeline
+  clock* (`dataflows/clock.py`: wall time that does not count while the job
+  is down) while the key is idle: once `P - P_W >= max(gap, T - W)` (`P_W`
+  the pipeline time `W` last moved at, `T` the next close or drop
+  threshold), `W` steps to exactly `T` (and `P_W` by `T - W`), repeatedly; so
+  idle keys close and are discarded. Each step needs a full gap of pipeline
+  time without a step, so a run (or a replay) shorter than the gap makes no
+  idle step that its restored state did not already call for, however close
+  a threshold is. The step is applied before each event of the key and by the
+  wake-up, whichever comes first, to the same values: the wake-up only emits
+  earlier what the key's next event would have emitted first, and a restart
+  that took longer than the gap changes nothing (replay-stable; the argument
+  is in `dataflows/clock.py`). Disable it for output that is a function of
+  the input alone, but then a key's newest session closes only on a later
+  event of the key (or EOF) and the key is never discarded;
 - a session *closes* when `W >= end + gap` and is then emitted
   (`Session.revision` 0);
 - an event is *late* iff `t < W - allowed_lateness`: it goes to the `late`
@@ -37,7 +47,7 @@ from `initial()`; bridging two sessions needs `merge(acc_a, acc_b)`. Without
 `aggregate`, sessions only count (`aggregate` is None).
 
 State per key (`SessionState`): the key, its retained sessions
-(`SessionState.spans`), the watermark and the wall time it last moved.
+(`SessionState.spans`), the watermark and the pipeline time it last moved.
 """
 
 from __future__ import annotations
@@ -52,7 +62,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 
 from dataflows import metrics
-from dataflows.events import Event, now_ms
+from dataflows.clock import PipelineClock, Wall, as_pipeline_clock, setstate_with_defaults
+from dataflows.events import Event
 from dataflows.patterns.alarm import Alarm, slack_for
 from dataflows.patterns.records import frozen_factory
 
@@ -108,8 +119,11 @@ class SessionState:
     key: str
     spans: tuple[SpanTuple, ...]
     watermark_ms: int
-    wall_ms: int
+    wall_ms: int  # pipeline time `watermark_ms` last moved at (version 1: wall time, the same)
     version: int = 1
+    clock_ms: int | None = None  # pipeline time of the snapshot (None: version 1, or no idle advance)
+
+    __setstate__ = setstate_with_defaults
 
 
 @dataclass(frozen=True)
@@ -137,7 +151,7 @@ class SessionConfig:
                  aggregate: Callable[[Any, Event], Any] | None = None,
                  initial: Callable[[], Any] | None = None,
                  merge: Callable[[Any, Any], Any] | None = None,
-                 clock: Callable[[], int] | None = now_ms,
+                 clock: PipelineClock | Wall | None = None,
                  on_late: Callable[[], None] | None = None,
                  on_evict: Callable[[], None] | None = None,
                  sparse_wakeups: bool = False) -> None:
@@ -152,7 +166,8 @@ class SessionConfig:
         self.aggregate = aggregate
         self.initial = initial
         self.merge = merge
-        self.clock = clock
+        # None: no idle advance (watermark by event time only).
+        self.clock = None if clock is None else as_pipeline_clock(clock)
         self.slack_ms = slack_for(gap_ms)
         self.on_late = on_late
         self.on_evict = on_evict
@@ -177,7 +192,7 @@ class _Span:
 class SessionAnalyzer:
     """The sessions of one key (a Bytewax `StatefulLogic` by shape)."""
 
-    STATE_VERSION = 1
+    STATE_VERSION = 2
     __slots__ = ("cfg", "key", "spans", "wm", "wall_ms", "next_ms", "wake_ms", "alarm")
 
     def __init__(self, cfg: SessionConfig, state: SessionState | None = None) -> None:
@@ -198,18 +213,28 @@ class SessionAnalyzer:
             self.wall_ms = state.wall_ms
             self.spans = [_Span(*span) for span in state.spans]
             self.next_ms = self.wake_ms = self.wm  # re-evaluate (and advance) at the first notification
+            if cfg.clock is not None:
+                cfg.clock.restored(self.wall_ms if state.clock_ms is None else state.clock_ms)
 
     # -- events ----------------------------------------------------------------
     def on_item(self, event: Event) -> tuple[Any, bool]:
         cfg = self.cfg
-        t = event.event_time_ms
+        clock = cfg.clock
+        now = 0
         wm = self.wm
+        if clock is not None:
+            now = clock.now()
+            nxt = self.next_ms
+            idle = now - self.wall_ms
+            if nxt is not None and wm is not None and idle >= cfg.gap_ms and idle >= nxt - wm:
+                return self._step_then_item(now, event)
+        t = event.event_time_ms
         if wm is None or t > wm:
             if wm is None:
                 self.key = event.key
             self.wm = wm = t
-            if cfg.clock is not None:
-                self.wall_ms = cfg.clock()
+            if clock is not None:
+                self.wall_ms = now
         elif t < wm - cfg.lateness_ms:
             if cfg.on_late is not None:
                 cfg.on_late()
@@ -248,6 +273,33 @@ class SessionAnalyzer:
             return self._fire()
         self._merge_in(t, event)
         return self._fire()
+
+    def _step_then_item(self, now: int, event: Event) -> tuple[Any, bool]:
+        """The idle step the wake-up would have made by `now`, then the event (rare path)."""
+        early, gone = self._step_idle(now)
+        if gone:  # every session dropped: the event starts the key afresh
+            self.key = self.wm = self.next_ms = self.wake_ms = None
+        out, discard = self.on_item(event)
+        return [*early, *out], discard
+
+    def _step_idle(self, now: int) -> tuple[Any, bool]:
+        """Step the watermark to each threshold pipeline time `now` has reached; (emitted, discard)."""
+        out: Any = _EMPTY
+        gap = self.cfg.gap_ms
+        while True:
+            nxt, wm = self.next_ms, self.wm
+            assert wm is not None
+            idle = now - self.wall_ms
+            if nxt is None or idle < gap or idle < nxt - wm:
+                return out, False
+            if nxt > wm:  # to the threshold itself, never beyond: the wake-up's lateness is no input
+                self.wm = nxt
+                self.wall_ms += nxt - wm
+            emitted, gone = self._fire()
+            if emitted:
+                out = [*out, *emitted]
+            if gone:
+                return out, True
 
     def _merge_in(self, t: int, event: Event) -> None:
         """Out-of-order event: join, bridge or insert among the retained sessions."""
@@ -333,11 +385,7 @@ class SessionAnalyzer:
         clock = self.cfg.clock
         if clock is None or self.wm is None:
             return _EMPTY, False
-        now = clock()
-        if now > self.wall_ms:
-            self.wm += now - self.wall_ms
-            self.wall_ms = now
-        return self._fire()
+        return self._step_idle(clock.now())
 
     def on_eof(self) -> tuple[Any, bool]:
         return [self._emit(s) for s in self.spans if s.dirty], False
@@ -349,7 +397,7 @@ class SessionAnalyzer:
         alarm = self.alarm
         if alarm is None:
             self.alarm = alarm = Alarm()
-        want = self.wall_ms + max(0, nxt - self.wm)
+        want = self.wall_ms + max(self.cfg.gap_ms, nxt - self.wm) + self.cfg.clock.real_delta_ms
         if self.cfg.sparse_wakeups:
             return alarm.request(want, self.cfg.slack_ms)
         return alarm.schedule(want, self.cfg.slack_ms)
@@ -358,7 +406,9 @@ class SessionAnalyzer:
         assert self.key is not None and self.wm is not None
         spans = tuple((s.start, s.end, s.count, s.agg, s.id_start, s.emits, s.dirty)
                       for s in self.spans)
-        return SessionState(self.key, spans, self.wm, self.wall_ms, self.STATE_VERSION)
+        clock = self.cfg.clock
+        return SessionState(self.key, spans, self.wm, self.wall_ms, self.STATE_VERSION,
+                            None if clock is None else clock.now())
 
 
 def _event_key(event: Event) -> str:
@@ -375,15 +425,17 @@ def analyze_sessions(step_id: str, up: Stream[Event], *, gap_ms: int, allowed_la
                      initial: Callable[[], Any] | None = None,
                      merge: Callable[[Any, Any], Any] | None = None,
                      advance_on_idle: bool = True,
-                     clock: Callable[[], int] = now_ms) -> SessionOutputs:
+                     clock: PipelineClock | Wall | None = None) -> SessionOutputs:
     """Sessions per `Event.key` (see the module docstring).
 
     Emits `Session`s on `.sessions` and `LateEvent`s on `.late`.
     State per key: `SessionState`; discarded once all its sessions are dropped.
+    `clock`: the flow's `PipelineClock` (or a wall function, tests); default a
+    new system one; unused without `advance_on_idle`.
     """
     cfg = SessionConfig(
         gap_ms, allowed_lateness_ms, aggregate=aggregate, initial=initial, merge=merge,
-        clock=clock if advance_on_idle else None,
+        clock=as_pipeline_clock(clock) if advance_on_idle else None,
         on_late=metrics.LATE_EVENTS.labels(pipeline=pipeline, step=step_id).inc,
         on_evict=metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id,
                                                 reason="sessions_closed").inc,

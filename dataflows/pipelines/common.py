@@ -14,7 +14,9 @@
   keyed by `Event.key`, one Deduplicator per identity inside): keying dedup by
   the event id would send one key's events through different workers, and a
   keyed step after it would see them in a different order than the source's
-  (wrong merges / sessions with 2+ workers).
+  (wrong merges / sessions with 2+ workers). Idle expiry runs on the
+  pipeline clock (`dataflows/clock.py`): a restart that took longer than the
+  TTL expires nothing, so the replay drops what the original run dropped.
 - `lazy_flow(name, build_flow)`: the module-level `flow`, built on first access
   (so importing a pipeline module for `build_flow` never reads a config).
 """
@@ -35,6 +37,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
 from dataflows import metrics
+from dataflows.clock import PipelineClock
 from dataflows.config import Config, ConfigError, load_config
 from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
 from dataflows.errors import Guarded, guarded_map
@@ -207,7 +210,7 @@ class KeyLaneDedup:
     """Deduplicators of the event ids of one key (a Bytewax `StatefulLogic` by shape).
 
     State: `LaneDedupState` of the key; an identity idle for the TTL of
-    wall-clock time is dropped, the key's state when none is left.
+    pipeline time is dropped, the key's state when none is left.
     """
 
     STATE_VERSION = 1
@@ -249,17 +252,18 @@ def _event_key(event: Any) -> str:
 
 
 def dedup_in_key_lane(step_id: str, up: Stream[Any], *, ttl_ms: int, pipeline: str,
-                      identity_field: str) -> Stream[Any]:
+                      identity_field: str, clock: PipelineClock | None = None) -> Stream[Any]:
     """Drop repeated `identity_field` values within `ttl_ms` of event time, keyed by `Event.key`.
 
     Emits the first occurrence, unchanged and in the key's arrival order.
-    State per key: `LaneDedupState` (see `KeyLaneDedup`).
+    State per key: `LaneDedupState` (see `KeyLaneDedup`). `clock`: the flow's
+    pipeline clock (default: a new one).
     """
     from dataflows import metrics
     from dataflows.patterns.dedup import DedupConfig, identity_of
 
     evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="ttl").inc
-    cfg = DedupConfig(ttl_ms, on_evict=evict)
+    cfg = DedupConfig(ttl_ms, on_evict=evict, clock=clock)
     identity = identity_of(identity_field)
 
     def build(state: LaneDedupState | None) -> Any:  # a StatefulLogic by shape

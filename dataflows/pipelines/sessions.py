@@ -8,6 +8,9 @@
   `parse.id-field` (event_id) is required when dedup is on.
 - dedup (`patterns.dedup.ttl`, optional): a redelivered click (same id) is
   dropped, in the user's lane (see `common.dedup_in_key_lane`).
+- one pipeline clock (`dataflows/clock.py`) for dedup expiry and the idle
+  advance of sessions: a restart after any downtime replays the same
+  decisions (`STREAMFORGE_CLOCK_SKEW_SECONDS` simulates downtime in tests).
 - sessions (`patterns.sessions.gap`, `.allowed-lateness`, `.advance-on-idle`):
   SessionAnalyzer; a session's `aggregate` is `ClickStats` as a dict
   (`{"actions": {action: n}, "revenue": sum of amount, "pages": distinct}`).
@@ -27,6 +30,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import Sink
 
+from dataflows.clock import PipelineClock
 from dataflows.config import Config, ConfigError
 from dataflows.connectors.dlq import late_to_dead_letter
 from dataflows.connectors.files import JsonlSink
@@ -122,14 +126,16 @@ def build_flow(
     if late_sink is None and late_output != "dlq":
         late_sink = JsonlSink(late_output)
 
+    clock = PipelineClock()
     flow = Dataflow(name)
     events, ingest_dlq = ingest(flow, source, pipeline=name, options=options, optional=OPTIONAL_TYPES)
     if ttl_ms is not None and options.id_field:
         events = dedup_in_key_lane("dedup", events, ttl_ms=ttl_ms, pipeline=name,
-                                   identity_field=options.id_field)
+                                   identity_field=options.id_field, clock=clock)
     sessions, late = analyze_sessions(
         "sessions", events, gap_ms=gap_ms, allowed_lateness_ms=lateness_ms, pipeline=name,
         aggregate=click_stats, initial=click_initial, merge=click_merge, advance_on_idle=advance,
+        clock=clock,
     )
     write_output("sink", sessions, sink)
     dead = [ingest_dlq]
