@@ -11,7 +11,9 @@
   that restores from the store (`streamforge restore latest`) when the volume
   holds no partitions (a new or replaced volume; partitions already on the
   volume are at least as new as any checkpoint, the supervisor resumes them),
-  credentials from the Secret `<name>-credentials`, config overrides
+  credentials from the Secret `<name>-credentials`, the manifest signing key
+  from the Secret `<name>-signing-key` (required: the pod does not start
+  without it), config overrides
   (`STREAMFORGE__SOURCE__URI=...`) from the optional Secret `<name>-env`,
   `/healthz` (liveness) and
   `/readyz` (readiness) on the metrics port, and a preStop hook that takes a
@@ -21,6 +23,13 @@
   supervisor's SIGTERM handler to the preStop hook (so it is taken once);
   `terminationGracePeriodSeconds` covers `checkpoints.timeout` (the savepoint) +
   `recovery.stop-grace` (the stop) + a margin.
+- `signing-secret.yaml.template`: that Secret with a placeholder, never a
+  key: fill in a random key and apply it once (`kubectl apply -f DIR` skips
+  it, so re-applying the manifests never resets the key; the supervisor
+  refuses the placeholder). The pod config turns signed restore on:
+  `security.require-signing-key: true` and `security.allow-unsigned: false`
+  (restore refuses unsigned snapshots; set it true in the pipeline config to
+  adopt a bucket of snapshots taken before signing was on).
 - `service.yaml`: a headless Service (stable pod DNS, metrics ports).
 - `podmonitor.yaml`: scrape the supervisor's `/metrics` and the Bytewax
   dataflow API's `/metrics` (checkpoint metrics live in the supervisor,
@@ -45,7 +54,7 @@ from typing import Any
 import yaml
 
 from dataflows.config import Config
-from streamforge_ops.settings import Settings, read_settings
+from streamforge_ops.settings import SIGNING_KEY_PLACEHOLDER, Settings, read_settings
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -114,6 +123,8 @@ class RenderResult:
     notes: list[str] = field(default_factory=list)
     # the bucket lifecycle configuration expiring unpinned savepoints (s3-lifecycle.json)
     lifecycle: dict[str, Any] | None = None
+    # objects to fill in and apply by hand, once (not in the stream, skipped by `kubectl apply -f DIR`)
+    templates: list[Manifest] = field(default_factory=list)
 
 
 def render(cfg: Config, options: RenderOptions | None = None) -> RenderResult:
@@ -128,6 +139,13 @@ def render(cfg: Config, options: RenderOptions | None = None) -> RenderResult:
     labels = _labels(settings, name)
     meta = {"namespace": options.namespace, "labels": labels}
     notes.extend(_local_endpoint_notes(cfg, name))
+    notes.append(
+        f"the Secret {name}-signing-key is rendered as signing-secret.yaml.template: replace "
+        f"the placeholder with a random key (`openssl rand -hex 32`) and apply it once; the pod "
+        "does not start without it"
+    )
+    if pod_cfg["security"]["allow-unsigned"]:
+        notes.append("security.allow-unsigned is true: restore accepts unsigned snapshots")
     if cfg.str("source.type", "") == "file" and not cfg.bool("source.tail", False):
         notes.append(
             "source.type is file with tail: false: the pod exits when the input ends and "
@@ -140,8 +158,9 @@ def render(cfg: Config, options: RenderOptions | None = None) -> RenderResult:
         Manifest("podmonitor.yaml", _podmonitor(name, meta)),
         Manifest("prometheusrule.yaml", _prometheusrule(options)),
     ]
+    templates = [Manifest("signing-secret.yaml.template", _signing_secret(name, meta))]
     return RenderResult(settings.pipeline, options.namespace, manifests, notes,
-                        _lifecycle(pod_cfg["savepoints"]["dir"], settings))
+                        _lifecycle(pod_cfg["savepoints"]["dir"], settings), templates)
 
 
 def _lifecycle(savepoints_url: str, settings: Settings) -> dict[str, Any] | None:
@@ -177,6 +196,9 @@ def pod_config(
     if settings.savepoints.on_cancel:
         # The preStop hook takes the stop savepoint (see module doc).
         data["savepoints"]["on-cancel"] = False
+    security = data.setdefault("security", {})
+    security["require-signing-key"] = True  # signed restore is the deployment's default
+    security.setdefault("allow-unsigned", False)
     for section in ("sink", "dlq"):
         sec = data.get(section)
         if isinstance(sec, dict) and sec.get("type") == "file":
@@ -254,11 +276,20 @@ def _configmap(name: str, meta: dict[str, Any], config_text: str) -> dict[str, A
     }
 
 
-def _env(settings: Settings, name: str) -> list[dict[str, Any]]:
-    secret = f"{name}-credentials"
+def _signing_secret(name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{name}-signing-key", **meta},
+        "type": "Opaque",
+        "stringData": {"signing-key": SIGNING_KEY_PLACEHOLDER},
+    }
 
-    def from_secret(var: str, key: str) -> dict[str, Any]:
-        ref = {"name": secret, "key": key, "optional": True}
+
+def _env(settings: Settings, name: str) -> list[dict[str, Any]]:
+    def from_secret(var: str, key: str, secret: str = f"{name}-credentials",
+                    optional: bool = True) -> dict[str, Any]:
+        ref = {"name": secret, "key": key, "optional": optional}
         return {"name": var, "valueFrom": {"secretKeyRef": ref}}
 
     return [
@@ -269,7 +300,7 @@ def _env(settings: Settings, name: str) -> list[dict[str, Any]]:
         from_secret("AWS_ACCESS_KEY_ID", "aws-access-key-id"),
         from_secret("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key"),
         from_secret("AWS_SESSION_TOKEN", "aws-session-token"),
-        from_secret(settings.security.signing_key_env, "signing-key"),
+        from_secret(settings.security.signing_key_env, "signing-key", f"{name}-signing-key", False),
     ]
 
 
@@ -472,15 +503,24 @@ def dump_manifest(manifest: Manifest, pipeline: str) -> str:
         f"# Rendered by `streamforge deploy render` for pipeline {pipeline!r}.\n"
         "# Do not edit: change the pipeline config (or deploy/prometheus) and render again.\n"
     )
+    if manifest.filename.endswith(".template"):
+        header = (
+            f"# Rendered by `streamforge deploy render` for pipeline {pipeline!r}: a TEMPLATE.\n"
+            "# Copy it, replace the placeholder with a random key (openssl rand -hex 32), apply\n"
+            "# it once. Never commit the filled-in copy; the supervisor refuses the placeholder.\n"
+        )
     return header + yaml.dump(manifest.obj, Dumper=_Dumper, sort_keys=False, width=100)
 
 
 def write_manifests(result: RenderResult, out_dir: Path) -> list[Path]:
-    """Write one file per object into `out_dir` (created if missing)."""
+    """Write one file per object into `out_dir` (created if missing), then the templates.
+
+    Returns the paths of `result.manifests` (in order).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for m in result.manifests:
+    for m in [*result.manifests, *result.templates]:
         path = out_dir / m.filename
         path.write_text(dump_manifest(m, result.pipeline))
         paths.append(path)
-    return paths
+    return paths[: len(result.manifests)]

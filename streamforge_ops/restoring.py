@@ -138,6 +138,7 @@ def prepare(
     from recovery.swap import settle
 
     rdir = job.recovery_dir
+    job.signing_key  # noqa: B018 - a placeholder or required-but-missing key fails at start
     settled = settle(rdir)
     failed = restore_required(rdir)
     if fresh:

@@ -25,6 +25,7 @@ __all__ = [
     "SecuritySettings",
     "Settings",
     "StoreSettings",
+    "SIGNING_KEY_PLACEHOLDER",
     "read_settings",
 ]
 
@@ -88,15 +89,33 @@ class SavepointSettings:
     timeout_s: float = 120.0  # the stop (SIGTERM / preStop) savepoint gives up after this
 
 
+# What `deploy render` puts in the signing Secret template; refused as a key.
+SIGNING_KEY_PLACEHOLDER = "REPLACE-ME-with-a-random-key"
+
+
 @dataclass(frozen=True)
 class SecuritySettings:
     """HMAC signing of manifests: the key is read from an environment variable."""
 
     signing_key_env: str = "STREAMFORGE_SIGNING_KEY"
     allow_unsigned: bool = False  # security.allow-unsigned: with a key, restore unsigned snapshots
+    require_signing_key: bool = False  # security.require-signing-key: no key -> refuse to start
 
     def signing_key(self) -> bytes | None:
+        """The key from `signing_key_env`; ConfigError if it is the rendered placeholder or
+        missing while `security.require-signing-key` is on."""
         value = os.environ.get(self.signing_key_env)
+        if value == SIGNING_KEY_PLACEHOLDER:
+            raise ConfigError(
+                f"security.signing-key-env: ${self.signing_key_env} holds the placeholder of the "
+                "rendered Secret template, not a key: put a random key in the Secret (e.g. "
+                "`openssl rand -hex 32`)"
+            )
+        if not value and self.require_signing_key:
+            raise ConfigError(
+                f"security.require-signing-key is on but ${self.signing_key_env} "
+                "(security.signing-key-env) is not set: snapshots cannot be signed or verified"
+            )
         return value.encode() if value else None
 
 
@@ -214,6 +233,7 @@ def read_settings(cfg: Config) -> Settings:
         security=SecuritySettings(
             sec.str("signing-key-env", "STREAMFORGE_SIGNING_KEY"),
             allow_unsigned=sec.bool("allow-unsigned", False),
+            require_signing_key=sec.bool("require-signing-key", False),
         ),
         metrics=MetricsSettings(
             port=met.int("port", 9464, minimum=0),

@@ -24,7 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from dataflows.config import load_config
+from dataflows.config import ConfigError, load_config
 from streamforge_ops.cli import main
 from streamforge_ops.deploy_render import (
     RenderOptions,
@@ -33,7 +33,7 @@ from streamforge_ops.deploy_render import (
     load_rule_groups,
     render,
 )
-from streamforge_ops.settings import read_settings
+from streamforge_ops.settings import SIGNING_KEY_PLACEHOLDER, read_settings
 from tests.conftest import REQUIRE_TOOLS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +97,9 @@ def test_cli_render_of_orders_matches_deploy_k8s(
         "ConfigMap", "StatefulSet", "Service", "PodMonitor", "PrometheusRule"
     }  # fmt: skip
     assert any("s3://streamforge-state/orders" in n for n in summary["notes"])
-    rendered = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
-    static = {p.name: p.read_text() for p in STATIC.glob("*.yaml")}
+    rendered = {p.name: p.read_text() for p in [*tmp_path.glob("*.yaml"), *tmp_path.glob("*.template")]}
+    static = {p.name: p.read_text() for p in [*STATIC.glob("*.yaml"), *STATIC.glob("*.template")]}
+    assert "signing-secret.yaml.template" in static
     assert rendered.keys() == static.keys()
     stale = [name for name in rendered if rendered[name] != static[name]]
     assert stale == [], (
@@ -108,13 +109,14 @@ def test_cli_render_of_orders_matches_deploy_k8s(
 
 
 def test_static_manifests_pass_kubernetes_validate_cli() -> None:
-    files = sorted(str(p) for p in STATIC.glob("*.yaml"))
+    files = sorted(str(p) for p in [*STATIC.glob("*.yaml"), *STATIC.glob("*.template")])
     out = subprocess.run(
         [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", *files],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count("passed") == 3  # ConfigMap, StatefulSet, Service; CRDs: no schema
+    # ConfigMap, StatefulSet, Service, the signing Secret template; CRDs: no schema
+    assert out.stdout.count("passed") == 4
 
 
 # --- validation --------------------------------------------------------------------------
@@ -127,7 +129,7 @@ def test_rendered_manifests_validate_offline(which: str, tmp_path: Path) -> None
         result = _kafka(tmp_path, namespace="prod", image="r.io/sf:7")
     else:
         result = render(load_config(ROOT / "config" / which, environ={}))
-    for m in result.manifests:
+    for m in [*result.manifests, *result.templates]:
         doc = yaml.safe_load(dump_manifest(m, result.pipeline))
         assert doc == m.obj  # the dumped text is the object
         if m.kind in CRD_KINDS:
@@ -196,9 +198,13 @@ def test_statefulset_runs_supervisor_with_restore_volume_secrets_and_probes(tmp_
         assert mounts == {claim: "/var/lib/streamforge", "config": "/etc/streamforge"}
         env = {e["name"]: e for e in c["env"]}
         for var, key in (("AWS_ACCESS_KEY_ID", "aws-access-key-id"),
-                         ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key"), ("SF_KEY", "signing-key")):
+                         ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key")):
             ref = env[var]["valueFrom"]["secretKeyRef"]
             assert (ref["name"], ref["key"]) == ("streamforge-customers-cdc-credentials", key)
+        # the signing key is required: no Secret, no pod (signed restore by default)
+        assert env["SF_KEY"]["valueFrom"]["secretKeyRef"] == {
+            "name": "streamforge-customers-cdc-signing-key", "key": "signing-key", "optional": False
+        }  # fmt: skip
         assert env["BYTEWAX_DATAFLOW_API_ENABLED"]["value"] == "true"
         assert c["envFrom"] == [{"secretRef": {"name": "streamforge-customers-cdc-env", "optional": True}}]
     assert main_c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
@@ -214,6 +220,41 @@ def test_statefulset_runs_supervisor_with_restore_volume_secrets_and_probes(tmp_
     pod_cfg = yaml.safe_load(objs["ConfigMap"]["data"]["pipeline.yaml"])
     assert pod_cfg["savepoints"]["on-cancel"] is False
     assert spec["volumes"][0]["configMap"]["name"] == objs["ConfigMap"]["metadata"]["name"]
+
+
+def test_signing_secret_template_and_signed_restore_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Secret is rendered as a template (placeholder, never a key) the pod requires;
+    the pod config requires a key and refuses unsigned snapshots."""
+    result = _kafka(tmp_path)
+    (secret,) = result.templates
+    assert secret.filename == "signing-secret.yaml.template"
+    assert (secret.obj["kind"], secret.name) == ("Secret", "streamforge-customers-cdc-signing-key")
+    assert secret.obj["stringData"] == {"signing-key": SIGNING_KEY_PLACEHOLDER}
+    assert "Secret" not in {m.kind for m in result.manifests}  # not in `--output -`
+    assert any("signing-secret.yaml.template" in n for n in result.notes)
+    text = _objects(result)["ConfigMap"]["data"]["pipeline.yaml"]
+    assert yaml.safe_load(text)["security"] == {
+        "signing-key-env": "SF_KEY", "require-signing-key": True, "allow-unsigned": False
+    }  # fmt: skip
+    security = read_settings(load_config(_write(tmp_path / "pod.yaml", text), environ={})).security
+    assert (security.require_signing_key, security.allow_unsigned) == (True, False)
+    monkeypatch.delenv("SF_KEY", raising=False)
+    with pytest.raises(ConfigError, match="security.require-signing-key is on but \\$SF_KEY"):
+        security.signing_key()
+    monkeypatch.setenv("SF_KEY", SIGNING_KEY_PLACEHOLDER)
+    with pytest.raises(ConfigError, match="placeholder"):
+        security.signing_key()
+    monkeypatch.setenv("SF_KEY", "a real key")
+    assert security.signing_key() == b"a real key"
+    # Adopting snapshots taken before signing was on: allowed explicitly, and said so.
+    cfg = _write(tmp_path / "p.yaml", KAFKA_CONFIG.replace(
+        "security: {signing-key-env: SF_KEY}", "security: {signing-key-env: SF_KEY, allow-unsigned: true}"))
+    adopted = render(load_config(cfg, environ={}))
+    assert yaml.safe_load(_objects(adopted)["ConfigMap"]["data"]["pipeline.yaml"])["security"][
+        "allow-unsigned"] is True
+    assert any("allow-unsigned is true" in n for n in adopted.notes)
 
 
 def test_configmap_holds_the_pod_config(tmp_path: Path) -> None:
