@@ -15,6 +15,16 @@ applying timeout / min-pause / retained itself):
    given, LAST: a checkpoint without a manifest is never chosen;
 5. records the checkpoint metrics.
 
+One checkpoint at a time per pipeline (`recovery.lease`): a checkpoint (not a
+savepoint: those never delta and are never touched by checkpoint retention)
+holds the file lock of the recovery directory and the store lease for its whole
+run, names its id and parent chain in the lease before uploading, and publishes
+only while the lease is still its own. A delta is chained only onto a parent
+whose objects (and its chain's) all exist in the store, checked when the parent
+is chosen and again right before publishing; if one is gone the checkpoint is
+re-uploaded full. Retention never deletes the snapshot (or the chain) a live
+lease names.
+
 A failure raises `CheckpointError` (`CheckpointTimeout` past `timeout_s`) or
 `recovery.store.StoreError` (the store failed after its retries); nothing is
 published then (no manifest). The supervisor counts it in ``CHECKPOINT_FAILURES`` and carries on. The
@@ -38,6 +48,7 @@ from pathlib import Path
 from dataflows import metrics
 from dataflows.faults import fault_point
 from recovery.delta import make_delta
+from recovery.lease import CheckpointBusy, StoreLease, live_lease, local_lock
 from recovery.manifest import (
     Kind,
     Manifest,
@@ -84,6 +95,10 @@ class CheckpointTimeout(CheckpointError):
     """The checkpoint took longer than its timeout."""
 
 
+_LEASE_MARGIN_S = 60.0
+_UNBOUNDED_WAIT_S = 600.0
+
+
 def default_cache_dir(recovery_dir: Path) -> Path:
     return Path(f"{Path(recovery_dir).absolute()}.checkpoint-cache")
 
@@ -103,6 +118,9 @@ class _Deadline:
     def check(self, what: str) -> None:
         if self.end is not None and time.monotonic() > self.end:
             raise CheckpointTimeout(f"checkpoint timed out after {self.timeout_s}s ({what})")
+
+    def left(self) -> float:
+        return _UNBOUNDED_WAIT_S if self.end is None else max(0.0, self.end - time.monotonic())
 
 
 def _sealed_copies(
@@ -150,10 +168,22 @@ def _load_parent(cache_dir: Path, store: ObjectStore, pipeline: str, count: int)
         meta.get("store") != store.url
         or meta.get("pipeline") != pipeline
         or len(partition_files(current)) != count
-        or not store.exists(manifest_key(pipeline, "checkpoint", meta["id"]))
     ):
         return None
-    return _Parent(id=meta["id"], chain=list(meta.get("chain", [])), dir=current)
+    parent = _Parent(id=meta["id"], chain=list(meta.get("chain", [])), dir=current)
+    return parent if _chain_intact(store, pipeline, parent) else None
+
+
+def _chain_intact(store: ObjectStore, pipeline: str, parent: _Parent) -> bool:
+    """True if the parent's manifest and every object of it and its chain exist."""
+    for snap_id in [*parent.chain, parent.id]:
+        try:
+            manifest = manifest_or_error(store, pipeline, "checkpoint", snap_id)
+        except ManifestError:
+            return False
+        if not all(store.exists(e.object) for e in manifest.partitions):
+            return False
+    return True
 
 
 def _save_parent(cache_dir: Path, work: Path, manifest: Manifest, store: ObjectStore) -> None:
@@ -199,10 +229,91 @@ def take_checkpoint(
     cache_dir: Path | None = None,
     input_steps: Iterable[str] | None = None,
 ) -> Manifest:
-    """Copy, upload and publish (manifest last) a checkpoint or savepoint."""
+    """Copy, upload and publish (manifest last) a checkpoint or savepoint.
+
+    A checkpoint first takes the recovery directory's file lock and the pipeline's
+    store lease (`recovery.lease`), waiting for them at most `timeout_s`;
+    `CheckpointError` if another checkpoint holds them that long."""
     started = time.monotonic()
     deadline = _Deadline(timeout_s)
     recovery_dir = Path(recovery_dir)
+    if kind != "checkpoint":
+        return _take(recovery_dir, store, None, started, deadline, pipeline=pipeline,
+                     code_version=code_version, kind=kind, name=name, incremental=False,
+                     full_every=full_every, signing_key=signing_key, cache_dir=cache_dir,
+                     input_steps=input_steps)
+    ttl = (timeout_s if timeout_s is not None else _UNBOUNDED_WAIT_S) + _LEASE_MARGIN_S
+    try:
+        with local_lock(recovery_dir, deadline.left()):
+            lease = StoreLease(store, pipeline, ttl)
+            lease.acquire(deadline.left())
+            try:
+                return _take(recovery_dir, store, lease, started, deadline, pipeline=pipeline,
+                             code_version=code_version, kind=kind, name=name,
+                             incremental=incremental, full_every=full_every,
+                             signing_key=signing_key, cache_dir=cache_dir, input_steps=input_steps)
+            finally:
+                lease.release()
+    except CheckpointBusy as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def _upload(
+    copies: list[Path],
+    parent: _Parent | None,
+    work: Path,
+    store: ObjectStore,
+    where: tuple[str, Kind, str],
+    deadline: _Deadline,
+) -> list[PartitionEntry]:
+    """Upload every sealed copy (full, or the delta against `parent`); their entries."""
+    pipeline, kind, snap_id = where
+    entries = []
+    for copy in copies:
+        data = _object_bytes(copy, parent, work)
+        key = object_key(pipeline, kind, snap_id, part_index(copy), parent is not None)
+        store.put(key, data)
+        fault_point("checkpoint.upload")
+        deadline.check(f"uploading {key}")
+        keys = connect(copy, readonly=True)
+        try:
+            n = keys.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
+            commit = keys.execute("SELECT commit_epoch FROM commits").fetchone()
+        finally:
+            keys.close()
+        entries.append(
+            PartitionEntry(
+                index=part_index(copy),
+                object=key,
+                sha256=hashlib.sha256(data).hexdigest(),
+                size=len(data),
+                delta=parent is not None,
+                digest=logical_digest(copy),
+                keys=n,
+                commit_epoch=commit[0] if commit else None,
+            )
+        )
+    return entries
+
+
+def _take(
+    recovery_dir: Path,
+    store: ObjectStore,
+    lease: StoreLease | None,
+    started: float,
+    deadline: _Deadline,
+    *,
+    pipeline: str,
+    code_version: str,
+    kind: Kind,
+    name: str | None,
+    incremental: bool,
+    full_every: int,
+    signing_key: bytes | None,
+    cache_dir: Path | None,
+    input_steps: Iterable[str] | None,
+) -> Manifest:
+    """The checkpoint itself (under the lock and `lease` for a checkpoint, see take_checkpoint)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(recovery_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=cache_dir))
@@ -217,31 +328,16 @@ def take_checkpoint(
             if parent is not None and len(parent.chain) + 1 >= max(1, full_every):
                 parent = None
         snap_id = new_id(kind)
-        entries = []
-        for copy in copies:
-            data = _object_bytes(copy, parent, work)
-            key = object_key(pipeline, kind, snap_id, part_index(copy), parent is not None)
-            store.put(key, data)
-            fault_point("checkpoint.upload")
-            deadline.check(f"uploading {key}")
-            keys = connect(copy, readonly=True)
-            try:
-                n = keys.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
-                commit = keys.execute("SELECT commit_epoch FROM commits").fetchone()
-            finally:
-                keys.close()
-            entries.append(
-                PartitionEntry(
-                    index=part_index(copy),
-                    object=key,
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    size=len(data),
-                    delta=parent is not None,
-                    digest=logical_digest(copy),
-                    keys=n,
-                    commit_epoch=commit[0] if commit else None,
-                )
-            )
+        if lease is not None:
+            lease.claim(snap_id, [*parent.chain, parent.id] if parent else [])
+        entries = _upload(copies, parent, work, store, (pipeline, kind, snap_id), deadline)
+        if parent is not None and not _chain_intact(store, pipeline, parent):
+            parent = None  # its objects went away while we uploaded: publish a full checkpoint
+            entries = _upload(copies, None, work, store, (pipeline, kind, snap_id), deadline)
+        missing = [e.object for e in entries if not store.exists(e.object)]
+        if missing:
+            raise CheckpointError(f"{kind} {snap_id}: uploaded objects vanished before publishing: "
+                                  f"{missing}; nothing published")
         chain = [*parent.chain, parent.id] if parent else []
         manifest = Manifest(
             id=snap_id,
@@ -263,6 +359,8 @@ def take_checkpoint(
         if signing_key:
             manifest.sign(signing_key)
         deadline.check("before publishing the manifest")
+        if lease is not None:
+            lease.check()
         store.put(manifest_key(pipeline, kind, snap_id), manifest.to_json().encode())
         if kind == "checkpoint":
             _save_parent(cache_dir, work, manifest, store)
@@ -295,12 +393,16 @@ def delete_snapshot(store: ObjectStore, pipeline: str, kind: Kind, snap_id: str)
 def apply_retention(store: ObjectStore, pipeline: str, retained: int) -> list[str]:
     """Keep the newest `retained` checkpoints (and the bases/deltas they need).
 
-    Incomplete checkpoints older than the newest complete one are removed too.
+    Incomplete checkpoints older than the newest complete one are removed too,
+    except the one a live lease names (in flight) and the chain it needs.
     Savepoints are never touched. Returns the deleted ids.
     """
     manifests, _ = scan(store, pipeline, "checkpoint")
     keep = manifests[: max(1, retained)]
     needed = {m.id for m in keep} | {i for m in keep for i in m.chain}
+    in_flight = live_lease(store, pipeline)
+    if in_flight is not None:  # a checkpoint being uploaded right now, and what it deltas onto
+        needed |= {i for i in [in_flight.snapshot_id, *in_flight.needs] if i}
     newest = keep[0].id if keep else None
     root = f"{pipeline}/checkpoints/"
     all_ids = sorted({k[len(root) :].split("/", 1)[0] for k in store.list(root)})

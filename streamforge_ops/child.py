@@ -1,5 +1,16 @@
 """The supervised Bytewax process: `python -m bytewax.run FLOW -r DIR -s S -b B [-w N]`.
 
+FLOW is wrapped as `streamforge_ops.child:load_flow('<pipeline.flow>')` (Bytewax's
+import string accepts a call with literal arguments): `load_flow` builds the flow
+exactly as `bytewax.run` would, but a configuration error (a `ConfigError`, or a
+`pipeline.flow` that cannot be imported) prints one line and exits with
+`EXIT_CONFIG` (2) instead of a traceback and 1. The supervisor reads exit code 2
+as "can never start" and does not restart it; `preflight` runs the same build in
+a subprocess before the first start, so a bad config fails `streamforge run` at
+once. (In a subprocess, not in the supervisor: Bytewax links its own SQLite, and
+two SQLite copies in one process break each other's locks while checkpoints copy
+the partitions.)
+
 The child gets `STREAMFORGE_CONFIG` (absolute path of the pipeline config) in
 its environment, runs in its own session (a terminal's Ctrl-C goes to the
 supervisor, which then stops the child in order), dies with the supervisor
@@ -19,10 +30,50 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Child", "bytewax_argv", "child_env"]
+__all__ = ["EXIT_CONFIG", "Child", "bytewax_argv", "child_env", "load_flow", "preflight"]
 
 _PR_SET_PDEATHSIG = 1
+EXIT_CONFIG = 2  # the child could not build its flow from the config: restarting cannot help
+CONFIG_ERROR_PREFIX = "streamforge: cannot start:"
+
+
+def _entry(flow: str) -> str:
+    return f"streamforge_ops.child:load_flow({flow!r})"
+
+
+def load_flow(flow: str) -> Any:
+    """Build the Dataflow named by `flow` (`module:attr` or `module:factory(...)`) the way
+    `bytewax.run` does; on a configuration error print one line and exit `EXIT_CONFIG`."""
+    from bytewax.run import _locate_dataflow, _prepare_import
+
+    from dataflows.config import ConfigError
+
+    try:
+        return _locate_dataflow(*_prepare_import(flow))
+    except ConfigError as exc:
+        message = str(exc)
+    except (ImportError, AttributeError, SyntaxError) as exc:
+        message = f"pipeline.flow: cannot load {flow!r}: {type(exc).__name__}: {exc}"
+    print(f"{CONFIG_ERROR_PREFIX} {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_CONFIG)
+
+
+def preflight(flow: str, env: Mapping[str, str], timeout_s: float) -> str | None:
+    """Build the flow once in a subprocess with the child's environment; None if it builds,
+    else the reason it can never start (the config error, or the last line of the traceback)."""
+    code = f"from streamforge_ops.child import load_flow; load_flow({flow!r})"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=dict(env), capture_output=True,
+                              text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return f"building the flow {flow} took longer than {timeout_s:.0f}s"
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit code {done.returncode}"
+    return last.removeprefix(CONFIG_ERROR_PREFIX).strip()
 
 
 def bytewax_argv(
@@ -33,7 +84,7 @@ def bytewax_argv(
         sys.executable,
         "-m",
         "bytewax.run",
-        flow,
+        _entry(flow),
         "-r",
         str(recovery_dir),
         "-s",

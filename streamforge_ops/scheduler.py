@@ -7,13 +7,18 @@ checkpoint counts as ended: the next interval tries again.
 
 `Backoff` is the restart delay: `initial * multiplier**n`, capped at `max`,
 reset once the child has run stably for `max` seconds.
+
+`RestartBudget` is `recovery.max-restarts` over `recovery.restart-window` (FKO's
+restarts threshold / window): a restart is allowed unless `limit` restarts
+already happened within the last `window` seconds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
-__all__ = ["Backoff", "CheckpointClock", "Every"]
+__all__ = ["Backoff", "CheckpointClock", "Every", "RestartBudget"]
 
 
 @dataclass
@@ -68,3 +73,21 @@ class Backoff:
         delay = min(self.max, self.initial * self.multiplier**self.failures)
         self.failures += 1
         return delay
+
+
+@dataclass
+class RestartBudget:
+    """At most `limit` restarts within any `window` seconds (`limit` 0 = unlimited)."""
+
+    limit: int
+    window: float
+    times: deque[float] = field(default_factory=deque)
+
+    def allow(self, now: float) -> bool:
+        """True (and the restart at `now` is counted) unless the window's budget is spent."""
+        while self.times and self.times[0] <= now - self.window:
+            self.times.popleft()
+        if self.limit and len(self.times) >= self.limit:
+            return False
+        self.times.append(now)
+        return True

@@ -83,6 +83,7 @@ def take(job: Job, kind: str = "checkpoint", *, name: str | None = None, log: Lo
                 name=name,
                 code_version=s.code_version,
                 signing_key=job.signing_key,
+                timeout_s=s.savepoints.timeout_s,
             )
             removed = savepoint.prune_savepoints(
                 job.savepoint_store,

@@ -1,5 +1,8 @@
 """The supervisor behind `streamforge run`: what Bytewax lacks around one dataflow.
 
+0. Preflight: build the flow once in a subprocess (`child.preflight`); a config
+   error (or a flow that cannot be imported) fails `run` with the message and
+   exit 2 before anything starts.
 1. Restore: bring the recovery directory to its starting state
    (`restoring.prepare`: explicit target, else local progress, else the
    checkpoint -> savepoint -> fresh chain) and say what was chosen and why.
@@ -9,16 +12,23 @@
    every `recovery.compact-interval`, compact the partitions. A failure is
    logged and counted; the flow goes on and the next interval tries again.
 4. Child crashed (exit != 0): count `streamforge_restarts_total`, wait an
-   exponential backoff, start it again on the same partitions.
+   exponential backoff, start it again on the same partitions; give up (exit 1)
+   when `recovery.max-restarts` restarts happened within `recovery.restart-window`.
+   A child that exits 2 (`child.EXIT_CONFIG`: its flow cannot be built from the
+   config) can never start: no restart, exit 2.
 5. Child exited 0 (bounded input done): final checkpoint, summary, exit 0.
 6. SIGTERM / SIGINT: stop the child (SIGINT, then SIGKILL after
-   `recovery.stop-grace`), take a savepoint if `savepoints.on-cancel`, apply
+   `recovery.stop-grace`), wait for an in-flight checkpoint at most what is left
+   of its `checkpoints.timeout`, take a savepoint if `savepoints.on-cancel`
+   (given up after `savepoints.timeout`: exit 1, every checkpoint kept), apply
    `checkpoints.externalized-retention`, summary, exit 0.
 7. Serve `/metrics`, `/healthz`, `/readyz` (`health.py`) on `metrics.port`.
 
 The pid goes to `<recovery dir's parent>/supervisor.pid` and a status record
 (pid, child pid, port, phase, restore decision) to `supervisor.json` next to
-it, so `streamforge upgrade` and tests can find the running job.
+it, so `streamforge upgrade` and tests can find the running job. Checkpoints,
+compactions and the cancel savepoint run in daemon threads: one stuck in I/O is
+abandoned after its timeout and never keeps the process from exiting.
 """
 
 from __future__ import annotations
@@ -30,22 +40,39 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 from dataflows import metrics
 from streamforge_ops import restoring, snapshots
-from streamforge_ops.child import Child, bytewax_argv, child_env
+from streamforge_ops.child import EXIT_CONFIG, Child, bytewax_argv, child_env, preflight
 from streamforge_ops.cli import CliError
 from streamforge_ops.health import HealthServer, HealthState
 from streamforge_ops.job import Job, supervisor_pid
-from streamforge_ops.scheduler import Backoff, CheckpointClock, Every
+from streamforge_ops.scheduler import Backoff, CheckpointClock, Every, RestartBudget
 from streamforge_ops.summary import run_summary
 
 __all__ = ["RunOptions", "Supervisor"]
 
 _TICK_S = 0.1
+_PREFLIGHT_TIMEOUT_S = 120.0
+
+
+def _in_thread(fn: Callable[[], Any], name: str) -> Future[Any]:
+    """Run `fn` in a daemon thread; its Future. (Not a ThreadPoolExecutor: its workers
+    are joined at interpreter exit, so a call stuck in I/O would hang the exit.)"""
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # handed to whoever waits on the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 @dataclass
@@ -86,7 +113,6 @@ class Supervisor:
         self.tally = _Tally()
         self._stop_signal: int | None = None
         self._wake = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
         self._task: Future[Any] | None = None
         self._task_started = 0.0
         self._phase = "starting"
@@ -101,6 +127,9 @@ class Supervisor:
         other = supervisor_pid(self.job)
         if other is not None and other != os.getpid():
             raise CliError(f"a supervisor for {self.job.pipeline!r} already runs (pid {other})")
+        why = preflight(self.job.settings.flow, child_env(self.job.config_path), _PREFLIGHT_TIMEOUT_S)
+        if why is not None:
+            raise CliError(f"the flow {self.job.settings.flow} cannot start: {why}")
         self._install_signals()
         m = self.job.settings.metrics
         try:
@@ -122,7 +151,6 @@ class Supervisor:
             self.health.update(restored=True, restore_choice=self.decision.chosen, started_at=time.time())
             return self._loop()
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
             server.stop()
             if self.child:
                 self.child.stop(self.job.settings.recovery.stop_grace_s)
@@ -147,6 +175,7 @@ class Supervisor:
         self.child = Child(argv, child_env(self.job.config_path))
         backoff = Backoff(s.recovery.restart_initial_backoff_s, s.recovery.restart_max_backoff_s,
                           s.recovery.restart_multiplier)
+        budget = RestartBudget(s.recovery.max_restarts, s.recovery.restart_window_s)
         now = time.monotonic()
         clock = CheckpointClock(s.checkpoints.interval_s, s.checkpoints.min_pause_s, last_start=now)
         compaction = Every(s.recovery.compact_interval_s, last=now)
@@ -159,11 +188,13 @@ class Supervisor:
             code = self.child.poll()
             if code == 0:
                 return self._finish()
+            if code == EXIT_CONFIG:
+                self.log(f"dataflow cannot start: its flow failed to build from the config (exit {code}; "
+                         "see the line above); not restarting")
+                return self._fail(EXIT_CONFIG)
             if code is not None:
-                if not self._restart(code, backoff):
-                    self._phase = "failed"
-                    self._report("failed")
-                    return 1
+                if not self._restart(code, backoff, budget):
+                    return self._fail(1)
                 continue
             self._tend_state(clock, compaction)
             self._wake.wait(_TICK_S)
@@ -176,16 +207,22 @@ class Supervisor:
         self.log(f"started dataflow {self.job.settings.flow} (pid {pid}, {workers} worker(s))")
         self._write_status()
 
-    def _restart(self, code: int, backoff: Backoff) -> bool:
-        """Count the crash, wait the backoff; False if max-restarts is exhausted."""
+    def _fail(self, code: int) -> int:
+        self._phase = "failed"
+        self._report("failed")
+        return code
+
+    def _restart(self, code: int, backoff: Backoff, budget: RestartBudget) -> bool:
+        """Count the crash, wait the backoff; False if max-restarts within the window is spent."""
         assert self.child is not None
         s = self.job.settings.recovery
         ran_for = time.monotonic() - self.child.started_at
         self.health.update(child_pid=None)
         self._phase = "restarting"
         self._write_status()
-        if s.max_restarts and self.tally.restarts >= s.max_restarts:
-            self.log(f"dataflow exited with {code}; max-restarts ({s.max_restarts}) reached, giving up")
+        if not budget.allow(time.monotonic()):
+            self.log(f"dataflow exited with {code}; max-restarts ({s.max_restarts}) reached within "
+                     f"recovery.restart-window ({s.restart_window_s:g}s), giving up")
             return False
         delay = backoff.next_delay(ran_for)
         self.log(f"dataflow exited with {code} after {ran_for:.1f}s; restarting in {delay:.1f}s")
@@ -221,13 +258,24 @@ class Supervisor:
 
     def _submit(self, fn: Callable[[], Any]) -> None:
         self._task_started = time.monotonic()
-        self._task = self._pool.submit(fn)
+        self._task = _in_thread(fn, "state")
 
     def _drain(self) -> None:
-        """Wait for the in-flight checkpoint/compaction (they never raise)."""
-        if self._task is not None:
-            self._task.result()
-            self._task = None
+        """Wait for the in-flight checkpoint/compaction (they never raise), at most until
+        `checkpoints.timeout` after it started; a task stuck longer is abandoned (nothing it
+        would publish later can be half-done: manifests are written last)."""
+        if self._task is None:
+            return
+        timeout = self.job.settings.checkpoints.timeout_s
+        left = max(0.0, self._task_started + timeout - time.monotonic())
+        try:
+            self._task.result(timeout=left)
+        except FutureTimeout:
+            self.log(f"checkpoint still running after checkpoints.timeout ({timeout:g}s); "
+                     "not waiting for it")
+            metrics.CHECKPOINT_FAILURES.labels(pipeline=self.job.pipeline, kind="checkpoint").inc()
+            self.tally.checkpoint_failures += 1
+        self._task = None
 
     def _checkpoint(self) -> bool:
         out = snapshots.take(self.job, "checkpoint", log=self.log)
@@ -277,7 +325,13 @@ class Supervisor:
         self._drain()
         saved = True
         if s.savepoints.on_cancel:
-            out = snapshots.take(self.job, "savepoint", name=f"cancel-{int(time.time())}", log=self.log)
+            name = f"cancel-{int(time.time())}"
+            pending = _in_thread(lambda: snapshots.take(self.job, "savepoint", name=name, log=self.log),
+                                 "savepoint")
+            try:
+                out = pending.result(timeout=s.savepoints.timeout_s)
+            except FutureTimeout:
+                return self._savepoint_timed_out()
             self.tally.savepoint, saved = (out.manifest.id if out.ok else None), out.ok
         if s.checkpoints.externalized_retention == "DELETE_ON_CANCELLATION" and not saved:
             self.log("cancel savepoint failed: checkpoints kept despite DELETE_ON_CANCELLATION")
@@ -289,6 +343,17 @@ class Supervisor:
         self._phase = "cancelled"
         self._report("cancelled")
         return 0
+
+    def _savepoint_timed_out(self) -> int:
+        """The cancel savepoint outlived savepoints.timeout: keep every checkpoint, exit 1."""
+        timeout = self.job.settings.savepoints.timeout_s
+        last = self.tally.last_checkpoint or "the newest in the store"
+        self.log(f"cancel savepoint did not finish within savepoints.timeout ({timeout:g}s); "
+                 f"giving up, exit 1; every checkpoint is kept (last checkpoint: {last})")
+        metrics.CHECKPOINT_FAILURES.labels(pipeline=self.job.pipeline, kind="savepoint").inc()
+        self._phase = "savepoint-timeout"
+        self._report("savepoint-timeout")
+        return 1
 
     def _report(self, outcome: str) -> None:
         summary = run_summary(self.job, outcome, self.decision, self.tally.__dict__)

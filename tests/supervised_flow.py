@@ -12,6 +12,11 @@ instead of finishing at its end), `source.delay` (seconds between batches, so
 tests can act while the flow runs) and `source.batch-size`. Each output row
 carries `$SF_TEST_TAG`, so a test can tell which run wrote it (a restart from
 scratch would rewrite every row with the new tag).
+
+Failure knobs for the supervisor tests: a `source.path` that does not exist is a
+`ConfigError` raised while the flow is built (like the real pipelines' "no file
+matches"); `source.crash: true` makes the source raise when Bytewax builds its
+partition, i.e. after the flow started (a crash, not a config error).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from bytewax.connectors.files import FileSink
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from dataflows.config import Config, load_config
+from dataflows.config import Config, ConfigError, load_config
 
 
 @dataclass
@@ -66,13 +71,16 @@ class _LinesPartition(StatefulSourcePartition[dict[str, Any], int]):
 class LinesSource(FixedPartitionedSource[dict[str, Any], int]):
     """One partition reading a JSONL file from the line after its state."""
 
-    def __init__(self, path: Path, *, tail: bool, delay: float, batch: int) -> None:
+    def __init__(self, path: Path, *, tail: bool, delay: float, batch: int, crash: bool = False) -> None:
         self._args = (path, tail, delay, batch)
+        self._crash = crash
 
     def list_parts(self) -> list[str]:
         return ["lines"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _LinesPartition:
+        if self._crash:
+            raise RuntimeError("source.crash: crashing as configured")
         path, tail, delay, batch = self._args
         return _LinesPartition(path, resume_state, tail, delay, batch)
 
@@ -87,6 +95,8 @@ def _accumulate(state: Totals | None, rec: dict[str, Any]) -> tuple[Totals, dict
 def build(cfg: Config, *, version: int) -> Dataflow:
     """The flow; `version` 2 adds the `avg` field."""
     src = cfg.section("source")
+    if not Path(src.str("path")).exists():
+        raise ConfigError(f"source.path: {src.str('path')} does not exist (in {cfg.origin})")
     flow = Dataflow("supervised")
     recs = op.input(
         "inp",
@@ -96,6 +106,7 @@ def build(cfg: Config, *, version: int) -> Dataflow:
             tail=src.bool("tail", False),
             delay=src.duration("delay", 0.0),
             batch=src.int("batch-size", 5, minimum=1),
+            crash=src.bool("crash", False),
         ),
     )
     keyed = op.key_on("by_user", recs, lambda r: str(r["user"]))

@@ -131,14 +131,3 @@ def test_checkpoint_failure_does_not_stop_the_flow(tmp_path: Path) -> None:
     assert "checkpoint FAILED" in err
     assert_exactly_once(read_rows(ws.output), 300)
 
-
-def test_max_restarts_gives_up_with_a_summary(tmp_path: Path) -> None:
-    """A flow that cannot even start (bad import) is restarted with backoff until
-    recovery.max-restarts, then the supervisor exits 1 with a 'failed' summary."""
-    ws = Workspace(tmp_path, n=10, flow="tests.no_such_module:flow")
-    cfg = ws.config(recovery={"max-restarts": 2, "restart-backoff": "0.05s"})
-    code, out, err = ws.finish(ws.start("--json", config=cfg))
-    assert code == 1
-    summary = _summary(out)
-    assert (summary["outcome"], summary["restarts"]) == ("failed", 2)
-    assert err.count("restarting in") == 2 and "max-restarts (2) reached" in err

@@ -1,0 +1,183 @@
+"""One checkpoint at a time per pipeline: a local file lock AND a lease object in the store.
+
+The supervisor's periodic checkpoints and `streamforge checkpoint create` must not
+overlap: one's retention would delete the other's in-flight objects, and both share
+the cache of sealed copies that the next delta is computed against. Two guards, each
+for what the other cannot see:
+
+- `local_lock(recovery_dir)`: `fcntl.flock(LOCK_EX)` on `<recovery_dir>.checkpoint-lock`
+  (next to the recovery directory, never inside it). Serialises every checkpoint of
+  this recovery directory on this host, supervisor and CLI alike, including their
+  use of the local cache (`<recovery_dir>.checkpoint-cache`: the parent of the next
+  delta). The kernel releases it when the holder dies, so a kill -9 leaves no lock.
+- `StoreLease`: the object `{pipeline}/leases/checkpoint.json` in the checkpoint
+  store, `{owner, snapshot_id, needs, expires_at}`. Protects the store from a writer
+  the file lock cannot see (a CLI on another host or container): written before the
+  copy, re-read before the manifest is published (a checkpoint whose lease was taken
+  over is not published), and read by retention, which never deletes the in-flight
+  snapshot it names or the parent chain it `needs`. The lease expires `ttl` after it
+  was written (`checkpoints.timeout` plus a margin), so a holder that died frees it;
+  a holder on this host whose pid is gone frees it at once.
+
+The store has no compare-and-swap, so two writers racing for a free lease can both
+write it; each re-reads it right after, and the one that does not find itself backs
+off; the check before publishing catches the rest.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from recovery.store import ObjectStore, StoreNotFound
+
+__all__ = ["CheckpointBusy", "Lease", "StoreLease", "lease_key", "live_lease", "local_lock"]
+
+_POLL_S = 0.05
+
+
+class CheckpointBusy(Exception):
+    """Another checkpoint of the same pipeline holds the lock or the lease."""
+
+
+def lock_path(recovery_dir: Path) -> Path:
+    return Path(f"{Path(recovery_dir).absolute()}.checkpoint-lock")
+
+
+@contextmanager
+def local_lock(recovery_dir: Path, wait_s: float) -> Iterator[None]:
+    """Hold the exclusive file lock of `recovery_dir`, waiting at most `wait_s` for it."""
+    path = lock_path(recovery_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CheckpointBusy(
+                        f"another checkpoint of {recovery_dir} is running on this host "
+                        f"(lock {path}); waited {wait_s:g}s"
+                    ) from None
+                time.sleep(_POLL_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def lease_key(pipeline: str) -> str:
+    return f"{pipeline}/leases/checkpoint.json"
+
+
+@dataclass
+class Lease:
+    """Who is checkpointing the pipeline, which snapshot, and until when (epoch seconds)."""
+
+    owner: str
+    expires_at: float
+    snapshot_id: str | None = None
+    needs: list[str] = field(default_factory=list)  # the parent chain the snapshot deltas onto
+
+    @property
+    def host(self) -> str:
+        return self.owner.split(":", 1)[0]
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int(self.owner.split(":")[1])
+        except (IndexError, ValueError):
+            return None
+
+    def live(self, now: float | None = None) -> bool:
+        """Not expired, and (on this host) its process still exists."""
+        if self.expires_at <= (time.time() if now is None else now):
+            return False
+        if self.host == socket.gethostname() and self.pid is not None:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+        return True
+
+
+def read_lease(store: ObjectStore, pipeline: str) -> Lease | None:
+    """The lease object, or None if there is none (or it is unreadable: treated as free)."""
+    try:
+        data = json.loads(store.get(lease_key(pipeline)))
+        return Lease(**data)
+    except StoreNotFound:
+        return None
+    except (ValueError, TypeError):
+        return None
+
+
+def live_lease(store: ObjectStore, pipeline: str) -> Lease | None:
+    """The lease if it is held right now (retention reads this)."""
+    lease = read_lease(store, pipeline)
+    return lease if lease is not None and lease.live() else None
+
+
+class StoreLease:
+    """This process's claim on `{pipeline}/leases/checkpoint.json` (see module doc)."""
+
+    def __init__(self, store: ObjectStore, pipeline: str, ttl_s: float) -> None:
+        self.store, self.pipeline, self.ttl_s = store, pipeline, ttl_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.lease = Lease(self.owner, 0.0)
+
+    def acquire(self, wait_s: float) -> None:
+        """Write the lease once no live foreign lease exists; CheckpointBusy after `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            other = read_lease(self.store, self.pipeline)
+            if other is None or other.owner == self.owner or not other.live():
+                self._write()
+                mine = read_lease(self.store, self.pipeline)
+                if mine is not None and mine.owner == self.owner:
+                    return
+                other = mine
+            if time.monotonic() > deadline:
+                holder = f"{other.owner}, snapshot {other.snapshot_id}" if other else "unknown"
+                raise CheckpointBusy(
+                    f"another checkpoint of pipeline {self.pipeline} is in progress ({holder}); "
+                    f"waited {wait_s:g}s"
+                )
+            time.sleep(_POLL_S)
+
+    def claim(self, snapshot_id: str, needs: list[str]) -> None:
+        """Name the snapshot about to be uploaded (and the chain it needs) before uploading."""
+        self.lease.snapshot_id, self.lease.needs = snapshot_id, list(needs)
+        self._write()
+
+    def check(self) -> None:
+        """Before publishing: the lease must still be ours and unexpired."""
+        now = read_lease(self.store, self.pipeline)
+        if now is None or now.owner != self.owner or now.expires_at <= time.time():
+            holder = now.owner if now else "nobody"
+            raise CheckpointBusy(
+                f"the checkpoint lease of pipeline {self.pipeline} was lost (now held by {holder}); "
+                "not publishing"
+            )
+
+    def release(self) -> None:
+        current = read_lease(self.store, self.pipeline)
+        if current is not None and current.owner == self.owner:
+            self.store.delete(lease_key(self.pipeline))
+
+    def _write(self) -> None:
+        self.lease.expires_at = time.time() + self.ttl_s
+        self.store.put(lease_key(self.pipeline), json.dumps(asdict(self.lease)).encode())

@@ -1,0 +1,170 @@
+"""The supervisor under faults (issue 9 item 12): config errors, crash loops, stuck stores, kill -9.
+
+Real processes throughout: `python -m streamforge_ops run` with a real Bytewax child
+(tests/supervised_flow.py); a stuck object store is moto behind the fault-injecting HTTP
+proxy (tests/fixtures/fault_proxy.py) holding the matching requests far longer than any
+timeout, like a hung load balancer. Conditions are polled with deadlines; a supervisor that
+does not exit within `Workspace.finish`'s deadline counts as stuck.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from recovery.checkpoint import list_checkpoints
+from recovery.store import open_store
+from tests.fixtures.fault_proxy import FaultS3
+from tests.supervisor_harness import Workspace, assert_exactly_once, read_rows, wait_for
+
+
+def _summary(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_config_error_while_the_flow_is_built_fails_at_start(tmp_path: Path) -> None:
+    """`source.path` matching no file (the real orders pipeline's check): exit 2 with the
+    message naming the key, the child is never started, never restarted."""
+    ws = Workspace(tmp_path, n=5, flow="dataflows.pipelines.orders:flow")
+    cfg = ws.config(source={"path": str(tmp_path / "nothing" / "*.jsonl")},
+                    recovery={"max-restarts": 3, "restart-backoff": "0.05s"})
+    code, out, err = ws.finish(ws.start("--json", config=cfg))
+    assert code == 2, err
+    assert "source.path" in err and "no file matches" in err, err
+    assert "restarting in" not in err and "started dataflow" not in err, err
+    assert "Traceback" not in err
+
+
+def test_bad_flow_import_fails_at_start(tmp_path: Path) -> None:
+    """`pipeline.flow` naming a module that does not exist can never start: exit 2, no restart."""
+    ws = Workspace(tmp_path, n=5, flow="tests.no_such_module:flow")
+    code, _, err = ws.finish(ws.start(config=ws.config(recovery={"restart-backoff": "0.05s"})))
+    assert code == 2, err
+    assert "tests.no_such_module" in err and "restarting in" not in err, err
+
+
+def test_config_error_on_a_restart_is_not_restarted_forever(tmp_path: Path) -> None:
+    """The flow ran, then its input vanished and the child was killed: the restarted child
+    fails to build with a ConfigError; the supervisor tells "can never start" (exit code 2
+    from the child) from a crash and exits 2 instead of restarting with backoff."""
+    ws = Workspace(tmp_path, n=400)
+    cfg = ws.config(source={"tail": True, "delay": 0.05},
+                    recovery={"max-restarts": 5, "restart-backoff": "0.05s"})
+    proc = ws.start("--json", config=cfg)
+    child = ws.running(proc)["child_pid"]
+    wait_for(lambda: read_rows(ws.output), what="some output")
+    ws.input.rename(tmp_path / "moved.jsonl")
+    os.kill(child, signal.SIGKILL)
+    code, out, err = ws.finish(proc)
+    assert code == 2, err
+    assert "cannot start" in err and "source.path" in err, err
+    assert err.count("restarting in") == 1, err  # the kill -9 itself is a crash: one restart
+    assert _summary(out)["outcome"] == "failed"
+
+
+def test_max_restarts_counts_only_the_restart_window(tmp_path: Path) -> None:
+    """recovery.max-restarts is counted over recovery.restart-window, not the lifetime:
+    with one restart allowed per 0.3 s window and 1 s between restarts, a crashing child
+    is restarted again and again (a lifetime count would give up after the first)."""
+    ws = Workspace(tmp_path, n=10)
+    cfg = ws.config(source={"crash": True},
+                    recovery={"max-restarts": 1, "restart-window": "0.3s", "restart-backoff": "1s",
+                              "max-restart-backoff": "1s", "restart-multiplier": 1.0})
+    proc = ws.start("--json", config=cfg)
+
+    def restarted_three_times() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"supervisor gave up: {ws.stderr(proc)}")
+        return ws.status().get("restarts", 0) >= 3
+
+    wait_for(restarted_three_times, timeout=60, what="three restarts")
+    code, out, err = ws.stop(proc)
+    assert code == 0, err
+    assert _summary(out)["restarts"] >= 3
+
+
+def test_max_restarts_within_the_window_gives_up(tmp_path: Path) -> None:
+    """A child that crashes on every start: after max-restarts restarts within the window the
+    supervisor exits 1 with a 'failed' summary."""
+    ws = Workspace(tmp_path, n=10)
+    cfg = ws.config(source={"crash": True}, recovery={"max-restarts": 2, "restart-backoff": "0.05s"})
+    code, out, err = ws.finish(ws.start("--json", config=cfg))
+    assert code == 1, err
+    summary = _summary(out)
+    assert (summary["outcome"], summary["restarts"]) == ("failed", 2)
+    assert err.count("restarting in") == 2 and "max-restarts (2) reached" in err
+
+
+def test_stop_does_not_wait_forever_on_a_stuck_checkpoint(tmp_path: Path, fault_s3: FaultS3) -> None:
+    """SIGTERM while a checkpoint upload hangs (the store holds every PUT for 10 min):
+    _drain waits at most checkpoints.timeout, then the cancel savepoint (file store) is
+    taken and the supervisor exits 0."""
+    ws = Workspace(tmp_path, n=400)
+    cfg = ws.config(source={"tail": True, "delay": 0.05},
+                    checkpoints={"dir": fault_s3.url, "endpoint-url": fault_s3.endpoint_url,
+                                 "timeout": "2s"},
+                    savepoints={"dir": f"file://{tmp_path / 'sp'}"})
+    fault_s3.proxy.set_mode("delay", delay_s=600, match=r"^PUT ")
+    proc = ws.start("--json", config=cfg)
+    ws.running(proc)
+    wait_for(lambda: fault_s3.proxy.faulted >= 1, what="a checkpoint upload to hang")
+    code, out, err = ws.stop(proc)
+    assert code == 0, err
+    assert "still running after checkpoints.timeout" in err, err
+    assert _summary(out)["savepoint"], err
+
+
+def test_cancel_savepoint_timeout_exits_non_zero_and_keeps_checkpoints(
+    tmp_path: Path, fault_s3: FaultS3,
+) -> None:
+    """The SIGTERM savepoint hangs (its store holds every PUT): after savepoints.timeout the
+    supervisor exits non-zero with a clear line, and DELETE_ON_CANCELLATION does not delete
+    the checkpoints (they are the only state left)."""
+    ws = Workspace(tmp_path, n=400)
+    cfg = ws.config(source={"tail": True, "delay": 0.05},
+                    checkpoints={"externalized-retention": "DELETE_ON_CANCELLATION"},
+                    savepoints={"dir": fault_s3.url, "endpoint-url": fault_s3.endpoint_url,
+                                "timeout": "1s"})
+    proc = ws.start("--json", config=cfg)
+    ws.running(proc)
+    wait_for(lambda: ws.status().get("checkpoints", 0) >= 1, what="a checkpoint")
+    fault_s3.proxy.set_mode("delay", delay_s=600, match=r"^PUT ")
+    code, out, err = ws.stop(proc)
+    assert code == 1, err
+    assert "savepoints.timeout" in err and "kept" in err, err
+    assert list_checkpoints(open_store(ws.store_url), "sup"), "the checkpoints are kept"
+    assert _summary(out)["outcome"] == "savepoint-timeout"
+
+
+def test_kill_9_of_the_supervisor_takes_the_child_along_and_the_next_start_resumes(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the supervisor: the child dies with it (parent-death signal), no orphan keeps
+    writing; the next `run` finds the stale pid file, resumes (the local partitions, or the newest checkpoint) and ends
+    with every record exactly once."""
+    ws = Workspace(tmp_path, n=300)
+    proc = ws.start(config=ws.config(source={"delay": 0.05}))
+    child = ws.running(proc)["child_pid"]
+    wait_for(lambda: len(read_rows(ws.output)) >= 30 and ws.status().get("checkpoints", 0) >= 1,
+             what="some output and durable progress")
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: not _alive(child), what="the orphaned child to die")
+    assert (tmp_path / "supervisor.pid").exists(), "kill -9 leaves the pid file behind"
+    code, out, err = ws.finish(ws.start("--json"))
+    assert code == 0, err
+    assert _summary(out)["restored"]["chosen"] in ("local", "checkpoint")
+    assert_exactly_once(read_rows(ws.output), 300)
