@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +97,19 @@ def bytewax_argv(
     return argv
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+def _die_with(parent: int) -> Callable[[], None]:
+    """preexec_fn: SIGKILL this child when `parent` dies (Linux PR_SET_PDEATHSIG); if the
+    parent already died between fork and prctl, exit at once instead of running orphaned."""
+
+    def arm() -> None:  # pragma: no cover - runs in the forked child
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            return
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 class Child:
@@ -121,7 +129,7 @@ class Child:
         self._proc = subprocess.Popen(
             self.argv,
             env=self.env,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=_die_with(os.getpid()) if sys.platform == "linux" else None,
             start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only
         )
         self.started_at = time.monotonic()
