@@ -3,20 +3,21 @@
 Every time-driven decision of the stateful patterns (dedup idle expiry, the
 idle watermark advance of sessions with `advance-on-idle`) is made on
 *pipeline time* `P`, never on the raw wall clock. `P` is kept in state (the
-patterns store their "last seen" times as pipeline times) and continues from
-the checkpoint at a resume:
+patterns store their "last seen" times as pipeline times, and every snapshot
+its own pipeline time) and continues from the checkpoint at a resume:
 
 - a fresh process: `P = wall`;
 - a resumed process: each restored state reports the pipeline time of its
   snapshot (`clock_ms`, the end of the epoch it was taken at; older state:
   its newest recorded time) through `restored(p)`; `P` jumps to the newest
   such `p` (the checkpoint's pipeline time) and then runs with the wall
-  clock: `P = max(p_max, p_first + wall time run since)`. The
-  downtime (and the time the job spent replaying nothing) is not counted, so
-  "TTL continues from checkpoint time" (the seed's rule); `P` never goes
-  back behind a restored state (a wall clock that stepped back is absorbed).
-  Bytewax builds every restored logic before the first item (0.21.1), so the
-  offset is set before any decision.
+  clock: `P = max(p_max, p_first + wall time run since)`. The downtime is
+  not counted, so "TTL continues from checkpoint time" (the seed's rule); `P`
+  never goes back behind a restored state (a wall clock that stepped back is
+  absorbed). Bytewax 0.21.1 builds every restored logic (and asks its
+  `notify_at`) before the first item of the execution, so the offset is set
+  before any decision. One clock per flow and process (the pipelines share
+  one between their steps).
 
 Why the replay then decides like the failure-free run (the exactly-once
 argument; `TransactionalWriter` skips by `sf-event-id`, so a replay must
@@ -25,9 +26,9 @@ reproduce the committed output):
 1. Every *item* decision is a function of the restored state, the item and
    `P` at its arrival: dedup judges by event time (`judge`) against an anchor
    that counts as absent once `P - last_seen >= ttl`; sessions step their
-   watermark to each close/drop threshold that `P` has reached before they
-   handle the item. Whether or not Bytewax's wake-up fired first does not
-   change the outcome.
+   watermark to each close/drop threshold that `P` has reached (each step
+   after a full gap without one) before they handle the item. Whether or not
+   Bytewax's wake-up fired first does not change the outcome.
 2. Wake-ups (`notify_at`) only make that same step happen *earlier*: they
    free the state or emit the closed sessions that the next item of the key
    would have produced first, with identical content (the watermark is
@@ -36,7 +37,9 @@ reproduce the committed output):
 3. After a restart, `P` starts from the checkpoint's pipeline time, so a
    restart that took longer than the TTL or the gap makes no decision the
    original run did not make at the same input positions: the replay's items
-   arrive at a pipeline time no later than in the original run.
+   arrive at a pipeline time no later than in the original run. With 1 and
+   2, a restart from a snapshot continues exactly like the run without it
+   (`tests/test_replay_determinism.py` checks this as a property).
 
 What remains wall-clock-dependent is the running time itself: a key whose
 idle threshold passed in the original run *inside the replayed window*
@@ -48,10 +51,11 @@ time); dedup then bounds that window by the checkpoint interval (keep it far
 below `patterns.dedup.ttl`).
 
 `STREAMFORGE_CLOCK_SKEW_SECONDS` (float, default 0; **test only**) is added to
-every wall-clock read of the pipeline clock: a process started with +3600
-sees a restart that took an hour. Bytewax's own timers keep the real clock:
-`real_delta_ms` converts a pipeline time into the real time `notify_at` must
-return. This module imports no Bytewax.
+every wall-clock read of the pipeline clock (`PipelineClock()` reads it once,
+when the flow is built; the chaos harness restarts the process with +7200):
+a process started with +3600 sees a restart that took an hour. Bytewax's own
+timers keep the real clock: `real_delta_ms` converts a pipeline time into the
+real time `notify_at` must return. This module imports no Bytewax.
 """
 
 from __future__ import annotations

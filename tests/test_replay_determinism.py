@@ -165,17 +165,6 @@ def test_dedup_restart_after_downtime_drops_what_the_original_dropped(kind: str)
     assert run(2 * HOUR) == ["x"]  # before the fix: ["x", "x"] (expired during the downtime)
 
 
-def test_dedup_still_expires_after_the_ttl_of_running_time() -> None:
-    d = dedup_driver()
-    d.item(ev("u", 1_000, "x"))
-    d.restart(2 * HOUR)
-    d.now[0] += TTL + 60_000  # the TTL (+ the wake-up's slack) passes while the job runs
-    d.notify_due()
-    assert d.logics == {}  # expired and discarded
-    d.item(ev("u", 2_000, "x"))
-    assert emitted_ids(d.eof()) == ["x", "x"]
-
-
 def session_rows(out: list[tuple[str, Any]]) -> list[tuple[Any, ...]]:
     rows = []
     for _, s in out:
@@ -209,13 +198,22 @@ def test_sessions_restart_after_downtime_closes_like_the_original() -> None:
     assert run(2 * HOUR) == reference
 
 
-def test_sessions_idle_key_still_closes_after_the_gap_of_running_time() -> None:
-    d = sessions_driver()
-    d.item(ev("u", 1_000, "a"))
-    d.restart(2 * HOUR)
-    d.now[0] += GAP + 60_000  # the gap (+ the wake-up's slack) passes while the job runs
-    d.notify_due()
-    assert session_rows(d.out) == [("u:1000", 0, 1_000, 1_000, 1)]
+def test_idle_state_still_expires_after_the_ttl_or_gap_of_running_time() -> None:
+    def idle_after_restart(make: Callable[[], Driver], period_ms: int) -> Driver:
+        d = make()
+        d.item(ev("u", 1_000, "x"))
+        d.restart(2 * HOUR)
+        d.now[0] += period_ms + 60_000  # the period (+ the wake-up's slack) passes while running
+        d.notify_due()
+        return d
+
+    dedup = idle_after_restart(dedup_driver, TTL)
+    assert dedup.logics == {}  # expired and discarded
+    dedup.item(ev("u", 2_000, "x"))
+    assert emitted_ids(dedup.eof()) == ["x", "x"]
+    sessions = idle_after_restart(sessions_driver, GAP)
+    assert sessions.logics == {}
+    assert session_rows(sessions.out) == [("u:1000", 0, 1_000, 1_000, 1)]
 
 
 # -- properties: wake-ups and downtime never change the output ---------------------------------
@@ -449,3 +447,55 @@ def test_state_from_before_the_pipeline_clock_loads() -> None:
     wall[0] += TTL  # the TTL of running time still expires them
     assert Deduplicator(DedupConfig(TTL, clock=lambda: wall[0]), old("dedup")).on_notify() == ((), False)
     assert d.on_notify() == ((), True)
+
+
+# -- the pipeline clock itself -------------------------------------------------------------------
+
+def test_clock_skew_variable_is_added_to_every_wall_read_and_removed_for_timers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataflows.clock import SKEW_ENV, PipelineClock
+
+    monkeypatch.setenv(SKEW_ENV, "3600.5")
+    clock = PipelineClock()
+    before = now_ms()
+    p = clock.now()
+    assert before + 3_600_500 <= p <= now_ms() + 3_600_500
+    assert clock.to_real_ms(p) <= now_ms()  # Bytewax's timers run on the real clock
+    # A restored state recorded pipeline time `before` (the process before the restart):
+    clock.restored(before)
+    assert before <= clock.now() <= before + (now_ms() - before)  # continues from it: no jump
+    assert clock.to_real_ms(clock.now() + 1_000) >= now_ms()  # a wake-up 1 s of pipeline time ahead
+    clock.restored(before - HOUR)  # an older state changes nothing
+    assert clock.now() < before + HOUR
+
+
+@pytest.mark.parametrize("raw", ["soon", "nan", "inf"])
+def test_bad_clock_skew_is_a_config_error_naming_the_variable(raw: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataflows.clock import SKEW_ENV, PipelineClock
+    from dataflows.config import ConfigError, load_config
+    from dataflows.pipelines import sessions
+    from tests.test_pipelines_sessions import REPO
+
+    monkeypatch.setenv(SKEW_ENV, raw)
+    with pytest.raises(ConfigError, match=SKEW_ENV):
+        PipelineClock()
+    cfg = load_config(REPO / "config" / "sessions.yaml",
+                      environ={"STREAMFORGE__SOURCE__PATH": str(tmp_path / "in.jsonl"),
+                               "STREAMFORGE__SINK__PATH": str(tmp_path / "out.jsonl"),
+                               "STREAMFORGE__DLQ__PATH": str(tmp_path / "dlq.jsonl")})
+    (tmp_path / "in.jsonl").write_text("")
+    with pytest.raises(ConfigError, match=SKEW_ENV):
+        sessions.build_flow(cfg)
+
+
+def test_pipeline_time_never_goes_back_behind_a_restored_state() -> None:
+    """A wall clock that stepped back across the restart (NTP): P jumps to the state's time."""
+    from dataflows.clock import PipelineClock
+
+    wall = [1_000_000]
+    clock = PipelineClock(lambda: wall[0])
+    clock.restored(1_500_000)
+    assert clock.now() == 1_500_000
+    wall[0] += 10
+    assert clock.now() == 1_500_010

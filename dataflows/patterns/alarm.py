@@ -19,6 +19,10 @@ wants a later time and is then re-armed). Sparse mode relies on the
 0.21.1 behaviour above, so it is only for a logic handed to Bytewax
 directly, not one composed inside another logic. Patterns re-check the
 clock in `on_notify`, so an early notification is harmless.
+
+Times here are real wall-clock ms (Bytewax's timers): the patterns decide
+on pipeline time (`dataflows/clock.py`) and convert with
+`PipelineClock.real_delta_ms` before asking for a wake-up.
 """
 
 from __future__ import annotations
