@@ -2,9 +2,14 @@
 
 The seed's `upgradeMode`:
 
-- `savepoint`: take a savepoint of the running job, stop it, start the new
-  version restored from that savepoint (nothing lost, nothing duplicated with
-  idempotent or transactional sinks).
+- `savepoint`: stop the running job, then start the new version restored from
+  the savepoint taken AFTER its dataflow stopped: the one its supervisor takes
+  on SIGTERM (`savepoints.on-cancel`), else one taken here of the stopped
+  job's partitions. (A savepoint taken while the old version still runs is
+  stale: the old version goes on committing after it, and the new one would
+  produce that stretch again.) If the
+  stop savepoint fails, the old version stays stopped; its state is in its
+  partitions and checkpoints (`streamforge run` resumes it).
 - `last-state`: stop the job, then use the latest checkpoint if it is younger
   than `--max-checkpoint-age`, else a savepoint of the stopped job's partitions.
 - `stateless`: stop the job and start the new version from scratch.
@@ -26,7 +31,7 @@ from pathlib import Path
 from dataflows.config import parse_duration
 from streamforge_ops import snapshots
 from streamforge_ops.cli import CliError
-from streamforge_ops.job import Job, add_config_arg, load_job, supervisor_pid
+from streamforge_ops.job import Job, add_config_arg, load_job, read_status, supervisor_pid
 from streamforge_ops.output import progress
 from streamforge_ops.restore_steps import add_allow_arg, allowing
 from streamforge_ops.restoring import Target
@@ -68,10 +73,12 @@ def _run(args: argparse.Namespace) -> int:
     job = allowing(load_job(args.config), args)
     old = args.pid if args.pid is not None else supervisor_pid(job)
     target: Target | None = None
-    if args.mode == "savepoint":  # taken while the old version runs: it stays up if this fails
-        target = _savepoint(job)
+    if args.mode == "savepoint":  # refuse before stopping anything
+        _require_partitions(job)
     if old is not None:
         _stop(old, job, stop_timeout)
+    if args.mode == "savepoint":  # after the stop: the old version commits nothing after it
+        target = _stop_savepoint(job, old)
     if args.mode == "last-state":  # chosen after the stop: cancellation may delete checkpoints
         target = _recent_checkpoint(job, max_age) or _savepoint(job)
     progress(f"starting {job.pipeline} ({job.settings.flow}, code-version {job.settings.code_version or '-'})")
@@ -102,14 +109,30 @@ def _parse_time(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def _savepoint(job: Job) -> Target:
+def _require_partitions(job: Job) -> None:
     if not any(Path(job.recovery_dir).glob("part-*.sqlite3")):
         raise CliError(f"no recovery partitions in {job.recovery_dir} to take a savepoint of")
+
+
+def _stop_savepoint(job: Job, old: int | None) -> Target:
+    """The savepoint the stopped supervisor `old` took after its dataflow stopped, if it
+    did; else a savepoint of the (now quiescent) partitions."""
+    status = read_status(job)
+    if old is not None and status.get("pid") == old and status.get("phase") == "cancelled" \
+            and status.get("savepoint"):
+        progress(f"using the stop savepoint {status['savepoint']} (taken after the old dataflow stopped)")
+        return ("savepoint", str(status["savepoint"]))
+    return _savepoint(job)
+
+
+def _savepoint(job: Job) -> Target:
+    _require_partitions(job)
     progress(f"taking upgrade savepoint of {job.recovery_dir} ...")
     out = snapshots.take(job, "savepoint", name=f"upgrade-to-{job.settings.code_version or 'new'}",
                          log=progress)
     if not out.ok:
-        raise CliError(f"upgrade savepoint failed, old version left running: {out.error}")
+        raise CliError(f"upgrade savepoint failed: {out.error}; if the old version was stopped, its "
+                       f"state is in {job.recovery_dir} and its checkpoints (`streamforge run` resumes it)")
     return ("savepoint", out.manifest.id)
 
 
