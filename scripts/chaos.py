@@ -56,21 +56,24 @@ class Chaos:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args, self.work = args, work
         self.services: Services | None = None
-        self.inputs: dict[str, WorkloadInput] = {}
+        self.inputs: dict[tuple[str, bool], WorkloadInput] = {}
         self.baselines: dict[str, RunOutcome] = {}
         self.report: dict[str, Any] = {"runs": 0, "faults": Counter(), "landed": Counter(), "lost": 0,
                                        "duplicated": 0, "divergent": 0, "stuck": 0, "failures": []}
 
-    def _workload(self, name: str, tag: str) -> Workload:
+    def _workload(self, schedule: Schedule, tag: str) -> Workload:
+        """The run's workload; runs that restart the broker use the durable one (services.py)."""
         assert self.services is not None
-        if name not in self.inputs:
-            self.inputs[name] = make_input(name, self.services, self.work, self.args.records, self.args.seed,
-                                           self.args.input)
-        return Workload(self.inputs[name], self.services, self.work / tag, f"{tag}-{uuid.uuid4().hex[:6]}",
-                        self.args.pipeline_config)
+        name, durable = schedule.workload, "broker-restart" in schedule.kinds()
+        broker = None if name == "file" else self.services.broker(durable=durable)
+        if (name, durable) not in self.inputs:
+            self.inputs[name, durable] = make_input(name, broker, self.work / ("s3" if durable else "mem"),
+                                                    self.args.records, self.args.seed, self.args.input)
+        return Workload(self.inputs[name, durable], self.services, broker, self.work / tag,
+                        f"{tag}-{uuid.uuid4().hex[:6]}", self.args.pipeline_config)
 
     def _run(self, schedule: Schedule, tag: str, active_s: float = 0.0) -> RunOutcome:
-        runner = ScheduleRunner(schedule, self._workload(schedule.workload, tag),
+        runner = ScheduleRunner(schedule, self._workload(schedule, tag),
                                 deadline_s=self.args.deadline, active_s=active_s, log=log)
         return runner.run()
 

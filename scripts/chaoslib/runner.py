@@ -148,12 +148,13 @@ class ScheduleRunner:
             return [_Action(at, f.kind, self._kill_child, kind=f.kind)]
         if f.kind in ("supervisor-kill", "long-restart", "restore-swap-kill"):
             return [_Action(at, f.kind, lambda: self._restart_supervisor(f), kind=f.kind)]
-        if f.kind == "broker-pause":
-            return [_Action(at, "broker-pause", _true(svc.pause_broker), kind=f.kind),
-                    _Action(at + p["for_s"], "broker-resume", _true(svc.resume_broker))]
-        if f.kind == "broker-restart":
-            return [_Action(at, "broker-stop", _true(svc.stop_broker), kind=f.kind),
-                    _Action(at + p["down_s"], "broker-start", _true(svc.start_broker))]
+        broker = self.w.broker
+        if f.kind == "broker-pause" and broker is not None:
+            return [_Action(at, "broker-pause", _true(lambda: svc.pause(broker)), kind=f.kind),
+                    _Action(at + p["for_s"], "broker-resume", _true(lambda: svc.resume(broker)))]
+        if f.kind == "broker-restart" and broker is not None:
+            return [_Action(at, "broker-stop", _true(lambda: svc.stop_broker(broker)), kind=f.kind),
+                    _Action(at + p["down_s"], "broker-start", _true(lambda: svc.start_broker(broker)))]
         if f.kind.startswith("store-"):
             mode = {"store-503": "slowdown", "store-reset": "reset", "store-slow": "delay"}[f.kind]
             return [_Action(at, f.kind, _true(lambda: svc.proxy.set_mode(
@@ -212,8 +213,11 @@ class ScheduleRunner:
             self._cleanup()
             self.w.services.heal()
         self.outcome.fired = fired(str(self.mark))
-        points = {POINT_OF[k].split("@")[0]: k for k in POINT_OF}
-        self.outcome.landed += [points[p] for p in self.outcome.fired if p in points]
+        for f in self.schedule.faults:  # a point fires once per run: the first fault arming it landed
+            point = POINT_OF.get(f.kind, "").split("@")[0]
+            if point and point in self.outcome.fired and not any(
+                    POINT_OF.get(k, "").startswith(point + "@") for k in self.outcome.landed):
+                self.outcome.landed.append(f.kind)
         if self.outcome.error is None and not self.outcome.stuck:
             try:
                 self.outcome.records, self.outcome.dlq = self.w.read_output()

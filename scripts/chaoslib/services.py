@@ -3,10 +3,13 @@
 - the checkpoint store: moto's S3 server (in this process) behind the fault
   proxy (tests/fixtures/fault_proxy.py): the supervisor and the CLI talk real
   HTTP to the proxy; bucket `chaos`, one prefix per run;
-- for the Kafka workloads, a Tansu broker whose storage is a second moto
-  server (its own process, bucket `tansu`), so a broker restart keeps topics
-  and records, as a real broker's log does (Tansu's default `memory://`
-  storage would lose everything).
+- for the Kafka workloads, a Tansu broker with its default `memory://`
+  storage, and (started the first time a run draws `broker-restart`) a second
+  Tansu whose storage is a moto server of its own (bucket `tansu`), so that a
+  restart keeps topics and records as a real broker's log does. Only runs that
+  restart the broker use the durable one: Tansu's S3 storage is several times
+  slower (and slower to release a killed producer's open transaction), which
+  would make every run slow.
 
 Every port is a free loopback port; `stop()` ends every process it started.
 """
@@ -24,7 +27,7 @@ from tests.fixtures.fault_proxy import FaultProxy
 from tests.fixtures.kafka import KafkaBroker, free_port
 from tests.fixtures.s3 import MotoS3, make_bucket
 
-__all__ = ["AWS_ENV", "Services"]
+__all__ = ["AWS_ENV", "BUCKET", "Services"]
 
 AWS_ENV = {  # moto accepts any credentials; never real ones
     "AWS_ACCESS_KEY_ID": "chaos-access-key",
@@ -40,14 +43,9 @@ class Services:
         self.work, self.kafka, self.seed = work, kafka, seed
         self.moto = MotoS3()
         self.proxy = FaultProxy("http://127.0.0.1:1", seed=seed)
-        self.broker: KafkaBroker | None = None
+        self.brokers: dict[bool, KafkaBroker] = {}  # durable? -> broker
         self._broker_store: subprocess.Popen[bytes] | None = None
-        self.paused = False
-
-    @property
-    def bootstrap(self) -> str:
-        assert self.broker is not None
-        return self.broker.bootstrap
+        self._paused: set[int] = set()
 
     def start(self) -> Services:
         os.environ.update(AWS_ENV)
@@ -56,11 +54,19 @@ class Services:
         self.proxy = FaultProxy(self.moto.endpoint_url, seed=self.seed)
         self.proxy.start()
         make_bucket(self.moto.endpoint_url, BUCKET)
-        if self.kafka:
-            self._start_kafka()
         return self
 
-    def _start_kafka(self) -> None:
+    def broker(self, *, durable: bool) -> KafkaBroker:
+        """The memory broker, or the durable one; started on first use."""
+        if durable not in self.brokers:
+            env, storage = (self._start_broker_store(), "s3://tansu/") if durable else (None, None)
+            broker = KafkaBroker(port=free_port(), log_path=self.work / f"tansu-{'s3' if durable else 'mem'}.log",
+                                 storage_engine=storage, env=env)
+            broker.start()
+            self.brokers[durable] = broker
+        return self.brokers[durable]
+
+    def _start_broker_store(self) -> dict[str, str]:
         port = free_port()
         log = (self.work / "broker-store.log").open("ab")
         self._broker_store = subprocess.Popen(
@@ -72,49 +78,43 @@ class Services:
         while True:
             try:
                 make_bucket(url, "tansu")
-                break
+                return {**AWS_ENV, "AWS_ENDPOINT": url, "AWS_ALLOW_HTTP": "true"}
             except Exception:  # noqa: BLE001 - not up yet
                 if time.monotonic() > deadline or self._broker_store.poll() is not None:
                     raise RuntimeError(f"moto for the broker's storage did not start; {self.work}") from None
                 time.sleep(0.1)
-        self.broker = KafkaBroker(port=free_port(), log_path=self.work / "tansu.log",
-                                  storage_engine="s3://tansu/",
-                                  env={**AWS_ENV, "AWS_ENDPOINT": url, "AWS_ALLOW_HTTP": "true"})
-        self.broker.start()
 
     # -- faults ----------------------------------------------------------------
 
-    def pause_broker(self) -> None:
-        assert self.broker is not None and self.broker.proc is not None
-        self.broker.proc.send_signal(signal.SIGSTOP)
-        self.paused = True
+    def pause(self, broker: KafkaBroker) -> None:
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGSTOP)
+        self._paused.add(broker.port)
 
-    def resume_broker(self) -> None:
-        if self.broker is not None and self.broker.proc is not None and self.paused:
-            self.broker.proc.send_signal(signal.SIGCONT)
-        self.paused = False
+    def resume(self, broker: KafkaBroker) -> None:
+        if broker.port in self._paused and broker.proc is not None:
+            broker.proc.send_signal(signal.SIGCONT)
+        self._paused.discard(broker.port)
 
-    def stop_broker(self) -> None:
-        assert self.broker is not None
-        self.resume_broker()
-        self.broker.stop()
+    def stop_broker(self, broker: KafkaBroker) -> None:
+        self.resume(broker)
+        broker.stop()
 
-    def start_broker(self) -> None:
-        assert self.broker is not None
-        if self.broker.proc is None:
-            self.broker.start()
+    def start_broker(self, broker: KafkaBroker) -> None:
+        if broker.proc is None:
+            broker.start()
 
     def heal(self) -> None:
-        """Every fault off: store healthy, broker running and not paused."""
+        """Every fault off: store healthy, brokers running and not paused."""
         self.proxy.set_mode("pass")
-        self.resume_broker()
-        if self.broker is not None and self.broker.proc is None:
-            self.broker.start()
+        for broker in self.brokers.values():
+            self.resume(broker)
+            self.start_broker(broker)
 
     def stop(self) -> None:
-        if self.broker is not None:
-            self.resume_broker()
-            self.broker.stop()
+        for broker in self.brokers.values():
+            self.resume(broker)
+            broker.stop()
         if self._broker_store is not None and self._broker_store.poll() is None:
             self._broker_store.kill()
             self._broker_store.wait(10)

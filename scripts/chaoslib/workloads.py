@@ -16,8 +16,8 @@ and the generated input: the harness then keeps the pipeline's flow, parse
 and pattern settings and replaces only its source, sinks, recovery and
 checkpoint settings.
 
-The input is shared by every run of a workload (same topic or file, hence the
-same event ids); each run gets its own output topics, recovery directory,
+The input is shared by every run of a workload (same topic name, partitions
+and offsets on either broker, or the same file: the same event ids); each run gets its own output topics, recovery directory,
 store prefix and transactional ids.
 """
 
@@ -34,7 +34,7 @@ from confluent_kafka import Producer
 
 from scripts.chaoslib.checker import Record
 from scripts.chaoslib.services import BUCKET, Services
-from tests.fixtures.kafka import create_topic, read_topic
+from tests.fixtures.kafka import KafkaBroker, create_topic, read_topic
 
 __all__ = ["Workload", "WorkloadInput", "make_input"]
 
@@ -58,7 +58,7 @@ def _order_partition(line: bytes) -> int:
     return zlib.crc32(key.encode()) % IN_PARTITIONS
 
 
-def make_input(workload: str, services: Services, work: Path, records: int, seed: int,
+def make_input(workload: str, broker: KafkaBroker | None, work: Path, records: int, seed: int,
                lines_from: Path | None = None) -> WorkloadInput:
     """The workload's input, once: generated orders (or the first `records` lines of
     `lines_from`) in a topic keyed by `order_id`, or in a JSONL file."""
@@ -73,8 +73,9 @@ def make_input(workload: str, services: Services, work: Path, records: int, seed
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"".join(line + b"\n" for line in lines))
         return WorkloadInput(workload, str(path), len(lines))
-    topic = create_topic(services.bootstrap, f"chaos-in-{workload}-{seed}", IN_PARTITIONS)
-    producer = Producer({"bootstrap.servers": services.bootstrap, "linger.ms": 5, "message.max.bytes": 2_000_000})
+    assert broker is not None
+    topic = create_topic(broker.bootstrap, f"chaos-in-{workload}-{seed}", IN_PARTITIONS)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5, "message.max.bytes": 2_000_000})
     for line in lines:
         producer.produce(topic, line, partition=_order_partition(line))
     if producer.flush(60) != 0:
@@ -88,6 +89,7 @@ class Workload:
 
     inp: WorkloadInput
     services: Services
+    broker: KafkaBroker | None  # None for the file workload
     root: Path
     tag: str
     base_config: Path = REPO / "config" / "orders.yaml"
@@ -122,7 +124,8 @@ class Workload:
         cfg["checkpoints"].update({"interval": "1s", "timeout": "8s", "min-pause": "0s", "retained": 3})
         cfg["metrics"] = {"port": 0, "host": "127.0.0.1"}
         if self.kafka:
-            b = self.services.bootstrap
+            assert self.broker is not None
+            b = self.broker.bootstrap
             self.out_topic = create_topic(b, f"chaos-out-{self.tag}", OUT_PARTITIONS)
             self.dlq_topic = create_topic(b, f"chaos-dlq-{self.tag}", 1)
             cfg["source"] = {"type": "kafka", "brokers": [b], "topics": [self.inp.source], "tail": False,
@@ -130,7 +133,8 @@ class Workload:
             cfg["sink"] = {"type": "kafka", "brokers": [b], "topic": self.out_topic,
                            "mode": "exactly-once" if self.exactly_once else "at-least-once",
                            "transactional-id-prefix": f"chaos-{self.tag}", "delivery-timeout": "5s",
-                           "commit-timeout": "5s", "transaction-timeout": "30s"}
+                           "commit-timeout": "3s", "scan-timeout": "5s",
+                           "transaction-timeout": "10s"}
             cfg["dlq"] = {"type": "kafka", "brokers": [b], "topic": self.dlq_topic}
             store = {"dir": f"s3://{BUCKET}/{self.tag}", "endpoint-url": self.services.proxy.endpoint_url}
         else:
@@ -147,7 +151,8 @@ class Workload:
     def read_output(self) -> tuple[list[Record], list[str]]:
         """The run's output records (read_committed for Kafka) and its dead letters (canonical)."""
         if self.kafka:
-            b = self.services.bootstrap
+            assert self.broker is not None
+            b = self.broker.bootstrap
             out = [Record(_header(m, "sf-event-id"), json.dumps(
                 [m.partition(), _text(m.key()), json.loads(m.value())], sort_keys=True))
                 for m in read_topic(b, self.out_topic, partitions=OUT_PARTITIONS, timeout_s=60)]
