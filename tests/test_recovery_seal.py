@@ -119,3 +119,43 @@ def test_checkpoint_racing_one_epoch_fails_cleanly_and_the_retry_is_whole(
     out: list = []
     run(counting_flow([*ITEMS, ("k0", 1)], out), tmp_path / "restored")
     assert out == [("k0", (41, True))]
+
+
+def test_refused_copy_is_a_counted_checkpoint_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the supervisor's `snapshots.take`: logged, counted, nothing published."""
+    from prometheus_client import REGISTRY
+
+    from streamforge_ops import snapshots
+    from streamforge_ops.job import load_job
+
+    rd = tmp_path / "rec"
+    init_partitions(rd, 2)
+    run(counting_flow(ITEMS, []), rd, backup_s=0)
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"pipeline: {{name: {PIPE}, flow: 'x:y'}}\n"
+        f"recovery: {{dir: {rd}, partitions: 2}}\n"
+        f"checkpoints: {{dir: 'file://{tmp_path}/store'}}\n"
+    )
+    job = load_job(str(cfg))
+    real_copy = checkpoint.copy_partition
+    raced: list[bool] = []
+
+    def copy_after_one_more_epoch(src: Path, dst: Path) -> None:
+        if not raced:
+            raced.append(True)
+            run(counting_flow(ITEMS, []), rd, backup_s=0)
+        real_copy(src, dst)
+
+    monkeypatch.setattr(checkpoint, "copy_partition", copy_after_one_more_epoch)
+    labels = {"pipeline": PIPE, "kind": "checkpoint"}
+    name = "streamforge_checkpoint_failure_count_total"
+    before = REGISTRY.get_sample_value(name, labels) or 0.0
+    logged: list[str] = []
+    out = snapshots.take(job, log=logged.append)
+    assert not out.ok and "reached the consistent epoch" in (out.error or "")
+    assert REGISTRY.get_sample_value(name, labels) == before + 1
+    assert "FAILED" in logged[0] and list_checkpoints(job.checkpoint_store, PIPE) == []
+    assert snapshots.take(job, log=logged.append).ok  # the next interval's attempt
