@@ -28,6 +28,8 @@ __all__ = [
     "DLQ_EVENTS",
     "LAST_CHECKPOINT_TIMESTAMP",
     "LATE_EVENTS",
+    "MONGO_NAMESPACE_GONE",
+    "MONGO_RESYNC_EXCEEDS_OPLOG_WINDOW",
     "REGISTRY",
     "RESTARTS",
     "RESUME_TOKEN_AGE",
@@ -84,6 +86,17 @@ RESTARTS = Counter(
 RESUME_TOKEN_AGE = Gauge(
     "streamforge_resume_token_age_seconds",
     "Age of the newest MongoDB resume token held per watched namespace.",
+    ["pipeline", "namespace"],
+)
+MONGO_NAMESPACE_GONE = Gauge(
+    "streamforge_mongo_namespace_gone",
+    "1 while a watched MongoDB namespace is renamed away, dropped or absent and the source waits or is stopped.",
+    ["pipeline", "namespace"],
+)
+MONGO_RESYNC_EXCEEDS_OPLOG_WINDOW = Gauge(
+    "streamforge_mongo_resync_exceeds_oplog_window",
+    "1 when a MongoDB re-sync lost its start position twice in a row (longer than the oplog window); "
+    "the source stopped.",
     ["pipeline", "namespace"],
 )
 LATE_EVENTS = Counter(

@@ -167,7 +167,7 @@ def test_invalid_token_resyncs_when_needed(mongo: MongoHandle) -> None:
     p = part(settings(mongo), NamespaceState(token={"_data": "not-a-token"}, generation=3))
     items = drain(p, has_marker)
     assert [e.key for e in data_events(items)] == ["a"]
-    assert items[-1].value["generation"] == 4 and "260" in p.snapshot().resyncs[-1]
+    assert items[-1].value["generation"] == 4 and "rejected" in p.snapshot().resyncs[-1]
     p.close()
 
 
@@ -190,16 +190,16 @@ def test_never_mode_starts_at_now(mongo: MongoHandle) -> None:
     p.close()
 
 
-def test_drop_invalidates_and_resyncs(mongo: MongoHandle) -> None:
+def test_drop_invalidates_and_resyncs_when_following(mongo: MongoHandle) -> None:
     coll = mongo.db().customers
     coll.insert_many([{"_id": "a"}, {"_id": "b"}])
-    p = part(settings(mongo))
+    p = part(settings(mongo, namespace_gone="follow"))
     drain(p, has_marker)
     coll.drop()
     coll.insert_one({"_id": "z"})
     items = drain(p, has_marker)
     assert items[-1].value["generation"] == 2
-    assert "invalidate" in p.snapshot().resyncs[-1]
+    assert "dropped" in p.snapshot().resyncs[-1]
     assert "z" in {e.key for e in data_events(items)} and not {"a", "b"} & {e.key for e in data_events(items)}
     p.close()
 

@@ -12,6 +12,10 @@
       max-await: 50ms             # getMore maxAwaitTimeMS: next_batch never blocks longer
       max-document-bytes: 1MiB    # larger documents -> dead letter OVERSIZED (0 = no limit)
       require-collection: true    # a missing collection fails at start
+      namespace-gone: stop        # stop | follow: on rename / drop / dropDatabase of the collection
+      split-large-events: false   # $changeStreamSplitLargeEvent (MongoDB 6.0.9+)
+      drop-update-description: true   # only fullDocument is used: smaller events
+      oversize-handling: fail     # fail | skip (events over 16 MiB -> DLQ OVERSIZED)
       server-selection-timeout: 2s
       reconnect-initial-backoff: 100ms
       reconnect-max-backoff: 5s
@@ -43,6 +47,8 @@ from dataflows.connectors.mongo_sink import (
 )
 from dataflows.connectors.mongo_source import (
     GENERATION_KEY,
+    NAMESPACE_GONE_MODES,
+    OVERSIZE_MODES,
     SNAPSHOT_MODES,
     MongoChangeSource,
     MongoSourceError,
@@ -98,6 +104,10 @@ def mongo_source_settings(cfg: Config, pipeline: str) -> MongoSourceSettings:
         server_selection_timeout_ms=int(cfg.duration("server-selection-timeout", 2.0) * 1000),
         initial_backoff_s=cfg.duration("reconnect-initial-backoff", 0.1),
         max_backoff_s=cfg.duration("reconnect-max-backoff", 5.0),
+        namespace_gone=cfg.choice("namespace-gone", NAMESPACE_GONE_MODES, "stop"),
+        split_large_events=cfg.bool("split-large-events", False),
+        drop_update_description=cfg.bool("drop-update-description", True),
+        oversize_handling=cfg.choice("oversize-handling", OVERSIZE_MODES, "fail"),
     )
 
 

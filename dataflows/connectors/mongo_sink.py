@@ -27,7 +27,11 @@ tombstones to compare with).
 
 Mirror mode (`mirror_of=(uri, database, collection)`): on a generation
 marker (`Event(op="generation")`, end of a source re-sync) the writer also
-deletes target documents absent from the mirrored source (`reconcile`).
+deletes target documents absent from the mirrored source (`reconcile`),
+but only for a *complete* marker (`complete` is True) while the source
+collection exists and, when the marker names it, still has the scanned
+collection's UUID: a scan that cannot prove it saw every document never
+sweeps (a renamed, dropped or replaced source must not empty the target).
 
 Wiring: `write_to_mongo` (operator: dead letters flow on to the pipeline's
 DLQ sink) or `MongoSink` (a Bytewax `DynamicSink`; its dead letters go to
@@ -126,6 +130,28 @@ def _is_tombstone(item: Any) -> bool:
     return getattr(item, "kind", None) == "tombstone"
 
 
+def _proves_complete(marker: Any) -> bool:
+    """True for a generation marker of a re-sync that saw every document (`complete` is exactly True)."""
+    value = getattr(marker, "value", None)
+    return isinstance(marker, Event) and isinstance(value, dict) and value.get("complete") is True
+
+
+def _marker_uuid(markers: list[Any]) -> str | None:
+    """The collection UUID (hex) the newest complete marker names, if any."""
+    for m in reversed(markers):
+        if _proves_complete(m) and m.value.get("uuid"):
+            return str(m.value["uuid"])
+    return None
+
+
+def _source_is(db: Any, coll: str, uuid_hex: str | None) -> bool:
+    """The collection exists (and has UUID `uuid_hex`, when given)."""
+    for info in db.list_collections(filter={"name": coll}):
+        uid = (info.get("info") or {}).get("uuid")
+        return uuid_hex is None or uid is None or bytes(uid).hex() == uuid_hex
+    return False
+
+
 class MongoWriter:
     """Writes table changes to one collection; see the module docstring."""
 
@@ -165,20 +191,24 @@ class MongoWriter:
         `reconcile` after the batch's writes; other writers ignore it.
         """
         last: dict[str, Any] = {}
-        markers = 0
+        markers: list[Any] = []
         for item in items:
             if _is_marker(item):
-                markers += 1
+                markers.append(item)
                 continue
             last.pop(item.key, None)
             last[item.key] = item
         dead = self._write(last.values())
-        if markers and self.s.mirror_of is not None:
-            self.s.retry.call(self.reconcile, is_transient)
+        if self.s.mirror_of is not None and any(_proves_complete(m) for m in markers):
+            self.s.retry.call(lambda: self.reconcile(_marker_uuid(markers)), is_transient)
         return dead
 
-    def reconcile(self) -> int:
+    def reconcile(self, uuid_hex: str | None = None) -> int:
         """Delete target documents whose `_id` is not in the mirrored source collection.
+
+        Nothing is deleted (and 0 returned) when the source collection does not
+        exist, or when `uuid_hex` is given and the source's UUID differs (the
+        re-synced collection was renamed away or replaced meanwhile).
 
         Run when a re-sync completes. The Materializer's sweep tombstones keys
         it has in state; this also removes documents that were written by a run
@@ -190,6 +220,9 @@ class MongoWriter:
         uri, db, coll = self.s.mirror_of
         client: MongoClient[Any] = MongoClient(uri, serverSelectionTimeoutMS=self.s.server_selection_timeout_ms)
         try:
+            if not _source_is(client[db], coll, uuid_hex):
+                log.warning("mongo sink: %s.%s is absent or not the re-synced collection; reconcile skipped", db, coll)
+                return 0
             source = client[db][coll]
             removed = 0
             ids: list[Any] = []

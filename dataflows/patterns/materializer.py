@@ -28,7 +28,8 @@ carries `event_time_ms` = the time generation G started (its change-stream
 start position). On the marker, every row of the same `Event.source` whose
 last snapshot generation is `< G` and whose last change event has an event
 time `<` that start gets a tombstone: it was neither seen by the re-sync nor
-changed since it began. Markers with `complete` false are ignored.
+changed since it began. Markers whose `complete` is not exactly True are
+ignored: a scan that cannot prove it saw every document must not sweep.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _marker(event: Event) -> tuple[int, bool]:
         gen = int(v.get("generation", 0))
     except (TypeError, ValueError):
         gen = 0
-    return gen, bool(v.get("complete", False))
+    return gen, v.get("complete") is True  # only a proven-complete re-sync may sweep
 
 
 class Materializer:
