@@ -75,17 +75,22 @@ Partitions are built by Bytewax (0.21.1 `src/outputs.rs`
 the start; those without one lazily, when their first item arrives, inside
 the write step, while the worker's other transactions are open. The sink
 is not told which worker owns which partition (`calc_primaries`,
-`src/timely.rs`), so it cannot build them itself; instead a build is
-bounded: `scan-timeout` + `commit-timeout` must be below
-`transaction-timeout` (refused at start otherwise), so a lazy build cannot
-outlast the open transactions.
+`src/timely.rs`), so it cannot open their producers itself. What it does at
+the start instead: `list_parts()` (called while the flow is built, before
+any item) scans every partition's fresh window (`prescan`), so a lazy build
+only fences its zombie (`init_transactions`, at most `commit-timeout`) and
+reads what arrived since; and `scan-timeout` + `commit-timeout` must be
+below `transaction-timeout` (refused at start otherwise), so even a lazy
+build cannot outlast the worker's open transactions.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +119,7 @@ from dataflows.connectors.transactional_scan import (
     WriterRestartError,
     exactly_once_writer,
     scan_own_records,
+    scan_writers,
 )
 from dataflows.dead_letter import DeadLetter
 from dataflows.faults import fault_point
@@ -173,6 +179,12 @@ def partitions_changed_message(topic: str, old: int, new: int) -> str:
 _Record = tuple[Any, OutMessage]
 
 
+def _writers_of(prefix: str, partition: int) -> Callable[[str], bool]:
+    """Accepts the transactional ids `{prefix}{step_id}.{partition}` (any step id)."""
+    suffix = f".{partition}"
+    return lambda writer: writer.startswith(prefix) and writer.endswith(suffix)
+
+
 class _TxPartition(StatefulSinkPartition[Any, State]):
     def __init__(
         self,
@@ -182,7 +194,10 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
         partition: int,
         start: int | None,
         pending: dict[str, Any] | None = None,
+        prescan: tuple[Counter[str], int] | None = None,
     ) -> None:
+        """`prescan`: (ids, end) of this writer's fresh-window scan made at start, without a
+        resume state: only what arrived after `end` is read now."""
         self._s = s
         self._k = s.sink
         self._dead_letters = dead_letters
@@ -198,10 +213,14 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
             )
         )
         self._producer.init_transactions(s.commit_timeout_s)
+        known: Counter[str] = Counter()
+        if start is None and prescan is not None:
+            known, start = prescan
         found, _begin, self._end = scan_own_records(
             self._k.brokers, self._k.topic, partition, start, self.transactional_id,
             timeout_s=s.scan_timeout_s, fresh_window_s=s.fresh_scan_window_s,
         )
+        found += known
         expires_at = self._end + s.skip_window
         self._skip = SkipSet.from_state(pending, expires_at)
         self._skip.add(found, expires_at)
@@ -371,9 +390,41 @@ class TransactionalWriter(FixedPartitionedSink[Any, State]):
             raise ValueError("partitions must be >= 1")
         self.settings = settings
         self.dead_letters = dead_letters
+        self._lock = threading.Lock()
+        self._prescanned: dict[int, tuple[dict[str, Counter[str]], int]] | None = None
 
     def list_parts(self) -> list[str]:
+        """All partitions; first (once per process, at the flow's start) scans every partition's
+        fresh window for this writer's records (`prescan`)."""
+        self.prescan()
         return [f"{p:05d}" for p in range(self.settings.partitions)]
+
+    def prescan(self) -> None:
+        """Scan each partition's `fresh-scan-window` now, for every writer of this prefix: a
+        partition Bytewax builds lazily without a resume state (when its first item arrives,
+        inside the write step) then reads only what came since, instead of the whole window
+        while the worker's other transactions wait. The prescan does not wait for the last
+        stable offset (a killed run's open transaction is only fenced by `init_transactions()`
+        in `build_part`): it stops there, and the build's own scan reads on from that offset."""
+        with self._lock:
+            if self._prescanned is not None:
+                return
+            s, prefix = self.settings, self.settings.transactional_id_prefix + "."
+            self._prescanned = {}
+            for p in range(s.partitions):
+                found, _begin, end = scan_writers(
+                    s.sink.brokers, s.sink.topic, p, None, _writers_of(prefix, p),
+                    timeout_s=s.scan_timeout_s, fresh_window_s=s.fresh_scan_window_s, wait_stable=False,
+                )
+                self._prescanned[p] = (found, end)
+
+    def _take_prescan(self, step_id: str, partition: int) -> tuple[Counter[str], int] | None:
+        with self._lock:
+            scanned = (self._prescanned or {}).pop(partition, None)
+        if scanned is None:
+            return None
+        found, end = scanned
+        return found.get(f"{self.settings.transactional_id_prefix}.{step_id}.{partition}", Counter()), end
 
     def part_fn(self, item_key: str) -> int:
         return partition_for(item_key.encode(), self.settings.partitions)
@@ -388,4 +439,7 @@ class TransactionalWriter(FixedPartitionedSink[Any, State]):
             )
         start = state.get("committed_end", {}).get(partition)
         pending = state.get("pending_skip", {}).get(partition)
-        return _TxPartition(self.settings, self.dead_letters, step_id, partition, start, pending)
+        prescan = self._take_prescan(step_id, partition)  # taken (and dropped) either way
+        if start is not None:
+            prescan = None
+        return _TxPartition(self.settings, self.dead_letters, step_id, partition, start, pending, prescan)

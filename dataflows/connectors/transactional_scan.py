@@ -35,13 +35,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from dataflows.connectors.kafka_common import EVENT_ID_HEADER, WRITER_HEADER, header_value
 
-__all__ = ["SkipSet", "TailScanError", "WriterRestartError", "exactly_once_writer", "scan_own_records"]
+__all__ = ["SkipSet", "TailScanError", "WriterRestartError", "exactly_once_writer", "scan_own_records",
+           "scan_writers"]
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +103,34 @@ def scan_own_records(
 
     See the module docstring; `TailScanError` after `timeout_s`.
     """
+    found, begin, end = scan_writers(brokers, topic, partition, start, writer_id.__eq__,
+                                     timeout_s=timeout_s, fresh_window_s=fresh_window_s)
+    return found.get(writer_id, Counter()), begin, end
+
+
+def scan_writers(
+    brokers: tuple[str, ...] | list[str],
+    topic: str,
+    partition: int,
+    start: int | None,
+    accept: Callable[[str], bool],
+    *,
+    timeout_s: float,
+    fresh_window_s: float,
+    wait_stable: bool = True,
+) -> tuple[dict[str, Counter[str]], int, int]:
+    """Like `scan_own_records`, for every writer id `accept` accepts: ({writer: ids}, start, end).
+
+    `wait_stable=False`: stop at the first end of partition, even at a last stable offset below
+    the high watermark (an open transaction, maybe this writer's own zombie not fenced yet):
+    everything below the returned end is decided, a later scan from there reads the rest.
+    """
     deadline = time.monotonic() + timeout_s
     tp = TopicPartition(topic, partition)
     low, high = _watermarks(brokers, tp, timeout_s)
     consumer = _consumer(brokers, "read_committed")
-    ids: Counter[str] = Counter()
-    since_ms, writer = 0, writer_id.encode()
+    ids: dict[str, Counter[str]] = {}
+    since_ms = 0
     try:
         if start is None:
             since_ms = int((time.time() - fresh_window_s) * 1000)
@@ -127,16 +151,19 @@ def scan_own_records(
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        if (msg.offset() or 0) >= high:
+                        if (msg.offset() or 0) >= high or not wait_stable:
                             return ids, begin, int(msg.offset() or 0)
                         continue  # stopped at the last stable offset: wait for it to move
                     raise KafkaException(err)
                 # records past `high` were written after the scan began (by others: this writer has
                 # not started); counting only ours, reading on to the end reported by EOF is harmless
-                if msg.timestamp()[1] >= since_ms and header_value(msg.headers(), WRITER_HEADER) == writer:
-                    eid = header_value(msg.headers(), EVENT_ID_HEADER)
-                    if eid is not None:
-                        ids[eid.decode()] += 1
+                writer = header_value(msg.headers(), WRITER_HEADER)
+                if writer is None or msg.timestamp()[1] < since_ms:
+                    continue
+                name = writer.decode("utf-8", "replace")
+                eid = header_value(msg.headers(), EVENT_ID_HEADER)
+                if eid is not None and accept(name):
+                    ids.setdefault(name, Counter())[eid.decode()] += 1
     finally:
         consumer.close()
 
