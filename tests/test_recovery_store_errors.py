@@ -78,6 +78,7 @@ def _restore(store: ObjectStore, into: Path) -> Any:
         ("reset", OBJECT_READS, "failed after 2 attempt(s)"),
         ("slowdown", MANIFEST_READS, "SlowDown (HTTP 503)"),
         ("reset", MANIFEST_READS, "failed after 2 attempt(s)"),
+        ("expired", OBJECT_READS, "S3 refused the credentials (ExpiredToken)"),
     ],
 )
 def test_unreadable_store_fails_the_restore_and_keeps_local_state(
