@@ -29,6 +29,7 @@ __all__ = [
     "migrate_dir",
     "register_migration",
     "state_version",
+    "upgrade_state",
 ]
 
 Migration = Callable[[Any], Any]
@@ -63,7 +64,8 @@ def state_version(state: Any) -> int:
     return 1
 
 
-def _upgrade(step_id: str, state: Any) -> tuple[Any, bool]:
+def upgrade_state(step_id: str, state: Any) -> tuple[Any, bool]:
+    """`state` after every registered migration of `step_id` that applies; (state, changed)."""
     changed = False
     for _ in range(100):
         version = state_version(state)
@@ -110,7 +112,7 @@ def migrate_dir(recovery_dir: Path) -> int:
                         raise MigrationError(
                             f"{path.name}: {step_id}/{key}@{epoch}: cannot unpickle: {exc}"
                         ) from None
-                    new, changed = _upgrade(step_id, state)
+                    new, changed = upgrade_state(step_id, state)
                     if changed:
                         conn.execute(
                             "UPDATE snaps SET ser_change = ? WHERE step_id = ? AND state_key = ? "

@@ -47,30 +47,34 @@ def core_steps(flow: Any) -> Iterator[Any]:
             yield step
 
 
-def stateful_steps_of(flow: Any) -> list[str]:
-    """Step ids of the core operators of `flow` that snapshot state (see module doc)."""
+def stateful_steps_of(flow: Any, *, inputs_only: bool = False) -> list[str]:
+    """Step ids of the core operators of `flow` that snapshot state (see module doc);
+    `inputs_only`: only the stateful sources."""
     from bytewax.inputs import FixedPartitionedSource
     from bytewax.outputs import FixedPartitionedSink
 
     ids = []
     for step in core_steps(flow):
         kind = step.step_id.rsplit(".", 1)[-1]
-        if kind == "stateful_batch" and type(step).__name__ == "stateful_batch":
+        if isinstance(getattr(step, "source", None), FixedPartitionedSource):
             ids.append(step.step_id)
-        elif isinstance(getattr(step, "source", None), FixedPartitionedSource):
+        elif inputs_only:
+            continue
+        elif kind == "stateful_batch" and type(step).__name__ == "stateful_batch":
             ids.append(step.step_id)
         elif isinstance(getattr(step, "sink", None), FixedPartitionedSink):
             ids.append(step.step_id)
     return sorted(ids)
 
 
-def stateful_steps(flow_spec: str, config_path: Path) -> list[str]:
+def stateful_steps(flow_spec: str, config_path: Path, *, inputs_only: bool = False) -> list[str]:
     """`stateful_steps_of` the flow `flow_spec` built with `config_path`, in a subprocess."""
     from streamforge_ops.child import child_env
 
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "streamforge_ops.flow_steps", flow_spec],
+            [sys.executable, "-m", "streamforge_ops.flow_steps", flow_spec,
+             *(["--inputs"] if inputs_only else [])],
             env=child_env(config_path), capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
             check=False,
         )
@@ -84,8 +88,8 @@ def stateful_steps(flow_spec: str, config_path: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """Print the JSON list of stateful step ids of the flow `argv[0]`."""
-    print(json.dumps(stateful_steps_of(load_flow(argv[0]))))
+    """Print the JSON list of stateful step ids of the flow `argv[0]` (`--inputs`: sources)."""
+    print(json.dumps(stateful_steps_of(load_flow(argv[0]), inputs_only="--inputs" in argv[1:])))
     return 0
 
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_allow_arg",
+    "allow_non_restored",
     "allowing",
     "apply_step_check",
     "apply_step_renames",
@@ -61,8 +62,11 @@ def add_allow_arg(parser: argparse.ArgumentParser) -> None:
 
 def allowing(job: Job, args: argparse.Namespace) -> Job:
     """`job` with savepoints.allow-non-restored-state set when the flag is given."""
-    if not getattr(args, "allow_non_restored_state", False):
-        return job
+    return allow_non_restored(job) if getattr(args, "allow_non_restored_state", False) else job
+
+
+def allow_non_restored(job: Job) -> Job:
+    """`job` with savepoints.allow-non-restored-state set."""
     sp = replace(job.settings.savepoints, allow_non_restored_state=True)
     return replace(job, settings=replace(job.settings, savepoints=sp))
 

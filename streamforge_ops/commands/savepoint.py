@@ -37,12 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "prune": actions.add_parser("prune", help="delete old savepoints (keeps at least one)"),
         "pin": actions.add_parser("pin", help="keep a savepoint: never pruned, not expired by S3 lifecycle"),
         "unpin": actions.add_parser("unpin", help="let prune and the S3 lifecycle rule remove it again"),
+        "verify": actions.add_parser("verify", help="restore into a scratch dir and load + run it with "
+                                                    "the (new) --config's code; exit 1 on failure"),
     }
     for name, a in parsers.items():
         add_config_arg(a)
         a.add_argument("--store", metavar="URL", help="override savepoints.dir")
         a.add_argument("--json", action="store_true", help="machine-readable output")
-        if name in ("describe", "restore", "delete", "pin", "unpin"):
+        if name in ("describe", "restore", "delete", "pin", "unpin", "verify"):
             a.add_argument("id", metavar="ID", help="savepoint id")
         a.set_defaults(func=globals()[f"_{name}"])
     parsers["create"].add_argument("--name", help="a label for the savepoint (e.g. pre-upgrade-v2)")
@@ -52,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parsers["restore"].add_argument("--force", action="store_true",
                                     help="restore even while a supervisor of this job runs")
     add_allow_arg(parsers["restore"])
+    add_allow_arg(parsers["verify"])
+    parsers["verify"].add_argument("--run-for", default="10s",
+                                   help="how long the new flow runs on the state, sinks discarded (default 10s)")
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -89,6 +94,20 @@ def _pin(args: argparse.Namespace, pinned: bool = True) -> int:
 
 def _unpin(args: argparse.Namespace) -> int:
     return _pin(args, pinned=False)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from streamforge_ops.verify import render_report, verify_savepoint
+
+    try:
+        run_for = parse_duration(args.run_for)
+    except ValueError as exc:
+        raise CliError(f"--run-for: {exc}") from None
+    job = allowing(load_job(args.config, store=args.store), args)
+    progress(f"verifying savepoint {args.id} against {job.settings.flow} ...")
+    report = verify_savepoint(job, args.id, run_for_s=run_for)
+    emit(report, as_json=args.json, text=render_report(report))
+    return 0 if report["ok"] else 1
 
 
 def _list(args: argparse.Namespace) -> int:

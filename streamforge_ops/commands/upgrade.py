@@ -7,7 +7,8 @@ The seed's `upgradeMode`:
   on SIGTERM (`savepoints.on-cancel`), else one taken here of the stopped
   job's partitions. (A savepoint taken while the old version still runs is
   stale: the old version goes on committing after it, and the new one would
-  produce that stretch again.) If the
+  produce that stretch again; such a savepoint is only the probe that
+  `savepoint verify` checks the new config against before the stop.) If the
   stop savepoint fails, the old version stays stopped; its state is in its
   partitions and checkpoints (`streamforge run` resumes it).
 - `last-state`: stop the job, then use the latest checkpoint if it is younger
@@ -36,6 +37,7 @@ from streamforge_ops.output import progress
 from streamforge_ops.restore_steps import add_allow_arg, allowing
 from streamforge_ops.restoring import Target
 from streamforge_ops.supervisor import RunOptions, Supervisor
+from streamforge_ops.verify import verify_before_upgrade
 
 MODES = ("stateless", "last-state", "savepoint")
 
@@ -52,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-timeout", default="120s", help="how long to wait for the old job to stop")
     p.add_argument("--workers", "-w", type=int, help="worker count of the new version")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("--skip-verify", action="store_true",
+                   help="do not run `savepoint verify` with the new config before stopping the old version")
     add_allow_arg(p)
     p.set_defaults(func=_run)
 
@@ -75,6 +79,8 @@ def _run(args: argparse.Namespace) -> int:
     target: Target | None = None
     if args.mode == "savepoint":  # refuse before stopping anything
         _require_partitions(job)
+    if args.mode != "stateless" and not args.skip_verify:  # the old version runs until it passes
+        verify_before_upgrade(job, _savepoint(job)[1])  # a probe: verified, never restored
     if old is not None:
         _stop(old, job, stop_timeout)
     if args.mode == "savepoint":  # after the stop: the old version commits nothing after it
