@@ -121,9 +121,10 @@ class _InjectingProducer:
     `abort_transaction()` (which the real producer then performs, unless `abort_fails`)."""
 
     def __init__(self, conf: dict[str, Any], fail_after: int, *, abort_fails: bool = False,
-                 fenced: bool = False) -> None:
+                 fenced: bool = False, refuse_once_after_abort: bool = False) -> None:
         self._real = Producer(conf)
         self.fail_after, self.abort_fails, self.fenced = fail_after, abort_fails, fenced
+        self.refuse_once_after_abort = refuse_once_after_abort  # e.g. metadata lost the partition
         self.produced = 0
         self.abortable = False
         self.aborts = 0
@@ -137,6 +138,9 @@ class _InjectingProducer:
         if self.abortable:
             raise KafkaException(KafkaError(KafkaError._STATE, "Unable to produce message: Local: Erroneous state",
                                             txn_requires_abort=True))
+        if self.refuse_once_after_abort and self.aborts:
+            self.refuse_once_after_abort = False
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION, "Local: Unknown partition"))
         self.produced += 1
         self._real.produce(*args, **kwargs)
         if self.produced == self.fail_after and self.fail_after > 0 and not self.fenced:
@@ -192,6 +196,21 @@ def test_abortable_error_resends_every_record_of_the_transaction(
     assert not dead
     assert part._producer.aborts == 1
     _exactly_once(kafka_bootstrap, out, range(9))
+
+
+def test_refused_resend_never_commits_a_partial_transaction(
+    kafka_bootstrap: str, make_topic: Callable[..., str], inject: dict[str, Any]
+) -> None:
+    """A record refused (not for good) while the transaction is re-sent after an abort: the
+    writer aborts and re-sends again instead of committing what was re-sent so far."""
+    out = make_topic(1, "eo-resend")
+    dead: list[Any] = []
+    inject.update(fail_after=2, refuse_once_after_abort=True)
+    part = _writer(kafka_bootstrap, out, "resend-test", dead).build_part("step", "00000", None)
+    part.write_batch(_events(range(0, 5)))
+    part.snapshot()
+    assert not dead
+    _exactly_once(kafka_bootstrap, out, range(5))
 
 
 def test_abort_that_fails_ends_in_a_clean_restart(

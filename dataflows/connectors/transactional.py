@@ -320,6 +320,13 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
             attempt += 1
             if self._needs_abort:
                 self._abort_and_resend()
+            if self._needs_abort:  # the re-send was refused again: never commit a partial transaction
+                delay = next(delays, None)
+                if delay is None:
+                    raise ProducerFencedError(f"{self.transactional_id}: the transaction's records were refused "
+                                              f"after {attempt} attempt(s); restart from the last snapshot")
+                time.sleep(delay)
+                continue
             try:
                 fault_point("kafka.commit")
                 self._producer.commit_transaction(self._s.commit_timeout_s)
