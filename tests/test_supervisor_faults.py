@@ -16,23 +16,13 @@ from pathlib import Path
 
 from recovery.checkpoint import list_checkpoints
 from recovery.store import open_store
+from streamforge_ops.commands.upgrade import _alive  # alive and not a zombie
 from tests.fixtures.fault_proxy import FaultS3
 from tests.supervisor_harness import Workspace, assert_exactly_once, read_rows, wait_for
 
 
 def _summary(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_config_error_while_the_flow_is_built_fails_at_start(tmp_path: Path) -> None:
