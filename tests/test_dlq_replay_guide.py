@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,7 @@ def test_guide_on_the_file_pipeline(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert src.read_bytes() == before
 
     # 4. filtered, rate-limited replay into the pipeline's input, then resume the pipeline
+    replay_start = datetime.now(UTC).isoformat()
     for tag in ("r1", "r2"):  # twice: the second replay is dropped by the Deduplicator
         rep = _cli(capsys, "dlq", "replay", "--config", str(v2), "--error-code", "OVERSIZED",
                    "--rate", "50", "--tag", tag, "--json", "--no-progress")
@@ -108,6 +110,14 @@ def test_guide_on_the_file_pipeline(tmp_path: Path, capsys: pytest.CaptureFixtur
     # no new dead letters since the fix: the DLQ still holds exactly the four of v1
     after = _cli(capsys, "dlq", "inspect", "--config", str(v2), "--json")
     assert after["by_error_code"] == {"OVERSIZED": 3, "MALFORMED_JSON": 1}
+    assert _cli(capsys, "dlq", "inspect", "--config", str(v2), "--since", replay_start, "--json")["matched"] == 0
+
+    # 6. clean up: archive what was replayed; the input keeps its replay lines (the source's
+    # saved offset is past them: shortening the file would fail the next start, FileShrankError)
+    archive = _cli(capsys, "dlq", "inspect", "--config", str(v2), "--error-code", "OVERSIZED",
+                   "--samples", "1000", "--json")
+    assert sorted(s["event_id"] for s in archive["samples"]["OVERSIZED"]) == sorted(ids)
+    assert src.read_bytes().count(b'{"sf-replay":') == 6
 
 
 def test_replay_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -136,3 +146,20 @@ def test_replay_line_round_trip() -> None:
         assert unwrap_replay_line(line[:-1]) == (payload, "kafka:t:0:7")
     assert unwrap_replay_line(b'{"sf-replay": "x"}') is None
     assert unwrap_replay_line(b'{"payload": "x", "sf-replay": "t", "sf-event-id": "e"}') is None
+
+
+def test_replay_any_dlq_to_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--file DLQ --to-file PATH`: envelope lines a file source reads back with the ids."""
+    from dataflows.connectors.files import JsonlSource
+    from dataflows.connectors.mongo_sink import JsonlDeadLetters
+    from dataflows.dead_letter import dead_letter
+    from dataflows.events import RawRecord
+
+    dlq, target = tmp_path / "dlq.jsonl", tmp_path / "retry.jsonl"
+    JsonlDeadLetters(dlq)([dead_letter(RawRecord(b"\xffbad", "mongo:db.c:tok1", "mongo:db.c"),
+                                       code="SCHEMA", stage="c.parse", pipeline="c", message="x")])
+    rep = _cli(capsys, "dlq", "replay", "--file", str(dlq), "--to-file", str(target), "--json", "--no-progress")
+    assert rep["replayed"] == 1 and rep["by_topic"] == {str(target): 1}
+    part = JsonlSource(str(target)).build_part("s", str(target), None)
+    (rec,) = part.next_batch()
+    assert (rec.payload, rec.event_id) == (b"\xffbad", "mongo:db.c:tok1")
