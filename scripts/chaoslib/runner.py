@@ -34,6 +34,7 @@ from dataflows.faults import fired
 from scripts.chaoslib.checker import Record
 from scripts.chaoslib.schedule import Fault, Schedule
 from scripts.chaoslib.workloads import REPO, Workload
+from tests.fixtures.fault_proxy import Mode
 
 __all__ = ["RunOutcome", "ScheduleRunner"]
 
@@ -156,7 +157,7 @@ class ScheduleRunner:
             return [_Action(at, "broker-stop", _true(lambda: svc.stop_broker(broker)), kind=f.kind),
                     _Action(at + p["down_s"], "broker-start", _true(lambda: svc.start_broker(broker)))]
         if f.kind.startswith("store-"):
-            mode = {"store-503": "slowdown", "store-reset": "reset", "store-slow": "delay"}[f.kind]
+            mode: Mode = {"store-503": "slowdown", "store-reset": "reset", "store-slow": "delay"}[f.kind]  # type: ignore[assignment]
             return [_Action(at, f.kind, _true(lambda: svc.proxy.set_mode(
                         mode, delay_s=p.get("delay_s", 0.0), probability=p["probability"])), kind=f.kind),
                     _Action(at + p["for_s"], f"{f.kind}-end", _true(lambda: svc.proxy.set_mode("pass")))]

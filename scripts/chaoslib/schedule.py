@@ -105,6 +105,6 @@ def draw_schedule(seed: int, run: int) -> Schedule:
     kinds = applicable_kinds(workload)
     weights = [1 / len(FAULT_KINDS[k][0]) for k in kinds]  # kinds of fewer workloads: drawn more often
     chosen = [first, *rng.choices(kinds, weights, k=rng.randint(0, 2))]
-    faults = sorted((Fault(k, round(rng.uniform(0.05, 0.9), 3), _params(k, rng)) for k in chosen),
+    faults = sorted((Fault(k, round(rng.uniform(0.05, 0.7), 3), _params(k, rng)) for k in chosen),
                     key=lambda f: f.at)
     return Schedule(seed, run, workload, tuple(faults))

@@ -154,9 +154,9 @@ class Workload:
             assert self.broker is not None
             b = self.broker.bootstrap
             out = [Record(_header(m, "sf-event-id"), json.dumps(
-                [m.partition(), _text(m.key()), json.loads(m.value())], sort_keys=True))
+                [m.partition(), _text(m.key()), json.loads(m.value() or b"null")], sort_keys=True))
                 for m in read_topic(b, self.out_topic, partitions=OUT_PARTITIONS, timeout_s=60)]
-            dlq = [_dead_letter(m.value()) for m in read_topic(b, self.dlq_topic, partitions=1, timeout_s=60)]
+            dlq = [_dead_letter(m.value() or b"{}") for m in read_topic(b, self.dlq_topic, partitions=1, timeout_s=60)]
             return out, dlq
         table, dlq_path = self.root / "out" / "table.jsonl", self.root / "out" / "dlq.jsonl"
         rows = [json.loads(line) for line in _lines(table)]
