@@ -52,8 +52,10 @@ from dataflows.patterns.sessions import SessionAnalyzer, SessionConfig, analyze_
 from dataflows.pipelines.common import KeyLaneDedup, dedup_in_key_lane
 from tests.test_patterns_harness import by_id, run_pattern
 
-TTL = 600_000  # 10 min
-GAP, LATENESS = 60_000, 10_000
+# Far above the real time a test run takes (the uninterrupted runs through Bytewax must not
+# expire or idle-close anything, on a loaded machine too), far below the simulated downtime.
+TTL = 1_800_000  # 30 min
+GAP, LATENESS = 600_000, 60_000  # 10 min, 1 min
 HOUR = 3_600_000
 
 
@@ -147,7 +149,7 @@ def emitted_ids(out: list[tuple[str, Any]]) -> list[str]:
 @pytest.mark.parametrize("kind", sorted(DEDUP_DRIVERS))
 def test_dedup_restart_after_downtime_drops_what_the_original_dropped(kind: str) -> None:
     """A redelivery 10 s (event time) after the original, replayed after a 2 h restart (TTL
-    10 min): the failure-free run drops it, and so must the resumed one."""
+    30 min): the failure-free run drops it, and so must the resumed one."""
 
     def run(downtime_ms: int | None) -> list[str]:
         d = DEDUP_DRIVERS[kind]()
@@ -177,7 +179,7 @@ def session_rows(out: list[tuple[str, Any]]) -> list[tuple[Any, ...]]:
 
 def test_sessions_restart_after_downtime_closes_like_the_original() -> None:
     """A session open at the crash, extended by the next event after a 2 h restart (gap
-    1 min): the failure-free run extends it, and so must the resumed one."""
+    10 min): the failure-free run extends it, and so must the resumed one."""
 
     def run(downtime_ms: int | None) -> list[tuple[Any, ...]]:
         d = sessions_driver()
@@ -203,17 +205,21 @@ def test_idle_state_still_expires_after_the_ttl_or_gap_of_running_time() -> None
         d = make()
         d.item(ev("u", 1_000, "x"))
         d.restart(2 * HOUR)
-        d.now[0] += period_ms + 60_000  # the period (+ the wake-up's slack) passes while running
-        d.notify_due()
+        idle_for(d, period_ms)
         return d
+
+    def idle_for(d: Driver, period_ms: int) -> None:
+        d.now[0] += period_ms + period_ms // 8  # the period (+ the wake-up's slack) while running
+        d.notify_due()
 
     dedup = idle_after_restart(dedup_driver, TTL)
     assert dedup.logics == {}  # expired and discarded
     dedup.item(ev("u", 2_000, "x"))
     assert emitted_ids(dedup.eof()) == ["x", "x"]
     sessions = idle_after_restart(sessions_driver, GAP)
-    assert sessions.logics == {}
-    assert session_rows(sessions.out) == [("u:1000", 0, 1_000, 1_000, 1)]
+    assert session_rows(sessions.out) == [("u:1000", 0, 1_000, 1_000, 1)]  # closed
+    idle_for(sessions, GAP)
+    assert sessions.logics == {}  # and, one more gap later, dropped
 
 
 # -- properties: wake-ups and downtime never change the output ---------------------------------
@@ -367,10 +373,10 @@ def test_sessions_pipeline_resumed_with_clock_skew_equals_the_uninterrupted_run(
         return load_config(REPO / "config" / "sessions.yaml", environ={
             "STREAMFORGE__SINK__PATH": str(tmp_path / out / "sessions.jsonl"),
             "STREAMFORGE__DLQ__PATH": str(tmp_path / out / "dlq.jsonl"),
-            "STREAMFORGE__PATTERNS__SESSIONS__GAP": "1m",
-            "STREAMFORGE__PATTERNS__SESSIONS__ALLOWED_LATENESS": "10s",
+            "STREAMFORGE__PATTERNS__SESSIONS__GAP": "10m",
+            "STREAMFORGE__PATTERNS__SESSIONS__ALLOWED_LATENESS": "1m",
             "STREAMFORGE__PATTERNS__SESSIONS__ADVANCE_ON_IDLE": "true",
-            "STREAMFORGE__PATTERNS__DEDUP__TTL": "10m",
+            "STREAMFORGE__PATTERNS__DEDUP__TTL": "30m",
             "STREAMFORGE__SOURCE__PATH": str(tmp_path / "clicks.jsonl"),
         })
 
