@@ -4,10 +4,13 @@ FLOW is wrapped as `streamforge_ops.child:load_flow('<pipeline.flow>')` (Bytewax
 import string accepts a call with literal arguments): `load_flow` builds the flow
 exactly as `bytewax.run` would, but a configuration error (a `ConfigError`, or a
 `pipeline.flow` that cannot be imported) prints one line and exits with
-`EXIT_CONFIG` (2) instead of a traceback and 1. The supervisor reads exit code 2
-as "can never start" and does not restart it; `preflight` runs the same build in
-a subprocess before the first start, so a bad config fails `streamforge run` at
-once. (In a subprocess, not in the supervisor: Bytewax links its own SQLite, and
+`EXIT_CONFIG` (2) instead of a traceback and 1. A service that is unreachable
+while the flow is built (Kafka brokers not answering metadata) is not a config
+error: it stays a crash (exit 1) and is restarted with backoff. `preflight` runs
+the same build in a subprocess before the first start: exit 2 there fails
+`streamforge run` at once; the supervisor also reads exit code 2 of the first
+child as "can never start" (a child that ran before and exits 2 later is a crash,
+restarted within `recovery.max-restarts`). (In a subprocess, not in the supervisor: Bytewax links its own SQLite, and
 two SQLite copies in one process break each other's locks while checkpoints copy
 the partitions.)
 
@@ -53,6 +56,8 @@ def load_flow(flow: str) -> Any:
     try:
         return _locate_dataflow(*_prepare_import(flow))
     except ConfigError as exc:
+        if _unreachable(exc):
+            raise  # transient: a crash, restarted with backoff
         message = str(exc)
     except (ImportError, AttributeError, SyntaxError) as exc:
         message = f"pipeline.flow: cannot load {flow!r}: {type(exc).__name__}: {exc}"
@@ -60,20 +65,31 @@ def load_flow(flow: str) -> Any:
     sys.exit(EXIT_CONFIG)
 
 
-def preflight(flow: str, env: Mapping[str, str], timeout_s: float) -> str | None:
-    """Build the flow once in a subprocess with the child's environment; None if it builds,
-    else the reason it can never start (the config error, or the last line of the traceback)."""
+_UNREACHABLE = "did not answer metadata"  # dataflows.connectors.kafka_common.check_cluster
+
+
+def _unreachable(exc: Exception) -> bool:
+    """Kafka brokers that did not answer while the flow was built: the cluster may come back,
+    the config may be right. (Recognised by check_cluster's message: dataflows.pipelines.io
+    re-raises it as a plain ConfigError prefixed with the section name.)"""
+    return _UNREACHABLE in str(exc)
+
+
+def preflight(flow: str, env: Mapping[str, str], timeout_s: float) -> tuple[int, str]:
+    """Build the flow once in a subprocess with the child's environment: (0, "") if it builds,
+    else its exit code (`EXIT_CONFIG`: a config error) and the reason (the config error, or
+    the last line of the traceback)."""
     code = f"from streamforge_ops.child import load_flow; load_flow({flow!r})"
     try:
         done = subprocess.run([sys.executable, "-c", code], env=dict(env), capture_output=True,
                               text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        return f"building the flow {flow} took longer than {timeout_s:.0f}s"
+        return 1, f"building the flow {flow} took longer than {timeout_s:.0f}s"
     if done.returncode == 0:
-        return None
+        return 0, ""
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     last = lines[-1] if lines else f"exit code {done.returncode}"
-    return last.removeprefix(CONFIG_ERROR_PREFIX).strip()
+    return done.returncode, last.removeprefix(CONFIG_ERROR_PREFIX).strip()
 
 
 def bytewax_argv(

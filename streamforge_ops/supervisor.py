@@ -14,8 +14,9 @@
 4. Child crashed (exit != 0): count `streamforge_restarts_total`, wait an
    exponential backoff, start it again on the same partitions; give up (exit 1)
    when `recovery.max-restarts` restarts happened within `recovery.restart-window`.
-   A child that exits 2 (`child.EXIT_CONFIG`: its flow cannot be built from the
-   config) can never start: no restart, exit 2.
+   The first child exiting 2 (`child.EXIT_CONFIG`: its flow cannot be built
+   from the config) can never start: no restart, exit 2. (One that exits 2
+   after a restart ran before: a crash like any other.)
 5. Child exited 0 (bounded input done): final checkpoint, summary, exit 0.
 6. SIGTERM / SIGINT: stop the child (SIGINT, then SIGKILL after
    `recovery.stop-grace`), wait for an in-flight checkpoint at most what is left
@@ -49,6 +50,7 @@ from dataflows import metrics
 from streamforge_ops import restoring, snapshots
 from streamforge_ops.child import EXIT_CONFIG, Child, bytewax_argv, child_env, preflight
 from streamforge_ops.cli import CliError
+from streamforge_ops.epochs import EpochWatch
 from streamforge_ops.health import HealthServer, HealthState
 from streamforge_ops.job import Job, supervisor_pid
 from streamforge_ops.scheduler import Backoff, CheckpointClock, Every, RestartBudget
@@ -120,6 +122,7 @@ class Supervisor:
         self._status_lock = threading.Lock()
         self.decision: restoring.Decision | None = None
         self.child: Child | None = None
+        self.epochs = EpochWatch(job.recovery_dir, job.pipeline)  # epoch close / snapshot write metrics
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -127,9 +130,11 @@ class Supervisor:
         other = supervisor_pid(self.job)
         if other is not None and other != os.getpid():
             raise CliError(f"a supervisor for {self.job.pipeline!r} already runs (pid {other})")
-        why = preflight(self.job.settings.flow, child_env(self.job.config_path), _PREFLIGHT_TIMEOUT_S)
-        if why is not None:
+        code, why = preflight(self.job.settings.flow, child_env(self.job.config_path), _PREFLIGHT_TIMEOUT_S)
+        if code == EXIT_CONFIG:
             raise CliError(f"the flow {self.job.settings.flow} cannot start: {why}")
+        if code:  # not a config error (a service unreachable, a bug): the restart loop handles it
+            self.log(f"building the flow failed ({why}); starting it anyway, restarts use backoff")
         self._install_signals()
         m = self.job.settings.metrics
         try:
@@ -188,7 +193,7 @@ class Supervisor:
             code = self.child.poll()
             if code == 0:
                 return self._finish()
-            if code == EXIT_CONFIG:
+            if code == EXIT_CONFIG and self.tally.restarts == 0:
                 self.log(f"dataflow cannot start: its flow failed to build from the config (exit {code}; "
                          "see the line above); not restarting")
                 return self._fail(EXIT_CONFIG)
@@ -238,6 +243,7 @@ class Supervisor:
     # -- checkpoints and compaction --------------------------------------------
 
     def _tend_state(self, clock: CheckpointClock, compaction: Every) -> None:
+        self.epochs.poll()
         now = time.monotonic()
         if self._task is not None:
             if self._task.done():

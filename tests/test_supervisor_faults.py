@@ -46,23 +46,37 @@ def test_bad_flow_import_fails_at_start(tmp_path: Path) -> None:
     assert "tests.no_such_module" in err and "restarting in" not in err, err
 
 
-def test_config_error_on_a_restart_is_not_restarted_forever(tmp_path: Path) -> None:
-    """The flow ran, then its input vanished and the child was killed: the restarted child
-    fails to build with a ConfigError; the supervisor tells "can never start" (exit code 2
-    from the child) from a crash and exits 2 instead of restarting with backoff."""
+def test_config_error_on_a_restart_is_a_crash_bounded_by_max_restarts(tmp_path: Path) -> None:
+    """The flow ran, then its input vanished and the child was killed: every restarted child
+    fails to build (`streamforge: cannot start: source.path ...`, exit 2). Having run before,
+    that is a crash, not "can never start": restarted with backoff until recovery.max-restarts
+    within the window, then exit 1 with a 'failed' summary."""
     ws = Workspace(tmp_path, n=400)
     cfg = ws.config(source={"tail": True, "delay": 0.05},
-                    recovery={"max-restarts": 5, "restart-backoff": "0.05s"})
+                    recovery={"max-restarts": 3, "restart-backoff": "0.05s"})
     proc = ws.start("--json", config=cfg)
     child = ws.running(proc)["child_pid"]
     wait_for(lambda: read_rows(ws.output), what="some output")
     ws.input.rename(tmp_path / "moved.jsonl")
     os.kill(child, signal.SIGKILL)
     code, out, err = ws.finish(proc)
-    assert code == 2, err
-    assert "cannot start" in err and "source.path" in err, err
-    assert err.count("restarting in") == 1, err  # the kill -9 itself is a crash: one restart
+    assert code == 1, err
+    assert err.count("cannot start: source.path") == 3 and "max-restarts (3) reached" in err, err
     assert _summary(out)["outcome"] == "failed"
+
+
+def test_unreachable_kafka_at_start_is_not_a_config_error(tmp_path: Path) -> None:
+    """Kafka brokers that do not answer while the flow is built (KafkaStartError 'did not
+    answer metadata') may come back: the supervisor does not refuse to start (exit 2) but runs
+    the restart loop; here it ends at max-restarts (exit 1)."""
+    ws = Workspace(tmp_path, n=5, flow="dataflows.pipelines.orders:flow")
+    cfg = ws.config(source={"type": "kafka", "brokers": "127.0.0.1:9", "topics": ["orders"],
+                            "metadata-timeout": "0.5s"},
+                    recovery={"max-restarts": 1, "restart-backoff": "0.05s"})
+    code, _, err = ws.finish(ws.start("--json", config=cfg))
+    assert code == 1, err
+    assert "did not answer" in err and "restarting in" in err, err
+    assert "max-restarts (1) reached" in err, err
 
 
 def test_max_restarts_counts_only_the_restart_window(tmp_path: Path) -> None:
