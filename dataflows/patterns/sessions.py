@@ -30,8 +30,9 @@ Keyed by `Event.key`. Definitions (all times in event-time milliseconds):
   it, and it is re-emitted (when closed again) with `revision + 1`;
 - a closed session is retained while `W - allowed_lateness < end + gap`
   (until no non-late event can reach it), then dropped (checked on each
-  event; an idle key's wall-clock wake-up for a drop may come up to one gap
-  later, so that closing a session does not reschedule it); a key without
+  event; an idle key's wake-up for a drop may come up to one gap later, so
+  that closing a session does not reschedule it: the drop is the same, it
+  only frees the state later); a key without
   sessions is discarded (`state_evictions`, reason `sessions_closed`). Its
   watermark goes with it: a later event of that key starts afresh.
 - at EOF every session not yet emitted in its current form is emitted (state
@@ -47,7 +48,8 @@ from `initial()`; bridging two sessions needs `merge(acc_a, acc_b)`. Without
 `aggregate`, sessions only count (`aggregate` is None).
 
 State per key (`SessionState`): the key, its retained sessions
-(`SessionState.spans`), the watermark and the pipeline time it last moved.
+(`SessionState.spans`), the watermark, the pipeline time it last moved and
+the pipeline time of the snapshot (version 2; version 1 state loads without).
 """
 
 from __future__ import annotations
