@@ -143,6 +143,10 @@ def test_cli_restore_fails_with_exit_2_and_no_start_continues_without_it(
     assert "--fresh" in err and "Traceback" not in err
     assert partition_files(s3_job.recovery) == []  # nothing to start an empty flow from
     assert "SlowDown" in (restore_required(s3_job.recovery) or "")
+    assert main(["run", "--config", str(s3_job.root / "config.yaml")]) == 2  # the supervisor too
+    err = capsys.readouterr().err
+    assert "restore failed: the store could not be read" in err and "Traceback" not in err
+    assert partition_files(s3_job.recovery) == []
 
     # --no-restore would continue from a state without the stored one: refused.
     job = load_job(None)
