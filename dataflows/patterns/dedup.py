@@ -15,7 +15,8 @@ identity and `d = event_time_ms - anchor`:
 
 State per identity (`DedupState`): the anchor and the *pipeline time*
 (`dataflows/clock.py`: wall time that does not advance while the job is
-down) the identity was last seen. An identity idle for `ttl` of pipeline time
+down) the identity was last seen, and the pipeline time of the snapshot
+(version 2; version 1 loads without). An identity idle for `ttl` of pipeline time
 is expired: its anchor no longer counts, so a repeat arriving after that is
 emitted again. The decision is taken on the item itself (`P - last_seen >=
 ttl` at its arrival), so it does not depend on when Bytewax's wake-up fires;
