@@ -208,6 +208,19 @@ def test_resync_longer_than_the_oplog_window_halts_loudly(mongo: MongoHandle) ->
     p.close()
 
 
+def test_resync_start_lost_mid_scan_ends_the_scan_early(mongo: MongoHandle) -> None:
+    mongo.require_server()  # rolls the oplog mid-scan
+    mongo.db().customers.insert_many([{"_id": i} for i in range(60)])
+    p = part(settings(mongo, chunk_size=10, oplog_probe_interval_s=0.0))
+    first = drain(p, lambda xs: len(xs) >= 20)
+    mongo.roll_oplog()
+    rest = drain(p, has_marker)
+    assert [m.value["generation"] for m in markers(first + rest)] == [2]  # generation 1 never claimed complete
+    assert len({e.key for e in data_events(rest) if e.headers == (("sf-generation", b"2"),)}) == 60
+    drain(p, lambda xs: p.snapshot().lost_resyncs == 0)  # its start resumed: back within the window
+    p.close()
+
+
 # -- 3. restored or re-pointed sources ----------------------------------------------------------
 
 def test_state_from_another_cluster_resyncs(mongo: MongoHandle) -> None:

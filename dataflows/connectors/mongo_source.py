@@ -42,6 +42,7 @@ collection through the `_id` index (`hint` + `min` bounds, which unlike
 throttled to `max_docs_per_second`, then resumes the stream from the kept
 token: changes during the scan are replayed; idempotent steps converge.
 A re-sync whose start position leaves the oplog before the stream resumes
+(checked every `oplog_probe_interval_s` during the scan, and when it ends)
 is retried once; the second time the source stops (`halted`, metric
 `streamforge_mongo_resync_exceeds_oplog_window`): it could never finish.
 
@@ -163,6 +164,7 @@ class MongoSourceSettings:
     split_large_events: bool = False  # $changeStreamSplitLargeEvent (MongoDB 6.0.9+)
     drop_update_description: bool = True  # only fullDocument is used: keep events small
     oversize_handling: str = "fail"  # fail | skip (events over 16 MiB)
+    oplog_probe_interval_s: float = 30.0  # during a re-sync: check this often that its start is still in the oplog
 
     def hosts(self) -> str:
         """The servers of the URI, without credentials (for messages)."""
@@ -208,6 +210,7 @@ class NamespaceState:
     unconfirmed: bool = False  # a re-sync completed; its start position has not been resumed yet
     halted: str | None = None  # why the source stopped (namespace gone, oplog window)
     halt_kind: str | None = None  # "namespace" | "oplog"
+    last_started: int = 0  # newest generation begun (an abandoned one is never reused)
 
 
 def _plain(doc: Any) -> Any:
@@ -233,6 +236,7 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
         self._fragments: dict[str, Any] | None = None  # a split event being reassembled
         self._one_by_one = False  # oversize skip: read single events up to the one too large
         self._halt_logged = 0.0
+        self._next_probe = 0.0
         labels = {"pipeline": s.pipeline, "namespace": ns}
         self._latency = metrics.SOURCE_LATENCY.labels(pipeline=s.pipeline, source=self._source)
         self._gone_metric = metrics.MONGO_NAMESPACE_GONE.labels(**labels)
@@ -619,7 +623,9 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
         if token is None and op_time is None:
             raise MongoSourceError(f"source {self._ns}: server returned neither a postBatchResumeToken "
                                    "nor an operationTime for a new change stream")
-        gen = st.generation + 1
+        # a new number even after an abandoned attempt: rows it saw must not pass for seen by this one
+        gen = max(st.generation, st.last_started, st.scan.generation if st.scan else 0) + 1
+        st.last_started = gen
         start_ms = token_time_ms(token) if token is not None else (op_time.time * 1000 if op_time else None)
         # The generation's start time (marker event time, for the Materializer's sweep rule):
         # never earlier than the start position; later only sweeps rows the replay restores.
@@ -644,6 +650,7 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
         return False
 
     def _scan_chunk(self, sc: ScanProgress) -> list[SourceItem]:
+        self._probe_start(sc)
         rate = self._s.max_docs_per_second
         n = self._s.chunk_size if rate <= 0 else max(1, min(self._s.chunk_size, int(rate)))
         docs = self._read_chunk(sc, n)
@@ -656,6 +663,16 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
         if len(docs) < n:
             out.extend(self._finish_scan(sc))
         return out
+
+    def _probe_start(self, sc: ScanProgress) -> None:
+        """Every `oplog_probe_interval_s`, resume at the re-sync's start: 286 here ends a doomed scan early."""
+        if time.monotonic() < self._next_probe:
+            return
+        self._next_probe = time.monotonic() + self._s.oplog_probe_interval_s
+        if sc.start_token is not None:
+            self._watch(resume_after=sc.start_token, batch_size=1).close()
+        elif sc.start_at is not None:
+            self._watch(start_at_operation_time=sc.start_at, batch_size=1).close()
 
     def _read_chunk(self, sc: ScanProgress, n: int) -> list[Any]:
         """The next `n` documents in `_id` index order after `sc.last_id`, across every BSON type.
