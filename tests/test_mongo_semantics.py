@@ -387,3 +387,17 @@ def test_standalone_server_fails_at_start_with_its_own_message(mongo: MongoHandl
     with pytest.raises(MongoSourceError, match="standalone.*replica set.*40573"):
         p = part(settings(mongo))
         drain(p, lambda xs: False, timeout=5)
+
+
+def test_new_source_keys_are_validated() -> None:
+    from dataflows.config import Config, ConfigError
+    from dataflows.connectors.mongo import mongo_source_from_config
+
+    base = {"uri": "mongodb://h:1", "database": "d", "collections": ["c"]}
+    for key, bad in (("namespace-gone", "wipe"), ("oversize-handling", "truncate")):
+        with pytest.raises(ConfigError, match=key):
+            mongo_source_from_config(Config({**base, key: bad}, "s"), "p")
+    s = mongo_source_from_config(Config({**base, "namespace-gone": "follow", "split-large-events": True,
+                                         "oversize-handling": "skip"}, "s"), "p").settings
+    assert (s.namespace_gone, s.split_large_events, s.oversize_handling, s.drop_update_description) == (
+        "follow", True, "skip", True)

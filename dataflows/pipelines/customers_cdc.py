@@ -5,8 +5,12 @@
     every dead letter (source: unsupported / oversized documents; sink writes) -> one DLQ sink
 
 - source (`source.*`, see dataflows/connectors/mongo.py): change events and,
-  on first start or after a lost position (286 / 260 / invalidate), a
-  re-sync: snapshot events of a new generation, then a generation marker.
+  on first start or after a lost or rejected position (286 / 280 / 136 / a
+  refused or foreign token), a re-sync: snapshot events of a new generation,
+  then a generation marker, emitted only when the scan walked the whole `_id`
+  index of the same collection. A rename / drop of the source collection
+  stops the source (`source.namespace-gone: stop`, default; the target is
+  kept) or is followed (`follow`).
 - materialize (`sweep=True`): upserts and tombstones per `_id`; the
   generation marker tombstones keys the re-sync did not see, i.e. documents
   deleted while the change-stream position was lost.
@@ -17,7 +21,8 @@
   collection, so when a re-sync completes the writer also deletes target
   documents absent from the source (`MongoWriter.reconcile`): that covers
   documents written by a run killed before its first snapshot, which no
-  restored state knows about.
+  restored state knows about. It never runs while the source collection is
+  absent or is not the one the re-sync scanned (UUID).
 - `sink.changes` (optional section, any sink type): the merger's diffs.
 
 Run with `streamforge run customers_cdc` or `python -m bytewax.run
