@@ -194,7 +194,12 @@ def _transactional_settings(
 
 def _check_exactly_once_topic(cfg: Config, brokers: list[str], topic: str) -> None:
     """Refuse a compacted output topic; warn on a retention below `restore-window` or unknown."""
-    configs = topic_config(brokers, topic, cfg.duration("metadata-timeout", 5.0))
+    try:
+        configs = topic_config(brokers, topic, cfg.duration("metadata-timeout", 5.0))
+    except KafkaStartError as exc:  # e.g. no DescribeConfigs permission: cannot check, say so
+        log.warning("%s: cannot check the exactly-once output topic's cleanup.policy and retention.ms: %s",
+                    cfg.full_key("topic"), exc)
+        return
     if "compact" in configs.get("cleanup.policy", ""):
         raise KafkaStartError(
             f"{cfg.full_key('topic')}: topic {topic!r} has cleanup.policy={configs['cleanup.policy']}: "
