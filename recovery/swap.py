@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 from dataflows.faults import fault_point
@@ -132,6 +133,12 @@ def swap_in(recovery_dir: Path) -> None:
     stage = recovery_dir / STAGE
     names = [p.name for p in partition_files(stage)]
     for name in names:
+        if (stage / f"{name}-wal").exists():  # only the main file is moved: fold the WAL in
+            conn = sqlite3.connect(stage / name)
+            try:
+                conn.execute("PRAGMA journal_mode = DELETE")
+            finally:
+                conn.close()
         _fsync_file(stage / name)
     _fsync_dir(stage)
     fault_point("restore.swap")
