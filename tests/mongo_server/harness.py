@@ -310,7 +310,9 @@ def wait_streaming_committed(proc: PipelineProcess, timeout: float = 30.0) -> No
     def ready() -> bool:
         proc.check_alive()
         state = committed_source_state(proc.recovery_dir)
+        # confirmed: no re-sync running, pending (lost_resyncs) or waiting to resume its start position
         return (state is not None and (state.token is not None or getattr(state, "start_at", None) is not None)
-                and state.scan is None and not getattr(state, "unconfirmed", False))
+                and state.scan is None and not getattr(state, "unconfirmed", False)
+                and getattr(state, "lost_resyncs", 0) == 0)
 
     wait_until(ready, timeout, "a committed streaming position")
