@@ -26,7 +26,9 @@ __all__ = [
     "CHECKPOINT_SIZE",
     "CHECKPOINTS_COMPLETED",
     "DLQ_EVENTS",
+    "EPOCH_CLOSE",
     "LAST_CHECKPOINT_TIMESTAMP",
+    "LAST_SNAPSHOT_WRITE",
     "LATE_EVENTS",
     "MONGO_NAMESPACE_GONE",
     "MONGO_RESYNC_EXCEEDS_OPLOG_WINDOW",
@@ -118,4 +120,19 @@ SINK_RETRIES = Counter(
     "streamforge_sink_retries",
     "Retried sink writes (transient failures).",
     ["pipeline", "sink"],
+)
+# Epoch alignment (the seed's "checkpoint duration and alignment time"): measured by the
+# supervisor (streamforge_ops/epochs.py) from the recovery partitions' frontier and from
+# Bytewax's own `partd_write_duration_seconds` on the dataflow API.
+EPOCH_CLOSE = Histogram(
+    "streamforge_epoch_close_seconds",
+    "Time each Bytewax epoch (the global snapshot barrier) took to close, as seen by the supervisor.",
+    ["pipeline"],
+    buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300),
+)
+LAST_SNAPSHOT_WRITE = Gauge(
+    "streamforge_last_snapshot_write_seconds",
+    "Mean duration of Bytewax's recovery-partition snapshot writes (partd_write_duration_seconds) "
+    "since the previous scrape.",
+    ["pipeline"],
 )
