@@ -5,21 +5,28 @@ checkpoint) and the `checkpoint` / `savepoint` commands. The recovery library
 records the success metrics (duration, size, completed, last timestamp); a
 failure is counted here in `streamforge_checkpoint_failure_count_total{kind}`
 and returned as an `Outcome` with the error: `take` never raises, so a failed
-checkpoint never stops a flow.
+checkpoint never stops a flow. A savepoint (the SIGTERM one, the preStop hook's
+`savepoint create`, the upgrade's) is bounded by `savepoints.timeout`: one still
+running then is abandoned in its daemon thread (its manifest, written last, is
+never published: the savepoint's own deadline refuses it) and reported as a
+failure with `timed_out`.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
 from dataflows import metrics
 from streamforge_ops.job import Job
 
-__all__ = ["Outcome", "delete_all_checkpoints", "take", "update_savepoint_gauge"]
+__all__ = ["Outcome", "delete_all_checkpoints", "in_thread", "take", "update_savepoint_gauge"]
 
 Log = Callable[[str], None]
 
@@ -37,6 +44,7 @@ class Outcome:
     error: str | None = None
     duration_ms: float = 0.0
     removed: tuple[str, ...] = ()
+    timed_out: bool = False  # a savepoint abandoned after savepoints.timeout
 
     @property
     def ok(self) -> bool:
@@ -53,8 +61,39 @@ class Outcome:
         )
 
 
+def in_thread(fn: Callable[[], Any], name: str) -> Future[Any]:
+    """Run `fn` in a daemon thread; its Future. (Not a ThreadPoolExecutor: its workers
+    are joined at interpreter exit, so a call stuck in I/O would hang the exit.)"""
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # handed to whoever waits on the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 def take(job: Job, kind: str = "checkpoint", *, name: str | None = None, log: Log = stderr_log) -> Outcome:
-    """Take one checkpoint (then apply `checkpoints.retained`) or savepoint (then prune)."""
+    """Take one checkpoint (then apply `checkpoints.retained`) or savepoint (then prune);
+    a savepoint gives up after `savepoints.timeout` (see module doc)."""
+    if kind != "savepoint":
+        return _take(job, kind, name, log)
+    timeout = job.settings.savepoints.timeout_s
+    try:
+        result: Outcome = in_thread(lambda: _take(job, kind, name, log), "savepoint").result(timeout)
+        return result
+    except FutureTimeout:
+        out = Outcome(kind, error=f"did not finish within savepoints.timeout ({timeout:g}s)",
+                      duration_ms=timeout * 1000.0, timed_out=True)
+        metrics.CHECKPOINT_FAILURES.labels(pipeline=job.pipeline, kind=kind).inc()
+        log(out.describe())
+        return out
+
+
+def _take(job: Job, kind: str, name: str | None, log: Log) -> Outcome:
     from recovery import checkpoint, savepoint
 
     s, labels = job.settings, {"pipeline": job.pipeline, "kind": kind}

@@ -62,19 +62,6 @@ _TICK_S = 0.1
 _PREFLIGHT_TIMEOUT_S = 120.0
 
 
-def _in_thread(fn: Callable[[], Any], name: str) -> Future[Any]:
-    """Run `fn` in a daemon thread; its Future. (Not a ThreadPoolExecutor: its workers
-    are joined at interpreter exit, so a call stuck in I/O would hang the exit.)"""
-    future: Future[Any] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(fn())
-        except BaseException as exc:  # handed to whoever waits on the future
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
 
 
 @dataclass
@@ -264,7 +251,7 @@ class Supervisor:
 
     def _submit(self, fn: Callable[[], Any]) -> None:
         self._task_started = time.monotonic()
-        self._task = _in_thread(fn, "state")
+        self._task = snapshots.in_thread(fn, "state")
 
     def _drain(self) -> None:
         """Wait for the in-flight checkpoint/compaction (they never raise), at most until
@@ -331,12 +318,8 @@ class Supervisor:
         self._drain()
         saved = True
         if s.savepoints.on_cancel:
-            name = f"cancel-{int(time.time())}"
-            pending = _in_thread(lambda: snapshots.take(self.job, "savepoint", name=name, log=self.log),
-                                 "savepoint")
-            try:
-                out = pending.result(timeout=s.savepoints.timeout_s)
-            except FutureTimeout:
+            out = snapshots.take(self.job, "savepoint", name=f"cancel-{int(time.time())}", log=self.log)
+            if out.timed_out:
                 return self._savepoint_timed_out()
             self.tally.savepoint, saved = (out.manifest.id if out.ok else None), out.ok
         if s.checkpoints.externalized_retention == "DELETE_ON_CANCELLATION" and not saved:
@@ -356,7 +339,6 @@ class Supervisor:
         last = self.tally.last_checkpoint or "the newest in the store"
         self.log(f"cancel savepoint did not finish within savepoints.timeout ({timeout:g}s); "
                  f"giving up, exit 1; every checkpoint is kept (last checkpoint: {last})")
-        metrics.CHECKPOINT_FAILURES.labels(pipeline=self.job.pipeline, kind="savepoint").inc()
         self._phase = "savepoint-timeout"
         self._report("savepoint-timeout")
         return 1

@@ -108,7 +108,7 @@ class Workspace:
         err = (self.root / f"run{self.runs}.err").open("wb")
         proc_env = {**os.environ, "PYTHONPATH": str(REPO), "SF_TEST_TAG": str(self.runs), **(env or {})}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamforge_ops", command, "--config", str(cfg), *args],
+            [sys.executable, "-m", "streamforge_ops", *command.split(), "--config", str(cfg), *args],
             cwd=REPO, stdout=log, stderr=err, env=proc_env,
         )
         proc.out_path, proc.err_path = log.name, err.name  # type: ignore[attr-defined]

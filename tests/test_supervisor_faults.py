@@ -172,3 +172,19 @@ def test_kill_9_of_the_supervisor_takes_the_child_along_and_the_next_start_resum
     assert code == 0, err
     assert _summary(out)["restored"]["chosen"] in ("local", "checkpoint")
     assert_exactly_once(read_rows(ws.output), 300)
+
+
+def test_prestop_savepoint_create_gives_up_after_savepoints_timeout(
+    tmp_path: Path, fault_s3: FaultS3,
+) -> None:
+    """`streamforge savepoint create` (the pod's preStop hook) against a store that holds every
+    PUT: it exits 1 after savepoints.timeout with a message naming the key, not after the
+    store client's own retries (minutes) or never."""
+    ws = Workspace(tmp_path, n=20)
+    assert ws.finish(ws.start())[0] == 0  # partitions to take a savepoint of
+    cfg = ws.config("prestop.yaml", savepoints={"dir": fault_s3.url, "endpoint-url": fault_s3.endpoint_url,
+                                                "timeout": "1s"})
+    fault_s3.proxy.set_mode("delay", delay_s=600, match=r"^PUT ")
+    code, _, err = ws.finish(ws.start("--name", "prestop", config=cfg, command="savepoint create"))
+    assert code == 1, err
+    assert "savepoints.timeout (1s)" in err, err
