@@ -49,6 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, ConfigError):
             print(f"streamforge: configuration error: {exc}", file=sys.stderr)
             return 2
+        from recovery.store import StoreError
+
+        if isinstance(exc, StoreError):  # after its retries; the message names no secret
+            print(f"streamforge: store error: {exc}", file=sys.stderr)
+            return 2
         raise
 
 

@@ -175,3 +175,8 @@ def test_cli_restore_fresh_is_the_explicit_way_out(
     assert len(partition_files(s3_job.recovery)) == 4
     assert restore_required(s3_job.recovery) is None
     assert main(["restore", "--fresh", "savepoint", "x"]) == 2
+    capsys.readouterr()
+    fault_s3.proxy.set_mode("slowdown", match=MANIFEST_READS)  # any other command: a message
+    assert main(["checkpoint", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streamforge: store error: ") and "SlowDown" in err
