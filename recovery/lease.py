@@ -144,7 +144,7 @@ class StoreLease:
         deadline = time.monotonic() + wait_s
         while True:
             other = read_lease(self.store, self.pipeline)
-            if other is None or other.owner == self.owner or not other.live():
+            if other is None or other.owner == self.owner or not other.live() or self._previous_me(other):
                 self._write()
                 mine = read_lease(self.store, self.pipeline)
                 if mine is not None and mine.owner == self.owner:
@@ -157,6 +157,12 @@ class StoreLease:
                     f"waited {wait_s:g}s"
                 )
             time.sleep(_POLL_S)
+
+    def _previous_me(self, other: Lease) -> bool:
+        """Our host and pid but another token: a previous incarnation (a restarted pod keeps its
+        hostname and, in its own pid namespace, its pid). Only asked while holding the local lock,
+        so no other checkpoint of this process is running."""
+        return other.host == socket.gethostname() and other.pid == os.getpid()
 
     def claim(self, snapshot_id: str, needs: list[str]) -> None:
         """Name the snapshot about to be uploaded (and the chain it needs) before uploading."""

@@ -179,3 +179,22 @@ def test_two_cli_checkpoint_creates_at_once(tmp_path: Path, s3_bucket: S3Target)
             assert p.returncode == 0, err.decode()
     store = open_store(s3_bucket.url, endpoint_url=s3_bucket.endpoint_url)
     _assert_every_published_checkpoint_restores(tmp_path, store)
+
+
+def test_a_lease_left_by_a_killed_supervisor_is_taken_over_at_once(
+    tmp_path: Path, s3_bucket: S3Target,
+) -> None:
+    """kill -9 during a checkpoint leaves its lease in the store. On the same host it is taken
+    over at once when its pid is gone, or when it carries our own pid (a restarted pod keeps
+    its hostname and its pid in its pid namespace): the next checkpoint does not wait for expiry."""
+    import os
+    import socket
+
+    rd = _partitions(tmp_path)
+    store = open_store(s3_bucket.url, endpoint_url=s3_bucket.endpoint_url)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for owner in (f"{socket.gethostname()}:{dead.pid}:0001", f"{socket.gethostname()}:{os.getpid()}:0002"):
+        lease = Lease(owner=owner, expires_at=time.time() + 600, snapshot_id="ckpt-x")
+        store.put(lease_key(PIPE), json.dumps(lease.__dict__).encode())
+        take_checkpoint(rd, store, pipeline=PIPE, timeout_s=2)  # CheckpointError if it waited
