@@ -9,21 +9,17 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from bytewax.recovery import RecoveryConfig
-from bytewax.testing import run_main
 
-from dataflows.config import load_config
 from recovery.migrate import clear_migrations, register_migration
-from recovery.partitions import init_partitions
 from streamforge_ops.cli import main
 from streamforge_ops.job import load_job
 from streamforge_ops.restoring import parse_target, prepare
-from tests.supervised_flow import Totals, build
+from tests.state_fixture import run_version_1
+from tests.supervised_flow import Totals
 from tests.supervisor_harness import Workspace
 
 
@@ -33,9 +29,7 @@ def job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ws = Workspace(tmp_path, n=50)
     cfg = ws.config()
     monkeypatch.setenv("STREAMFORGE_CONFIG", str(cfg))
-    init_partitions(ws.recovery, 4)
-    run_main(build(load_config(cfg), version=1), epoch_interval=timedelta(seconds=0),
-             recovery_config=RecoveryConfig(str(ws.recovery)))
+    run_version_1(cfg, ws.recovery)
     return cfg
 
 

@@ -21,10 +21,9 @@ from bytewax.recovery import RecoveryConfig
 from bytewax.testing import run_main
 
 from dataflows.config import load_config
-from recovery.partitions import init_partitions
 from recovery.steps import check_steps, renamed_id
 from streamforge_ops.cli import main
-from tests.supervised_flow import build
+from tests.state_fixture import run_version_1
 from tests.supervisor_harness import Workspace, read_rows, write_input
 
 V2 = "tests.step_rename_flow:flow_renamed"
@@ -37,9 +36,7 @@ def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     ws = Workspace(tmp_path, n=50)
     cfg = ws.config()
     monkeypatch.setenv("STREAMFORGE_CONFIG", str(cfg))
-    init_partitions(ws.recovery, 4)
-    run_main(build(load_config(cfg), version=1), epoch_interval=timedelta(seconds=0),
-             recovery_config=RecoveryConfig(str(ws.recovery)))
+    run_version_1(cfg, ws.recovery)
     return ws
 
 

@@ -11,21 +11,16 @@ docs.aws.amazon.com/AmazonS3/latest/userguide/intro-lifecycle-filters.html).
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from bytewax.recovery import RecoveryConfig
-from bytewax.testing import run_main
 
-from dataflows.config import load_config
-from recovery.partitions import init_partitions
 from recovery.savepoint import PIN_TAG
 from streamforge_ops.cli import main
 from tests.fixtures.s3 import S3Target
-from tests.supervised_flow import build
+from tests.state_fixture import run_version_1
 from tests.supervisor_harness import Workspace
 
 
@@ -35,9 +30,7 @@ def job(tmp_path: Path, s3_bucket: S3Target, monkeypatch: pytest.MonkeyPatch) ->
     store = {"dir": s3_bucket.url, "endpoint-url": s3_bucket.endpoint_url}
     cfg = ws.config(checkpoints={**store, "incremental": False}, savepoints=store)
     monkeypatch.setenv("STREAMFORGE_CONFIG", str(cfg))
-    init_partitions(ws.recovery, 4)
-    run_main(build(load_config(cfg), version=1), epoch_interval=timedelta(seconds=0),
-             recovery_config=RecoveryConfig(str(ws.recovery)))
+    run_version_1(cfg, ws.recovery)
     return cfg
 
 
@@ -111,9 +104,7 @@ def test_pin_on_a_file_store_is_a_marker(tmp_path: Path, capsys: pytest.CaptureF
     ws = Workspace(tmp_path, n=10)
     cfg = ws.config()
     monkeypatch.setenv("STREAMFORGE_CONFIG", str(cfg))
-    init_partitions(ws.recovery, 4)
-    run_main(build(load_config(cfg), version=1), epoch_interval=timedelta(seconds=0),
-             recovery_config=RecoveryConfig(str(ws.recovery)))
+    run_version_1(cfg, ws.recovery)
     old = cli(capsys, "savepoint", "create", "--pin")["id"]
     cli(capsys, "savepoint", "create")
     assert cli(capsys, "savepoint", "prune", "--max-age", "0s")["deleted"] == []
