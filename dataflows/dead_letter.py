@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import linecache
 import traceback
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,47 @@ class DeadLetter:
         return [(k, str(v).encode()) for k, v in pairs.items()]
 
 
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+def _format_one(exc: BaseException) -> list[str]:
+    lines = ["Traceback (most recent call last):\n"] if exc.__traceback__ is not None else []
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        code = frame.f_code
+        lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}\n')
+        source = linecache.getline(code.co_filename, lineno, frame.f_globals).strip()
+        if source:
+            lines.append(f"    {source}\n")
+    lines.extend(traceback.format_exception_only(type(exc), exc))
+    return lines
+
+
+def format_stack_trace(exc: BaseException) -> str:
+    """`traceback.format_exception`'s text (frames as file, line, function and source line;
+    the chain of causes and contexts), without 3.11's caret anchors: those run `ast.parse`
+    on every frame's line, which made a dead letter cost tens of events."""
+    chain: list[tuple[str, BaseException]] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    link = ""
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        chain.append((link, cur))
+        if cur.__cause__ is not None:
+            link, cur = _CAUSE, cur.__cause__
+        elif cur.__context__ is not None and not cur.__suppress_context__:
+            link, cur = _CONTEXT, cur.__context__
+        else:
+            cur = None
+    out: list[str] = []
+    for i in range(len(chain) - 1, -1, -1):  # oldest first, as Python prints it
+        out.extend(_format_one(chain[i][1]))
+        if i > 0:
+            out.append(chain[i][0])
+    return "".join(out)
+
+
 def dead_letter(
     item: Any,
     *,
@@ -125,7 +167,7 @@ def dead_letter(
         payload, key, event_id, source, coords, headers = repr(item).encode(), None, "", "", {}, ()
     stack = ""
     if exc is not None:
-        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        stack = format_stack_trace(exc)
     return DeadLetter(
         error_code=code,
         error_message=message if message is not None else (str(exc) if exc else code),

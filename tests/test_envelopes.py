@@ -82,3 +82,40 @@ def test_guarded_steps_route_failures_to_dlq_and_keep_going(kind: str) -> None:
         (ErrorCode.SCHEMA, b"3"),
     ]
     assert all(d.stage == "g.user" and d.pipeline == "p" for d in dlq)
+
+
+def _fail_deep(n: int) -> None:
+    if n == 0:
+        try:
+            json.loads("{")
+        except ValueError as exc:
+            raise ValueError("outer failure") from exc
+    _fail_deep(n - 1)
+
+
+def test_dead_letter_stack_trace_is_complete_without_parsing_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dead letter's traceback names every frame (file, line, function, chained cause) but
+    never runs Python 3.11's caret-anchor analysis, an `ast.parse` per frame (issue 11: a
+    dead letter must not cost 100x an event)."""
+    import ast
+
+    parsed: list[str] = []
+    real_parse = ast.parse
+
+    def counting_parse(source: str, *args: object, **kwargs: object) -> ast.AST:
+        parsed.append(source)
+        return real_parse(source, *args, **kwargs)  # type: ignore[arg-type]
+
+    try:
+        _fail_deep(3)
+    except ValueError as exc:
+        monkeypatch.setattr(ast, "parse", counting_parse)
+        dl = dead_letter("x", code=ErrorCode.USER_FUNCTION, stage="s", pipeline="p", exc=exc)
+    assert parsed == []
+    text = dl.stacktrace
+    assert text.startswith("Traceback (most recent call last):\n")
+    assert f'File "{__file__}", line' in text and "in _fail_deep" in text
+    assert text.count("in _fail_deep") == 1 + 4  # the cause raised in the innermost call
+    assert "json.decoder.JSONDecodeError: Expecting property name" in text  # the cause
+    assert "direct cause of the following exception" in text
+    assert text.rstrip().endswith("ValueError: outer failure")
