@@ -9,8 +9,8 @@ command that touches nothing live:
    (recovery/steps.py), with `state.step-renames` applied to the scratch copy;
 3. load every live state row with the new code (`rows`, in a subprocess with
    the flow module imported, so its classes and registered migrations are
-   there): unpickle, the registered migrations (`recovery.migrate`), and
-   `STATE_VERSION` where the state's class declares one;
+   there): unpickle, the registered migrations (`recovery.migrate`), and the
+   `STATE_VERSION` check (`_version_problem`);
 4. run the new flow on the scratch state (`run`, in another subprocess)
    with every sink replaced by a discard sink and every source wrapped to
    record the position it resumes from and to end after `MAX_BATCHES` batches
@@ -106,14 +106,35 @@ def load_rows(recovery_dir: Path) -> dict[str, StepReport]:
                 continue
             version = state_version(state)
             rep.versions[str(version)] = rep.versions.get(str(version), 0) + 1
-            expected = getattr(type(state), "STATE_VERSION", None)
-            if isinstance(expected, int) and version != expected:
-                rep.fail(f"{where}: state version {version}, the code expects {expected} "
-                         "and no registered migration gets there")
+            problem = _version_problem(state, version)
+            if problem:
+                rep.fail(f"{where}: {problem}")
                 continue
             rep.loaded += 1
             rep.migrated += int(changed)
     return dict(sorted(steps.items()))
+
+
+def _version_problem(state: Any, version: int) -> str | None:
+    """Why the new code cannot take a state of `version`, or None.
+
+    A state class that declares `STATE_VERSION` must match it exactly. Otherwise
+    the code version is the highest `STATE_VERSION` of the classes in the state
+    class's module (a pattern's logic class, e.g. `Deduplicator` next to
+    `DedupState`): older states are the pattern's to load, a newer one was
+    written by newer code (a downgrade), which nothing here can read.
+    """
+    own = getattr(type(state), "STATE_VERSION", None)
+    if isinstance(own, int):
+        return None if version == own else (
+            f"state version {version}, the code expects {own} and no registered migration gets there")
+    module = sys.modules.get(type(state).__module__)
+    values = vars(module).values() if module is not None else ()
+    declared = [getattr(v, "STATE_VERSION", None) for v in values if isinstance(v, type)]
+    code = max((v for v in declared if isinstance(v, int)), default=None)
+    if code is not None and version > code:
+        return f"state version {version} was written by newer code (this code knows up to {code})"
+    return None
 
 
 def discard_sinks(flow: Any, run_for_s: float, resumed: dict[str, dict[str, Any]]) -> dict[str, int]:

@@ -62,3 +62,24 @@ def test_verify_fails_on_unclaimed_state_and_broken_migration(
     assert (totals["rows"], totals["loaded"], totals["failed"]) == (7, 0, 7)
     assert "total is not a field any more" in totals["first_error"]
     assert report["run"] == {"skipped": "an earlier failure"}
+
+
+def test_rows_written_by_newer_code_fail(tmp_path: Path) -> None:
+    """A DedupState of version 3 where this code's Deduplicator knows version 2 (a downgrade)
+    is a failed row; the same state at version 2 loads."""
+    import pickle
+    import sqlite3
+
+    from dataflows.patterns.dedup import Deduplicator, DedupState
+    from recovery.partitions import init_partitions
+    from streamforge_ops.verify import load_rows
+
+    init_partitions(tmp_path / "r", 1)
+    current = Deduplicator.STATE_VERSION
+    with sqlite3.connect(tmp_path / "r" / "part-0.sqlite3") as conn:
+        for key, version in (("a", current), ("b", current + 1)):
+            conn.execute("INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, 1, ?)",
+                         ("p.dedup.stateful_batch", key, pickle.dumps(DedupState(1, 2, version))))
+    rep = load_rows(tmp_path / "r")["p.dedup.stateful_batch"]
+    assert (rep.rows, rep.loaded, rep.failed) == (2, 1, 1)
+    assert rep.first_error is not None and "written by newer code" in rep.first_error
