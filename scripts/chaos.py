@@ -59,7 +59,8 @@ class Chaos:
         self.inputs: dict[tuple[str, bool], WorkloadInput] = {}
         self.baselines: dict[str, RunOutcome] = {}
         self.report: dict[str, Any] = {"runs": 0, "faults": Counter(), "landed": Counter(), "lost": 0,
-                                       "duplicated": 0, "divergent": 0, "stuck": 0, "failures": []}
+                                       "duplicated": 0, "divergent": 0, "stuck": 0, "state_lost": 0,
+                                       "failures": []}
 
     def _workload(self, schedule: Schedule, tag: str) -> Workload:
         """The run's workload; runs that restart the broker use the durable one (services.py)."""
@@ -111,6 +112,9 @@ class Chaos:
             r["divergent"] += v.divergent
             if not v.ok:
                 what = v.what()
+            if out.state_lost:
+                r["state_lost"] += len(out.state_lost)
+                what = "; ".join([*([what] if what else []), *out.state_lost])
         status = "ok" if what is None else "FAIL"
         log(f"run {schedule.run} [{schedule.workload}] {' '.join(schedule.kinds())} "
             f"(landed: {' '.join(out.landed) or '-'}) {out.seconds}s: {status}{'' if what is None else ': ' + what}")

@@ -59,6 +59,7 @@ class RunOutcome:
     fired: list[str] = field(default_factory=list)  # fault points that fired (the mark file)
     landed: list[str] = field(default_factory=list)  # fault kinds that struck (an action ran, a point fired)
     active_s: float = 0.0  # from the first dataflow start to completion
+    state_lost: list[str] = field(default_factory=list)  # starts that silently dropped the state
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -89,6 +90,10 @@ class ScheduleRunner:
         self.outcome = RunOutcome()
         self.restart_at: float | None = None
         self.restart_points: list[str] = []
+        self.published = False  # a checkpoint or savepoint of this run exists
+        self._pending: list[_Action] = []  # actions added by actions
+        self._expect_state: dict[int, bool] = {}  # supervisor pid -> published when it started
+        self._seen_decisions: set[int] = set()
         self.points = [POINT_OF[f.kind].format(**f.params) for f in schedule.faults if f.kind in POINT_OF]
 
     # -- processes ---------------------------------------------------------------
@@ -115,6 +120,22 @@ class ScheduleRunner:
     def _start_supervisor(self) -> None:
         self.sup = self._spawn(["run"], "supervisor", armed=True)
         self.restart_points = []
+        self._expect_state[self.sup.pid] = self.published
+
+    def _watch_restores(self) -> None:
+        """Note what each start restored from; a fresh start after a snapshot was published lost state."""
+        st = self.status()
+        pid, decision = st.get("pid"), st.get("restore")
+        if st.get("last_checkpoint") or st.get("savepoint"):
+            self.published = True
+        if not isinstance(decision, dict) or not isinstance(pid, int) or pid in self._seen_decisions:
+            return
+        self._seen_decisions.add(pid)
+        chosen = decision.get("chosen")
+        self.outcome.notes.append(f"supervisor {pid} restored: {chosen} {decision.get('id') or ''}".rstrip())
+        if chosen == "fresh" and self._expect_state.get(pid):
+            self.outcome.state_lost.append(f"supervisor {pid} started fresh although a checkpoint or "
+                                           f"savepoint had been published: {decision.get('reason')}")
 
     def status(self) -> dict[str, Any]:
         try:
@@ -147,7 +168,7 @@ class ScheduleRunner:
         svc = self.w.services
         if f.kind == "child-kill":
             return [_Action(at, f.kind, self._kill_child, kind=f.kind)]
-        if f.kind in ("supervisor-kill", "long-restart", "restore-swap-kill"):
+        if f.kind in ("supervisor-kill", "long-restart", "restore-swap-kill", "restore-store-503"):
             return [_Action(at, f.kind, lambda: self._restart_supervisor(f), kind=f.kind)]
         broker = self.w.broker
         if f.kind == "broker-pause" and broker is not None:
@@ -180,9 +201,15 @@ class ScheduleRunner:
             return False
         if f.kind == "long-restart":
             self.skew += LONG_RESTART_SKEW_S
-        if f.kind == "restore-swap-kill":  # the node is gone: a new one restores from the store
+        if f.kind in ("restore-swap-kill", "restore-store-503"):  # the node is gone: restore from the store
             shutil.rmtree(self.w.recovery_dir, ignore_errors=True)
+        if f.kind == "restore-swap-kill":
             self.restart_points = ["restore.swap=kill"]
+        if f.kind == "restore-store-503":
+            proxy = self.w.services.proxy
+            proxy.set_mode("slowdown")
+            end = time.monotonic() + f.params["down_s"] + f.params["for_s"]
+            self._pending.append(_Action(end, "restore-store-503-end", _true(lambda: proxy.set_mode("pass"))))
         self.restart_at = time.monotonic() + f.params.get("down_s", 0.0)
         return True
 
@@ -195,6 +222,7 @@ class ScheduleRunner:
             return False
         self.reap.append(self.sup)
         self.sup = self._spawn(["upgrade", "--mode", mode], "upgrade", armed=True)
+        self._expect_state[self.sup.pid] = self.published
         return True
 
     # -- the run -----------------------------------------------------------------
@@ -250,6 +278,9 @@ class ScheduleRunner:
                                       f"{st.get('phase')}, restarts {st.get('restarts')}; pending "
                                       f"{[a.label for a in timeline]})")
                 return
+            if self._pending:
+                timeline = sorted([*timeline, *self._pending])
+                self._pending.clear()
             while timeline and timeline[0].at <= now:
                 action = timeline.pop(0)
                 if action.fn():
@@ -264,6 +295,7 @@ class ScheduleRunner:
                 else:
                     self.outcome.notes.append(f"{action.label}: not possible, skipped")
             self._tend_ops()
+            self._watch_restores()
             self.reap = [p for p in self.reap if p.poll() is None]
             if self.restart_at is not None and now >= self.restart_at:
                 self.restart_at = None
@@ -295,6 +327,7 @@ class ScheduleRunner:
         for label, proc, since in list(self.ops):
             if proc.poll() is not None:
                 self.ops.remove((label, proc, since))
+                self.published |= proc.returncode == 0
                 if proc.returncode != 0:
                     self.outcome.notes.append(f"{label} exited {proc.returncode}: "
                                               f"{_tail(Path(proc.log_path))[-300:]}")  # type: ignore[attr-defined]

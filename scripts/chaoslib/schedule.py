@@ -2,7 +2,7 @@
 
 A run's schedule is drawn from `random.Random(seed + run)`. Its first fault
 rotates through every kind (`run % len(FAULT_KINDS)`: 100 runs draw each of
-the 16 kinds at least 6 times), its workload rotates through the workloads
+the 17 kinds at least 5 times), its workload rotates through the workloads
 that fault applies to (runs 0-2 cover all three); then 0-2 more faults of
 the kinds that apply to the workload, weighted by 1 / (the number of
 workloads the kind applies to). Each fault has `at` (when it strikes, as a
@@ -32,6 +32,7 @@ FAULT_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "supervisor-kill-checkpoint-upload": (WORKLOADS, "SIGKILL the supervisor in the middle of an upload"),
     "restore-swap-kill": (WORKLOADS, "lose the node (supervisor killed, recovery dir gone), SIGKILL the "
                                      "restoring supervisor during the swap, start it again"),
+    "restore-store-503": (WORKLOADS[:2], "lose the node, then restore while the object store answers 503"),
     "kafka-commit-kill": (WORKLOADS[:1], "SIGKILL the child inside commit_transaction"),
     "broker-pause": (WORKLOADS[:2], "SIGSTOP the broker longer than the client timeouts, then SIGCONT"),
     "broker-restart": (WORKLOADS[:2], "kill the broker and start it again (durable storage)"),
@@ -88,6 +89,8 @@ def _params(kind: str, rng: random.Random) -> dict[str, Any]:
     if kind in ("store-503", "store-reset", "store-slow"):
         return {"for_s": round(rng.uniform(2.0, 6.0), 2), "probability": round(rng.uniform(0.3, 1.0), 2),
                 **({"delay_s": round(rng.uniform(0.5, 3.0), 2)} if kind == "store-slow" else {})}
+    if kind == "restore-store-503":
+        return {"down_s": round(rng.uniform(0.0, 1.0), 2), "for_s": round(rng.uniform(6.0, 12.0), 2)}
     if kind in ("supervisor-kill", "long-restart", "restore-swap-kill"):
         return {"down_s": round(rng.uniform(0.0, 1.5), 2)}
     if kind == "op-upgrade":
