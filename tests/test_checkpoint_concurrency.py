@@ -38,13 +38,15 @@ def _partitions(tmp_path: Path, n: int = 300, keys: int = 30) -> Path:
     return rd
 
 
-def _assert_every_published_checkpoint_restores(tmp_path: Path, store: ObjectStore) -> None:
-    published = list_checkpoints(store, PIPE)
+def _assert_every_published_checkpoint_restores(
+    tmp_path: Path, store: ObjectStore, pipeline: str = PIPE, partitions: int = 3,
+) -> None:
+    published = list_checkpoints(store, pipeline)
     assert published
     for m in published:
         rd = tmp_path / f"restored-{m.id}"
-        result = restore(rd, checkpoint_store=store, savepoint_store=store, pipeline=PIPE,
-                         partition_count=3, target=("checkpoint", m.id), strict=True)
+        result = restore(rd, checkpoint_store=store, savepoint_store=store, pipeline=pipeline,
+                         partition_count=partitions, target=("checkpoint", m.id), strict=True)
         assert (result.chosen, result.id) == ("checkpoint", m.id), result.notes
         assert [logical_digest(p) for p in partition_files(rd)] == [p.digest for p in m.partitions]
 
@@ -198,3 +200,29 @@ def test_a_lease_left_by_a_killed_supervisor_is_taken_over_at_once(
         lease = Lease(owner=owner, expires_at=time.time() + 600, snapshot_id="ckpt-x")
         store.put(lease_key(PIPE), json.dumps(lease.__dict__).encode())
         take_checkpoint(rd, store, pipeline=PIPE, timeout_s=2)  # CheckpointError if it waited
+
+
+def test_cli_checkpoint_create_while_the_supervisor_checkpoints(tmp_path: Path, s3_bucket: S3Target) -> None:
+    """The supervisor checkpoints every 0.2 s (retained 1) while `streamforge checkpoint create`
+    runs twice against the same job and store: each CLI run exits 0 (it waits for the
+    supervisor's lock, or the supervisor's next checkpoint waits for it), and after the stop
+    every published checkpoint restores."""
+    from tests.supervisor_harness import Workspace, wait_for
+
+    (tmp_path / "job").mkdir()
+    ws = Workspace(tmp_path / "job", n=2000)
+    store_cfg = {"dir": s3_bucket.url, "endpoint-url": s3_bucket.endpoint_url}
+    cfg = ws.config(source={"tail": True, "delay": 0.05},
+                    checkpoints={**store_cfg, "interval": "0.2s", "retained": 1},
+                    savepoints={"dir": f"file://{tmp_path / 'sp'}", "on-cancel": False})
+    proc = ws.start(config=cfg)
+    ws.running(proc)
+    wait_for(lambda: ws.status().get("checkpoints", 0) >= 1, what="a supervisor checkpoint")
+    cmd = [sys.executable, "-m", "streamforge_ops", "checkpoint", "create", "--config", str(cfg)]
+    for _ in range(2):
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+    code, _, err = ws.stop(proc)
+    assert code == 0, err
+    store = open_store(s3_bucket.url, endpoint_url=s3_bucket.endpoint_url)
+    _assert_every_published_checkpoint_restores(tmp_path, store, pipeline="sup", partitions=4)
