@@ -184,3 +184,44 @@ def test_bad_config_fails_at_flow_construction_naming_the_key(tmp_path: Path, en
     with pytest.raises(ConfigError) as info:
         sessions.build_flow(cfg)
     assert str(info.value).startswith(message)
+
+
+def test_a_flow_refuses_another_flows_config(tmp_path: Path) -> None:
+    """README's "Running a flow directly" exported config/orders.yaml and then ran the sessions
+    flow: it read the orders config and overwrote the orders table with sessions. A flow
+    refuses a config whose `pipeline.flow` names another flow: one line, exit 2, no output."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    (tmp_path / "data").mkdir()
+    shutil.copy(REPO / "data" / "orders.jsonl", tmp_path / "data" / "orders.jsonl")
+    env = {**os.environ, "STREAMFORGE_CONFIG": str(REPO / "config" / "orders.yaml"),
+           "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.pipelines.sessions:flow"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert not (tmp_path / ".streamforge").exists()  # nothing written, least of all the orders table
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert lines[0].startswith("streamforge: cannot start: pipeline.flow: ")
+    assert "dataflows.pipelines.orders:flow" in lines[0] and "dataflows.pipelines.sessions:flow" in lines[0]
+
+
+@pytest.mark.parametrize(("pipeline", "refused"), [
+    ({"name": "sessions", "flow": "dataflows.pipelines.sessions:flow"}, False),
+    ({"name": "clicks-eu", "flow": "dataflows.pipelines.sessions:flow"}, False),
+    ({"name": "clicks-eu"}, False),
+    ({"name": "orders"}, True),  # no pipeline.flow: the name's flow, dataflows.pipelines.orders:flow
+    ({"name": "sessions", "flow": "dataflows.pipelines.orders:flow"}, True),
+])
+def test_flow_config_check(pipeline: dict[str, str], refused: bool) -> None:
+    from dataflows.pipelines.common import check_flow_config
+
+    cfg = Config({"pipeline": pipeline}, "test.yaml")
+    if refused:
+        with pytest.raises(ConfigError, match=r"^pipeline\.flow: test\.yaml is the config of "):
+            check_flow_config(cfg, "sessions")
+    else:
+        check_flow_config(cfg, "sessions")

@@ -18,14 +18,21 @@
   pipeline clock (`dataflows/clock.py`): a restart that took longer than the
   TTL expires nothing, so the replay drops what the original run dropped.
 - `lazy_flow(name, build_flow)`: the module-level `flow`, built on first access
-  (so importing a pipeline module for `build_flow` never reads a config).
+  (so importing a pipeline module for `build_flow` never reads a config). It
+  refuses the config of another flow (`check_flow_config`): one line on stderr,
+  exit 2.
+- `check_flow_config(cfg, name)`: ConfigError unless the config's flow is
+  `dataflows.pipelines.<name>:flow`: `pipeline.flow`, or when it is absent
+  the flow `pipeline.name` stands for (as `streamforge run` resolves it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +56,7 @@ __all__ = [
     "LaneDedupState",
     "ParseOptions",
     "apply_hook",
+    "check_flow_config",
     "dedup_in_key_lane",
     "dedup_ttl_ms",
     "ingest",
@@ -283,15 +291,47 @@ def dedup_ttl_ms(cfg: Config, default: str | None = "1h") -> int | None:
     return int(ttl * 1000)
 
 
+def _flow_of(name: str) -> str:
+    return f"dataflows.pipelines.{name}:flow"
+
+
+def check_flow_config(cfg: Config, name: str) -> None:
+    """ConfigError naming `pipeline.flow` when `cfg` is the config of another flow than
+    `dataflows.pipelines.<name>:flow` (see the module docstring). A `pipeline.name` of
+    its own (`clicks-eu`) without `pipeline.flow` is fine unless it names another
+    pipeline module."""
+    flow = cfg.str("pipeline.flow", None)
+    if flow is None:
+        other = cfg.str("pipeline.name", name)
+        if other == name or importlib.util.find_spec(f"dataflows.pipelines.{other}") is None:
+            return
+        flow = _flow_of(other)
+    if flow != _flow_of(name):
+        raise ConfigError(
+            f"pipeline.flow: {cfg.origin} is the config of {flow}, not of {_flow_of(name)}; "
+            f"run {_flow_of(name)} with its own config (STREAMFORGE_CONFIG=config/{name}.yaml)"
+        )
+
+
 def lazy_flow(name: str, build_flow: Callable[[Config], Dataflow]) -> Callable[[str], Any]:
-    """A module `__getattr__` that builds `flow` from `pipeline_config(name)` once."""
+    """A module `__getattr__` that builds `flow` from `pipeline_config(name)` once.
+
+    A config that cannot be read, or is another flow's, prints one line
+    (`streamforge: cannot start: ...`, as `streamforge run` does) and exits 2.
+    """
     cache: dict[str, Dataflow] = {}
 
     def __getattr__(attr: str) -> Any:
         if attr != "flow":
             raise AttributeError(attr)
         if "flow" not in cache:
-            cache["flow"] = build_flow(pipeline_config(name))
+            try:
+                cfg = pipeline_config(name)
+                check_flow_config(cfg, name)
+            except ConfigError as exc:
+                print(f"streamforge: cannot start: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+            cache["flow"] = build_flow(cfg)
         return cache["flow"]
 
     return __getattr__
