@@ -9,7 +9,7 @@ Nothing is dropped silently; every dead letter counts in `dlq_event_count`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
 X = TypeVar("X")
 Y = TypeVar("Y")
 
-__all__ = ["Guarded", "guarded_filter", "guarded_flat_map", "guarded_map", "split_dead_letters"]
+__all__ = ["Guarded", "guarded_map", "split_dead_letters"]
 
 
 @dataclass(frozen=True)
@@ -50,27 +50,6 @@ def split_dead_letters(step_id: str, up: Stream[Any]) -> Guarded:
 
 
 @operator
-def guarded_flat_map(
-    step_id: str, up: Stream[X], mapper: Callable[[X], Iterable[Y]], *, pipeline: str
-) -> Guarded:
-    """Flat-map `mapper` over items; an item whose mapper raises becomes a dead letter.
-
-    An exception may carry an `error_code` attribute (see `ErrorCode`);
-    otherwise the code is `USER_FUNCTION`.
-    """
-    # The full step id names the stage in dead letters.
-    stage = step_id
-
-    def shim(item: X) -> Iterable[Any]:
-        try:
-            return list(mapper(item))
-        except Exception as exc:  # noqa: BLE001 - every failure goes to the DLQ
-            return [_to_dead_letter(item, exc, stage, pipeline)]
-
-    return split_dead_letters("split", op.flat_map("apply", up, shim))
-
-
-@operator
 def guarded_map(
     step_id: str, up: Stream[X], mapper: Callable[[X], Y], *, pipeline: str
 ) -> Guarded:
@@ -84,19 +63,3 @@ def guarded_map(
             return _to_dead_letter(item, exc, stage, pipeline)
 
     return split_dead_letters("split", op.map("apply", up, shim))
-
-
-@operator
-def guarded_filter(
-    step_id: str, up: Stream[X], predicate: Callable[[X], bool], *, pipeline: str
-) -> Guarded:
-    """Keep items for which `predicate` is true; a raising predicate makes a dead letter."""
-    stage = step_id
-
-    def shim(item: X) -> Iterable[Any]:
-        try:
-            return (item,) if predicate(item) else ()
-        except Exception as exc:  # noqa: BLE001
-            return (_to_dead_letter(item, exc, stage, pipeline),)
-
-    return split_dead_letters("split", op.flat_map("apply", up, shim))

@@ -2,8 +2,7 @@
 
 The pipeline's own summary comes from
 `dataflows.pipelines.summary.summarize(cfg)` / `format_summary(...)` (records
-in, out, dead-lettered...). When that module is not available the fallback
-counts the lines of file sinks. The supervisor adds what it did: what was
+in, out, dead-lettered...). The supervisor adds what it did: what was
 restored and why, checkpoints taken and failed, restarts, the savepoint taken
 on cancel.
 """
@@ -11,7 +10,6 @@ on cancel.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from dataflows.config import Config
@@ -28,10 +26,8 @@ class Summary:
 
 
 def _pipeline_summary(cfg: Config) -> tuple[str, Any]:
-    try:
-        from dataflows.pipelines.summary import format_summary, summarize
-    except ImportError:
-        return _fallback(cfg)
+    from dataflows.pipelines.summary import format_summary, summarize
+
     try:
         result = summarize(cfg)
         text = format_summary(result)
@@ -39,16 +35,6 @@ def _pipeline_summary(cfg: Config) -> tuple[str, Any]:
         return f"(pipeline summary unavailable: {type(exc).__name__}: {exc})", None
     data = result if isinstance(result, dict) else getattr(result, "__dict__", str(result))
     return text, data
-
-
-def _fallback(cfg: Config) -> tuple[str, dict[str, int]]:
-    counts: dict[str, int] = {}
-    for section in ("sink", "dlq"):
-        if cfg.str(f"{section}.type", "file") == "file" and cfg.has(f"{section}.path"):
-            path = Path(cfg.str(f"{section}.path"))
-            counts[section] = sum(1 for _ in path.open("rb")) if path.exists() else 0
-    text = ", ".join(f"{k}: {v} records" for k, v in counts.items()) or "(no file outputs)"
-    return text, counts
 
 
 def run_summary(job: Job, outcome: str, decision: Decision | None, tally: dict[str, Any]) -> Summary:

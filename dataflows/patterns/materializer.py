@@ -244,7 +244,7 @@ class _route:  # noqa: N801 - used like a function
     def __call__(self, event: Event) -> list[tuple[str, Event]]:
         if event.op == "generation":
             return [(name, event) for name in self.names]
-        return [(self.names[zlib.crc32(event.key.encode()) % self.shards], event)]
+        return [(self.names[shard_of(event.key, self.shards)], event)]
 
 
 @operator
