@@ -348,10 +348,11 @@ def refuse_output_topic(brokers: str, topic: str, *, exactly_once: Sequence[str]
     `--config`), and any topic whose newest records carry `sf-event-id`
     without `sf-replay`, i.e. written by a StreamForge sink: the
     TransactionalWriter skips by that id after a restart, so foreign records
-    in its output are lost or duplicated (issue 9, path 6).
+    in its output are lost or duplicated (issue 9, path 6). `peek=0` skips the
+    header check (`--allow-output-topic`), never the exactly-once one.
     """
     why = "the pipeline's exactly-once output" if topic in exactly_once else None
-    if why is None and _written_by_a_sink(brokers, topic, timeout_s, peek):
+    if why is None and peek > 0 and _written_by_a_sink(brokers, topic, timeout_s, peek):
         why = "written by a StreamForge sink (its records carry sf-event-id)"
     if why is not None:
         raise LookupError(

@@ -63,6 +63,9 @@ def test_dlq_inspect_replay_twice_with_dedup_downstream(
     assert main(["dlq", "replay", "--brokers", b, "--topic", dlq, "--to", out1, "--no-progress"]) == 2
     assert "refusing to replay into" in capsys.readouterr().err
     assert len(read_topic(b, out1, partitions=1)) == 3
+    code, dry = _cli(capsys, "dlq", "replay", "--brokers", b, "--topic", dlq, "--to", out1,
+                     "--allow-output-topic", "--dry-run", "--json", "--no-progress")
+    assert code == 0 and dry["by_topic"] == {out1: 4}, "an at-least-once output, explicitly"
 
     code, summary = _cli(capsys, "dlq", "inspect", "--brokers", b, "--topic", dlq, "--json")
     assert code == 0
@@ -170,6 +173,8 @@ def test_replay_refuses_the_configured_exactly_once_output(
     }))
     base = ["dlq", "replay", "--config", str(cfg), "--dry-run", "--no-progress", "--json"]
     assert main([*base, "--to", out]) == 2
+    assert "exactly-once output" in capsys.readouterr().err
+    assert main([*base, "--to", out, "--allow-output-topic"]) == 2, "never an exactly-once output"
     assert "exactly-once output" in capsys.readouterr().err
     code, rep = _cli(capsys, *base)
     assert code == 0 and rep["by_topic"] == {src: 1}

@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(rep)
     rep.add_argument("--to", metavar="TOPIC", help="target topic (default: the original topic of each letter)")
     rep.add_argument("--to-file", metavar="PATH", help="append to this JSONL file (a file source's input)")
+    rep.add_argument("--allow-output-topic", action="store_true",
+                     help="--to a topic written by an at-least-once StreamForge sink (e.g. a sink's own "
+                          "dead letters back to its output); never an exactly-once output")
     rep.add_argument("--target-brokers", help="brokers of the target (default: --brokers)")
     rep.add_argument("--rate", type=float, help="at most N records per second")
     rep.add_argument("--dry-run", action="store_true", help="count what would be replayed, write nothing")
@@ -166,7 +169,8 @@ def _target(args: argparse.Namespace, plan: Any) -> Any:
         target, eo = KafkaTarget(target_brokers, args.to), []
     if isinstance(target, KafkaTarget) and target.brokers:
         for topic in [target.to] if target.to else list(target.inputs):
-            _run_guarded(lambda topic=topic: refuse_output_topic(target.brokers, topic, exactly_once=eo))
+            _run_guarded(lambda topic=topic: refuse_output_topic(
+                target.brokers, topic, exactly_once=eo, peek=0 if args.allow_output_topic else 5))
     return target
 
 
