@@ -4,8 +4,9 @@
 partitions (`--dir`, default recovery.dir) or of a checkpoint / savepoint
 (downloaded and verified into a temporary directory). `compact` deletes the
 NULL rows discarded keys leave behind (safe while the flow runs). `migrate`
-upgrades pickled pattern state to the current STATE_VERSIONs (run it on a
-stopped pipeline, after restoring a savepoint taken by older code).
+renames steps per the config's `state.step-renames` and upgrades pickled
+pattern state to the current STATE_VERSIONs (run it on a stopped pipeline,
+after restoring a savepoint taken by older code).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions.required = True
     inspect = actions.add_parser("inspect", help="steps, keys, bytes and epochs of the state")
     compact = actions.add_parser("compact", help="delete discarded-key rows at or below commit epochs")
-    migrate = actions.add_parser("migrate", help="upgrade pickled state to the current state versions")
+    migrate = actions.add_parser("migrate", help="rename steps (state.step-renames) and upgrade pickled state")
     for a in (inspect, compact, migrate):
         add_config_arg(a)
         a.add_argument("--json", action="store_true", help="machine-readable output")
