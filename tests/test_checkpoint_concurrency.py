@@ -161,7 +161,7 @@ def test_retention_keeps_the_in_flight_checkpoint_of_a_live_lease(
 
 
 def test_two_cli_checkpoint_creates_at_once(tmp_path: Path, s3_bucket: S3Target) -> None:
-    """Two `streamforge checkpoint create` processes on the same job, three rounds, retention 1:
+    """Two `streamforge checkpoint create` processes on the same job, two rounds, retention 1:
     both exit 0 each round (the second waits for the first's lock), and every published
     checkpoint restores."""
     rd = _partitions(tmp_path)
@@ -173,7 +173,7 @@ def test_two_cli_checkpoint_creates_at_once(tmp_path: Path, s3_bucket: S3Target)
                         "retained": 1, "timeout": "60s"},
     }))
     cmd = [sys.executable, "-m", "streamforge_ops", "checkpoint", "create", "--config", str(cfg)]
-    for _ in range(3):
+    for _ in range(2):
         procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                  for _ in range(2)]
         for p in procs:
