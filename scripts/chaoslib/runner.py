@@ -42,6 +42,7 @@ MAX_FAILED_STARTS = 6
 LONG_RESTART_SKEW_S = 2 * 3600.0
 CLOCK_SKEW_ENV = "STREAMFORGE_CLOCK_SKEW_SECONDS"
 THROTTLE_MS = "2"
+OBJECT_GET = r"^GET /[^/?]+/[^?]+$"  # path-style GET of an object (not a bucket listing)
 POINT_OF = {  # fault kind -> armed fault point spec (nth filled in)
     "child-kill-checkpoint-copy": "checkpoint.copy@{nth}=kill-children",
     "child-kill-checkpoint-upload": "checkpoint.upload@{nth}=kill-children",
@@ -207,7 +208,7 @@ class ScheduleRunner:
             self.restart_points = ["restore.swap=kill"]
         if f.kind == "restore-store-503":
             proxy = self.w.services.proxy
-            proxy.set_mode("slowdown")
+            proxy.set_mode("slowdown", match=OBJECT_GET)  # reads of objects fail; listing works
             end = time.monotonic() + f.params["down_s"] + f.params["for_s"]
             self._pending.append(_Action(end, "restore-store-503-end", _true(lambda: proxy.set_mode("pass"))))
         self.restart_at = time.monotonic() + f.params.get("down_s", 0.0)

@@ -32,7 +32,7 @@ FAULT_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "supervisor-kill-checkpoint-upload": (WORKLOADS, "SIGKILL the supervisor in the middle of an upload"),
     "restore-swap-kill": (WORKLOADS, "lose the node (supervisor killed, recovery dir gone), SIGKILL the "
                                      "restoring supervisor during the swap, start it again"),
-    "restore-store-503": (WORKLOADS[:2], "lose the node, then restore while the object store answers 503"),
+    "restore-store-503": (WORKLOADS[:2], "lose the node, then restore while every object GET answers 503"),
     "kafka-commit-kill": (WORKLOADS[:1], "SIGKILL the child inside commit_transaction"),
     "broker-pause": (WORKLOADS[:2], "SIGSTOP the broker longer than the client timeouts, then SIGCONT"),
     "broker-restart": (WORKLOADS[:2], "kill the broker and start it again (durable storage)"),
