@@ -61,13 +61,16 @@ class StepCheck:
     unclaimed: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)
+    skipped: str | None = None  # why the check could not run (the flow could not be built)
 
     def to_dict(self) -> dict[str, Any]:
         return {"matched": self.matched, "unclaimed": self.unclaimed, "new": self.new,
-                "renamed": self.renamed}
+                "renamed": self.renamed, "skipped": self.skipped}
 
     def notes(self) -> list[str]:
         """One line per fact an operator should see after the restore."""
+        if self.skipped:
+            return [f"step-id check NOT done: {self.skipped}"]
         out = [f"step {old} restored as {new} (state.step-renames)" for old, new in self.renamed.items()]
         out += [f"step {s} has no state in the snapshot: it starts empty" for s in self.new]
         out += [f"state of step {s} dropped (allow-non-restored-state)" for s in self.unclaimed]

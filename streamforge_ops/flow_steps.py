@@ -23,17 +23,22 @@ from typing import Any
 
 from streamforge_ops.cli import CliError
 
-__all__ = ["core_steps", "load_flow", "stateful_steps", "stateful_steps_of"]
+__all__ = ["FlowUnavailable", "core_steps", "load_flow", "stateful_steps", "stateful_steps_of"]
 
 BUILD_TIMEOUT_S = 120.0
 
 
-def load_flow(spec: str) -> Any:
-    """Import `module:attr` (an attribute or a call, as `bytewax.run` accepts) -> the Dataflow."""
-    from bytewax.run import _locate_dataflow
+class FlowUnavailable(CliError):
+    """The flow could not be built for a reason other than its config (a service that
+    did not answer, e.g. Kafka metadata): the supervisor's child crash-loops on it too."""
 
-    module, _, attr = spec.partition(":")
-    return _locate_dataflow(module, attr or "flow")
+
+def load_flow(spec: str) -> Any:
+    """Build the Dataflow `spec` exactly as the supervised child does (`streamforge_ops.child`):
+    a config error prints one line and exits `EXIT_CONFIG`."""
+    from streamforge_ops.child import load_flow as child_load_flow
+
+    return child_load_flow(spec)
 
 
 def core_steps(flow: Any) -> Iterator[Any]:
@@ -82,8 +87,11 @@ def stateful_steps(flow_spec: str, config_path: Path, *, inputs_only: bool = Fal
         raise CliError(f"building {flow_spec} to list its stateful steps took over "
                        f"{BUILD_TIMEOUT_S:.0f}s") from None
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise CliError(f"cannot build {flow_spec} to check the restored state against it: {last}")
+        from streamforge_ops.child import CONFIG_ERROR_PREFIX, EXIT_CONFIG
+
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1].removeprefix(CONFIG_ERROR_PREFIX)
+        error = CliError if done.returncode == EXIT_CONFIG else FlowUnavailable
+        raise error(f"cannot build {flow_spec} to check the restored state against it: {last.strip()}")
     return list(json.loads(done.stdout))
 
 

@@ -12,6 +12,11 @@ job's flow (`recovery.steps.check_steps`):
   `savepoints.allow-non-restored-state: true` says to drop it (Flink's
   `--allowNonRestoredState` / `execution.savepoint.ignore-unclaimed-state`);
 - a stateful step with no state is reported: it starts empty.
+
+A flow that cannot be built because of its config fails the restore (exit
+2); one that cannot be built because a service did not answer (Kafka
+metadata) skips the check with a note: its dataflow cannot run either, and
+the supervisor restarts it with backoff (streamforge_ops/child.py).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from recovery.steps import (
     snapshot_steps,
 )
 from streamforge_ops.cli import CliError
-from streamforge_ops.flow_steps import stateful_steps
+from streamforge_ops.flow_steps import FlowUnavailable, stateful_steps
 from streamforge_ops.job import Job
 
 if TYPE_CHECKING:
@@ -102,7 +107,10 @@ def apply_step_check(job: Job, directory: Path, what: str) -> StepCheck:
     saved = snapshot_steps(directory)
     if not saved:
         return StepCheck()
-    flow = stateful_steps(job.settings.flow, job.config_path)
+    try:
+        flow = stateful_steps(job.settings.flow, job.config_path)
+    except FlowUnavailable as exc:  # e.g. Kafka down: the child cannot run either; said loudly
+        return StepCheck(skipped=str(exc))
     check = check_steps(saved, flow, step_renames(job))
     if check.unclaimed and not job.settings.savepoints.allow_non_restored_state:
         raise NonRestoredStateError(check.refusal(what))

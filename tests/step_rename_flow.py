@@ -49,3 +49,10 @@ def flow_renamed() -> Dataflow:
 
 def flow_added() -> Dataflow:
     return build(load_config(), with_max=True)
+
+
+def flow_unreachable() -> Dataflow:
+    """As built while Kafka is down (the message of dataflows.connectors.kafka_common.check_cluster)."""
+    from dataflows.config import ConfigError
+
+    raise ConfigError("source.brokers: 127.0.0.1:1 did not answer metadata within 5s")

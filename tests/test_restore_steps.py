@@ -159,3 +159,16 @@ def test_run_refuses_to_resume_local_state_the_flow_lacks(
     decision = prepare(load_job(str(added)), None)
     assert decision.chosen == "local"
     assert any("supervised.maxes" in n and "starts empty" in n for n in decision.notes), decision.notes
+
+
+def test_flow_that_cannot_be_built(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config error fails the restore (exit 2, the reason named); a service that did not
+    answer while building skips the check with a note (the dataflow cannot run either and is
+    restarted with backoff by the supervisor)."""
+    sp = cli(capsys, "savepoint", "create")["id"]
+    bad = ws.config("bad.yaml", pipeline={"flow": "tests.step_rename_flow:no_such_flow"})
+    err = cli(capsys, "restore", "savepoint", sp, "--config", str(bad), code=2)
+    assert "cannot build" in err and "no_such_flow" in err, err
+    down = ws.config("down.yaml", pipeline={"flow": "tests.step_rename_flow:flow_unreachable()"})
+    done = cli(capsys, "restore", "savepoint", sp, "--config", str(down))
+    assert any("step-id check NOT done" in n and "did not answer metadata" in n for n in done["notes"])
