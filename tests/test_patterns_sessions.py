@@ -16,6 +16,7 @@ from dataflows.patterns.sessions import (
     Session,
     SessionAnalyzer,
     SessionConfig,
+    SessionRetraction,
     analyze_sessions,
 )
 from tests.test_patterns_harness import ev, run_pattern
@@ -60,8 +61,11 @@ def test_bridging_event_merges_two_closed_sessions() -> None:
     a = analyzer(gap=10, late=100)
     first = spans(feed(a, 0, 15, 40))
     assert first == [(0, 0, 1, 0, "k:0"), (15, 15, 1, 0, "k:15")]
-    # 8 is within gap of both (0 + 10 > 8 and 15 - 10 < 8): one session, earliest id, revision + 1.
-    assert spans(feed(a, 8)) == [(0, 15, 3, 1, "k:0")]
+    # 8 is within gap of both (0 + 10 > 8 and 15 - 10 < 8): one session, earliest id, revision + 1;
+    # the absorbed, emitted k:15 is retracted (first, so a consumer never holds both).
+    out = feed(a, 8)
+    assert spans(out) == [(0, 15, 3, 1, "k:0")]
+    assert out[0] == SessionRetraction("k", "k:15", 1, "k:0") and len(out) == 2
     assert [(s.start, s.end) for s in a.spans] == [(0, 15), (40, 40)]
 
 
@@ -159,17 +163,18 @@ def test_matches_reference_model(times: list[int], gap: int, lateness: int) -> N
         emitted.extend(items)
     emitted.extend(a.on_eof()[0])
     assert [x.event.event_time_ms for x in emitted if isinstance(x, LateEvent)] == late
-    sessions = [s for s in emitted if isinstance(s, Session)]
-    last: dict[str, Session] = {}
-    for s in sessions:
-        prev = last.get(s.session_id)
-        assert s.revision == (0 if prev is None else prev.revision + 1)
-        last[s.session_id] = s
-    # Ids superseded by a bridge lie inside the session that absorbed them.
-    final = [s for s in last.values()
-             if not any(o is not s and o.start_ms <= s.start_ms and s.end_ms <= o.end_ms
-                        and o.count > s.count for o in last.values())]
+    # The output as an upsert/retract stream keyed by session id: revisions of an id go
+    # 0, 1, 2, ...; a retraction comes last (nothing follows it) and deletes the id.
+    last: dict[str, Session | SessionRetraction] = {}
+    for s in emitted:
+        if isinstance(s, (Session, SessionRetraction)):
+            prev = last.get(s.session_id)
+            assert not isinstance(prev, SessionRetraction)
+            assert s.revision == (0 if prev is None else prev.revision + 1)
+            last[s.session_id] = s
+    final = [s for s in last.values() if isinstance(s, Session)]
     assert sorted((s.start_ms, s.end_ms, s.count) for s in final) == clusters(accepted, gap)
+    assert sum(s.count for s in final) == len(accepted)
 
 
 def test_dataflow_sessions_and_late_outputs() -> None:

@@ -225,3 +225,52 @@ def test_flow_config_check(pipeline: dict[str, str], refused: bool) -> None:
             check_flow_config(cfg, "sessions")
     else:
         check_flow_config(cfg, "sessions")
+
+
+def upsert_retract(path: str) -> dict[str, dict]:
+    """What a consumer keyed by `session_id` holds after reading the sessions output:
+    a Session upserts its id (a higher revision wins), a SessionRetraction deletes it."""
+    table: dict[str, dict] = {}
+    for s in read_jsonl(path):
+        assert s["type"] in ("Session", "SessionRetraction")
+        prev = table.get(s["session_id"])
+        if prev is not None and prev["revision"] >= s["revision"]:
+            continue
+        table[s["session_id"]] = s
+    return {k: s for k, s in table.items() if s["type"] == "Session"}
+
+
+def test_a_bridge_retracts_the_absorbed_session(tmp_path: Path) -> None:
+    """Two emitted sessions bridged by a late event: the merged one is re-emitted under the
+    earlier id and the absorbed id is retracted, so a consumer keyed by session_id counts each
+    click once."""
+    lines = [{"user_id": "u", "event_id": f"e{i}", "ts": f"2026-01-01T00:{m:02d}:00Z", "action": "view"}
+             for i, m in enumerate([0, 15, 40, 8])]  # 8 bridges [0] and [15] (gap 10m), both closed by 40
+    data = tmp_path / "clicks.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    sink = tmp_path / "sessions.jsonl"
+    cfg = load_config(REPO / "config" / "sessions.yaml", environ={
+        "STREAMFORGE__SOURCE__PATH": str(data), "STREAMFORGE__SINK__PATH": str(sink),
+        "STREAMFORGE__DLQ__PATH": str(tmp_path / "dlq.jsonl"),
+        "STREAMFORGE__PATTERNS__SESSIONS__GAP": "10m",
+        "STREAMFORGE__PATTERNS__SESSIONS__ALLOWED_LATENESS": "35m",
+        "STREAMFORGE__PATTERNS__SESSIONS__ADVANCE_ON_IDLE": "false"})
+    run_main(sessions.build_flow(cfg))
+    out = read_jsonl(sink)
+    t15 = _ms("2026-01-01T00:15:00+00:00")
+    assert {"type": "SessionRetraction", "key": "u", "session_id": f"u:{t15}", "revision": 1,
+            "merged_into": f"u:{_ms('2026-01-01T00:00:00+00:00')}"} in out
+    table = upsert_retract(str(sink))
+    assert sorted((s["start_ms"], s["count"]) for s in table.values()) == [
+        (_ms("2026-01-01T00:00:00+00:00"), 3), (_ms("2026-01-01T00:40:00+00:00"), 1)]
+    assert sum(s["count"] for s in table.values()) == len(lines)
+
+
+def test_upsert_retract_consumer_matches_the_reference(tmp_path: Path) -> None:
+    cfg, gen = setup(tmp_path, count=1500, seed=4)
+    run_main(sessions.build_flow(cfg))
+    want_sessions, _ = reference(gen)
+    table = upsert_retract(cfg.str("sink.path"))
+    assert {(s["key"], s["start_ms"], s["end_ms"], s["count"],
+             tuple(sorted(s["aggregate"]["actions"].items())), round(s["aggregate"]["revenue"], 2))
+            for s in table.values()} == want_sessions

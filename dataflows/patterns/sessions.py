@@ -40,8 +40,12 @@ Keyed by `Event.key`. Definitions (all times in event-time milliseconds):
 
 `session_id` = `f"{key}:{first_start}"` where `first_start` is the start of
 the session when it was first created; a bridged session keeps the id (and
-revision count) of the earliest of the sessions it merged; the later id is
-not emitted again.
+revision count) of the earliest of the sessions it merged. Each absorbed
+session that was already emitted is retracted at once:
+`SessionRetraction(key, session_id, revision, merged_into)`, with `revision`
+one above its last emission; its id is not emitted again. The sessions output
+is thus an upsert/retract stream keyed by `session_id`: a `Session` replaces
+the row of its id (a higher revision wins), a `SessionRetraction` deletes it.
 
 `aggregate(acc, event)` folds events into a session's `aggregate`, starting
 from `initial()`; bridging two sessions needs `merge(acc_a, acc_b)`. Without
@@ -75,6 +79,7 @@ __all__ = [
     "SessionAnalyzer",
     "SessionConfig",
     "SessionOutputs",
+    "SessionRetraction",
     "SessionState",
     "analyze_sessions",
 ]
@@ -94,6 +99,19 @@ class Session:
     aggregate: Any
     revision: int
     session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRetraction:
+    """An emitted session absorbed by a bridge: delete `session_id` (now part of `merged_into`).
+
+    `revision` is one above the retracted id's last `Session.revision`.
+    """
+
+    key: str
+    session_id: str
+    revision: int
+    merged_into: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +150,7 @@ class SessionState:
 class SessionOutputs:
     """The two outputs of `analyze_sessions`; unpacks as `(sessions, late)`."""
 
-    sessions: Stream[Session]
+    sessions: Stream[Session | SessionRetraction]
     late: Stream[LateEvent]
 
     def __iter__(self) -> Iterator[Stream[Any]]:
@@ -273,8 +291,11 @@ class SessionAnalyzer:
                 self.wake_ms = min(wake, t + gap)
                 return _EMPTY, False
             return self._fire()
-        self._merge_in(t, event)
-        return self._fire()
+        retracted = self._merge_in(t, event)
+        if not retracted:
+            return self._fire()
+        out, discard = self._fire()
+        return [*retracted, *out], discard
 
     def _step_then_item(self, now: int, event: Event) -> tuple[Any, bool]:
         """The idle step the wake-up would have made by `now`, then the event (rare path)."""
@@ -303,8 +324,11 @@ class SessionAnalyzer:
             if gone:
                 return out, True
 
-    def _merge_in(self, t: int, event: Event) -> None:
-        """Out-of-order event: join, bridge or insert among the retained sessions."""
+    def _merge_in(self, t: int, event: Event) -> list[SessionRetraction]:
+        """Out-of-order event: join, bridge or insert among the retained sessions.
+
+        Returns the retractions of the emitted sessions a bridge absorbed.
+        """
         cfg = self.cfg
         gap = cfg.gap_ms
         spans = self.spans
@@ -314,10 +338,13 @@ class SessionAnalyzer:
             acc = cfg.initial() if cfg.initial is not None else None
             span = _Span(t, t, 1, agg(acc, event) if agg is not None else None, t, 0, True)
             spans.insert(bisect.bisect_left([s.start for s in spans], t), span)
-            return
+            return []
         first = spans[hits[0]]
+        retracted: list[SessionRetraction] = []
         for i in hits[1:]:
             other = spans[i]
+            if other.emits:
+                retracted.append(self._retract(other, first))
             first.end = max(first.end, other.end)
             first.count += other.count
             if agg is not None and cfg.merge is not None:
@@ -330,6 +357,12 @@ class SessionAnalyzer:
         if agg is not None:
             first.agg = agg(first.agg, event)
         first.dirty = True
+        return retracted
+
+    def _retract(self, gone: _Span, into: _Span) -> SessionRetraction:
+        key = self.key
+        assert key is not None
+        return SessionRetraction(key, f"{key}:{gone.id_start}", gone.emits, f"{key}:{into.id_start}")
 
     def _fire(self) -> tuple[Any, bool]:
         """Emit closed sessions, drop expired ones, discard the key when none remain."""
@@ -417,8 +450,8 @@ def _event_key(event: Event) -> str:
     return event.key
 
 
-def _is_session(item: Any) -> bool:
-    return type(item) is Session
+def _is_session_output(item: Any) -> bool:
+    return type(item) is not LateEvent
 
 
 @operator
@@ -430,7 +463,8 @@ def analyze_sessions(step_id: str, up: Stream[Event], *, gap_ms: int, allowed_la
                      clock: PipelineClock | Wall | None = None) -> SessionOutputs:
     """Sessions per `Event.key` (see the module docstring).
 
-    Emits `Session`s on `.sessions` and `LateEvent`s on `.late`.
+    Emits `Session`s and `SessionRetraction`s (an upsert/retract stream by
+    `session_id`) on `.sessions` and `LateEvent`s on `.late`.
     State per key: `SessionState`; discarded once all its sessions are dropped.
     `clock`: the flow's `PipelineClock` (or a wall function, tests); default a
     new system one; unused without `advance_on_idle`.
@@ -449,5 +483,5 @@ def analyze_sessions(step_id: str, up: Stream[Event], *, gap_ms: int, allowed_la
 
     keyed = op.key_on("key", up, _event_key)
     out = op.key_rm("unkey", op.stateful("sessions", keyed, build))
-    split = op.branch("split", out, _is_session)
+    split = op.branch("split", out, _is_session_output)
     return SessionOutputs(split.trues, split.falses)

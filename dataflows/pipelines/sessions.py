@@ -1,6 +1,6 @@
 """The sessions pipeline: clickstream -> per-user sessions with allowed lateness.
 
-    source -> parse -> [dedup] -> sessions -> sink (Session, every revision)
+    source -> parse -> [dedup] -> sessions -> sink (Session revisions, SessionRetractions)
                                           \\-> late events -> DLQ (LATE_EVENT) or a late sink
     every dead letter (source, parse, late) -> one DLQ sink
 
@@ -15,8 +15,12 @@
   SessionAnalyzer; a session's `aggregate` is `ClickStats` as a dict
   (`{"actions": {action: n}, "revenue": sum of amount, "pages": distinct}`).
   A late event inside the allowed lateness updates an emitted session, which
-  is emitted again with `revision + 1`: readers keep the last revision per
-  `session_id`.
+  is emitted again with `revision + 1`. The sink gets an upsert/retract stream
+  keyed by `session_id`: a `Session` upserts its id (the highest revision
+  wins); a late event that bridges two sessions re-emits the merged one under
+  the earlier id and, for the absorbed one if it was emitted,
+  `SessionRetraction(key, session_id, revision, merged_into)`: delete that id
+  (its events are in `merged_into` now, counted once).
 - late events (`patterns.sessions.late-output`): `dlq` (default) turns them
   into LATE_EVENT dead letters; any other value is a JSONL path for the
   `LateEvent`s.
