@@ -172,3 +172,16 @@ def test_flow_that_cannot_be_built(ws: Workspace, capsys: pytest.CaptureFixture[
     down = ws.config("down.yaml", pipeline={"flow": "tests.step_rename_flow:flow_unreachable()"})
     done = cli(capsys, "restore", "savepoint", sp, "--config", str(down))
     assert any("step-id check NOT done" in n and "did not answer metadata" in n for n in done["notes"])
+
+
+def test_supervisor_restore_chain_refuses_too(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    """`run --restore latest` (the supervisor's restore chain over checkpoints, then savepoints):
+    refused on the first candidate, no fallback to an older one, local partitions untouched."""
+    cli(capsys, "checkpoint", "create")
+    cli(capsys, "savepoint", "create")
+    before = rows_by_step(ws.recovery)
+    v2 = ws.config("v2.yaml", pipeline={"flow": V2})
+    assert main(["run", "--config", str(v2), "--restore", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert "restore failed" in err and "checkpoint" in err and "supervised.totals" in err, err
+    assert rows_by_step(ws.recovery) == before
