@@ -147,7 +147,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=1, help="seed of the fault schedules (default 1)")
     ap.add_argument("--run", type=int, metavar="K", help="run only run K of this seed (a failure's replay)")
     ap.add_argument("--replay-schedule", metavar="JSON", help="run exactly this schedule (as printed)")
-    ap.add_argument("--records", type=int, default=1500, help="input records per workload (default 1500)")
+    ap.add_argument("--records", type=int, default=800, help="input records per workload (default 800)")
     ap.add_argument("--deadline", type=float, default=150.0, help="seconds a run may take (default 150)")
     ap.add_argument("--pipeline-config", type=Path, default=REPO / "config" / "orders.yaml", metavar="YAML",
                     help="your pipeline's config (default config/orders.yaml): its flow, parse and patterns "
