@@ -17,7 +17,9 @@ def test_upgrade_refused_when_the_new_version_fails_verification(tmp_path: Path)
                    source={"tail": False})
     old = ws.start(config=v1)
     ws.running(old)
-    wait_for(lambda: len(read_rows(ws.output)) >= 10, what="version 1 output")
+    # durable progress: the probe savepoint then holds the state of `totals`
+    wait_for(lambda: len(read_rows(ws.output)) >= 10 and ws.status().get("checkpoints", 0) >= 2,
+             what="version 1 output and a checkpoint")
 
     code, _, err = ws.finish(ws.start("--mode", "savepoint", config=v2, command="upgrade"))
     assert code == 2, err
