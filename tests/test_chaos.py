@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,3 +143,25 @@ def test_short_chaos_run_of_each_workload_is_clean(tmp_path: Path) -> None:
     assert (report["lost"], report["duplicated"], report["divergent"], report["stuck"]) == (0, 0, 0, 0), \
         json.dumps(report["failures"], indent=1)
     assert proc.returncode == 0 and report["failures"] == []
+
+
+# -- the fault proxy's intermittent faults (used by the store-* kinds) ----------
+
+
+def test_fault_proxy_probability_faults_some_requests_over_real_http(fault_s3: Any) -> None:
+    """`probability` faults a seeded share of the requests; the others reach moto unchanged."""
+    import http.client
+    from urllib.parse import urlparse
+
+    proxy = fault_s3.proxy
+    proxy.set_mode("slowdown", probability=0.5)
+    port = urlparse(proxy.endpoint_url).port
+    statuses = []
+    for _ in range(40):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", f"/{fault_s3.bucket}?list-type=2")
+        statuses.append(conn.getresponse().status)
+        conn.close()
+    proxy.set_mode("pass")
+    assert set(statuses) == {200, 503}, statuses
+    assert proxy.faulted_by_mode["slowdown"] == statuses.count(503)
