@@ -6,7 +6,9 @@ id), where the record came from (source and coordinates, event id) and how
 often it failed (attempts, first and last failure time).
 
 `to_json` / `from_json` give the JSON envelope used by every DLQ sink (JSONL
-file, Kafka value); bytes are base64 so any payload survives. `connect_headers`
+file, Kafka value); bytes are base64 so any payload survives, and the envelope
+is strict JSON (`dataflows.json_codec`: text that is not valid Unicode gets
+U+FFFD, a non-finite number is null), whatever the message or coordinates hold. `connect_headers`
 gives the same context as Kafka-Connect-style headers.
 """
 
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dataflows.events import Event, RawRecord, now_ms
+from dataflows.json_codec import dumps
 
 
 class ErrorCode:
@@ -31,6 +34,11 @@ class ErrorCode:
     MISSING_KEY = "MISSING_KEY"
     SCHEMA = "SCHEMA"
     OVERSIZED = "OVERSIZED"
+    NON_FINITE_NUMBER = "NON_FINITE_NUMBER"
+    LONE_SURROGATE = "LONE_SURROGATE"
+    INTEGER_OUT_OF_RANGE = "INTEGER_OUT_OF_RANGE"
+    TOO_DEEP = "TOO_DEEP"
+    EVENT_TIME_OUT_OF_RANGE = "EVENT_TIME_OUT_OF_RANGE"
     USER_FUNCTION = "USER_FUNCTION"
     LATE_EVENT = "LATE_EVENT"
     SOURCE_ERROR = "SOURCE_ERROR"
@@ -64,7 +72,7 @@ class DeadLetter:
         d["key"] = None if self.key is None else base64.b64encode(self.key).decode()
         d["coords"] = dict(self.coords)
         d["headers"] = [[k, base64.b64encode(v).decode()] for k, v in self.headers]
-        return json.dumps(d, sort_keys=True, default=str)
+        return dumps(d).decode()
 
     @classmethod
     def from_json(cls, text: str | bytes) -> DeadLetter:

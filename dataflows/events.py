@@ -16,7 +16,6 @@ Id forms (DESIGN.md §2):
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -104,5 +103,8 @@ class Event:
         return replace(self, event_id=derive_id(self.event_id, step), **changes)
 
     def payload_bytes(self) -> bytes:
-        """The value as JSON bytes (what a dead letter keeps of an Event)."""
-        return json.dumps(self.value, default=str, sort_keys=True).encode()
+        """The value as JSON bytes (what a dead letter keeps of an Event): the sinks' strict
+        encoding, `dataflows.json_codec.dumps`."""
+        from dataflows.json_codec import dumps
+
+        return dumps(self.value)

@@ -10,12 +10,33 @@ Checks, in order (the first failing one decides the code):
 
 1. `OVERSIZED`      payload longer than `max_record_bytes`
 2. `INVALID_UTF8`   payload is not UTF-8
-3. `MALFORMED_JSON` payload is not JSON
-4. `SCHEMA`         JSON is not an object
-5. `MISSING_KEY`    key field absent, null or empty
-6. `SCHEMA`         key not a string / integer; event time unparsable; op
+3. `MALFORMED_JSON` payload is not JSON (RFC 8259; a UTF-8 BOM included)
+4. strict JSON: what Python's `json` accepts but RFC 8259 / I-JSON (RFC 7493)
+   consumers may refuse, anywhere in the document (keys included):
+   `NON_FINITE_NUMBER`     `NaN`, `Infinity`, `-Infinity`, or a number too
+                           large for a double (`1e400`)
+   `LONE_SURROGATE`        a string escape that is not a Unicode scalar
+                           value (`"\ud800"` without its pair)
+   `INTEGER_OUT_OF_RANGE`  an integer beyond +-(2^53 - 1), what every I-JSON
+                           consumer holds exactly (JavaScript, doubles);
+                           `parse.integer-range: int64` widens it to
+                           [-2^63, 2^63 - 1] (BSON int64, Java long)
+   `TOO_DEEP`              more nested objects / arrays than
+                           `limits.max-nesting-depth` (default 64; the
+                           top-level object is level 1; at most 1000)
+5. `SCHEMA`         JSON is not an object
+6. `MISSING_KEY`    key field absent, null or empty
+7. `SCHEMA`         key not a string / integer; event time unparsable; op
                     unknown; a `required` field missing or of the wrong type;
                     an `optional` field present with the wrong type
+8. `EVENT_TIME_OUT_OF_RANGE`  the event time (the field, or the record's
+                    timestamp) is outside what a datetime holds: years 1 to
+                    9999 UTC, `MIN_EVENT_TIME_MS` .. `MAX_EVENT_TIME_MS`
+
+Decoding is orjson (strict RFC 8259 itself); only a record it refuses is
+decoded again with Python's `json` to name the precise code, so good records
+pay one fast parse and a walk of the document for the integer and depth
+limits.
 
 Event time: the `time_field` holds an ISO-8601 string (`Z` or an offset;
 a naive time is taken as UTC) or a number of milliseconds since the epoch.
@@ -29,20 +50,59 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from bytewax.dataflow import Stream
 
 from dataflows.dead_letter import ErrorCode
 from dataflows.errors import Guarded, guarded_map
 from dataflows.events import Event, RawRecord
 
-__all__ = ["OPS", "ParseError", "TypeSpec", "parse_event_time", "parse_events", "parse_record"]
+__all__ = [
+    "MAX_EVENT_TIME_MS",
+    "MIN_EVENT_TIME_MS",
+    "OPS",
+    "EventTimeRangeError",
+    "ParseError",
+    "StrictLimits",
+    "TypeSpec",
+    "decode_strict",
+    "parse_event_time",
+    "parse_events",
+    "parse_record",
+]
 
 OPS = ("insert", "update", "replace", "delete", "snapshot", "generation")
 TypeSpec = type | tuple[type, ...]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MIN_EVENT_TIME_MS = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+MAX_EVENT_TIME_MS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+INTEGER_RANGES = {"i-json": (-(2**53 - 1), 2**53 - 1, "+-(2^53 - 1)"),
+                  "int64": (-(2**63), 2**63 - 1, "[-2^63, 2^63 - 1]")}
+MAX_NESTING_DEPTH = 1000  # orjson refuses deeper documents (1024) before any check of ours
+
+
+@dataclass(frozen=True)
+class StrictLimits:
+    """The strict-JSON limits of the parse step (module docstring, check 4).
+
+    `integers`: `i-json` (+-(2^53 - 1), default) or `int64`.
+    """
+
+    max_depth: int = 64
+    integers: str = "i-json"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_depth <= MAX_NESTING_DEPTH:
+            raise ValueError(f"max_depth must be 1..{MAX_NESTING_DEPTH}, got {self.max_depth}")
+        if self.integers not in INTEGER_RANGES:
+            raise ValueError(f"integers must be one of {', '.join(INTEGER_RANGES)}, got {self.integers!r}")
+
+
+_DEFAULT_LIMITS = StrictLimits()
 
 
 class ParseError(ValueError):
@@ -53,19 +113,35 @@ class ParseError(ValueError):
         self.error_code = error_code
 
 
+class EventTimeRangeError(ValueError):
+    """An event time no datetime holds (before year 1 or after 9999, UTC)."""
+
+
+def _in_range(ms: int) -> int:
+    if not MIN_EVENT_TIME_MS <= ms <= MAX_EVENT_TIME_MS:
+        raise EventTimeRangeError(
+            f"{ms} ms is outside the representable range {MIN_EVENT_TIME_MS}..{MAX_EVENT_TIME_MS}"
+            " (years 1 to 9999 UTC)")
+    return ms
+
+
 def parse_event_time(value: Any) -> int:
-    """ISO-8601 string or epoch milliseconds -> epoch milliseconds (UTC)."""
+    """ISO-8601 string or epoch milliseconds -> epoch milliseconds (UTC).
+
+    ValueError if unparsable; `EventTimeRangeError` (a ValueError) if outside
+    `MIN_EVENT_TIME_MS` .. `MAX_EVENT_TIME_MS`.
+    """
     if isinstance(value, bool):
         raise ValueError(f"expected an ISO-8601 time or epoch milliseconds, got {value!r}")
     if isinstance(value, (int, float)):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"event time is not finite: {value!r}")
-        return int(value)
+        return _in_range(int(value))
     if isinstance(value, str):
         dt = datetime.fromisoformat(value)
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
-        return (dt - _EPOCH) // timedelta(milliseconds=1)
+        return _in_range((dt - _EPOCH) // timedelta(milliseconds=1))
     raise ValueError(f"expected an ISO-8601 time or epoch milliseconds, got {type(value).__name__}")
 
 
@@ -81,20 +157,114 @@ def _type_name(spec: TypeSpec) -> str:
     return " or ".join(t.__name__ for t in types)
 
 
-def _decode(raw: RawRecord, max_record_bytes: int) -> dict[str, Any]:
+class _Suspect(Exception):
+    """orjson turned an integer literal beyond 64 bits into a float: re-read exactly."""
+
+
+class _Walk:
+    """Checks a decoded document against the limits (raises ParseError).
+
+    `exact`: the document came from Python's `json` (the slow path), whose strings
+    may hold lone surrogates and floats infinity; from orjson neither can occur,
+    but an integer literal beyond 64 bits arrives as an integral float (`_Suspect`).
+    """
+
+    __slots__ = ("max_depth", "lo", "hi", "spelled", "exact")
+
+    def __init__(self, limits: StrictLimits, exact: bool) -> None:
+        self.max_depth = limits.max_depth
+        self.lo, self.hi, self.spelled = INTEGER_RANGES[limits.integers]
+        self.exact = exact
+
+    def check(self, doc: Any) -> None:
+        """The whole document (the top-level value is level 1)."""
+        if type(doc) is dict or type(doc) is list:
+            self.node(doc, 1)
+        else:
+            self.scalar(doc)
+
+    def node(self, node: Any, depth: int) -> None:
+        if depth > self.max_depth:
+            raise ParseError(ErrorCode.TOO_DEEP,
+                             f"JSON nesting is deeper than {self.max_depth} levels: limit is {self.max_depth}")
+        if type(node) is dict:
+            if self.exact:
+                for k in node:
+                    self.scalar(k)
+            values: Any = node.values()
+        else:
+            values = node
+        for v in values:
+            t = type(v)
+            if t is dict or t is list:
+                self.node(v, depth + 1)
+            elif t is int or t is float or (self.exact and t is str):
+                self.scalar(v)
+
+    def scalar(self, v: Any) -> None:
+        t = type(v)
+        if t is int:
+            if not self.lo <= v <= self.hi:
+                raise ParseError(ErrorCode.INTEGER_OUT_OF_RANGE,
+                                 f"integer {v} is beyond {self.spelled} (parse.integer-range)")
+        elif t is float:
+            if not math.isfinite(v):
+                raise ParseError(ErrorCode.NON_FINITE_NUMBER,
+                                 f"number {v!r} is beyond what a double holds (not finite)")
+            if not self.exact and v.is_integer() and abs(v) >= 2**63:
+                raise _Suspect()
+        elif t is str and not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                cp = ord(v[exc.start])
+                raise ParseError(ErrorCode.LONE_SURROGATE,
+                                 f"string holds a lone surrogate U+{cp:04X}: not Unicode text") from None
+
+
+def _non_finite(name: str) -> Any:
+    raise ParseError(ErrorCode.NON_FINITE_NUMBER, f"{name} is not a JSON number (RFC 8259 §6)")
+
+
+def _decode_slow(payload: bytes, strict_error: orjson.JSONDecodeError | None, walk: _Walk) -> Any:
+    """The precise code of a record orjson refused or doubted; the document if it is fine."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParseError(ErrorCode.INVALID_UTF8, f"payload is not UTF-8: {exc}") from exc
+    try:
+        doc = json.loads(text, parse_constant=_non_finite)
+    except json.JSONDecodeError as exc:
+        raise ParseError(ErrorCode.MALFORMED_JSON, f"payload is not JSON: {exc}") from exc
+    except RecursionError:
+        raise ParseError(ErrorCode.TOO_DEEP, f"JSON nesting is deeper than {walk.max_depth} levels: "
+                         f"limit is {walk.max_depth}") from None
+    walk.check(doc)
+    if strict_error is not None:  # Python's json took it and no check names it (e.g. a BOM)
+        raise ParseError(ErrorCode.MALFORMED_JSON, f"payload is not JSON: {strict_error}")
+    return doc
+
+
+def decode_strict(payload: bytes, limits: StrictLimits = _DEFAULT_LIMITS) -> Any:
+    """Payload -> a JSON value, or ParseError with the code of checks 2-4 (module docstring)."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return _decode_slow(payload, exc, _Walk(limits, exact=True))
+    try:
+        _Walk(limits, exact=False).check(doc)
+    except _Suspect:
+        return _decode_slow(payload, None, _Walk(limits, exact=True))
+    return doc
+
+
+def _decode(raw: RawRecord, max_record_bytes: int, limits: StrictLimits) -> dict[str, Any]:
     if len(raw.payload) > max_record_bytes:
         raise ParseError(
             ErrorCode.OVERSIZED,
             f"record is {len(raw.payload)} bytes, limit is {max_record_bytes}",
         )
-    try:
-        text = raw.payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ParseError(ErrorCode.INVALID_UTF8, f"payload is not UTF-8: {exc}") from exc
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ParseError(ErrorCode.MALFORMED_JSON, f"payload is not JSON: {exc}") from exc
+    doc = decode_strict(raw.payload, limits)
     if not isinstance(doc, dict):
         raise ParseError(ErrorCode.SCHEMA, f"expected a JSON object, got {type(doc).__name__}")
     return doc
@@ -116,10 +286,15 @@ def _event_time(doc: Mapping[str, Any], time_field: str | None, raw: RawRecord) 
     if time_field is not None and doc.get(time_field) is not None:
         try:
             return parse_event_time(doc[time_field])
+        except EventTimeRangeError as exc:
+            raise ParseError(ErrorCode.EVENT_TIME_OUT_OF_RANGE, f"time field {time_field!r}: {exc}") from exc
         except ValueError as exc:
             raise ParseError(ErrorCode.SCHEMA, f"time field {time_field!r}: {exc}") from exc
     if raw.timestamp_ms is not None:
-        return raw.timestamp_ms
+        try:
+            return _in_range(raw.timestamp_ms)
+        except EventTimeRangeError as exc:
+            raise ParseError(ErrorCode.EVENT_TIME_OUT_OF_RANGE, f"record timestamp: {exc}") from exc
     raise ParseError(
         ErrorCode.SCHEMA, f"time field {time_field!r} is missing and the record has no timestamp"
     )
@@ -164,13 +339,14 @@ def parse_record(
     op_field: str | None = None,
     required: Mapping[str, TypeSpec] | None = None,
     optional: Mapping[str, TypeSpec] | None = None,
+    limits: StrictLimits = _DEFAULT_LIMITS,
 ) -> Event:
     """One RawRecord -> Event; raises `ParseError` (with `error_code`) on bad input.
 
     The Event keeps the record's event id, source and headers; its value is
     the decoded JSON object.
     """
-    doc = _decode(raw, max_record_bytes)
+    doc = _decode(raw, max_record_bytes, limits)
     key = _key(doc, key_field)
     _check_fields(doc, required, optional)
     return Event(
@@ -205,8 +381,9 @@ def parse_events(
     op_field: str | None = None,
     required: Mapping[str, TypeSpec] | None = None,
     optional: Mapping[str, TypeSpec] | None = None,
+    limits: StrictLimits = _DEFAULT_LIMITS,
 ) -> Guarded:
-    """Parse JSON records.
+    """Parse JSON records (strict JSON within `limits`, see the module docstring).
 
     Emits `ok`: an `Event` per good record (same event id as the record);
     `dlq`: a `DeadLetter` per bad record (stage = this step id, code as in
@@ -222,5 +399,6 @@ def parse_events(
         op_field=op_field,
         required=required,
         optional=optional,
+        limits=limits,
     )
     return guarded_map(step_id, up, parser, pipeline=pipeline)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from dataflows.config import Config
 from dataflows.dead_letter import DeadLetter
 from dataflows.events import RawRecord, kafka_event_id
 from dataflows.generate import generate_clicks, generate_orders
+from dataflows.json_codec import to_jsonable
 from dataflows.pipelines import orders, sessions
 from tests.fixtures.kafka import read_topic
 
@@ -71,7 +71,7 @@ def _run_both(
 
     got = read_topic(b, out, partitions=2)
     assert len(ref_out) > 50
-    assert Counter(_canon(json.loads(m.value())) for m in got) == Counter(_canon(asdict(c)) for c in ref_out)
+    assert Counter(_canon(json.loads(m.value())) for m in got) == Counter(_canon(to_jsonable(c)) for c in ref_out)
     assert all(dict(m.headers()).get("sf-event-id") for m in got)
     parts_of_key: dict[bytes, set[int]] = {}  # one key -> one output partition, in order
     for m in got:

@@ -122,7 +122,9 @@ def test_any_input_becomes_an_event_or_a_coded_parse_error(payload: bytes) -> No
         event = parse_record(raw(payload), **OPTS)
     except ParseError as exc:
         assert exc.error_code in {ErrorCode.OVERSIZED, ErrorCode.INVALID_UTF8, ErrorCode.MALFORMED_JSON,
-                                  ErrorCode.MISSING_KEY, ErrorCode.SCHEMA}
+                                  ErrorCode.MISSING_KEY, ErrorCode.SCHEMA, ErrorCode.NON_FINITE_NUMBER,
+                                  ErrorCode.LONE_SURROGATE, ErrorCode.INTEGER_OUT_OF_RANGE,
+                                  ErrorCode.TOO_DEEP, ErrorCode.EVENT_TIME_OUT_OF_RANGE}
     else:
         assert isinstance(event.value, dict) and event.key == str(event.value["id"])
         assert isinstance(event.event_time_ms, int)

@@ -29,22 +29,22 @@ to that offset, so lines written after the last snapshot (and replayed by
 Bytewax) are not duplicated: exactly-once for a file that is not rewritten by
 anyone else. Without resume state (a fresh run) the file is truncated to 0.
 Items are `(key, value)` pairs (Bytewax's convention for partitioned sinks);
-`value` is encoded by `encode` (default `json_line`).
+`value` is encoded by `encode` (default `dataflows.json_codec.dumps`; it may
+return bytes or str).
 
-`json_line` / `to_jsonable` define the JSON form of the stream messages
-(Event, Change, TableChange, Session, LateEvent or any dataclass / dict):
-dataclass fields recursively, with `"type"` = the class name; bytes as UTF-8
-text when they decode, else `{"base64": ...}`; tuples as lists.
+The JSON form of the stream messages (Event, Change, TableChange, Session,
+LateEvent or any dataclass / dict) is `dataflows.json_codec`'s, the one of
+every sink: strict JSON; dataclass fields recursively, with `"type"` = the
+class name; bytes as UTF-8 text when they decode, else `{"base64": ...}`;
+tuples as lists. `json_line(obj)` is that text, `to_jsonable(obj)` that value.
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import glob
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypedDict
@@ -54,6 +54,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from dataflows.connectors.replay_lines import unwrap_replay_line
 from dataflows.events import RawRecord, file_event_id
+from dataflows.json_codec import dumps, to_jsonable
 
 __all__ = [
     "FilePosition",
@@ -78,45 +79,9 @@ class FilePosition(TypedDict):
     line: int  # number of lines already consumed
 
 
-def to_jsonable(obj: Any) -> Any:
-    """A JSON-ready form of a stream message (see the module docstring)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out: dict[str, Any] = {"type": type(obj).__name__}
-        for f in dataclasses.fields(obj):
-            out[f.name] = to_jsonable(getattr(obj, f.name))
-        return out
-    if isinstance(obj, (bytes, bytearray)):
-        try:
-            return bytes(obj).decode("utf-8")
-        except UnicodeDecodeError:
-            return {"base64": base64.b64encode(bytes(obj)).decode()}
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [to_jsonable(v) for v in obj]
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
-
-
-def _json_default(obj: Any) -> Any:
-    """`json.dumps` hook: one level of `to_jsonable` (json walks the rest natively)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out: dict[str, Any] = {"type": type(obj).__name__}
-        for f in dataclasses.fields(obj):
-            out[f.name] = getattr(obj, f.name)
-        return out
-    if isinstance(obj, (bytes, bytearray, set, frozenset)) or isinstance(obj, Mapping):
-        return to_jsonable(obj)
-    return str(obj)
-
-
 def json_line(obj: Any) -> str:
-    """One line of JSON (no newline) for `obj` (= `to_jsonable(obj)`); keys sorted."""
-    try:
-        return json.dumps(obj, default=_json_default, sort_keys=True, ensure_ascii=False)
-    except TypeError:  # keys of mixed types cannot be sorted: make them all strings
-        return json.dumps(to_jsonable(obj), sort_keys=True, ensure_ascii=False)
+    """One line of JSON (no newline) for `obj`: `dataflows.json_codec.dumps` as text."""
+    return dumps(obj).decode("utf-8")
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
@@ -271,7 +236,7 @@ class JsonlSource(FixedPartitionedSource[RawRecord, FilePosition]):
 class _JsonlSinkPartition(StatefulSinkPartition[Any, int]):
     """Appends encoded lines to one file; snapshot = byte offset after fsync."""
 
-    def __init__(self, path: Path, resume_offset: int | None, encode: Callable[[Any], str]) -> None:
+    def __init__(self, path: Path, resume_offset: int | None, encode: Callable[[Any], bytes | str]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(path, "ab")  # noqa: SIM115 - closed in close()
         # Drop whatever was written after the last durable snapshot (or
@@ -281,7 +246,12 @@ class _JsonlSinkPartition(StatefulSinkPartition[Any, int]):
         self._encode = encode
 
     def write_batch(self, values: list[Any]) -> None:
-        self._f.write(b"".join((self._encode(v) + "\n").encode("utf-8") for v in values))
+        lines = []
+        for v in values:
+            line = self._encode(v)
+            lines.append(line if isinstance(line, bytes) else line.encode("utf-8"))
+        lines.append(b"")
+        self._f.write(b"\n".join(lines))
         self._f.flush()
         os.fsync(self._f.fileno())
 
@@ -299,7 +269,7 @@ class JsonlSink(FixedPartitionedSink[Any, int]):
     docstring). Keeps the byte offset in the recovery state.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, encode: Callable[[Any], str] = json_line) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, encode: Callable[[Any], bytes | str] = dumps) -> None:
         self._path = Path(path)
         self._encode = encode
 

@@ -28,6 +28,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from dataflows.config import ConfigError
+from dataflows.json_codec import dumps
 
 __all__ = [
     "EVENT_ID_HEADER",
@@ -169,9 +170,9 @@ def to_out_message(item: Any) -> OutMessage:
     if isinstance(item, bytes):
         value = item
     elif is_dataclass(item) and not isinstance(item, type):
-        value = _ENCODER.encode(_shallow_dict(item)).encode()
+        value = dumps(item)  # the one JSON encoding of every sink (dataflows.json_codec)
     elif isinstance(item, Mapping):
-        value = _ENCODER.encode(dict(item)).encode()
+        value = dumps(item)
         event_id = event_id or str(item.get("event_id", "") or "")
         key = key if key is not None else _as_key(item.get("key"))
     else:

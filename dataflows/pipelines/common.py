@@ -2,7 +2,10 @@
 
 - `pipeline_config(name)`: `$STREAMFORGE_CONFIG`, else the repo's
   `config/<name>.yaml`, with `STREAMFORGE__A__B` overrides.
-- `ParseOptions.from_config(cfg)`: the `parse.*` keys and `limits.max-record-bytes`.
+- `ParseOptions.from_config(cfg)`: the `parse.*` keys, `limits.max-record-bytes`
+  and the strict-JSON limits (`limits.max-nesting-depth`, default 64, at most
+  1000; `parse.integer-range`: `i-json` (default) or `int64`; see
+  `dataflows/parse.py`).
 - `ingest(...)`: input step + parse. A source may yield RawRecords (file,
   kafka; parsed here), Events (mongo; passed through) and DeadLetters (a
   source's own errors); emits `ok` Events and `dlq` DeadLetters.
@@ -49,7 +52,7 @@ from dataflows.config import Config, ConfigError, load_config
 from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
 from dataflows.errors import Guarded, guarded_map
 from dataflows.events import Event, RawRecord
-from dataflows.parse import TypeSpec, parse_events
+from dataflows.parse import INTEGER_RANGES, MAX_NESTING_DEPTH, StrictLimits, TypeSpec, parse_events
 
 __all__ = [
     "KeyLaneDedup",
@@ -82,6 +85,7 @@ class ParseOptions:
     op_field: str | None
     id_field: str | None
     max_record_bytes: int
+    limits: StrictLimits = StrictLimits()
 
     @classmethod
     def from_config(cls, cfg: Config, *, key_field: str, time_field: str | None = "ts",
@@ -92,7 +96,16 @@ class ParseOptions:
             op_field=cfg.str("parse.op-field", op_field),
             id_field=cfg.str("parse.id-field", id_field),
             max_record_bytes=_positive_size(cfg, "limits.max-record-bytes", "1MiB"),
+            limits=_strict_limits(cfg),
         )
+
+
+def _strict_limits(cfg: Config) -> StrictLimits:
+    depth = cfg.int("limits.max-nesting-depth", StrictLimits.max_depth, minimum=1)
+    if depth > MAX_NESTING_DEPTH:
+        raise ConfigError(f"limits.max-nesting-depth: must be <= {MAX_NESTING_DEPTH}, got {depth} (in {cfg.origin})")
+    integers = cfg.choice("parse.integer-range", tuple(INTEGER_RANGES), StrictLimits.integers)
+    return StrictLimits(max_depth=depth, integers=integers)
 
 
 def _positive_size(cfg: Config, key: str, default: str) -> int:
@@ -156,6 +169,7 @@ def ingest(
         op_field=options.op_field,
         required=required,
         optional=optional,
+        limits=options.limits,
     )
     events = op.merge("events", parsed.ok, given.trues)
     return Guarded(events, op.merge("ingest_dlq", letters.trues, parsed.dlq, unsupported))

@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import bytewax.operators as op
@@ -115,8 +116,7 @@ def build_flow(
     if ttl_ms is not None and not options.id_field:
         raise ConfigError(f"parse.id-field: dedup needs the event id field (in {cfg.origin})")
     if ttl_ms is None:
-        options = ParseOptions(options.key_field, options.time_field, options.op_field, None,
-                               options.max_record_bytes)
+        options = dataclasses.replace(options, id_field=None)
     gap_ms = _ms(cfg, "patterns.sessions.gap", "30m", positive=True)
     lateness_ms = _ms(cfg, "patterns.sessions.allowed-lateness", "0s", positive=False)
     advance = cfg.bool("patterns.sessions.advance-on-idle", True)
