@@ -73,9 +73,9 @@ class Chaos:
         return Workload(self.inputs[name, durable], self.services, broker, self.work / tag,
                         f"{tag}-{uuid.uuid4().hex[:6]}", self.args.pipeline_config)
 
-    def _run(self, schedule: Schedule, tag: str, active_s: float = 0.0) -> RunOutcome:
+    def _run(self, schedule: Schedule, tag: str, total_progress: int = 0) -> RunOutcome:
         runner = ScheduleRunner(schedule, self._workload(schedule, tag),
-                                deadline_s=self.args.deadline, active_s=active_s, log=log)
+                                deadline_s=self.args.deadline, total_progress=total_progress, log=log)
         return runner.run()
 
     def baseline(self, workload: str) -> RunOutcome:
@@ -91,7 +91,7 @@ class Chaos:
 
     def run_one(self, schedule: Schedule) -> None:
         base = self.baseline(schedule.workload)
-        out = self._run(schedule, f"run{schedule.run}", base.active_s) if base.error is None else \
+        out = self._run(schedule, f"run{schedule.run}", base.progress) if base.error is None else \
             RunOutcome(error=f"the fault-free run of {schedule.workload} failed: {base.error}")
         r = self.report
         r["runs"] += 1

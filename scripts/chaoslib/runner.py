@@ -60,6 +60,7 @@ class RunOutcome:
     fired: list[str] = field(default_factory=list)  # fault points that fired (the mark file)
     landed: list[str] = field(default_factory=list)  # fault kinds that struck (an action ran, a point fired)
     active_s: float = 0.0  # from the first dataflow start to completion
+    progress: int = 0  # the output's size at completion (`Workload.progress`)
     state_lost: list[str] = field(default_factory=list)  # starts that silently dropped the state
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -67,18 +68,19 @@ class RunOutcome:
 
 @dataclass(order=True)
 class _Action:
-    at: float
+    at: float  # a fault's strike: output progress; its follow-ups: seconds after the strike, then a time
     label: str = field(compare=False)
     fn: Callable[[], bool] = field(compare=False)  # False: not possible now, try again next tick
     tries: int = field(default=0, compare=False)
     kind: str | None = field(default=None, compare=False)  # the fault kind it makes land
+    then: list[_Action] = field(default_factory=list, compare=False)  # follow-ups (resume, heal)
 
 
 class ScheduleRunner:
-    def __init__(self, schedule: Schedule, workload: Workload, *, deadline_s: float, active_s: float,
+    def __init__(self, schedule: Schedule, workload: Workload, *, deadline_s: float, total_progress: int,
                  log: Callable[[str], None]) -> None:
         self.schedule, self.w, self.deadline_s, self.log = schedule, workload, deadline_s, log
-        self.active_s = active_s  # the fault-free run's processing time: `Fault.at` is a fraction of it
+        self.total = total_progress  # the fault-free run's final output progress: `Fault.at` is a fraction
         self.root = workload.root
         self.mark = self.root / "faults.fired"
         self.sup: subprocess.Popen[bytes] | None = None
@@ -163,8 +165,17 @@ class ScheduleRunner:
 
     # -- actions -----------------------------------------------------------------
 
-    def _actions(self, f: Fault, t0: float) -> list[_Action]:
-        at = t0 + f.at * self.active_s
+    def _action(self, f: Fault) -> _Action | None:
+        """The fault's strike (due at `f.at` of the fault-free output) and its follow-ups."""
+        steps = self._steps(f)
+        if not steps:
+            return None
+        first, *rest = steps
+        first.at, first.then = f.at * self.total, rest
+        return first
+
+    def _steps(self, f: Fault) -> list[_Action]:
+        at = 0.0  # the follow-ups' `at`: seconds after the strike
         p = f.params
         svc = self.w.services
         if f.kind == "child-kill":
@@ -237,10 +248,11 @@ class ScheduleRunner:
             self._start_supervisor()
             t0 = self._first_child(deadline)
             if t0 is not None:
-                timeline = sorted(a for f in self.schedule.faults for a in self._actions(f, t0))
-                self._loop(timeline, t0, deadline)
+                strikes = sorted(a for a in map(self._action, self.schedule.faults) if a is not None)
+                self._loop(strikes, t0, deadline)
         finally:
             self._cleanup()
+            self.w.close()
             self.w.services.heal()
         self.outcome.fired = fired(str(self.mark))
         for f in self.schedule.faults:  # a point fires once per run: the first fault arming it landed
@@ -269,15 +281,23 @@ class ScheduleRunner:
         self.outcome.error = "stuck: the first dataflow child never started"
         return None
 
-    def _loop(self, timeline: list[_Action], t0: float, deadline: float) -> None:
+    def _loop(self, strikes: list[_Action], t0: float, deadline: float) -> None:
+        timeline: list[_Action] = []  # follow-ups, by time
+        progress, progress_at = 0, 0.0
         while True:
             now = time.monotonic()
+            if strikes and now - progress_at > 0.2:
+                progress, progress_at = self.w.progress(), now
+            while strikes and strikes[0].at <= progress:
+                strike = strikes.pop(0)
+                strike.at = now
+                timeline.insert(0, strike)
             if now > deadline:
                 self.outcome.stuck = True
                 st = self.status()
                 self.outcome.error = (f"stuck: not completed after {self.deadline_s:.0f}s (phase "
                                       f"{st.get('phase')}, restarts {st.get('restarts')}; pending "
-                                      f"{[a.label for a in timeline]})")
+                                      f"{[a.label for a in [*strikes, *timeline]]})")
                 return
             if self._pending:
                 timeline = sorted([*timeline, *self._pending])
@@ -288,6 +308,9 @@ class ScheduleRunner:
                     self.outcome.notes.append(f"{now - deadline + self.deadline_s:.1f}s {action.label}")
                     if action.kind:
                         self.outcome.landed.append(action.kind)
+                    for follow in action.then:
+                        follow.at += now
+                    timeline = sorted([*timeline, *action.then])
                 elif action.tries < 100:  # e.g. no child right now: retry for ~5 s
                     action.tries += 1
                     action.at = now + 0.05
@@ -304,6 +327,8 @@ class ScheduleRunner:
             if self.sup is not None and self.restart_at is None and self.sup.poll() is not None:
                 if self.sup.returncode == 0 and self.status().get("phase") == "completed":
                     self.outcome.active_s = round(now - t0, 2)
+                    self.outcome.progress = self.w.progress()
+                    self.outcome.notes += [f"not reached: {a.label}" for a in strikes]
                     return
                 if not self._on_exit():
                     return

@@ -5,10 +5,10 @@ rotates through every kind (`run % len(FAULT_KINDS)`: 100 runs draw each of
 the 17 kinds at least 5 times), its workload rotates through the workloads
 that fault applies to (runs 0-2 cover all three); then 0-2 more faults of
 the kinds that apply to the workload, weighted by 1 / (the number of
-workloads the kind applies to). Each fault has `at` (when it strikes, as a
-fraction of the fault-free run's processing time, counted from the first
-dataflow start, so that it lands while the run works) and kind-specific
-parameters; `Schedule.to_json()` /
+workloads the kind applies to). Each fault has `at` (when it strikes: once
+the run's output has grown to that fraction of the fault-free run's output,
+so that it lands while the run works, however loaded the machine) and
+kind-specific parameters; `Schedule.to_json()` /
 `Schedule.from_json()` round-trip it for `--replay-schedule`.
 """
 
@@ -54,7 +54,7 @@ def applicable_kinds(workload: str) -> list[str]:
 @dataclass(frozen=True)
 class Fault:
     kind: str
-    at: float  # fraction of the fault-free run's processing time
+    at: float  # strikes when the output reaches this fraction of the fault-free output
     params: dict[str, Any] = field(default_factory=dict)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from scripts.chaoslib.checker import Record
 from scripts.chaoslib.services import BUCKET, Services
@@ -93,6 +93,7 @@ class Workload:
     root: Path
     tag: str
     base_config: Path = REPO / "config" / "orders.yaml"
+    _watcher: Consumer | None = None
 
     @property
     def name(self) -> str:
@@ -147,6 +148,32 @@ class Workload:
         path = self.root / "config.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path
+
+    def progress(self) -> int:
+        """How much output exists so far: the output partitions' high watermarks (every record
+        written, committed or not), or the table file's size; 0 when it cannot be told now."""
+        if not self.kafka:
+            try:
+                return (self.root / "out" / "table.jsonl").stat().st_size
+            except OSError:
+                return 0
+        if self._watcher is None:
+            assert self.broker is not None
+            self._watcher = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": "chaos-progress",
+                                      "enable.auto.commit": False, "log_level": 0})
+        total = 0
+        for p in range(OUT_PARTITIONS):
+            try:
+                total += self._watcher.get_watermark_offsets(TopicPartition(self.out_topic, p), timeout=0.5,
+                                                             cached=False)[1]
+            except KafkaException:
+                return 0  # the broker is paused or down: no progress now
+        return total
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
 
     def read_output(self) -> tuple[list[Record], list[str]]:
         """The run's output records (read_committed for Kafka) and its dead letters (canonical)."""
