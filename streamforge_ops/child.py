@@ -53,6 +53,7 @@ def load_flow(flow: str) -> Any:
 
     from dataflows.config import ConfigError
 
+    _exit_2_on_config_error_at_run()
     try:
         return _locate_dataflow(*_prepare_import(flow))
     except ConfigError as exc:
@@ -63,6 +64,39 @@ def load_flow(flow: str) -> Any:
         message = f"pipeline.flow: cannot load {flow!r}: {type(exc).__name__}: {exc}"
     print(f"{CONFIG_ERROR_PREFIX} {message}", file=sys.stderr, flush=True)
     sys.exit(EXIT_CONFIG)
+
+
+def _config_error_in(exc: BaseException | None) -> Exception | None:
+    """The first `ConfigError` in an exception's cause / context chain (Bytewax wraps an error
+    raised in a partition's build in a `BytewaxRuntimeError` whose `__cause__` it is)."""
+    from dataflows.config import ConfigError
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ConfigError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _exit_2_on_config_error_at_run() -> None:
+    """A `ConfigError` raised once the run has started (a sink or source refusing its resume
+    state in `build_part`, such as a changed output partition count) exits `EXIT_CONFIG` with
+    its one-line reason, like one raised while the flow is built; anything else keeps
+    Python's traceback and exit 1 (a crash)."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        found = _config_error_in(value)
+        if found is None or _unreachable(found):
+            previous(kind, value, tb)
+            return
+        print(f"{CONFIG_ERROR_PREFIX} {found}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(EXIT_CONFIG)  # from an excepthook, sys.exit cannot change the exit code
+
+    sys.excepthook = hook
 
 
 _UNREACHABLE = "did not answer metadata"  # dataflows.connectors.kafka_common.check_cluster

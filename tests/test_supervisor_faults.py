@@ -188,3 +188,16 @@ def test_prestop_savepoint_create_gives_up_after_savepoints_timeout(
     code, _, err = ws.finish(ws.start("--name", "prestop", config=cfg, command="savepoint create"))
     assert code == 1, err
     assert "savepoints.timeout (1s)" in err, err
+
+
+def test_config_error_raised_when_the_run_starts_fails_at_start(tmp_path: Path) -> None:
+    """A ConfigError raised inside Bytewax once the run starts (a sink's `build_part` refusing
+    its resume state, e.g. a changed output partition count) reaches the process top level
+    wrapped in a BytewaxRuntimeError; the first child exits 2 with the one-line reason and
+    the supervisor does not restart it (without the mapping: exit 1, restarted with backoff)."""
+    ws = Workspace(tmp_path, n=5, flow="tests.run_config_error_flow:flow")
+    cfg = ws.config(recovery={"max-restarts": 3, "restart-backoff": "0.05s"})
+    code, _, err = ws.finish(ws.start(config=cfg))
+    assert code == 2, err
+    assert "sink.partitions: the output topic has 8 partitions" in err, err
+    assert "restarting in" not in err, err
