@@ -451,14 +451,15 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
         out: list[SourceItem] = []
         limit = 1 if self._one_by_one else self._s.batch_size
         before_split = st.token
+        prior: Any = st.token  # a position just before `change` (the previous event's _id): no per-event copy
         while len(out) < limit:
-            prior = stream.resume_token
             change = stream.try_next()
             if change is None:
                 break
             if "splitEvent" in change:
                 if self._fragments is None:
-                    before_split = None if prior is None else dict(prior)
+                    before_split = _plain(prior)
+                prior = change["_id"]
                 change = self._reassemble(change)
                 if change is None:
                     continue
@@ -468,6 +469,7 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
                 st.token = _plain(prior) if prior is not None else st.token
                 self._namespace_gone(self._gone_reason(change))
                 return out
+            prior = change["_id"]
             if op in _DATA_OPS:
                 out.append(self._change_item(change))
         token = stream.resume_token  # the last event's or the post-batch token (a copy: read once)
