@@ -7,9 +7,11 @@ applying timeout / min-pause / retained itself):
 2. copies each partition with SQLite's backup API and seals the copy at R
    (`recovery.partitions.seal_copy`): every copy then resumes at R, with
    one row per live key;
-3. uploads each copy zlib-compressed (full), or, when `incremental` and the
-   previous checkpoint's sealed copies are in the local cache, only the delta
-   since it (`recovery.delta`); a full base every `full_every` checkpoints;
+3. packs every copy (full), or, when `incremental` and the previous
+   checkpoint's sealed copies are in the local cache, only the delta since it
+   (`recovery.delta`), zstd-compressed into a few objects (`recovery.pack`,
+   an index of offset/size/sha256 per partition in the manifest) and uploads
+   them multipart (`recovery.transfer`); a full base every `full_every`;
 4. uploads the manifest (sha256 of every object, logical digest of every
    partition, source positions, state size per step), signed when a key is
    given, LAST: a checkpoint without a manifest is never chosen;
@@ -34,12 +36,10 @@ cache of sealed copies lives next to the recovery directory
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
 import time
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,10 +56,10 @@ from recovery.manifest import (
     PartitionEntry,
     manifest_key,
     new_id,
-    object_key,
     scan,
     snapshot_prefix,
 )
+from recovery.pack import CODEC, pack_key, write_packs
 from recovery.partitions import (
     PartitionError,
     connect,
@@ -72,6 +72,7 @@ from recovery.partitions import (
 )
 from recovery.positions import source_positions, state_bytes_by_step
 from recovery.store import ObjectStore, StoreError
+from recovery.transfer import put_file
 
 __all__ = [
     "CheckpointError",
@@ -83,7 +84,6 @@ __all__ = [
     "take_checkpoint",
 ]
 
-COMPRESS_LEVEL = 3
 _CACHE_META = "cache.json"
 
 
@@ -181,7 +181,7 @@ def _chain_intact(store: ObjectStore, pipeline: str, parent: _Parent) -> bool:
             manifest = manifest_or_error(store, pipeline, "checkpoint", snap_id)
         except ManifestError:
             return False
-        if not all(store.exists(e.object) for e in manifest.partitions):
+        if not all(store.exists(o) for o in sorted({e.object for e in manifest.partitions})):
             return False
     return True
 
@@ -204,14 +204,10 @@ def _save_parent(cache_dir: Path, work: Path, manifest: Manifest, store: ObjectS
     tmp.replace(cache_dir / _CACHE_META)
 
 
-def _object_bytes(copy: Path, parent: _Parent | None, work: Path) -> bytes:
-    if parent is None:
-        return zlib.compress(copy.read_bytes(), COMPRESS_LEVEL)
+def _delta_file(copy: Path, parent: _Parent, work: Path) -> Path:
     delta = work / f"{copy.stem}.delta"
     make_delta(parent.dir / copy.name, copy, delta)
-    data = zlib.compress(delta.read_bytes(), COMPRESS_LEVEL)
-    delta.unlink()
-    return data
+    return delta
 
 
 def take_checkpoint(
@@ -266,31 +262,42 @@ def _upload(
     where: tuple[str, Kind, str],
     deadline: _Deadline,
 ) -> list[PartitionEntry]:
-    """Upload every sealed copy (full, or the delta against `parent`); their entries."""
+    """Pack every sealed copy (full, or its delta against `parent`) into a few objects
+    (`recovery.pack`), upload them (`recovery.transfer`); the partitions' entries.
+
+    ``checkpoint.upload`` fault point: once per partition, after the packs are
+    stored and before the manifest (the window a kill must not publish)."""
     pipeline, kind, snap_id = where
-    entries = []
-    for copy in copies:
-        data = _object_bytes(copy, parent, work)
-        key = object_key(pipeline, kind, snap_id, part_index(copy), parent is not None)
-        store.put(key, data)
-        fault_point("checkpoint.upload")
+    sources = [copy if parent is None else _delta_file(copy, parent, work) for copy in copies]
+    chunks, packs = write_packs(zip([part_index(c) for c in copies], sources, strict=True), work)
+    keys = [pack_key(pipeline, kind, snap_id, n) for n in range(len(packs))]
+    for key, path in zip(keys, packs, strict=True):
+        put_file(store, key, path)
+        path.unlink()
         deadline.check(f"uploading {key}")
-        keys = connect(copy, readonly=True)
+    entries = []
+    for copy, source, chunk in zip(copies, sources, chunks, strict=True):
+        if source != copy:
+            source.unlink()
+        fault_point("checkpoint.upload")
+        conn = connect(copy, readonly=True)
         try:
-            n = keys.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
-            commit = keys.execute("SELECT commit_epoch FROM commits").fetchone()
+            n = conn.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
+            commit = conn.execute("SELECT commit_epoch FROM commits").fetchone()
         finally:
-            keys.close()
+            conn.close()
         entries.append(
             PartitionEntry(
-                index=part_index(copy),
-                object=key,
-                sha256=hashlib.sha256(data).hexdigest(),
-                size=len(data),
+                index=chunk.index,
+                object=keys[chunk.pack],
+                sha256=chunk.sha256,
+                size=chunk.size,
                 delta=parent is not None,
                 digest=logical_digest(copy),
                 keys=n,
                 commit_epoch=commit[0] if commit else None,
+                offset=chunk.offset,
+                codec=CODEC,
             )
         )
     return entries
@@ -334,7 +341,7 @@ def _take(
         if parent is not None and not _chain_intact(store, pipeline, parent):
             parent = None  # its objects went away while we uploaded: publish a full checkpoint
             entries = _upload(copies, None, work, store, (pipeline, kind, snap_id), deadline)
-        missing = [e.object for e in entries if not store.exists(e.object)]
+        missing = [o for o in sorted({e.object for e in entries}) if not store.exists(o)]
         if missing:
             raise CheckpointError(f"{kind} {snap_id}: uploaded objects vanished before publishing: "
                                   f"{missing}; nothing published")

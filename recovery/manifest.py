@@ -82,6 +82,11 @@ class PartitionEntry:
     digest: str
     keys: int
     commit_epoch: int | None = None
+    # Packed snapshots (recovery.pack): `object` is the shared pack, `sha256`/`size`
+    # those of this partition's bytes at `offset` in it. None = the older format
+    # (one zlib object per partition).
+    offset: int | None = None
+    codec: str = "zlib"
 
 
 @dataclass

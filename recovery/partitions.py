@@ -133,6 +133,7 @@ def copy_partition(src: Path, dst: Path) -> None:
     source = connect(src, readonly=True)
     target = sqlite3.connect(dst)
     try:
+        target.execute("PRAGMA synchronous = OFF")  # a scratch copy: never fsynced (DESIGN §10)
         source.backup(target)
         target.execute("PRAGMA journal_mode = DELETE")
     except sqlite3.Error as exc:
@@ -172,6 +173,7 @@ def seal_copy(path: Path, epoch: int | None) -> SealInfo:
                 "collected); raise recovery.backup-interval above checkpoints.timeout"
             )
         conn.execute("PRAGMA secure_delete = ON")  # freed pages zeroed: they compress away
+        conn.execute("PRAGMA synchronous = OFF")  # a scratch copy: what is uploaded is read back
         before = conn.total_changes
         with conn:
             if epoch is not None:
@@ -218,12 +220,16 @@ def logical_digest(path: Path) -> str:
             for row in conn.execute(sql):
                 h.update(_frame(*row))
         h.update(b"snaps")
-        for step_id, key, blob in conn.execute(
-            "SELECT step_id, state_key, ser_change FROM snaps ORDER BY step_id, state_key, snap_epoch"
+        conn.text_factory = bytes  # the frame is built by SQLite, byte-identical to _frame
+        update = h.update
+        for frame, blob in conn.execute(
+            "SELECT CAST(step_id || char(31) || state_key || char(31) || "
+            "coalesce(length(ser_change), -1) || char(30) AS BLOB), ser_change "
+            "FROM snaps ORDER BY step_id, state_key, snap_epoch"
         ):
-            h.update(_frame(step_id, key, -1 if blob is None else len(blob)))
+            update(frame)
             if blob is not None:
-                h.update(blob)
+                update(blob)
     finally:
         conn.close()
     return h.hexdigest()

@@ -36,10 +36,8 @@ What falls back and what fails:
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sqlite3
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,9 +56,11 @@ from recovery.manifest import (
     parse_manifest,
     scan,
 )
+from recovery.pack import PackError, Packs
 from recovery.partitions import init_partitions, logical_digest, partition_files
 from recovery.store import ObjectStore, StoreError, StoreNotFound
 from recovery.swap import settle, stage_dir, swap_in
+from recovery.transfer import get_file
 
 __all__ = ["STORE_RETRY", "RestoreError", "RestoreResult", "StoreUnavailable", "restore"]
 
@@ -154,17 +154,14 @@ class _Patient:
         raise StoreError(f"{self.url}: restore never deletes ({key})")
 
 
-def _fetch(store: ObjectStore, key: str, sha256: str) -> bytes:
+def _fetch(packs: Packs, step: PartitionEntry) -> bytes:
+    """`step`'s verified, decompressed bytes (packed or the older one-object format)."""
     try:
-        data = store.get(key)
+        return packs.chunk(step)
     except StoreNotFound as exc:
         raise _Rejected(f"{exc} (the snapshot is incomplete)") from None
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise _Rejected(f"object {key} is corrupted or truncated (sha256 mismatch)")
-    try:
-        return zlib.decompress(data)
-    except zlib.error as exc:
-        raise _Rejected(f"object {key} does not decompress: {exc}") from None
+    except PackError as exc:
+        raise _Rejected(str(exc)) from None
 
 
 def _chain(
@@ -193,14 +190,14 @@ def _refuse_signed_without_key(m: Manifest, key: bytes | None) -> None:
         )
 
 
-def _assemble(entry: PartitionEntry, links: list[Manifest], store: ObjectStore, out: Path) -> None:
+def _assemble(entry: PartitionEntry, links: list[Manifest], packs: Packs, out: Path) -> None:
     """Download base + deltas of one partition into `out`, verify every checksum."""
     target = out / f"part-{entry.index}.sqlite3"
     for link in links:
         step = next((e for e in link.partitions if e.index == entry.index), None)
         if step is None:
             raise _Rejected(f"{link.id} has no partition {entry.index}")
-        data = _fetch(store, step.object, step.sha256)
+        data = _fetch(packs, step)
         try:
             if not step.delta:
                 target.write_bytes(data)
@@ -224,10 +221,26 @@ def _materialize(
 ) -> None:
     """Download and verify every partition of `m` into `out` (its signature was checked)."""
     links = _chain(m, store, key, allow_unsigned)
-    with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
-        futures = [pool.submit(_assemble, e, links, store, out) for e in m.partitions]
-        for f in futures:
-            f.result()
+    packs = Packs(lambda k, path: _download(store, k, path), out)
+    try:
+        try:  # every object of the chain at once, in parallel (`recovery.pack`: few objects)
+            packs.fetch([e for link in links for e in link.partitions], PARALLEL_DOWNLOADS)
+        except StoreNotFound as exc:
+            raise _Rejected(f"{exc} (the snapshot is incomplete)") from None
+        with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
+            futures = [pool.submit(_assemble, e, links, packs, out) for e in m.partitions]
+            for f in futures:
+                f.result()
+    finally:
+        packs.close()
+
+
+def _download(store: ObjectStore, key: str, path: Path) -> None:
+    """One object to a file, multipart through `recovery.transfer`, patiently retried."""
+    if isinstance(store, _Patient):
+        store._call(lambda: get_file(store.inner, key, path))
+    else:
+        get_file(store, key, path)
 
 
 @dataclass
