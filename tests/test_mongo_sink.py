@@ -102,7 +102,7 @@ def test_exhausted_retries_and_permanent_errors_go_to_dlq(mongo: MongoHandle, tm
     w = writer(mongo)
     dead = w.write([up("a", n=1)])
     assert len(dead) == 1 and dead[0].attempts == 3 and dead[0].error_code == ErrorCode.SINK_WRITE
-    assert dead[0].key == b"a" and b'"n": 1' in dead[0].payload and dead[0].stage == "mongo-sink"
+    assert dead[0].key == b"a" and b'"n":1' in dead[0].payload and dead[0].stage == "mongo-sink"
     server.clear_failpoints()
     server.handler.max_bson_size = 2048  # the server refuses larger documents: BSONObjectTooLarge
     w2 = writer(mongo)
