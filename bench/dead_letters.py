@@ -26,37 +26,18 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.patterns import CountSink  # noqa: E402
 from dataflows.config import load_config  # noqa: E402
 from dataflows.events import RawRecord, file_event_id  # noqa: E402
 from dataflows.generate import generate_orders  # noqa: E402
 from dataflows.pipelines import orders  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class _CountPartition(StatelessSinkPartition[Any]):
-    def __init__(self, counter: list[int]) -> None:
-        self.counter = counter
-
-    def write_batch(self, items: list[Any]) -> None:
-        self.counter[0] += len(items)
-
-
-class CountSink(DynamicSink[Any]):
-    """Counts output items (no per-item storage)."""
-
-    def __init__(self) -> None:
-        self.counter = [0]
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountPartition:
-        return _CountPartition(self.counter)
 
 
 def build_records(n: int, bad_fraction: float, seed: int = 11) -> list[RawRecord]:
