@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -117,10 +119,18 @@ class EventTimeRangeError(ValueError):
     """An event time no datetime holds (before year 1 or after 9999, UTC)."""
 
 
+def _brief(n: int) -> str:
+    """An integer for a message: in full when short, else its first digits and length."""
+    digits = str(abs(n))
+    if len(digits) <= 24:
+        return str(n)
+    return f"{'-' if n < 0 else ''}{digits[:8]}...({len(digits)} digits)"
+
+
 def _in_range(ms: int) -> int:
     if not MIN_EVENT_TIME_MS <= ms <= MAX_EVENT_TIME_MS:
         raise EventTimeRangeError(
-            f"{ms} ms is outside the representable range {MIN_EVENT_TIME_MS}..{MAX_EVENT_TIME_MS}"
+            f"{_brief(ms)} ms is outside the representable range {MIN_EVENT_TIME_MS}..{MAX_EVENT_TIME_MS}"
             " (years 1 to 9999 UTC)")
     return ms
 
@@ -206,7 +216,7 @@ class _Walk:
         if t is int:
             if not self.lo <= v <= self.hi:
                 raise ParseError(ErrorCode.INTEGER_OUT_OF_RANGE,
-                                 f"integer {v} is beyond {self.spelled} (parse.integer-range)")
+                                 f"integer {_brief(v)} is beyond {self.spelled} (parse.integer-range)")
         elif t is float:
             if not math.isfinite(v):
                 raise ParseError(ErrorCode.NON_FINITE_NUMBER,
@@ -236,6 +246,13 @@ def _decode_slow(payload: bytes, strict_error: orjson.JSONDecodeError | None, wa
         doc = json.loads(text, parse_constant=_non_finite)
     except json.JSONDecodeError as exc:
         raise ParseError(ErrorCode.MALFORMED_JSON, f"payload is not JSON: {exc}") from exc
+    except ParseError:  # NaN / Infinity (_non_finite)
+        raise
+    except ValueError as exc:  # an integer literal beyond sys.get_int_max_str_digits()
+        found = re.search(r"value has (\d+) digits", str(exc))
+        size = f"{found.group(1)} digits" if found else f"more than {sys.get_int_max_str_digits()} digits"
+        raise ParseError(ErrorCode.INTEGER_OUT_OF_RANGE,
+                         f"an integer of {size} is beyond {walk.spelled} (parse.integer-range)") from None
     except RecursionError:
         raise ParseError(ErrorCode.TOO_DEEP, f"JSON nesting is deeper than {walk.max_depth} levels: "
                          f"limit is {walk.max_depth}") from None
