@@ -187,29 +187,30 @@ class _Walk:
         self.exact = exact
 
     def check(self, doc: Any) -> None:
-        """The whole document (the top-level value is level 1)."""
-        if type(doc) is dict or type(doc) is list:
-            self.node(doc, 1)
-        else:
+        """The whole document (the top-level value is level 1), walked without recursion."""
+        if type(doc) is not dict and type(doc) is not list:
             self.scalar(doc)
-
-    def node(self, node: Any, depth: int) -> None:
-        if depth > self.max_depth:
-            raise ParseError(ErrorCode.TOO_DEEP,
-                             f"JSON nesting is deeper than {self.max_depth} levels: limit is {self.max_depth}")
-        if type(node) is dict:
-            if self.exact:
-                for k in node:
-                    self.scalar(k)
-            values: Any = node.values()
-        else:
-            values = node
-        for v in values:
-            t = type(v)
-            if t is dict or t is list:
-                self.node(v, depth + 1)
-            elif t is int or t is float or (self.exact and t is str):
-                self.scalar(v)
+            return
+        exact = self.exact
+        todo: list[tuple[Any, int]] = [(doc, 1)]
+        while todo:
+            node, depth = todo.pop()
+            if depth > self.max_depth:
+                raise ParseError(ErrorCode.TOO_DEEP, f"JSON nesting is deeper than {self.max_depth} "
+                                 f"levels: limit is {self.max_depth}")
+            if type(node) is dict:
+                if exact:
+                    for k in node:
+                        self.scalar(k)
+                values: Any = node.values()
+            else:
+                values = node
+            for v in values:
+                t = type(v)
+                if t is dict or t is list:
+                    todo.append((v, depth + 1))
+                elif t is int or t is float or (exact and t is str):
+                    self.scalar(v)
 
     def scalar(self, v: Any) -> None:
         t = type(v)
@@ -254,8 +255,8 @@ def _decode_slow(payload: bytes, strict_error: orjson.JSONDecodeError | None, wa
         raise ParseError(ErrorCode.INTEGER_OUT_OF_RANGE,
                          f"an integer of {size} is beyond {walk.spelled} (parse.integer-range)") from None
     except RecursionError:
-        raise ParseError(ErrorCode.TOO_DEEP, f"JSON nesting is deeper than {walk.max_depth} levels: "
-                         f"limit is {walk.max_depth}") from None
+        raise ParseError(ErrorCode.TOO_DEEP, f"JSON nesting is deeper than {walk.max_depth} "
+                         f"levels: limit is {walk.max_depth}") from None
     walk.check(doc)
     if strict_error is not None:  # Python's json took it and no check names it (e.g. a BOM)
         raise ParseError(ErrorCode.MALFORMED_JSON, f"payload is not JSON: {strict_error}")

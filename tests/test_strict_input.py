@@ -156,3 +156,13 @@ def test_the_dead_letter_of_an_event_holds_strict_json() -> None:
     letter = dead_letter(Event("k", NASTY, 1, "e", "s"), code=ErrorCode.USER_FUNCTION, stage="s",
                          pipeline="p", message="m")
     assert orjson.loads(letter.payload)["lone"] == "a\ufffdb"
+
+
+def test_the_deepest_allowed_nesting_is_checked_without_recursing() -> None:
+    """The walk over a document is iterative: the largest limit, 1000 levels, is above what
+    Python's default recursion limit lets a recursive walk reach."""
+    limits = StrictLimits(max_depth=1000)
+    assert parse_record(raw(("{" + GOOD + ', "x": ' + deep(999) + "}").encode()), **OPTS, limits=limits)
+    with pytest.raises(ParseError) as info:
+        parse_record(raw(("{" + GOOD + ', "x": ' + deep(1000) + "}").encode()), **OPTS, limits=limits)
+    assert info.value.error_code == ErrorCode.TOO_DEEP
