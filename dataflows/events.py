@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from dataflows.json_codec import dumps
+
 Headers = tuple[tuple[str, bytes], ...]
 
 __all__ = [
@@ -105,6 +107,4 @@ class Event:
     def payload_bytes(self) -> bytes:
         """The value as JSON bytes (what a dead letter keeps of an Event): the sinks' strict
         encoding, `dataflows.json_codec.dumps`."""
-        from dataflows.json_codec import dumps
-
         return dumps(self.value)
