@@ -4,9 +4,9 @@
 applying timeout / min-pause / retained itself):
 
 1. reads the resume epoch R from the live partitions;
-2. copies each partition with SQLite's backup API and seals the copy at R
-   (`recovery.partitions.seal_copy`): every copy then resumes at R, with
-   one row per live key;
+2. copies each partition in one consistent read and seals the copy at R
+   (`recovery.partitions.copy_sealed`, the same rows and refusal as the backup
+   API + `seal_copy`): every copy then resumes at R, with one row per live key;
 3. packs every copy (full), or, when `incremental` and the previous
    checkpoint's sealed copies are in the local cache, only the delta since it
    (`recovery.delta`), zstd-compressed into a few objects (`recovery.pack`,
@@ -63,12 +63,11 @@ from recovery.pack import CODEC, pack_key, write_packs
 from recovery.partitions import (
     PartitionError,
     connect,
-    copy_partition,
+    copy_sealed,
     logical_digest,
     part_index,
     partition_files,
     resume_epoch,
-    seal_copy,
 )
 from recovery.positions import source_positions, state_bytes_by_step
 from recovery.store import ObjectStore, StoreError
@@ -136,14 +135,12 @@ def _sealed_copies(
         for c in conns:
             c.close()
     copies = []
-    for f in files:
+    for f in files:  # each copy sealed as it is taken (`copy_sealed`: only the kept rows)
         dst = work / f.name
-        copy_partition(f, dst)
+        copy_sealed(f, dst, epoch)
         fault_point("checkpoint.copy")
         copies.append(dst)
         deadline.check(f"copying {f.name}")
-    for copy in copies:
-        seal_copy(copy, epoch)
     conns = [connect(copy, readonly=True) for copy in copies]
     try:
         sealed = resume_epoch(conns)

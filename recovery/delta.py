@@ -46,6 +46,8 @@ def make_delta(prev: Path, cur: Path, out: Path) -> DeltaStats:
     conn = sqlite3.connect(out)
     try:
         conn.execute("PRAGMA page_size = 1024")  # small deltas stay small
+        conn.execute("PRAGMA journal_mode = OFF")  # a new scratch file: no journal, no fsync
+        conn.execute("PRAGMA synchronous = OFF")
         conn.execute("ATTACH DATABASE ? AS c", (f"file:{cur}?mode=ro",))
         conn.execute("ATTACH DATABASE ? AS p", (f"file:{prev}?mode=ro",))
         with conn:
@@ -81,6 +83,8 @@ def apply_delta(target: Path, delta: Path) -> DeltaStats:
     """Apply `delta` to the partition file `target` in one transaction."""
     conn = sqlite3.connect(target)
     try:
+        # restore applies deltas to staged files, fsynced by recovery.swap before they count
+        conn.execute("PRAGMA synchronous = OFF")
         conn.execute("ATTACH DATABASE ? AS d", (f"file:{delta}?mode=ro",))
         with conn:
             conn.execute(

@@ -43,6 +43,7 @@ __all__ = [
     "SealInfo",
     "connect",
     "copy_partition",
+    "copy_sealed",
     "init_partitions",
     "logical_digest",
     "part_index",
@@ -153,6 +154,74 @@ class SealInfo:
     dropped_rows: int
 
 
+def _refuse_committed(index: int, commit: int | None, epoch: int | None) -> None:
+    if epoch is not None and commit is not None and commit >= epoch:
+        raise PartitionError(
+            f"partition {index} committed epoch {commit} while it was copied, which "
+            f"reached the consistent epoch {epoch} (its older snapshots are garbage-"
+            "collected); raise recovery.backup-interval above checkpoints.timeout"
+        )
+
+
+_SMALL = ("parts", "exs", "fronts", "commits")
+# The row Bytewax loads at the resume epoch, per key: SQLite's bare columns of a
+# MAX() aggregate come from the row holding the max (documented, "Bare columns
+# in an aggregate query"); a NULL one (discarded key) is dropped.
+_SEALED_ROWS = """
+INSERT INTO main.snaps (created_at, step_id, state_key, snap_epoch, ser_change)
+SELECT created_at, step_id, state_key, snap_epoch, ser_change FROM (
+  SELECT created_at, step_id, state_key, MAX(snap_epoch) AS snap_epoch, ser_change
+  FROM live.snaps WHERE ?1 IS NULL OR snap_epoch < ?1 GROUP BY step_id, state_key)
+WHERE ser_change IS NOT NULL
+"""
+
+
+def copy_sealed(src: Path, dst: Path, epoch: int | None) -> SealInfo:
+    """`copy_partition` + `seal_copy` in one pass over the live partition: same rows,
+    same refusal, but only the rows the seal keeps are written.
+
+    One read transaction on `src` (a consistent snapshot, as the backup API
+    gives): Bytewax's schema and ``user_version``, the small tables (frontiers
+    clamped to `epoch`), and per key the row a resume at `epoch` loads."""
+    dst.unlink(missing_ok=True)
+    conn = sqlite3.connect(f"file:{dst}", uri=True, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous = OFF")  # a scratch copy, as in copy_partition
+        conn.execute("ATTACH DATABASE ? AS live", (f"file:{src}?mode=ro",))
+        conn.execute("BEGIN")
+        index = conn.execute("SELECT part_index FROM live.parts").fetchone()
+        if index is None:
+            raise PartitionError(f"{src}: no parts row; not an initialised partition")
+        row = conn.execute("SELECT commit_epoch FROM live.commits").fetchone()
+        commit = row[0] if row else None
+        _refuse_committed(index[0], commit, epoch)
+        version = conn.execute("PRAGMA live.user_version").fetchone()[0]
+        tables = conn.execute(
+            "SELECT sql FROM live.sqlite_master WHERE type = 'table' AND sql IS NOT NULL "
+            "ORDER BY rowid"
+        ).fetchall()
+        for (sql,) in tables:
+            conn.execute(sql)
+        for table in _SMALL:
+            conn.execute(f"INSERT INTO main.{table} SELECT * FROM live.{table}")
+        if epoch is not None:
+            conn.execute(
+                "UPDATE main.fronts SET worker_frontier = ?1 WHERE worker_frontier > ?1", (epoch,)
+            )
+        live_rows = conn.execute("SELECT COUNT(*) FROM live.snaps").fetchone()[0]
+        conn.execute(_SEALED_ROWS, (epoch,))
+        conn.execute("COMMIT")
+        conn.execute(f"PRAGMA main.user_version = {int(version)}")
+        conn.execute("DETACH DATABASE live")
+        keys = conn.execute("SELECT COUNT(*) FROM main.snaps").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise PartitionError(f"cannot copy {src}: {exc}") from None
+    finally:
+        conn.close()
+    return SealInfo(index=index[0], commit_epoch=commit, keys=keys, dropped_rows=live_rows - keys)
+
+
 def seal_copy(path: Path, epoch: int | None) -> SealInfo:
     """Make a copied partition resume exactly at `epoch` with one row per live key.
 
@@ -166,12 +235,7 @@ def seal_copy(path: Path, epoch: int | None) -> SealInfo:
             raise PartitionError(f"{path}: no parts row; not an initialised partition")
         row = conn.execute("SELECT commit_epoch FROM commits").fetchone()
         commit = row[0] if row else None
-        if epoch is not None and commit is not None and commit >= epoch:
-            raise PartitionError(
-                f"partition {index[0]} committed epoch {commit} while it was copied, which "
-                f"reached the consistent epoch {epoch} (its older snapshots are garbage-"
-                "collected); raise recovery.backup-interval above checkpoints.timeout"
-            )
+        _refuse_committed(index[0], commit, epoch)
         conn.execute("PRAGMA secure_delete = ON")  # freed pages zeroed: they compress away
         conn.execute("PRAGMA synchronous = OFF")  # a scratch copy: what is uploaded is read back
         before = conn.total_changes

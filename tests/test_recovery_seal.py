@@ -92,16 +92,16 @@ def test_checkpoint_racing_one_epoch_fails_cleanly_and_the_retry_is_whole(
     next interval) publishes a checkpoint that restores every key.
     """
     store = open_store(f"file://{tmp_path}/store")
-    real_copy = checkpoint.copy_partition
+    real_copy = checkpoint.copy_sealed
     raced: list[bool] = []
 
-    def copy_after_one_more_epoch(src: Path, dst: Path) -> None:
+    def copy_after_one_more_epoch(src: Path, dst: Path, epoch: int | None) -> object:
         if not raced:
             raced.append(True)
             run(counting_flow(ITEMS, []), flow_dir, backup_s=0)
-        real_copy(src, dst)
+        return real_copy(src, dst, epoch)
 
-    monkeypatch.setattr(checkpoint, "copy_partition", copy_after_one_more_epoch)
+    monkeypatch.setattr(checkpoint, "copy_sealed", copy_after_one_more_epoch)
     with pytest.raises(CheckpointError, match="past the consistent epoch|reached the consistent"):
         take_checkpoint(flow_dir, store, pipeline=PIPE)
     assert raced and list_checkpoints(store, PIPE) == []
@@ -140,16 +140,16 @@ def test_refused_copy_is_a_counted_checkpoint_failure(
         f"checkpoints: {{dir: 'file://{tmp_path}/store'}}\n"
     )
     job = load_job(str(cfg))
-    real_copy = checkpoint.copy_partition
+    real_copy = checkpoint.copy_sealed
     raced: list[bool] = []
 
-    def copy_after_one_more_epoch(src: Path, dst: Path) -> None:
+    def copy_after_one_more_epoch(src: Path, dst: Path, epoch: int | None) -> object:
         if not raced:
             raced.append(True)
             run(counting_flow(ITEMS, []), rd, backup_s=0)
-        real_copy(src, dst)
+        return real_copy(src, dst, epoch)
 
-    monkeypatch.setattr(checkpoint, "copy_partition", copy_after_one_more_epoch)
+    monkeypatch.setattr(checkpoint, "copy_sealed", copy_after_one_more_epoch)
     labels = {"pipeline": PIPE, "kind": "checkpoint"}
     name = "streamforge_checkpoint_failure_count_total"
     before = REGISTRY.get_sample_value(name, labels) or 0.0

@@ -1,0 +1,304 @@
+"""Packed checkpoints: pack/index round trip, corruption and truncation, parallel
+downloads, multipart transfers on moto over HTTP, the one-pass sealed copy, and
+restoring checkpoints of the older one-object-per-partition format.
+
+The partitions are real Bytewax 0.21.1 partitions (`tests.test_recovery_support`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import boto3
+import pytest
+
+from recovery import pack, transfer
+from recovery.checkpoint import take_checkpoint
+from recovery.manifest import (
+    Manifest,
+    PartitionEntry,
+    _hmac,
+    manifest_key,
+    object_key,
+)
+from recovery.pack import PackError, Packs, write_packs
+from recovery.partitions import (
+    PartitionError,
+    connect,
+    copy_partition,
+    copy_sealed,
+    init_partitions,
+    logical_digest,
+    partition_files,
+    resume_epoch,
+    seal_copy,
+)
+from recovery.restore import restore
+from recovery.store import ObjectStore, StoreNotFound, open_store
+from tests.fixtures.s3 import S3Target
+from tests.test_recovery_support import counting_flow, final_sums, run
+
+PIPE = "orders"
+KEY = b"pack-test-signing-key"
+# keys re-counted over several epochs, some discarded (None): several rows per
+# key and NULL rows in the live partitions, as sealing meets them
+ITEMS = [(f"k{i % 40}", None if i % 97 == 0 else 1) for i in range(600)]
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Path:
+    rd = tmp_path / "rec"
+    init_partitions(rd, 3)
+    run(counting_flow(ITEMS, []), rd)
+    return rd
+
+
+def _epoch(rd: Path) -> int | None:
+    conns = [connect(f, readonly=True) for f in partition_files(rd)]
+    try:
+        return resume_epoch(conns)
+    finally:
+        for c in conns:
+            c.close()
+
+
+def _schema(path: Path) -> list:
+    conn = connect(path, readonly=True)
+    try:
+        rows = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+        return [rows, conn.execute("PRAGMA user_version").fetchone()]
+    finally:
+        conn.close()
+
+
+def test_copy_sealed_is_backup_then_seal(tmp_path: Path, live: Path) -> None:
+    r = _epoch(live)
+    assert r is not None
+    for part in partition_files(live):
+        for epoch in (r, r - 3, None):
+            a, b = tmp_path / "a" / part.name, tmp_path / "b" / part.name
+            a.parent.mkdir(exist_ok=True)
+            b.parent.mkdir(exist_ok=True)
+            copy_partition(part, a)
+            sealed = seal_copy(a, epoch)
+            info = copy_sealed(part, b, epoch)
+            # (seal_copy's dropped_rows also counts the clamped frontier rows)
+            assert replace(info, dropped_rows=0) == replace(sealed, dropped_rows=0)
+            assert logical_digest(a) == logical_digest(b)
+            assert _schema(a) == _schema(b)  # Bytewax's tables and migration version
+
+
+def test_copy_sealed_refuses_a_copy_committed_at_r(tmp_path: Path, live: Path) -> None:
+    """As `seal_copy`: Bytewax's GC at commit epoch R dropped the rows a resume at R needs."""
+    r = _epoch(live)
+    run(counting_flow(ITEMS, []), live, backup_s=0)  # resumes at R, commits epoch R
+    with pytest.raises(PartitionError, match=f"committed epoch {r} .*consistent epoch {r}"):
+        copy_sealed(partition_files(live)[0], tmp_path / "part-0.sqlite3", r)
+
+
+def _files(tmp_path: Path, sizes: list[int]) -> list[tuple[int, Path]]:
+    out = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"in-{i}"
+        path.write_bytes(os.urandom(size // 2) + bytes(size - size // 2))
+        out.append((i * 2, path))  # partition indexes need not be contiguous
+    return out
+
+
+def _entries(chunks: list[pack.Chunk], keys: list[str]) -> list[PartitionEntry]:
+    return [
+        PartitionEntry(
+            index=c.index, object=keys[c.pack], sha256=c.sha256, size=c.size, delta=False,
+            digest="", keys=0, offset=c.offset, codec=pack.CODEC,
+        )
+        for c in chunks
+    ]
+
+
+def _stored(tmp_path: Path, sizes: list[int]) -> tuple[ObjectStore, list, list[PartitionEntry]]:
+    files = _files(tmp_path, sizes)
+    chunks, packs = write_packs(files, tmp_path)
+    store = open_store(f"file://{tmp_path}/store")
+    keys = [f"p/pack-{n}" for n in range(len(packs))]
+    for key, path in zip(keys, packs, strict=True):
+        transfer.put_file(store, key, path)
+    return store, files, _entries(chunks, keys)
+
+
+def _packs(store: ObjectStore, into: Path) -> Packs:
+    into.mkdir(exist_ok=True)
+    return Packs(lambda key, path: transfer.get_file(store, key, path), into)
+
+
+def test_pack_round_trip_and_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pack, "PACK_LIMIT", 30_000)  # several packs
+    store, files, entries = _stored(tmp_path, [20_000, 1, 0, 50_000, 7_000])
+    assert [e.index for e in entries] == [i for i, _ in files]
+    by_pack: dict[str, list[PartitionEntry]] = {}
+    for e in entries:
+        by_pack.setdefault(e.object, []).append(e)
+    assert len(by_pack) >= 2
+    for chunks in by_pack.values():  # back to back from 0; over the limit only if alone
+        assert [c.offset for c in chunks] == [sum(c.size for c in chunks[:i]) for i in range(len(chunks))]
+        assert sum(c.size for c in chunks) <= 30_000 or len(chunks) == 1
+    readers = _packs(store, tmp_path / "dl")
+    readers.fetch(entries)
+    for (_, path), entry in zip(files, entries, strict=True):
+        assert readers.chunk(entry) == path.read_bytes()
+    readers.close()
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+def _rewrite(store: ObjectStore, key: str, edit) -> None:  # type: ignore[no-untyped-def]
+    store.put(key, edit(store.get(key)))
+
+
+def test_one_corrupted_partition_in_a_pack_is_detected(tmp_path: Path) -> None:
+    store, files, entries = _stored(tmp_path, [4_000, 4_000, 4_000])
+    bad = entries[1]
+    assert bad.object == entries[0].object == entries[2].object and bad.offset is not None
+
+    def flip(data: bytes) -> bytes:
+        at = bad.offset + bad.size // 2  # type: ignore[operator]
+        return data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+
+    _rewrite(store, bad.object, flip)
+    readers = _packs(store, tmp_path / "dl")
+    with pytest.raises(PackError, match="sha256 mismatch"):
+        readers.chunk(bad)
+    assert readers.chunk(entries[0]) == files[0][1].read_bytes()  # the others still verify
+    assert readers.chunk(entries[2]) == files[2][1].read_bytes()
+
+
+def test_truncated_pack_is_detected(tmp_path: Path) -> None:
+    store, files, entries = _stored(tmp_path, [4_000, 4_000])
+    _rewrite(store, entries[0].object, lambda data: data[:-10])
+    readers = _packs(store, tmp_path / "dl")
+    assert readers.chunk(entries[0]) == files[0][1].read_bytes()
+    with pytest.raises(PackError, match=r"truncated \(\d+ of \d+ bytes\)"):
+        readers.chunk(entries[1])
+
+
+def test_legacy_entry_and_undecompressable_bytes(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}/store")
+    raw = zlib.compress(b"legacy partition bytes", 3)
+    store.put("old/part-0.sqlite3.z", raw)
+    legacy = PartitionEntry(
+        index=0, object="old/part-0.sqlite3.z", sha256=hashlib.sha256(raw).hexdigest(),
+        size=len(raw), delta=False, digest="", keys=0,
+    )
+    assert (legacy.offset, legacy.codec) == (None, "zlib")
+    assert _packs(store, tmp_path / "dl").chunk(legacy) == b"legacy partition bytes"
+    junk = b"not zstd at all"
+    bad = replace(legacy, sha256=hashlib.sha256(junk).hexdigest(), size=len(junk), offset=0,
+                  codec=pack.CODEC)
+    store.put(bad.object, junk)
+    with pytest.raises(PackError, match="does not decompress"):
+        _packs(store, tmp_path / "dl2").chunk(bad)
+
+
+def test_downloads_run_in_parallel_and_land_under_their_own_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first pack's download waits until the second one's has started: only a
+    parallel fetch finishes; each pack's bytes still end up under its own key."""
+    monkeypatch.setattr(pack, "PACK_LIMIT", 2_000)
+    store, files, entries = _stored(tmp_path, [3_000, 3_000])
+    assert [e.object for e in entries] == ["p/pack-0", "p/pack-1"]
+    started_second = threading.Event()
+
+    def download(key: str, path: Path) -> None:
+        if key == "p/pack-0":
+            assert started_second.wait(60), "downloads ran one after the other"
+        else:
+            started_second.set()
+        transfer.get_file(store, key, path)
+
+    readers = _packs(store, tmp_path / "dl")
+    readers._download = download  # type: ignore[method-assign]
+    readers.fetch(entries, parallel=2)
+    assert [readers.chunk(e) for e in entries] == [p.read_bytes() for _, p in files]
+
+
+def test_multipart_transfer_through_moto(
+    tmp_path: Path, s3_bucket: S3Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transfer, "MULTIPART_THRESHOLD", 5 * 1024 * 1024)
+    monkeypatch.setattr(transfer, "PART_SIZE", 5 * 1024 * 1024)  # S3's minimum part size
+    store = open_store(s3_bucket.url, endpoint_url=s3_bucket.endpoint_url)
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(12 * 1024 * 1024))
+    transfer.put_file(store, "x/pack-0.sfpk", src)
+    head = boto3.client("s3", endpoint_url=s3_bucket.endpoint_url).head_object(
+        Bucket=s3_bucket.bucket, Key="streamforge/x/pack-0.sfpk"
+    )
+    assert head["ETag"].strip('"').endswith("-3")  # S3's ETag of a 3-part upload
+    dst = tmp_path / "back"
+    transfer.get_file(store, "x/pack-0.sfpk", dst)
+    assert dst.read_bytes() == src.read_bytes()
+    with pytest.raises(StoreNotFound):
+        transfer.get_file(store, "x/missing.sfpk", tmp_path / "none")
+    assert not (tmp_path / "none").exists() and not list(tmp_path.glob(".none*"))
+
+
+def _to_old_format(store: ObjectStore, m: Manifest, key: bytes) -> None:
+    """Rewrite a packed checkpoint as today's main wrote it: one zlib object per
+    partition (``part-N.sqlite3.z`` / ``delta-N.sqlite3.z``), entries without
+    ``offset``/``codec``, signed over exactly those fields."""
+    readers = Packs(lambda k, path: transfer.get_file(store, k, path), Path(store.root) / ".dl")  # type: ignore[attr-defined]
+    Path(store.root, ".dl").mkdir(exist_ok=True)  # type: ignore[attr-defined]
+    doc = json.loads(m.to_json())
+    for entry, stored in zip(m.partitions, doc["partitions"], strict=True):
+        data = zlib.compress(readers.chunk(entry), 3)
+        obj = object_key(m.pipeline, m.kind, m.id, entry.index, entry.delta)
+        store.put(obj, data)
+        stored.update(object=obj, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        del stored["offset"], stored["codec"]
+    readers.close()
+    for old_pack in {e.object for e in m.partitions}:
+        store.delete(old_pack)
+    doc.pop("signature")
+    doc["total_bytes"] = sum(p["size"] for p in doc["partitions"])
+    doc["signature"] = _hmac(key, doc)
+    store.put(manifest_key(m.pipeline, m.kind, m.id), json.dumps(doc).encode())
+
+
+def test_old_format_checkpoints_still_restore(tmp_path: Path) -> None:
+    """A full + a delta checkpoint in today's main's format restore with the new code,
+    and a new (packed) delta chained onto an old-format parent restores too."""
+    rd = tmp_path / "rec"
+    init_partitions(rd, 3)
+    store = open_store(f"file://{tmp_path}/store")
+    items = list(ITEMS)
+    taken = []
+    for more in ([], [("k1", 5), ("k77", 1)], [("k2", None), ("k3", 2)]):
+        items += more
+        run(counting_flow(items, []), rd)
+        taken.append(take_checkpoint(rd, store, pipeline=PIPE, incremental=True, signing_key=KEY))
+    full, delta, newest = taken
+    assert (delta.parent_id, newest.parent_id) == (full.id, delta.id)
+    _to_old_format(store, full, KEY)
+    _to_old_format(store, delta, KEY)
+    assert not [k for k in store.list(f"{PIPE}/checkpoints/{full.id}/") if k.endswith(".sfpk")]
+
+    for target, m in ((("checkpoint", delta.id), delta), ("latest", newest)):
+        into = tmp_path / f"restored-{m.id}"
+        result = restore(
+            into, checkpoint_store=store, savepoint_store=store, pipeline=PIPE,
+            partition_count=3, signing_key=KEY, target=target,  # type: ignore[arg-type]
+        )
+        assert (result.chosen, result.id, result.notes) == ("checkpoint", m.id, [])
+        assert [logical_digest(p) for p in partition_files(into)] == [
+            e.digest for e in m.partitions
+        ]
+    out: list = []
+    run(counting_flow([*items, ("k0", 1)], out), tmp_path / f"restored-{newest.id}")
+    expected: list = []
+    run(counting_flow([*items, ("k0", 1)], expected), None)
+    assert out == [("k0", (final_sums(expected)["k0"], True))]
