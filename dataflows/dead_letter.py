@@ -113,7 +113,25 @@ def _format_one(exc: BaseException) -> list[str]:
         source = linecache.getline(code.co_filename, lineno, frame.f_globals).strip()
         if source:
             lines.append(f"    {source}\n")
-    lines.extend(traceback.format_exception_only(type(exc), exc))
+    lines.extend(_exception_only(exc))
+    return lines
+
+
+def _exception_only(exc: BaseException) -> list[str]:
+    """`traceback.format_exception_only`'s lines, without building a `TracebackException`
+    (which walks and looks up every frame of the whole chain again)."""
+    if isinstance(exc, SyntaxError):  # its caret display: rare, let traceback do it
+        return traceback.format_exception_only(type(exc), exc)
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - as traceback does
+        text = "<exception str() failed>"
+    lines = [f"{name}: {text}\n" if text else f"{name}\n"]
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, (list, tuple)):
+        lines.extend(f"{note}\n" for note in notes)
     return lines
 
 

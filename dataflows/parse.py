@@ -268,12 +268,15 @@ def decode_strict(payload: bytes, limits: StrictLimits = _DEFAULT_LIMITS) -> Any
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        return _decode_slow(payload, exc, _Walk(limits, exact=True))
-    try:
-        _Walk(limits, exact=False).check(doc)
-    except _Suspect:
-        return _decode_slow(payload, None, _Walk(limits, exact=True))
-    return doc
+        refused: orjson.JSONDecodeError | None = exc
+    else:
+        try:
+            _Walk(limits, exact=False).check(doc)
+            return doc
+        except _Suspect:
+            refused = None
+    # Out of the except blocks: the dead letter's stack trace chains only the precise error.
+    return _decode_slow(payload, refused, _Walk(limits, exact=True))
 
 
 def _decode(raw: RawRecord, max_record_bytes: int, limits: StrictLimits) -> dict[str, Any]:

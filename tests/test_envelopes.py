@@ -95,6 +95,7 @@ def test_dead_letter_stack_trace_is_complete_without_parsing_source(monkeypatch:
     never runs Python 3.11's caret-anchor analysis, an `ast.parse` per frame (issue 11: a
     dead letter must not cost 100x an event)."""
     import ast
+    import traceback
 
     parsed: list[str] = []
     real_parse = ast.parse
@@ -103,11 +104,17 @@ def test_dead_letter_stack_trace_is_complete_without_parsing_source(monkeypatch:
         parsed.append(source)
         return real_parse(source, *args, **kwargs)  # type: ignore[arg-type]
 
+    class NoTracebackException:  # building one walks and looks up every frame again
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("TracebackException built")
+
     try:
         _fail_deep(3)
     except ValueError as exc:
-        monkeypatch.setattr(ast, "parse", counting_parse)
-        dl = dead_letter("x", code=ErrorCode.USER_FUNCTION, stage="s", pipeline="p", exc=exc)
+        with monkeypatch.context() as patch:  # undone before pytest formats a failure
+            patch.setattr(ast, "parse", counting_parse)
+            patch.setattr(traceback, "TracebackException", NoTracebackException)
+            dl = dead_letter("x", code=ErrorCode.USER_FUNCTION, stage="s", pipeline="p", exc=exc)
     assert parsed == []
     text = dl.stacktrace
     assert text.startswith("Traceback (most recent call last):\n")

@@ -166,3 +166,16 @@ def test_the_deepest_allowed_nesting_is_checked_without_recursing() -> None:
     with pytest.raises(ParseError) as info:
         parse_record(raw(("{" + GOOD + ', "x": ' + deep(1000) + "}").encode()), **OPTS, limits=limits)
     assert info.value.error_code == ErrorCode.TOO_DEEP
+
+
+def test_a_malformed_record_s_stack_trace_chains_only_the_precise_error() -> None:
+    """The dead letter names the JSON error that decides the code (Python's, with its
+    position), not also orjson's first refusal (decoding again happens outside its handler)."""
+    from dataflows.errors import _to_dead_letter
+
+    with pytest.raises(ParseError) as info:
+        parse_record(raw(b'{"id": "a", "ts": 1'), **OPTS)
+    letter = _to_dead_letter(raw(b""), info.value, "t.parse", "t")
+    assert letter.error_code == ErrorCode.MALFORMED_JSON
+    assert "json.decoder.JSONDecodeError: Expecting" in letter.stacktrace
+    assert "orjson" not in letter.stacktrace and "During handling" not in letter.stacktrace
