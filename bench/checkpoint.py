@@ -49,8 +49,7 @@ class Phases:
     digest, pack (compress + hash), upload, download, verify, swap took the time."""
 
     WATCH = {
-        "copy": ("recovery.checkpoint", "copy_partition"),
-        "seal": ("recovery.checkpoint", "seal_copy"),
+        "copy_and_seal": ("recovery.checkpoint", "copy_sealed"),
         "delta": ("recovery.checkpoint", "make_delta"),
         "digest": ("recovery.checkpoint", "logical_digest"),
         "pack": ("recovery.checkpoint", "write_packs"),
