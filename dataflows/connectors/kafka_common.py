@@ -3,9 +3,9 @@
 Serialisation of sink items (`to_out_message`):
 
 - key: `item.key` (str -> UTF-8, bytes kept, None -> no key);
-- value: bytes kept as they are; a dataclass (Event, TableChange, ...) -> JSON
-  of its fields (as `asdict` gives them, nested dataclasses included); a mapping -> JSON; bytes inside are decoded as UTF-8
-  (invalid bytes escaped);
+- value: bytes kept as they are; a dataclass (Event, TableChange, ...) or a
+  mapping -> the one strict JSON encoding of every sink (`dataflows.json_codec.dumps`:
+  compact, keys sorted, a dataclass's `"type"`, non-UTF-8 bytes as base64);
 - headers: `sf-event-id` = `item.event_id` (an item without one, e.g. a
   Session revision, gets `content:<blake2b of key and value>`: deterministic,
   so the exactly-once sink still recognises a replayed record), plus the
@@ -18,10 +18,9 @@ Routing: `partition_for(key, n)` = crc32(key) mod n, stable across processes
 from __future__ import annotations
 
 import hashlib
-import json
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -133,28 +132,6 @@ def is_fenced(err: KafkaError | BaseException | None) -> bool:
 
 def partition_for(key: bytes | None, partitions: int) -> int:
     return zlib.crc32(key or b"") % partitions
-
-
-def _json_default(obj: Any) -> Any:
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return _shallow_dict(obj)
-    if isinstance(obj, (bytes, bytearray)):
-        return bytes(obj).decode("utf-8", "backslashreplace")
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=repr)
-    return str(obj)
-
-
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-_ENCODER = json.JSONEncoder(default=_json_default, sort_keys=True)
-
-
-def _shallow_dict(obj: Any) -> dict[str, Any]:
-    """Like `asdict` without its deep copy (JSON encoding only reads the values)."""
-    names = _FIELD_NAMES.get(type(obj))
-    if names is None:
-        names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in fields(obj))
-    return {n: getattr(obj, n) for n in names}
 
 
 def _as_key(key: Any) -> bytes | None:
