@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["POINTS", "fault_point", "fired", "parse_spec"]
+__all__ = ["POINTS", "children", "fault_point", "fired", "parse_spec"]
 
 ENV = "STREAMFORGE_FAULT_POINT"
 MARK_ENV = "STREAMFORGE_FAULT_MARK"
@@ -80,7 +80,7 @@ def _hit(name: str, nth: int, action: str) -> None:
             os.fsync(f.fileno())
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    for pid in _children(os.getpid()):
+    for pid in children(os.getpid()):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -96,7 +96,7 @@ def fired(mark: str) -> list[str]:
         return []
 
 
-def _children(parent: int) -> list[int]:
+def children(parent: int) -> list[int]:
     """Direct children of `parent`, from /proc (Linux)."""
     out = []
     for entry in os.listdir("/proc"):

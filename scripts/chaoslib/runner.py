@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataflows.faults import fired
+from dataflows.faults import children, fired
 from scripts.chaoslib.checker import Record
 from scripts.chaoslib.schedule import Fault, Schedule
 from scripts.chaoslib.workloads import REPO, Workload
@@ -121,6 +121,14 @@ class ScheduleRunner:
         return proc
 
     def _start_supervisor(self) -> None:
+        """Start `streamforge run` again, unless an older supervisor still runs the job (an upgrade
+        killed before it stopped the old version): that one is the job again."""
+        alive = [p for p in self.reap if p.poll() is None]
+        if alive:
+            self.sup = alive[-1]
+            self.reap.remove(self.sup)
+            self.outcome.notes.append(f"supervisor {self.sup.pid} (the old version) still runs the job")
+            return
         self.sup = self._spawn(["run"], "supervisor", armed=True)
         self.restart_points = []
         self._expect_state[self.sup.pid] = self.published
@@ -153,14 +161,18 @@ class ScheduleRunner:
             return None
         return int(pid) if _alive(int(pid)) else None
 
-    def _kill_supervisor(self) -> bool:
+    def _kill_supervisor(self, *, node: bool = False) -> bool:
+        """SIGKILL the supervisor (`node`: every supervisor of the job, as a lost node does) and
+        wait until its dataflow child is gone too."""
         if self.sup is None or self.sup.poll() is not None:
             return False
-        child = self._child_pid()
-        self.sup.kill()
-        self.sup.wait()
-        if child:
-            _wait_dead(child)
+        for proc in [self.sup, *(self.reap if node else [])]:
+            if proc.poll() is None:
+                kids = children(proc.pid)
+                proc.kill()
+                proc.wait()
+                for kid in kids:
+                    _wait_dead(kid)
         return True
 
     # -- actions -----------------------------------------------------------------
@@ -209,7 +221,7 @@ class ScheduleRunner:
         return True
 
     def _restart_supervisor(self, f: Fault) -> bool:
-        if not self._kill_supervisor():
+        if not self._kill_supervisor(node=f.kind in ("restore-swap-kill", "restore-store-503")):
             return False
         if f.kind == "long-restart":
             self.skew += LONG_RESTART_SKEW_S
