@@ -66,13 +66,13 @@ def test_sigkill_during_upload_never_chosen(
     try:
         assert child.stdout is not None
         line = child.stdout.readline().decode()  # blocks until the first object is uploaded
-        assert line.startswith("PUT ") and "delta-0" in line
+        assert line.startswith("PUT ") and "pack-0.sfpk" in line  # every delta, in one pack
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.kill()
         child.wait()
     assert child.returncode == -signal.SIGKILL
-    assert any(k.endswith("delta-0.sqlite3.z") for k in store.list(f"{PIPE}/checkpoints/"))
+    assert any(k.endswith("pack-0.sfpk") for k in store.list(f"{PIPE}/checkpoints/"))
     assert [m.id for m in list_checkpoints(store, PIPE)] == [good.id]
 
     result = restore(
