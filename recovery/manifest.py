@@ -2,8 +2,10 @@
 
 Store layout (keys relative to the store URL)::
 
-    {pipeline}/checkpoints/{id}/part-{i}.sqlite3.z     full copy of partition i (zlib)
-    {pipeline}/checkpoints/{id}/delta-{i}.sqlite3.z    changes since the parent (incremental)
+    {pipeline}/checkpoints/{id}/pack-{n}.sfpk          every partition's bytes, packed (zstd;
+                                                       offsets in the entries: recovery.pack)
+    {pipeline}/checkpoints/{id}/part-{i}.sqlite3.z     older format: full copy of partition i (zlib)
+    {pipeline}/checkpoints/{id}/delta-{i}.sqlite3.z    older format: changes since the parent
     {pipeline}/checkpoints/{id}/manifest.json          written LAST
     {pipeline}/savepoints/{id}/...                     same, never incremental
 
