@@ -1,5 +1,3 @@
-import sys
+from streamforge_ops.cli import run
 
-from streamforge_ops.cli import main
-
-sys.exit(main())
+run()

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 # Module names under streamforge_ops.commands, in --help order.
 COMMANDS = ("run", "checkpoint", "savepoint", "restore", "state", "dlq", "deploy", "upgrade", "generate")
@@ -57,5 +60,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """The console script: `main`, then exit with its code, also when a thread it abandoned
+    is still stuck in I/O (a savepoint given up after `savepoints.timeout` whose upload
+    runs in boto3's transfer-manager threads): Python joins non-daemon threads and every
+    `concurrent.futures` worker (daemon or not, `thread._python_exit`) at exit and would
+    hang there, so with any other thread still alive the process ends with `os._exit`."""
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    me = threading.current_thread()
+    if any(t is not me and t.is_alive() for t in threading.enumerate()):
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
