@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+
+import pytest
 
 pytest_plugins = [
     "tests.fixtures.kafka",
@@ -13,3 +16,12 @@ pytest_plugins = [
 
 # In CI (CI set), a test that needs an optional tool fails instead of skipping.
 REQUIRE_TOOLS = bool(os.environ.get("CI")) or bool(os.environ.get("STREAMFORGE_REQUIRE_TOOLS"))
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_supervisors() -> Iterator[None]:
+    """A test that fails before stopping its supervisor must not leave it running."""
+    yield
+    from tests.supervisor_harness import kill_leftovers
+
+    kill_leftovers()

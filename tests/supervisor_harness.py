@@ -28,6 +28,19 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[1]
 
 
+STARTED: list[subprocess.Popen[bytes]] = []  # every process a Workspace started
+
+
+def kill_leftovers() -> None:
+    """SIGKILL every started supervisor still running (a test that failed before stopping
+    it); its child dies with it (parent-death signal). Called after each test (conftest)."""
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def wait_for(cond: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll `cond` every 50 ms until it returns something truthy; fail after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -112,6 +125,7 @@ class Workspace:
             cwd=REPO, stdout=log, stderr=err, env=proc_env,
         )
         proc.out_path, proc.err_path = log.name, err.name  # type: ignore[attr-defined]
+        STARTED.append(proc)
         return proc
 
     def finish(self, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> tuple[int, str, str]:
