@@ -75,12 +75,39 @@ def make_input(workload: str, broker: KafkaBroker | None, work: Path, records: i
         return WorkloadInput(workload, str(path), len(lines))
     assert broker is not None
     topic = create_topic(broker.bootstrap, f"chaos-in-{workload}-{seed}", IN_PARTITIONS)
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5, "message.max.bytes": 2_000_000})
+    # Idempotent: a produce retried after a slow broker (the S3-backed Tansu of broker-restart
+    # runs) must not duplicate or reorder input records, or their offset-derived event ids
+    # would differ from the fault-free run's and the checker would report phantom differences.
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5,
+                         "message.max.bytes": 2_000_000, "enable.idempotence": True})
     for line in lines:
         producer.produce(topic, line, partition=_order_partition(line))
     if producer.flush(60) != 0:
         raise RuntimeError(f"could not produce the input of {workload} to {topic}")
+    _check_input_count(broker.bootstrap, topic, len(lines))
     return WorkloadInput(workload, topic, len(lines))
+
+
+def _check_input_count(bootstrap: str, topic: str, expected: int) -> None:
+    """The input topic holds exactly the produced records, no retried duplicate: read back
+    (Tansu's high watermarks are not record counts, DESIGN.md §10), bounded by a deadline."""
+    import time
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"chaos-check-{topic}",
+                         "enable.auto.commit": False})
+    seen = 0
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(IN_PARTITIONS)])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            msgs = consumer.consume(1000, timeout=0.5)
+            seen += sum(1 for m in msgs if m.error() is None)
+            if seen >= expected and not msgs:
+                break
+    finally:
+        consumer.close()
+    if seen != expected:
+        raise RuntimeError(f"input topic {topic} holds {seen} records, {expected} were produced")
 
 
 @dataclass
