@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.mongo",
     "tests.fixtures.fault_proxy",
+    "tests.state_fixture",  # the `ws` fixture: version 1 of tests/supervised_flow.py has run
 ]
 
 # In CI (CI set), a test that needs an optional tool fails instead of skipping.

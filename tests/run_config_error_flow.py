@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-import bytewax.operators as op
 from dataflows.config import ConfigError, load_config
 from tests.supervised_flow import build
 

@@ -23,21 +23,10 @@ from bytewax.testing import run_main
 from dataflows.config import load_config
 from recovery.steps import check_steps, renamed_id
 from streamforge_ops.cli import main
-from tests.state_fixture import run_version_1
 from tests.supervisor_harness import Workspace, read_rows, write_input
 
 V2 = "tests.step_rename_flow:flow_renamed"
 RENAME = {"supervised.totals": "supervised.sums"}
-
-
-@pytest.fixture
-def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
-    """Version 1 ran over 50 records (7 users); its state is in ws.recovery."""
-    ws = Workspace(tmp_path, n=50)
-    cfg = ws.config()
-    monkeypatch.setenv("STREAMFORGE_CONFIG", str(cfg))
-    run_version_1(cfg, ws.recovery)
-    return ws
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 0) -> Any:

@@ -11,17 +11,7 @@ from typing import Any
 import pytest
 
 from streamforge_ops.cli import main
-from tests.state_fixture import run_version_1
 from tests.supervisor_harness import Workspace
-
-
-@pytest.fixture
-def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
-    ws = Workspace(tmp_path, n=50)
-    cfg = ws.config()
-    monkeypatch.setenv("STREAMFORGE_CONFIG", str(cfg))
-    run_version_1(cfg, ws.recovery)
-    return ws
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 0) -> Any:
