@@ -176,6 +176,18 @@ WHERE ser_change IS NOT NULL
 """
 
 
+def _sealable(conn: sqlite3.Connection, schema: str, path: Path, epoch: int | None) -> tuple[int, int | None]:
+    """The partition's index and commit epoch (tables under `schema`, "" or "live."); raises
+    PartitionError if it is not initialised or its commit epoch reached `epoch`."""
+    index = conn.execute(f"SELECT part_index FROM {schema}parts").fetchone()
+    if index is None:
+        raise PartitionError(f"{path}: no parts row; not an initialised partition")
+    row = conn.execute(f"SELECT commit_epoch FROM {schema}commits").fetchone()
+    commit = row[0] if row else None
+    _refuse_committed(index[0], commit, epoch)
+    return index[0], commit
+
+
 def copy_sealed(src: Path, dst: Path, epoch: int | None) -> SealInfo:
     """`copy_partition` + `seal_copy` in one pass over the live partition: same rows,
     same refusal, but only the rows the seal keeps are written.
@@ -190,12 +202,7 @@ def copy_sealed(src: Path, dst: Path, epoch: int | None) -> SealInfo:
         conn.execute("PRAGMA synchronous = OFF")  # a scratch copy, as in copy_partition
         conn.execute("ATTACH DATABASE ? AS live", (f"file:{src}?mode=ro",))
         conn.execute("BEGIN")
-        index = conn.execute("SELECT part_index FROM live.parts").fetchone()
-        if index is None:
-            raise PartitionError(f"{src}: no parts row; not an initialised partition")
-        row = conn.execute("SELECT commit_epoch FROM live.commits").fetchone()
-        commit = row[0] if row else None
-        _refuse_committed(index[0], commit, epoch)
+        index, commit = _sealable(conn, "live.", src, epoch)
         version = conn.execute("PRAGMA live.user_version").fetchone()[0]
         tables = conn.execute(
             "SELECT sql FROM live.sqlite_master WHERE type = 'table' AND sql IS NOT NULL "
@@ -219,7 +226,7 @@ def copy_sealed(src: Path, dst: Path, epoch: int | None) -> SealInfo:
         raise PartitionError(f"cannot copy {src}: {exc}") from None
     finally:
         conn.close()
-    return SealInfo(index=index[0], commit_epoch=commit, keys=keys, dropped_rows=live_rows - keys)
+    return SealInfo(index=index, commit_epoch=commit, keys=keys, dropped_rows=live_rows - keys)
 
 
 def seal_copy(path: Path, epoch: int | None) -> SealInfo:
@@ -230,12 +237,7 @@ def seal_copy(path: Path, epoch: int | None) -> SealInfo:
     """
     conn = sqlite3.connect(path)
     try:
-        index = conn.execute("SELECT part_index FROM parts").fetchone()
-        if index is None:
-            raise PartitionError(f"{path}: no parts row; not an initialised partition")
-        row = conn.execute("SELECT commit_epoch FROM commits").fetchone()
-        commit = row[0] if row else None
-        _refuse_committed(index[0], commit, epoch)
+        index, commit = _sealable(conn, "", path, epoch)
         conn.execute("PRAGMA secure_delete = ON")  # freed pages zeroed: they compress away
         conn.execute("PRAGMA synchronous = OFF")  # a scratch copy: what is uploaded is read back
         before = conn.total_changes
@@ -256,7 +258,7 @@ def seal_copy(path: Path, epoch: int | None) -> SealInfo:
             conn.execute("DELETE FROM snaps WHERE ser_change IS NULL")
         dropped = conn.total_changes - before
         keys = conn.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
-        return SealInfo(index=index[0], commit_epoch=commit, keys=keys, dropped_rows=dropped)
+        return SealInfo(index=index, commit_epoch=commit, keys=keys, dropped_rows=dropped)
     finally:
         conn.close()
 

@@ -36,13 +36,12 @@ from recovery.partitions import (
     init_partitions,
     logical_digest,
     partition_files,
-    resume_epoch,
     seal_copy,
 )
 from recovery.restore import restore
 from recovery.store import ObjectStore, StoreNotFound, open_store
 from tests.fixtures.s3 import S3Target
-from tests.test_recovery_support import counting_flow, final_sums, run
+from tests.test_recovery_support import counting_flow, final_sums, live_resume_epoch, run
 
 PIPE = "orders"
 KEY = b"pack-test-signing-key"
@@ -59,15 +58,6 @@ def live(tmp_path: Path) -> Path:
     return rd
 
 
-def _epoch(rd: Path) -> int | None:
-    conns = [connect(f, readonly=True) for f in partition_files(rd)]
-    try:
-        return resume_epoch(conns)
-    finally:
-        for c in conns:
-            c.close()
-
-
 def _schema(path: Path) -> list:
     conn = connect(path, readonly=True)
     try:
@@ -78,7 +68,7 @@ def _schema(path: Path) -> list:
 
 
 def test_copy_sealed_is_backup_then_seal(tmp_path: Path, live: Path) -> None:
-    r = _epoch(live)
+    r = live_resume_epoch(live)
     assert r is not None
     for part in partition_files(live):
         for epoch in (r, r - 3, None):
@@ -96,7 +86,7 @@ def test_copy_sealed_is_backup_then_seal(tmp_path: Path, live: Path) -> None:
 
 def test_copy_sealed_refuses_a_copy_committed_at_r(tmp_path: Path, live: Path) -> None:
     """As `seal_copy`: Bytewax's GC at commit epoch R dropped the rows a resume at R needs."""
-    r = _epoch(live)
+    r = live_resume_epoch(live)
     run(counting_flow(ITEMS, []), live, backup_s=0)  # resumes at R, commits epoch R
     with pytest.raises(PartitionError, match=f"committed epoch {r} .*consistent epoch {r}"):
         copy_sealed(partition_files(live)[0], tmp_path / "part-0.sqlite3", r)

@@ -26,24 +26,14 @@ from recovery.partitions import (
     copy_partition,
     init_partitions,
     partition_files,
-    resume_epoch,
     seal_copy,
 )
 from recovery.restore import restore
 from recovery.store import open_store
-from tests.test_recovery_support import counting_flow, run
+from tests.test_recovery_support import counting_flow, live_resume_epoch, run
 
 PIPE = "orders"
 ITEMS = [(f"k{i % 5}", 1) for i in range(200)]
-
-
-def _live_epoch(rd: Path) -> int | None:
-    conns = [connect(f, readonly=True) for f in partition_files(rd)]
-    try:
-        return resume_epoch(conns)
-    finally:
-        for c in conns:
-            c.close()
 
 
 @pytest.fixture
@@ -59,7 +49,7 @@ def test_copy_with_commit_epoch_at_r_is_refused(tmp_path: Path, flow_dir: Path) 
 
     The old `seal_copy` (refusing only commit > R) sealed it with 0 keys left.
     """
-    r = _live_epoch(flow_dir)
+    r = live_resume_epoch(flow_dir)
     run(counting_flow(ITEMS, []), flow_dir, backup_s=0)  # resumes at R, commits epoch R
     for part in partition_files(flow_dir):
         copy = tmp_path / part.name
@@ -75,7 +65,7 @@ def test_copy_with_commit_epoch_at_r_is_refused(tmp_path: Path, flow_dir: Path) 
 
 
 def test_copy_below_r_still_seals(tmp_path: Path, flow_dir: Path) -> None:
-    r = _live_epoch(flow_dir)
+    r = live_resume_epoch(flow_dir)
     copy = tmp_path / "part-0.sqlite3"
     copy_partition(partition_files(flow_dir)[0], copy)
     info = seal_copy(copy, r)

@@ -110,3 +110,15 @@ def run_in_subprocess(
         [sys.executable, "-c", code, str(recovery_dir), json.dumps(spec), str(backup_s)],
         cwd=Path(__file__).resolve().parents[1],
     )
+
+
+def live_resume_epoch(recovery_dir: Path) -> int | None:
+    """The epoch a resume of `recovery_dir`'s partitions would start from (read-only)."""
+    from recovery.partitions import connect, partition_files, resume_epoch
+
+    conns = [connect(f, readonly=True) for f in partition_files(recovery_dir)]
+    try:
+        return resume_epoch(conns)
+    finally:
+        for c in conns:
+            c.close()
