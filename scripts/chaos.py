@@ -46,6 +46,19 @@ from scripts.chaoslib.services import Services  # noqa: E402
 from scripts.chaoslib.workloads import REPO, Workload, WorkloadInput, make_input  # noqa: E402
 
 
+def _where_lost(base: RunOutcome, out: RunOutcome) -> str:
+    """For lost Kafka records: whether the output log holds them uncommitted (a transaction the
+    broker never committed although the writer's commit succeeded) or not at all."""
+    if not out.log_positions:
+        return ""
+    got = {r.event_id for r in out.records}
+    lost = sorted({r.event_id for r in base.records} - got)
+    found = {eid: out.log_positions[eid] for eid in lost if eid in out.log_positions}
+    sample = "; ".join(f"{eid} at {pos}" for eid, pos in list(found.items())[:3])
+    return (f" [log: {len(found)} of {len(lost)} lost id(s) are in the output log but not read_committed"
+            f"{': ' + sample if sample else ''}]")
+
+
 def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -111,7 +124,7 @@ class Chaos:
             r["duplicated"] += v.duplicated
             r["divergent"] += v.divergent
             if not v.ok:
-                what = v.what()
+                what = v.what() + _where_lost(base, out)
             if out.state_lost:
                 r["state_lost"] += len(out.state_lost)
                 what = "; ".join([*([what] if what else []), *out.state_lost])

@@ -64,6 +64,7 @@ class RunOutcome:
     state_lost: list[str] = field(default_factory=list)  # starts that silently dropped the state
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    log_positions: dict[str, list[str]] = field(default_factory=dict)  # Kafka: every record, committed or not
 
 
 @dataclass(order=True)
@@ -275,6 +276,7 @@ class ScheduleRunner:
         if self.outcome.error is None and not self.outcome.stuck:
             try:
                 self.outcome.records, self.outcome.dlq = self.w.read_output()
+                self.outcome.log_positions = self.w.log_positions()
             except Exception as exc:  # noqa: BLE001 - e.g. a read_committed read that never ends
                 self.outcome.stuck = True
                 self.outcome.error = f"reading the output: {type(exc).__name__}: {exc}"

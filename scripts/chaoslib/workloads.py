@@ -202,20 +202,69 @@ class Workload:
             self._watcher.close()
             self._watcher = None
 
+    def log_positions(self) -> dict[str, list[str]]:
+        """The output log's records, committed or not (Kafka workloads; empty for files)."""
+        if not self.kafka:
+            return {}
+        assert self.broker is not None
+        return log_positions(self.broker.bootstrap, self.out_topic)
+
     def read_output(self) -> tuple[list[Record], list[str]]:
         """The run's output records (read_committed for Kafka) and its dead letters (canonical)."""
         if self.kafka:
             assert self.broker is not None
             b = self.broker.bootstrap
+            try:
+                committed = read_topic(b, self.out_topic, partitions=OUT_PARTITIONS, timeout_s=60)
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}; {_open_tails(b, self.out_topic)}") from exc
             out = [Record(_header(m, "sf-event-id"), json.dumps(
                 [m.partition(), _text(m.key()), json.loads(m.value() or b"null")], sort_keys=True))
-                for m in read_topic(b, self.out_topic, partitions=OUT_PARTITIONS, timeout_s=60)]
+                for m in committed]
             dlq = [_dead_letter(m.value() or b"{}") for m in read_topic(b, self.dlq_topic, partitions=1, timeout_s=60)]
             return out, dlq
         table, dlq_path = self.root / "out" / "table.jsonl", self.root / "out" / "dlq.jsonl"
         rows = [json.loads(line) for line in _lines(table)]
         out = [Record(str(_find(r, "event_id")), json.dumps(r, sort_keys=True)) for r in rows]
         return out, [_dead_letter(line) for line in _lines(dlq_path)]
+
+
+def log_positions(bootstrap: str, topic: str) -> dict[str, list[str]]:
+    """Every record of the output log, committed or not (read_uncommitted): event id -> where
+    ("partition:offset writer"). Tells a record the broker never stored from one whose
+    transaction never committed."""
+    where: dict[str, list[str]] = {}
+    for m in read_topic(bootstrap, topic, partitions=OUT_PARTITIONS, read_committed=False, timeout_s=30):
+        where.setdefault(_header(m, "sf-event-id"), []).append(f"{m.partition()}:{m.offset()} {_header(m, 'sf-writer')}")
+    return where
+
+
+def _open_tails(bootstrap: str, topic: str) -> str:
+    """Where read_committed stops on each output partition (its last stable offset) against the
+    high watermark, and which writers wrote the records beyond it: what a stuck read waits for."""
+    parts = []
+    for p in range(OUT_PARTITIONS):
+        tp = TopicPartition(topic, p)
+        lso = _query_end(bootstrap, tp, "read_committed")
+        hw = _query_end(bootstrap, tp, "read_uncommitted")
+        if lso == hw:
+            continue
+        writers: dict[str, list[int]] = {}
+        for m in read_topic(bootstrap, topic, partitions=OUT_PARTITIONS, read_committed=False, timeout_s=30):
+            if m.partition() == p and m.offset() >= lso:
+                span = writers.setdefault(_header(m, "sf-writer"), [m.offset(), m.offset()])
+                span[1] = m.offset()
+        parts.append(f"partition {p}: last stable offset {lso}, high watermark {hw}, beyond it: {writers}")
+    return "; ".join(parts) or "every partition's last stable offset is at its high watermark"
+
+
+def _query_end(bootstrap: str, tp: TopicPartition, isolation: str) -> int:
+    """The end a consumer of this isolation level sees (ListOffsets: LSO for read_committed)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-diagnose", "isolation.level": isolation})
+    try:
+        return int(c.get_watermark_offsets(tp, timeout=10, cached=False)[1])
+    finally:
+        c.close()
 
 
 def _lines(path: Path) -> list[bytes]:
