@@ -80,6 +80,7 @@ __all__ = [
     "default_cache_dir",
     "delete_snapshot",
     "list_checkpoints",
+    "record_completed",
     "take_checkpoint",
 ]
 
@@ -370,13 +371,18 @@ def _take(
             _save_parent(cache_dir, work, manifest, store)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    elapsed_ms = (time.monotonic() - started) * 1000
-    metrics.CHECKPOINT_DURATION.labels(pipeline=pipeline, kind=kind).observe(elapsed_ms)
-    metrics.CHECKPOINT_SIZE.labels(pipeline=pipeline, kind=kind).set(manifest.total_bytes)
-    metrics.CHECKPOINTS_COMPLETED.labels(pipeline=pipeline, kind=kind).inc()
-    if kind == "checkpoint":
-        metrics.LAST_CHECKPOINT_TIMESTAMP.labels(pipeline=pipeline).set(time.time())
+    record_completed(manifest, (time.monotonic() - started) * 1000)
     return manifest
+
+
+def record_completed(manifest: Manifest, elapsed_ms: float) -> None:
+    """The metrics of a published checkpoint or savepoint (duration, size, count, timestamp)."""
+    labels = {"pipeline": manifest.pipeline, "kind": manifest.kind}
+    metrics.CHECKPOINT_DURATION.labels(**labels).observe(elapsed_ms)
+    metrics.CHECKPOINT_SIZE.labels(**labels).set(manifest.total_bytes)
+    metrics.CHECKPOINTS_COMPLETED.labels(**labels).inc()
+    if manifest.kind == "checkpoint":
+        metrics.LAST_CHECKPOINT_TIMESTAMP.labels(pipeline=manifest.pipeline).set(time.time())
 
 
 def list_checkpoints(store: ObjectStore, pipeline: str) -> list[Manifest]:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +57,7 @@ from recovery.manifest import (
     scan,
 )
 from recovery.pack import PackError, Packs
-from recovery.partitions import init_partitions, logical_digest, partition_files
+from recovery.partitions import init_partitions, logical_digest, part_index, partition_files
 from recovery.store import ObjectStore, StoreError, StoreNotFound
 from recovery.swap import settle, stage_dir, swap_in
 from recovery.transfer import get_file
@@ -217,18 +217,25 @@ def _assemble(entry: PartitionEntry, links: list[Manifest], packs: Packs, out: P
 
 
 def _materialize(
-    m: Manifest, store: ObjectStore, key: bytes | None, allow_unsigned: bool, out: Path
+    m: Manifest, store: ObjectStore, key: bytes | None, allow_unsigned: bool, out: Path,
+    partitions: Collection[int] | None = None,
 ) -> None:
-    """Download and verify every partition of `m` into `out` (its signature was checked)."""
+    """Download and verify every partition of `m` (or only `partitions`) into `out` (its
+    signature was checked)."""
     links = _chain(m, store, key, allow_unsigned)
     packs = Packs(lambda k, path: _download(store, k, path), out)
+
+    def wanted(e: PartitionEntry) -> bool:
+        return partitions is None or e.index in partitions
+
     try:
         try:  # every object of the chain at once, in parallel (`recovery.pack`: few objects)
-            packs.fetch([e for link in links for e in link.partitions], PARALLEL_DOWNLOADS)
+            packs.fetch([e for link in links for e in link.partitions if wanted(e)],
+                        PARALLEL_DOWNLOADS)
         except StoreNotFound as exc:
             raise _Rejected(f"{exc} (the snapshot is incomplete)") from None
         with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
-            futures = [pool.submit(_assemble, e, links, packs, out) for e in m.partitions]
+            futures = [pool.submit(_assemble, e, links, packs, out) for e in m.partitions if wanted(e)]
             for f in futures:
                 f.result()
     finally:
@@ -301,8 +308,13 @@ def restore(
     allow_unsigned: bool = False,
     retry: RetryPolicy = STORE_RETRY,
     check: Callable[[Path, Manifest], list[str]] | None = None,
+    partitions: Collection[int] | None = None,
 ) -> RestoreResult:
     """Restore the best valid snapshot into `recovery_dir` (see module doc).
+
+    `partitions`: only these partitions (one process's share of a cluster,
+    `recovery.placement.owned`); a fresh start then leaves only these in a
+    directory it creates.
 
     Raises `StoreUnavailable` if the store cannot be read, `RestoreError` when
     the rules refuse every candidate (see module doc).
@@ -328,7 +340,7 @@ def restore(
         _check_compatible(m, pipeline, partition_count)
         stage = stage_dir(recovery_dir)
         try:
-            _materialize(m, store, signing_key, allow_unsigned, stage)
+            _materialize(m, store, signing_key, allow_unsigned, stage, partitions)
             if check is not None:  # e.g. the step-id check; raises RestoreError to refuse
                 notes.extend(check(stage, m))
         except _Rejected as exc:
@@ -367,6 +379,10 @@ def restore(
         if not partition_files(recovery_dir)
         else False
     )
+    if created and partitions is not None:  # `init_partitions` made all of them
+        for f in partition_files(recovery_dir):
+            if part_index(f) not in partitions:
+                f.unlink()
     what = (
         f"created {partition_count} empty partitions"
         if created

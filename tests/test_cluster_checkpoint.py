@@ -1,0 +1,146 @@
+"""Coordinated checkpoints of a cluster (recovery.cluster_checkpoint), without Bytewax running.
+
+N fake "processes" are N recovery directories, each holding the share `placement.owned`
+gives it of real Bytewax partitions (version 1 of tests/supervised_flow.py ran over 4
+partitions: the `ws` fixture). The coordinator and the others talk only through a
+file:// store, as pods do through S3.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recovery.checkpoint import CheckpointTimeout, list_checkpoints, take_checkpoint
+from recovery.cluster_checkpoint import (
+    PeerFailed,
+    follow,
+    local_answers,
+    pending_request,
+    restore_process,
+    take_cluster_snapshot,
+)
+from recovery.manifest import Manifest, manifest_key
+from recovery.partitions import connect, logical_digest, part_index, partition_files, resume_epoch
+from recovery.placement import owned
+from recovery.store import ObjectStore, open_store
+from tests.supervisor_harness import Workspace, wait_for
+
+PARTS = 4
+
+
+def split(recovery: Path, root: Path, processes: int) -> list[Path]:
+    """Copy `recovery`'s partitions into one directory per process, each its owned share."""
+    dirs = []
+    for k in range(processes):
+        d = root / f"proc-{k}"
+        d.mkdir(parents=True)
+        for i in owned(k, processes, PARTS):
+            shutil.copy(recovery / f"part-{i}.sqlite3", d / f"part-{i}.sqlite3")
+        dirs.append(d)
+    return dirs
+
+
+def local_epoch(d: Path) -> int | None:
+    conns = [connect(f, readonly=True) for f in partition_files(d)]
+    try:
+        return resume_epoch(conns)
+    finally:
+        for c in conns:
+            c.close()
+
+
+def snapshot(dirs: list[Path], store: ObjectStore, **kw: Any) -> Manifest:
+    return take_cluster_snapshot(dirs[0], store, pipeline="sup", processes=len(dirs),
+                                 partition_count=PARTS, answer_others=local_answers(dirs, store),
+                                 **kw)
+
+
+def test_two_processes_checkpoint_equals_the_one_process_checkpoint(ws: Workspace, tmp_path: Path) -> None:
+    """The cluster's epoch is computed over every process's progress rows (some process alone
+    cannot tell it), and every partition is sealed at it exactly as a one-process checkpoint of
+    the same partitions seals it: same epoch, same logical digests, manifest last."""
+    store = open_store(str(tmp_path / "store"))
+    single = take_checkpoint(ws.recovery, open_store(str(tmp_path / "single")), pipeline="sup")
+    dirs = split(ws.recovery, tmp_path / "cluster", 2)
+    # the execution's rows hash to some partitions only: a process alone would seal elsewhere
+    assert any(local_epoch(d) != single.epoch for d in dirs)
+    m = snapshot(dirs, store)
+    assert m.epoch == single.epoch
+    assert [(e.index, e.digest, e.keys) for e in m.partitions] == [
+        (e.index, e.digest, e.keys) for e in single.partitions]
+    assert {e.object.split("/")[3] for e in m.partitions} == {"proc-0", "proc-1"}
+    assert m.source_positions == single.source_positions
+    assert [c.id for c in list_checkpoints(store, "sup")] == [m.id]
+
+
+def test_a_process_that_does_not_answer_fails_the_checkpoint_and_publishes_nothing(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    store = open_store(str(tmp_path / "store"))
+    dirs = split(ws.recovery, tmp_path / "cluster", 3)
+    with pytest.raises(CheckpointTimeout, match=r"process\(es\) \[2\]"):
+        take_cluster_snapshot(dirs[0], store, pipeline="sup", processes=3, partition_count=PARTS,
+                              timeout_s=2.0, answer_others=local_answers(dirs[:2], store))
+    req = pending_request(store, "sup")
+    assert req is not None and not store.exists(manifest_key("sup", "checkpoint", req.id))
+    assert list_checkpoints(store, "sup") == []
+
+
+def test_a_process_holding_the_wrong_partitions_fails_it_at_once(ws: Workspace, tmp_path: Path) -> None:
+    """Its own error is published for the others (no waiting for the timeout)."""
+    store = open_store(str(tmp_path / "store"))
+    dirs = split(ws.recovery, tmp_path / "cluster", 2)
+    shutil.copy(ws.recovery / "part-0.sqlite3", dirs[1] / "part-0.sqlite3")  # owned by process 0
+    with pytest.raises(PeerFailed, match=r"process 1 of 2: .* holds partitions \[0, 1, 3\] but owns \[1, 3\]"):
+        snapshot(dirs, store, timeout_s=600.0)
+    assert list_checkpoints(store, "sup") == []
+
+
+def test_a_pod_follows_the_request_key(ws: Workspace, tmp_path: Path) -> None:
+    """Process 1 as a pod's supervisor runs it: `follow` answers the coordinator's request."""
+    store = open_store(str(tmp_path / "store"))
+    dirs = split(ws.recovery, tmp_path / "cluster", 2)
+    stop, log = threading.Event(), []
+    t = threading.Thread(target=follow, args=(dirs[1], store, "sup", 1, stop),
+                         kwargs={"log": log.append, "poll_s": 0.05})
+    t.start()
+    try:
+        m = take_cluster_snapshot(dirs[0], store, pipeline="sup", processes=2,
+                                  partition_count=PARTS, kind="savepoint", name="sp1")
+        wait_for(lambda: log, what="the follower's log line")
+    finally:
+        stop.set()
+        t.join()
+    assert m.kind == "savepoint" and len(m.partitions) == PARTS
+    assert log == [f"savepoint {m.id}: process 1's share uploaded (epoch {m.epoch})"]
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_restore_onto_another_process_count(ws: Workspace, tmp_path: Path, processes: int) -> None:
+    """A 2-process savepoint restored onto 1 or 3 processes: each directory holds exactly the
+    partitions it owns, each verified against the manifest's digest."""
+    store = open_store(str(tmp_path / "store"))
+    m = snapshot(split(ws.recovery, tmp_path / "cluster", 2), store, kind="savepoint")
+    digests = {e.index: e.digest for e in m.partitions}
+    for k in range(processes):
+        d = tmp_path / f"new-{k}"
+        result = restore_process(d, process_id=k, processes=processes, checkpoint_store=store,
+                                 savepoint_store=store, pipeline="sup", partition_count=PARTS)
+        assert result.chosen == "savepoint" and result.id == m.id
+        files = partition_files(d)
+        assert [part_index(f) for f in files] == owned(k, processes, PARTS)
+        assert all(logical_digest(f) == digests[part_index(f)] for f in files)
+
+
+def test_fresh_process_directory_holds_only_its_partitions(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    d = tmp_path / "proc-1"
+    result = restore_process(d, process_id=1, processes=3, checkpoint_store=store,
+                             savepoint_store=store, pipeline="sup", partition_count=PARTS)
+    assert result.chosen == "fresh"
+    assert [part_index(f) for f in partition_files(d)] == [1]
