@@ -5,7 +5,9 @@
 - `/healthz`: 200 while checkpoints progress and the child is not
   crash-looping; 503 when the last checkpoint (or the start, before the first
   one) is older than `unhealthy_after` seconds, or when the child restarted
-  `crash_loop_restarts` times within `crash_loop_window` seconds.
+  `crash_loop_restarts` times within `crash_loop_window` seconds, or when it
+  cannot reach the other supervisors of its cluster (`peers_unreachable`, one
+  process of a pod cluster: `streamforge_ops.cluster.PeerWatch`).
 - `/readyz`: 200 once state was restored and the child runs; 503 otherwise.
 
 Both health bodies are JSON with the reason, so an operator (or a test) can
@@ -46,6 +48,7 @@ class HealthState:
     last_checkpoint_at: float | None = None
     checkpoints_taken: int = 0
     restart_times: deque[float] = field(default_factory=deque)
+    peers_unreachable: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -80,12 +83,15 @@ class HealthState:
                 problems.append(
                     f"crash loop: {len(recent)} restarts in the last {self.crash_loop_window:.0f}s"
                 )
+            if self.peers_unreachable:
+                problems.append(f"cannot reach peer supervisor(s): {', '.join(self.peers_unreachable)}")
             return not problems, {
                 "healthy": not problems,
                 "problems": problems,
                 "last_checkpoint_age_seconds": round(age, 3),
                 "checkpoints_taken": self.checkpoints_taken,
                 "recent_restarts": len(recent),
+                "peers_unreachable": list(self.peers_unreachable),
             }
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:

@@ -24,6 +24,13 @@
    (given up after `savepoints.timeout`: exit 1, every checkpoint kept), apply
    `checkpoints.externalized-retention`, summary, exit 0.
 7. Serve `/metrics`, `/healthz`, `/readyz` (`health.py`) on `metrics.port`.
+8. A cluster (`RunOptions.cluster`, `streamforge_ops.cluster`): the children are the
+   cluster's local processes, started, crashed, restarted and stopped as one group.
+   All processes here (`--processes N`): restore as above, then each process's
+   `<recovery.dir>/proc-K` links to its partitions; checkpoints are unchanged. One
+   process of a pod cluster (`--process-id K --addresses ...`): its own partitions in
+   `proc-K` (fresh ones created), its peers probed for `/healthz`; the one-directory
+   checkpoints and savepoints are off there (they would hold only this process's share).
 
 The pid goes to `<recovery dir's parent>/supervisor.pid` and a status record
 (pid, child pid, port, phase, restore decision) to `supervisor.json` next to
@@ -35,6 +42,7 @@ abandoned after its timeout and never keeps the process from exiting.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -47,9 +55,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataflows import metrics
+from recovery.placement import process_dir
 from streamforge_ops import restoring, snapshots
 from streamforge_ops.child import EXIT_CONFIG, Child, bytewax_argv, child_env, preflight
 from streamforge_ops.cli import CliError
+from streamforge_ops.cluster import ChildGroup, Cluster, PeerWatch, link_views, prepare_own_dir
 from streamforge_ops.epochs import EpochWatch
 from streamforge_ops.health import HealthServer, HealthState
 from streamforge_ops.job import Job, supervisor_pid
@@ -74,6 +84,7 @@ class RunOptions:
     fresh: bool = False
     no_restore: bool = False
     json: bool = False
+    cluster: Cluster | None = None  # None: one process
 
 
 @dataclass
@@ -108,7 +119,11 @@ class Supervisor:
         self._port = 0
         self._status_lock = threading.Lock()
         self.decision: restoring.Decision | None = None
-        self.child: Child | None = None
+        self.child: Child | ChildGroup | None = None
+        self.cluster = opts.cluster
+        # every partition in one directory here (one process, or all of a cluster's)
+        self.holds_all = self.cluster is None or self.cluster.holds_all
+        self.state_dir = job.recovery_dir  # a pod process: its own proc-K (set by _prepare)
         self.epochs = EpochWatch(job.recovery_dir, job.pipeline)  # epoch close / snapshot write metrics
 
     # -- lifecycle -----------------------------------------------------------
@@ -133,21 +148,53 @@ class Supervisor:
         self._out(f"metrics: http://127.0.0.1:{self._port}/metrics (also /healthz, /readyz)")
         self.job.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.job.pid_file.write_text(f"{os.getpid()}\n")
+        peers = self._watch_peers()
         try:
-            self.decision = restoring.prepare(
-                self.job, self.opts.target, strict=self.opts.strict,
-                fresh=self.opts.fresh, no_restore=self.opts.no_restore,
-            )
+            self.decision = self._prepare()
             self._out(self.decision.describe())
             # the checkpoint-age clock starts now: a long restore does not count against /healthz
             self.health.update(restored=True, restore_choice=self.decision.chosen, started_at=time.time())
             return self._loop()
         finally:
             server.stop()
+            if peers:
+                peers.stop()
             if self.child:
                 self.child.stop(self.job.settings.recovery.stop_grace_s)
             self.job.pid_file.unlink(missing_ok=True)
             self._write_status()
+
+    def _prepare(self) -> restoring.Decision:
+        """The starting state (see the module doc, 1 and 8)."""
+        c, count = self.cluster, self.job.settings.recovery.partitions
+        if c is not None and not c.holds_all:
+            if self.opts.target or self.opts.fresh:
+                raise CliError("--restore / --fresh are not supported for one process of a cluster yet")
+            self.state_dir, what = prepare_own_dir(self.job.recovery_dir, c, count)
+            self.epochs = EpochWatch(self.state_dir, self.job.pipeline)
+            chosen = "local" if restoring.has_local_progress(self.state_dir) else "fresh"
+            return restoring.Decision(chosen, None, f"process {c.local[0]} of {c.processes}: {what}")
+        decision = restoring.prepare(
+            self.job, self.opts.target, strict=self.opts.strict,
+            fresh=self.opts.fresh, no_restore=self.opts.no_restore,
+        )
+        if c is not None:
+            link_views(self.job.recovery_dir, c, count)
+            decision.notes.append(f"{c.processes} processes: <recovery.dir>/proc-K links to process K's "
+                                  "partitions (recovery.placement)")
+        return decision
+
+    def _watch_peers(self) -> PeerWatch | None:
+        """A pod process: probe the other supervisors; report the unreachable ones."""
+        if self.cluster is None or self.cluster.holds_all:
+            return None
+
+        def report(down: list[str]) -> None:
+            self.health.update(peers_unreachable=down)
+            self.log(f"cannot reach peer supervisor(s): {', '.join(down)}" if down
+                     else "every peer supervisor answers")
+
+        return PeerWatch(self.cluster, self.job.settings.metrics.port, report).start()
 
     def _install_signals(self) -> None:
         def on_signal(signum: int, _frame: Any) -> None:
@@ -164,12 +211,13 @@ class Supervisor:
             s.flow, self.job.recovery_dir.absolute(), snapshot_s=s.recovery.snapshot_interval_s,
             backup_s=s.recovery.backup_interval_s, workers=workers,
         )
-        self.child = Child(argv, child_env(self.job.config_path))
+        self.child = self._children(argv)
         backoff = Backoff(s.recovery.restart_initial_backoff_s, s.recovery.restart_max_backoff_s,
                           s.recovery.restart_multiplier)
         budget = RestartBudget(s.recovery.max_restarts, s.recovery.restart_window_s)
         now = time.monotonic()
-        clock = CheckpointClock(s.checkpoints.interval_s, s.checkpoints.min_pause_s, last_start=now)
+        interval = s.checkpoints.interval_s if self.holds_all else math.inf  # module doc, 8
+        clock = CheckpointClock(interval, s.checkpoints.min_pause_s, last_start=now)
         compaction = Every(s.recovery.compact_interval_s, last=now)
         snapshots.update_savepoint_gauge(self.job)
         if self._stop_signal is None:
@@ -191,12 +239,31 @@ class Supervisor:
             self._tend_state(clock, compaction)
             self._wake.wait(_TICK_S)
 
+    def _children(self, argv: list[str]) -> Child | ChildGroup:
+        """One child, or the cluster's local processes, each `-r` its own proc-K directory."""
+        env = child_env(self.job.config_path)
+        if self.cluster is None:
+            return Child(argv, env)
+        r = argv.index("-r")
+
+        def argv_for(k: int, cluster: Cluster) -> list[str]:
+            pdir = (self.state_dir if not self.holds_all else process_dir(self.job.recovery_dir, k))
+            return [*argv[:r + 1], str(pdir.absolute()), *argv[r + 2:], *cluster.bytewax_args(k)]
+
+        return ChildGroup(self.cluster, argv_for, env, self.job.settings.recovery.stop_grace_s)
+
     def _start_child(self, workers: int) -> None:
         assert self.child is not None
         pid = self.child.start()
         self.health.update(child_pid=pid)
         self._phase = "running"
-        self.log(f"started dataflow {self.job.settings.flow} (pid {pid}, {workers} worker(s))")
+        if isinstance(self.child, ChildGroup):
+            c = self.child.cluster
+            self.log(f"started dataflow {self.job.settings.flow} as process(es) {list(c.local)} of "
+                     f"{c.processes} (pids {self.child.pids}, {workers} worker(s) each, "
+                     f"addresses {';'.join(c.addresses)})")
+        else:
+            self.log(f"started dataflow {self.job.settings.flow} (pid {pid}, {workers} worker(s))")
         self._write_status()
 
     def _fail(self, code: int) -> int:
@@ -285,7 +352,7 @@ class Supervisor:
         try:
             from recovery.compact import compact
 
-            rows = compact(self.job.recovery_dir)
+            rows = compact(self.state_dir)
         except Exception as exc:  # compaction is housekeeping: never fatal
             self.log(f"compaction failed: {type(exc).__name__}: {exc}")
             return
@@ -301,7 +368,8 @@ class Supervisor:
         self.log("dataflow finished (exit 0); taking the final checkpoint")
         self._drain()
         self._compact()
-        self._checkpoint()
+        if self.holds_all:
+            self._checkpoint()
         self._phase = "completed"
         self._report("completed")
         return 0
@@ -317,7 +385,9 @@ class Supervisor:
         self.health.update(child_pid=None)
         self._drain()
         saved = True
-        if s.savepoints.on_cancel:
+        if s.savepoints.on_cancel and not self.holds_all:
+            self.log("savepoints.on-cancel: no savepoint from one process of a cluster (not supported yet)")
+        elif s.savepoints.on_cancel:
             out = snapshots.take(self.job, "savepoint", name=f"cancel-{int(time.time())}", log=self.log)
             if out.timed_out:
                 return self._savepoint_timed_out()
@@ -362,6 +432,10 @@ class Supervisor:
             "phase": self._phase,
             "port": self._port,
             "child_pid": self.child.pid if self.child else None,
+            "child_pids": (self.child.pids if isinstance(self.child, ChildGroup)
+                           else [self.child.pid] if self.child and self.child.pid else []),
+            "processes": self.cluster.processes if self.cluster else 1,
+            "process_ids": list(self.cluster.local) if self.cluster else [0],
             "restore": self.decision.to_json() if self.decision else None,
             **self.tally.__dict__,
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from streamforge_ops.cli import CliError
+from streamforge_ops.cluster import cluster_from_args
 from streamforge_ops.job import add_config_arg, load_job
 from streamforge_ops.restore_steps import add_allow_arg, allowing
 from streamforge_ops.restoring import parse_target
@@ -25,6 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pipeline", nargs="?", help="pipeline name (config/<name>.yaml)")
     add_config_arg(p)
     p.add_argument("--workers", "-w", type=int, help="worker count (default: pipeline.workers)")
+    p.add_argument("--processes", type=int, metavar="N",
+                   help="run the dataflow as one Bytewax cluster of N processes on this machine "
+                        "(loopback), --workers each; with --addresses: checked against its length")
+    p.add_argument("--process-id", metavar="K",
+                   help="run process K of a cluster (one supervisor per pod; K or 'ordinal' = the "
+                        "host name's -N suffix; default $STREAMFORGE_PROCESS_ID)")
+    p.add_argument("--addresses", metavar="H:P;H:P",
+                   help="every process's host:port, by process id (default $STREAMFORGE_ADDRESSES)")
     p.add_argument("--store", metavar="URL", help="checkpoint and savepoint store (file://... or s3://...)")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--restore", metavar="TARGET",
@@ -45,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError("run: give a PIPELINE name or --config FILE")
     if args.workers is not None and args.workers < 1:
         raise CliError(f"--workers must be >= 1, got {args.workers}")
+    cluster = cluster_from_args(args.processes, args.process_id, args.addresses)
     job = allowing(load_job(args.config, pipeline=args.pipeline, store=args.store), args)
     opts = RunOptions(
         workers=args.workers,
@@ -53,5 +63,6 @@ def _run(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         no_restore=args.no_restore,
         json=args.json,
+        cluster=cluster,
     )
     return Supervisor(job, opts).run()

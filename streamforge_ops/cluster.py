@@ -1,0 +1,315 @@
+"""One dataflow over several Bytewax processes (Timely's TCP exchange): who runs what, where state lives.
+
+Bytewax's cluster mode is `python -m bytewax.run FLOW -i K -a "h0:p0;h1:p1;..."`: process K of
+N (N = the number of addresses) listens on its own address, connects to the others, and the
+dataflow's workers (`-w` per process) span all of them. If one process dies, the others' Timely
+send threads panic and they exit 1 (measured on 0.21.1: "Send thread panic"), so the cluster
+always goes down as a whole; a restarted process waits (Timely retries the connection) until
+every peer is back.
+
+Two ways to run it, one supervisor code path (`Supervisor` runs the `local` process ids of a
+`Cluster` as one `ChildGroup`):
+
+- `streamforge run P --processes N` (one machine): ONE supervisor runs all N processes on
+  loopback, on free ports picked again at every start. Any child exiting non-zero stops the
+  others and the whole group restarts with the existing backoff (one `restarts` count per
+  cluster restart). The job's recovery directory keeps every partition as today, so
+  checkpoints, restore, compaction and rescale (another N) work unchanged; process K's own
+  directory `<recovery.dir>/proc-K` holds symlinks to the partitions `placement.owned(K, N, count)`
+  names (`link_views`; SQLite resolves the link, so the WAL stays beside the real file).
+- `streamforge run P --process-id K --addresses "a0;a1;..."` (a pod of a StatefulSet; also
+  env `STREAMFORGE_PROCESS_ID` / `STREAMFORGE_ADDRESSES`; `--process-id ordinal` reads K from
+  the host name's `-N` suffix, as a StatefulSet names its pods): one supervisor per pod, one
+  child, its partitions as real files in `<recovery.dir>/proc-K` (`prepare_own_dir`; a fresh
+  process creates exactly its share). The supervisor notices a peer crash by its own child
+  exiting (the panic above) and restarts it; it probes its peers' supervisors (`/healthz` on
+  the same `metrics.port`, the peer's host) and reports the unreachable ones in `/healthz`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from recovery.placement import owned, process_dir
+from streamforge_ops.child import Child
+from streamforge_ops.cli import CliError
+
+__all__ = [
+    "ChildGroup",
+    "Cluster",
+    "PeerWatch",
+    "cluster_from_args",
+    "link_views",
+    "parse_addresses",
+    "prepare_own_dir",
+]
+
+_ORDINAL_RE = re.compile(r"-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """N processes by address; `local` are the ids this supervisor runs (all of them on one
+    machine, one in a pod); `loopback` clusters pick new free ports at every start."""
+
+    addresses: tuple[str, ...]
+    local: tuple[int, ...]
+    loopback: bool = False
+
+    @property
+    def processes(self) -> int:
+        return len(self.addresses)
+
+    @property
+    def holds_all(self) -> bool:
+        """True when every process runs here (one recovery directory holds every partition)."""
+        return len(self.local) == self.processes
+
+    def bytewax_args(self, process_id: int) -> list[str]:
+        return ["-i", str(process_id), "-a", ";".join(self.addresses)]
+
+    def peers(self) -> list[tuple[int, str]]:
+        """(process id, host) of the processes run by other supervisors."""
+        return [(k, a.rsplit(":", 1)[0]) for k, a in enumerate(self.addresses) if k not in self.local]
+
+    def renewed(self) -> Cluster:
+        """A loopback cluster on fresh free ports; any other unchanged."""
+        if not self.loopback:
+            return self
+        return replace(self, addresses=tuple(f"127.0.0.1:{p}" for p in _free_ports(self.processes)))
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def parse_addresses(text: str) -> tuple[str, ...]:
+    """`host:port;host:port;...` -> the addresses; CliError naming the bad one."""
+    items = tuple(a.strip() for a in text.split(";") if a.strip())
+    if not items:
+        raise CliError(f"--addresses: no address in {text!r}; give host:port;host:port;...")
+    for a in items:
+        host, sep, port = a.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise CliError(f"--addresses: {a!r} is not host:port (port 1-65535)")
+    dup = sorted({a for a in items if items.count(a) > 1})
+    if dup:
+        raise CliError(f"--addresses: {', '.join(dup)} listed more than once")
+    return items
+
+
+def _process_id(text: str, hostname: str) -> int:
+    if text == "ordinal":
+        m = _ORDINAL_RE.search(hostname)
+        if not m:
+            raise CliError(f"--process-id ordinal: host name {hostname!r} does not end in -N "
+                           "(a StatefulSet pod's ordinal)")
+        return int(m.group(1))
+    try:
+        return int(text)
+    except ValueError:
+        raise CliError(f"--process-id: {text!r} is not an integer or 'ordinal'") from None
+
+
+def cluster_from_args(
+    processes: int | None,
+    process_id: str | None,
+    addresses: str | None,
+    env: Mapping[str, str] = os.environ,
+    hostname: str | None = None,
+) -> Cluster | None:
+    """The cluster `streamforge run` flags describe, None for one process.
+
+    `--processes N` alone: N local processes on loopback. `--process-id K --addresses A`
+    (or env STREAMFORGE_PROCESS_ID / STREAMFORGE_ADDRESSES): process K of len(A), with
+    `--processes`, if given, checked against len(A). Bad values raise CliError (exit 2).
+    """
+    process_id = process_id if process_id is not None else env.get("STREAMFORGE_PROCESS_ID") or None
+    addresses = addresses if addresses is not None else env.get("STREAMFORGE_ADDRESSES") or None
+    if processes is not None and processes < 1:
+        raise CliError(f"--processes must be >= 1, got {processes}")
+    if process_id is None and addresses is None:
+        if processes is None or processes == 1:
+            return None
+        return Cluster(("",) * processes, tuple(range(processes)), loopback=True).renewed()
+    if process_id is None or addresses is None:
+        missing = "--addresses (or STREAMFORGE_ADDRESSES)" if addresses is None else \
+            "--process-id (or STREAMFORGE_PROCESS_ID)"
+        raise CliError(f"a process of a cluster needs {missing} as well")
+    addrs = parse_addresses(addresses)
+    k = _process_id(process_id.strip(), hostname or os.environ.get("HOSTNAME") or socket.gethostname())
+    if processes is not None and processes != len(addrs):
+        raise CliError(f"--processes {processes} but --addresses lists {len(addrs)} processes")
+    if not 0 <= k < len(addrs):
+        raise CliError(f"--process-id {k} is not in 0..{len(addrs) - 1} (--addresses lists "
+                       f"{len(addrs)} processes)")
+    return Cluster(addrs, (k,))
+
+
+# -- recovery directories -------------------------------------------------------------------
+
+
+def _part_name(index: int) -> str:
+    return f"part-{index}.sqlite3"  # init_db_dir's names (recovery.partitions._PART_RE)
+
+
+def link_views(recovery_dir: Path, cluster: Cluster, partition_count: int) -> list[Path]:
+    """Local cluster: make `<recovery_dir>/proc-K` hold symlinks to exactly the partitions
+    process K owns (old links removed); the real files stay in `recovery_dir`. Returns the
+    process directories, by process id."""
+    dirs = []
+    for k in range(cluster.processes):
+        pdir = process_dir(recovery_dir, k)
+        pdir.mkdir(parents=True, exist_ok=True)
+        for old in pdir.iterdir():
+            if not old.is_symlink():
+                raise CliError(f"{old} is not a link: {pdir} holds a process's own partitions "
+                               "(a pod's layout); restore the job instead of running it locally")
+            old.unlink()
+        for i in owned(k, cluster.processes, partition_count):
+            (pdir / _part_name(i)).symlink_to(Path("..") / _part_name(i))
+        dirs.append(pdir)
+    return dirs
+
+
+def prepare_own_dir(recovery_dir: Path, cluster: Cluster, partition_count: int) -> tuple[Path, str]:
+    """A pod: `<recovery_dir>/proc-K` holding process K's partitions. An empty directory gets
+    them fresh (Bytewax's `init_db_dir` creates all `partition_count` in a scratch directory,
+    K's are moved in, the rest dropped); existing ones must be exactly K's share.
+    Returns (the directory, what was done)."""
+    from recovery.partitions import init_partitions, part_index, partition_files
+
+    (k,) = cluster.local
+    pdir = process_dir(recovery_dir, k)
+    want = owned(k, cluster.processes, partition_count)
+    have = [part_index(p) for p in partition_files(pdir)]
+    if have:
+        if have != want:
+            raise CliError(f"{pdir} holds partitions {have}, process {k} of {cluster.processes} owns "
+                           f"{want} (recovery.partitions {partition_count}); restore a checkpoint or "
+                           "savepoint to change the process count")
+        return pdir, f"local partitions {want} in {pdir}"
+    pdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".init-{k}-", dir=recovery_dir))
+    try:
+        init_partitions(scratch, partition_count)
+        for i in want:
+            (scratch / _part_name(i)).replace(pdir / _part_name(i))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return pdir, f"created partitions {want} of {partition_count} in {pdir}"
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+class ChildGroup:
+    """The Bytewax processes of one supervisor, started, polled and stopped together
+    (the `Child` interface). `argv_for(process_id, cluster)` builds each command line."""
+
+    def __init__(self, cluster: Cluster, argv_for: Callable[[int, Cluster], list[str]],
+                 env: Mapping[str, str], stop_grace_s: float) -> None:
+        self.cluster = cluster
+        self.argv_for = argv_for
+        self.env = dict(env)
+        self.stop_grace_s = stop_grace_s
+        self.children: list[Child] = []
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        pids = self.pids
+        return pids[0] if pids else None
+
+    @property
+    def pids(self) -> list[int]:
+        return [p for p in (c.pid for c in self.children) if p is not None]
+
+    def start(self) -> int:
+        """Start every local process (a loopback cluster on fresh ports); the first pid."""
+        self.cluster = self.cluster.renewed()
+        self.children = [Child(self.argv_for(k, self.cluster), self.env) for k in self.cluster.local]
+        pids = [c.start() for c in self.children]
+        self.started_at = time.monotonic()
+        return pids[0]
+
+    def poll(self) -> int | None:
+        """The first non-zero exit code (the others are stopped then), 0 once every process
+        exited 0, None while any runs and none failed."""
+        codes = [c.poll() for c in self.children]
+        failed = [c for c in codes if c not in (None, 0)]
+        if failed:
+            self.stop(self.stop_grace_s)
+            return failed[0]
+        if codes and all(c == 0 for c in codes):
+            return 0
+        return None
+
+    def stop(self, grace_s: float) -> int | None:
+        """Stop every process (SIGINT, SIGKILL after the grace); the first exit code."""
+        codes = [c.stop(grace_s) for c in self.children]
+        return next((c for c in codes if c), codes[0] if codes else None)
+
+
+# -- peers --------------------------------------------------------------------------------
+
+
+class PeerWatch:
+    """Probes the other supervisors of a cluster (`http://HOST:PORT/healthz`; any HTTP answer
+    means reachable) every `interval_s` in a daemon thread; calls `report(unreachable)` with
+    the sorted unreachable peers' descriptions whenever that set changes."""
+
+    def __init__(self, cluster: Cluster, port: int, report: Callable[[list[str]], None],
+                 interval_s: float = 5.0, timeout_s: float = 2.0) -> None:
+        self.targets = [(f"process {k} ({host}:{port})", f"http://{host}:{port}/healthz")
+                        for k, host in cluster.peers()]
+        self.report, self.interval_s, self.timeout_s = report, interval_s, timeout_s
+        self._stop = threading.Event()
+        self._last: list[str] | None = None
+
+    def probe(self) -> list[str]:
+        down = []
+        for name, url in self.targets:
+            try:
+                with urllib.request.urlopen(url, timeout=self.timeout_s):
+                    pass
+            except urllib.error.HTTPError:
+                pass  # it answered (503 = unhealthy, but reachable)
+            except (OSError, ValueError):
+                down.append(name)
+        if down != self._last:
+            self._last = down
+            self.report(down)
+        return down
+
+    def start(self) -> PeerWatch:
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.probe()
+                self._stop.wait(self.interval_s)
+
+        if self.targets:
+            threading.Thread(target=loop, name="peer-watch", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
