@@ -71,6 +71,8 @@ class Config:
     data: dict[str, Any] = field(default_factory=dict)
     origin: builtins.str = "<defaults>"
     prefix: builtins.str = ""
+    # the whole config a section was taken from (None: this is the whole config)
+    root: dict[builtins.str, Any] | None = field(default=None, compare=False, repr=False)
 
     def full_key(self, key: builtins.str) -> builtins.str:
         """The key as a user writes it (`source.type`, not `type`, in a section)."""
@@ -135,7 +137,15 @@ class Config:
         value = self.raw(key, {})
         if not isinstance(value, Mapping):
             raise ConfigError(f"{self.full_key(key)}: expected a mapping (in {self.origin})")
-        return Config(dict(value), self.origin, f"{self.full_key(key)}.")
+        return Config(dict(value), self.origin, f"{self.full_key(key)}.", self.top_data())
+
+    def top_data(self) -> dict[builtins.str, Any]:
+        """The data of the whole config this one is a section of."""
+        return self.data if self.root is None else self.root
+
+    def top_section(self, key: builtins.str) -> Config:
+        """A section of the whole config, from any section of it (a sink reads `dlq`)."""
+        return Config(self.top_data(), self.origin).section(key)
 
 
 def _as_str(v: Any) -> str:

@@ -66,8 +66,12 @@ class DeadLetter:
     first_failure_ms: int = 0
     last_failure_ms: int = 0
 
-    def to_json(self) -> str:
+    def to_json(self, *, written_by: str | None = None) -> str:
+        """The JSON envelope; `written_by` marks a line a sink appended to a file DLQ
+        (`dataflows.connectors.dlq`), ignored by `from_json`."""
         d = asdict(self)
+        if written_by is not None:
+            d["written_by"] = written_by
         d["payload"] = base64.b64encode(self.payload).decode()
         d["key"] = None if self.key is None else base64.b64encode(self.key).decode()
         d["coords"] = dict(self.coords)
@@ -77,6 +81,7 @@ class DeadLetter:
     @classmethod
     def from_json(cls, text: str | bytes) -> DeadLetter:
         d = json.loads(text)
+        d.pop("written_by", None)
         d["payload"] = base64.b64decode(d["payload"])
         d["key"] = None if d.get("key") is None else base64.b64decode(d["key"])
         d["headers"] = tuple((k, base64.b64decode(v)) for k, v in d.get("headers", []))

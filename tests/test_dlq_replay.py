@@ -18,7 +18,7 @@ import pytest
 from bytewax.testing import run_main
 from confluent_kafka import Producer
 
-from dataflows.connectors.mongo_sink import JsonlDeadLetters
+from dataflows.connectors.dlq import JsonlDeadLetterAppender
 from dataflows.dead_letter import DeadLetter, dead_letter
 from dataflows.events import RawRecord
 from streamforge_ops.cli import main
@@ -108,7 +108,7 @@ def _letter(i: int, code: str, stage: str, t: int) -> DeadLetter:
 
 def test_dlq_inspect_file_filters_and_text_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "dlq.jsonl"
-    JsonlDeadLetters(path)([
+    JsonlDeadLetterAppender(path)([
         _letter(0, "SCHEMA", "p.parse", 1_000), _letter(1, "SCHEMA", "p.parse", 2_000),
         _letter(2, "USER_FUNCTION", "p.enrich", 3_000),
     ])
@@ -120,7 +120,7 @@ def test_dlq_inspect_file_filters_and_text_output(tmp_path: Path, capsys: pytest
     code, text = _cli(capsys, "dlq", "inspect", "--file", str(path))
     assert code == 0 and "SCHEMA" in text and "payload0" in text
     # a file DLQ has no topic in its coordinates: replay needs --to
-    letters = list(JsonlDeadLetters(path).read())
+    letters = list(JsonlDeadLetterAppender(path).read())
     rep = replay(letters, target=KafkaTarget(None), flt=DlqFilter(), dry_run=True)
     assert rep.no_topic == 3 and rep.matched == 3
 
@@ -163,7 +163,7 @@ def test_replay_refuses_the_configured_exactly_once_output(
     b = kafka_bootstrap
     src, out = make_topic(1, "eo-in"), make_topic(1, "eo-out")
     dlq = tmp_path / "dlq.jsonl"
-    JsonlDeadLetters(dlq)([_letter(0, "SCHEMA", "p.parse", 1_000)])
+    JsonlDeadLetterAppender(dlq)([_letter(0, "SCHEMA", "p.parse", 1_000)])
     cfg = tmp_path / "p.yaml"
     cfg.write_text(yaml.safe_dump({
         "pipeline": {"name": "p"},

@@ -151,12 +151,12 @@ def test_replay_line_round_trip() -> None:
 def test_replay_any_dlq_to_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--file DLQ --to-file PATH`: envelope lines a file source reads back with the ids."""
     from dataflows.connectors.files import JsonlSource
-    from dataflows.connectors.mongo_sink import JsonlDeadLetters
+    from dataflows.connectors.dlq import JsonlDeadLetterAppender
     from dataflows.dead_letter import dead_letter
     from dataflows.events import RawRecord
 
     dlq, target = tmp_path / "dlq.jsonl", tmp_path / "retry.jsonl"
-    JsonlDeadLetters(dlq)([dead_letter(RawRecord(b"\xffbad", "mongo:db.c:tok1", "mongo:db.c"),
+    JsonlDeadLetterAppender(dlq)([dead_letter(RawRecord(b"\xffbad", "mongo:db.c:tok1", "mongo:db.c"),
                                        code="SCHEMA", stage="c.parse", pipeline="c", message="x")])
     rep = _cli(capsys, "dlq", "replay", "--file", str(dlq), "--to-file", str(target), "--json", "--no-progress")
     assert rep["replayed"] == 1 and rep["by_topic"] == {str(target): 1}

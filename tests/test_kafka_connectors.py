@@ -85,9 +85,9 @@ def test_sink_dead_letters_a_record_kafka_refuses(
 ) -> None:
     """A permanent produce error (record over message.max.bytes) -> SINK_WRITE in the DLQ topic."""
     out, dlq = make_topic(1, "refuse-out"), make_topic(1, "refuse-dlq")
-    sink = kafka_sink_from_config(
-        Config({"brokers": [kafka_bootstrap], "topic": out, "dlq-topic": dlq}), "refuse"
-    )
+    cfg = Config({"sink": {"brokers": [kafka_bootstrap], "topic": out},
+                  "dlq": {"type": "kafka", "brokers": [kafka_bootstrap], "topic": dlq}})
+    sink = kafka_sink_from_config(cfg.section("sink"), "refuse")
     part = sink.build_part("refuse.out", "00000", None)  # type: ignore[attr-defined]
     ok = Event("k1", {"n": 1}, 1, "e:1", "test")
     big = Event("k2", {"pad": "x" * 2_000_000}, 2, "e:2", "test")

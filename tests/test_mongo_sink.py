@@ -15,7 +15,8 @@ from bson import ObjectId
 from dataflows.config import Config
 from dataflows.connectors.mongo import mongo_sink_from_config
 from dataflows.connectors.mongo_codec import encode_key
-from dataflows.connectors.mongo_sink import JsonlDeadLetters, MongoSinkSettings, MongoWriter
+from dataflows.connectors.dlq import JsonlDeadLetterAppender
+from dataflows.connectors.mongo_sink import MongoSinkSettings, MongoWriter
 from dataflows.dead_letter import ErrorCode
 from dataflows.events import Event
 from dataflows.retry import RetryPolicy
@@ -112,7 +113,7 @@ def test_exhausted_retries_and_permanent_errors_go_to_dlq(mongo: MongoHandle, tm
     bad = w2.write([up("ok3", n=1), up("bad", x=object())])  # pymongo cannot encode it: InvalidDocument
     assert [d.key for d in bad] == [b"bad"] and bad[0].exception_class == "InvalidDocument"
     assert set(target(mongo)) == {"ok", "ok2", "ok3"}
-    sink = JsonlDeadLetters(tmp_path / "dlq.jsonl")
+    sink = JsonlDeadLetterAppender(tmp_path / "dlq.jsonl")
     sink(dead)
     assert [d.key for d in sink.read()] == [b"huge"]
     w.close()
@@ -120,12 +121,14 @@ def test_exhausted_retries_and_permanent_errors_go_to_dlq(mongo: MongoHandle, tm
 
 
 def test_sink_from_config(mongo: MongoHandle, tmp_path: Any) -> None:
-    cfg = Config({"uri": mongo.uri, "database": "d", "collection": "c", "version-field": "version",
-                  "retry": {"max-attempts": 7, "initial-backoff": "10ms"}, "dlq-path": str(tmp_path / "x")}, "s")
+    sink_cfg = {"uri": mongo.uri, "database": "d", "collection": "c", "version-field": "version",
+                "retry": {"max-attempts": 7, "initial-backoff": "10ms"}}
+    cfg = Config({"sink": sink_cfg, "dlq": {"path": str(tmp_path / "x")}}, "s").section("sink")
     sink = mongo_sink_from_config(cfg, "p")
     assert sink.settings.retry.max_attempts == 7 and sink.settings.version_field == "version"
     with pytest.raises(ValueError, match="uri"):
-        mongo_sink_from_config(Config({"uri": "mongodb://", "database": "d", "collection": "c"}, "s"), "p")
+        mongo_sink_from_config(Config({"uri": "mongodb://", "database": "d", "collection": "c",
+                                       "dlq": {"path": "x"}}, "s"), "p")
 
 
 def test_mirror_reconcile_on_generation_marker(mongo: MongoHandle) -> None:

@@ -60,6 +60,7 @@ __all__ = [
     "FilePosition",
     "FileShrankError",
     "JsonlSink",
+    "JsonlSinkPartition",
     "JsonlSource",
     "expand_paths",
     "json_line",
@@ -233,17 +234,21 @@ class JsonlSource(FixedPartitionedSource[RawRecord, FilePosition]):
         )
 
 
-class _JsonlSinkPartition(StatefulSinkPartition[Any, int]):
+class JsonlSinkPartition(StatefulSinkPartition[Any, int]):
     """Appends encoded lines to one file; snapshot = byte offset after fsync."""
 
     def __init__(self, path: Path, resume_offset: int | None, encode: Callable[[Any], bytes | str]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(path, "ab")  # noqa: SIM115 - closed in close()
+        self._f = open(path, "a+b")  # noqa: SIM115 - closed in close()
+        self._encode = encode
         # Drop whatever was written after the last durable snapshot (or
         # everything, on a fresh start): Bytewax replays those items.
-        self._f.seek(resume_offset or 0)
+        self.resume_at(resume_offset or 0)
+
+    def resume_at(self, offset: int) -> None:
+        """Truncate the file to `offset` (what follows is replayed)."""
+        self._f.seek(offset)
         self._f.truncate()
-        self._encode = encode
 
     def write_batch(self, values: list[Any]) -> None:
         lines = []
@@ -269,6 +274,8 @@ class JsonlSink(FixedPartitionedSink[Any, int]):
     docstring). Keeps the byte offset in the recovery state.
     """
 
+    partition_class: type[JsonlSinkPartition] = JsonlSinkPartition
+
     def __init__(self, path: str | os.PathLike[str], *, encode: Callable[[Any], bytes | str] = dumps) -> None:
         self._path = Path(path)
         self._encode = encode
@@ -285,8 +292,8 @@ class JsonlSink(FixedPartitionedSink[Any, int]):
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None
-    ) -> _JsonlSinkPartition:
+    ) -> JsonlSinkPartition:
         if for_part != str(self._path):
             raise ValueError(f"cannot resume writing {for_part!r} into a different file {self._path}")
-        return _JsonlSinkPartition(self._path, resume_state, self._encode)
+        return self.partition_class(self._path, resume_state, self._encode)
 

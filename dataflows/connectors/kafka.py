@@ -29,13 +29,10 @@ sink:
                                    #   the replay never met leaves the skip set
   restore-window: 7d               # exactly-once: how far back a restore may go (savepoints.max-age);
                                    #   a topic retention.ms below it is warned about at start
-  dlq-topic: orders-dlq            # the sink's own dead letters (SINK_WRITE): a Kafka topic
-  # dlq-brokers: ...               #   (default: the sink's brokers),
-  # dlq-path: .streamforge/orders/out/kafka-sink-dlq.jsonl   # or a JSONL file (the default)
   # partitions: 4                  # default: the topic's partition count (needed with check: false)
-dlq:
-  type: kafka
-  brokers: [127.0.0.1:9092]
+dlq:                               # the pipeline's one DLQ: the stream's dead letters and
+  type: kafka                      #   the sink's own (SINK_WRITE, UNSUPPORTED_TYPE; see
+  brokers: [127.0.0.1:9092]        #   dataflows.connectors.dlq.sink_dead_letters)
   topic: orders-dlq
 ```
 
@@ -69,9 +66,10 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from dataflows.config import Config, ConfigError
+from dataflows.connectors.dlq import sink_dead_letters
 from dataflows.connectors.kafka_common import KafkaStartError, check_cluster, topic_config
-from dataflows.connectors.kafka_dlq import KafkaDeadLetterWriter, KafkaDlqSink
-from dataflows.connectors.kafka_sink import DeadLetters, KafkaSinkSettings, ReliableKafkaSink
+from dataflows.connectors.kafka_dlq import KafkaDlqSink
+from dataflows.connectors.kafka_sink import KafkaSinkSettings, ReliableKafkaSink
 from dataflows.connectors.kafka_source import RawRecordKafkaSource
 from dataflows.connectors.transactional import TransactionalSettings, TransactionalWriter
 from dataflows.retry import retry_policy_from_config
@@ -126,19 +124,6 @@ def kafka_source_from_config(cfg: Config, pipeline: str) -> RawRecordKafkaSource
     )
 
 
-def _sink_dead_letters(cfg: Config, brokers: list[str], pipeline: str) -> DeadLetters:
-    """Where a sink's own dead letters go: `dlq-topic` (Kafka) or `dlq-path` (JSONL)."""
-    if cfg.has("dlq-topic"):
-        dlq_brokers = brokers_from_config(cfg, "dlq-brokers") if cfg.has("dlq-brokers") else brokers
-        topic = cfg.str("dlq-topic")
-        if cfg.bool("check", True):
-            check_cluster(dlq_brokers, [topic], cfg.duration("metadata-timeout", 5.0))
-        return KafkaDeadLetterWriter(dlq_brokers, topic, retry=retry_policy_from_config(cfg))
-    from dataflows.connectors.mongo_sink import JsonlDeadLetters  # the shared JSONL DLQ writer
-
-    return JsonlDeadLetters(cfg.str("dlq-path", f".streamforge/{pipeline}/out/kafka-sink-dlq.jsonl"))
-
-
 def kafka_sink_from_config(cfg: Config, pipeline: str) -> Sink[Any]:
     """The `sink` section -> `TransactionalWriter` (exactly-once) or `ReliableKafkaSink`."""
     brokers, topic = brokers_from_config(cfg), cfg.str("topic")
@@ -157,14 +142,14 @@ def kafka_sink_from_config(cfg: Config, pipeline: str) -> Sink[Any]:
         raise ConfigError(f"{cfg.full_key('partitions')}: {partitions}, but topic {topic!r} has only "
                           f"{counts[topic]} partitions (in {cfg.origin})")
     if mode == "at-least-once":
-        return ReliableKafkaSink(settings, _sink_dead_letters(cfg, brokers, pipeline), partitions)
+        return ReliableKafkaSink(settings, sink_dead_letters(cfg, pipeline), partitions)
     if partitions is None:
         raise ConfigError(f"{cfg.full_key('partitions')}: needed when check is false in exactly-once mode "
                           f"(in {cfg.origin})")
     tx = _transactional_settings(cfg, settings, partitions, pipeline)
     if cfg.bool("check", True):
         _check_exactly_once_topic(cfg, brokers, topic)
-    return TransactionalWriter(tx, _sink_dead_letters(cfg, brokers, pipeline))
+    return TransactionalWriter(tx, sink_dead_letters(cfg, pipeline))
 
 
 def _transactional_settings(

@@ -18,8 +18,8 @@ delivery failure is lost) and ignores `KafkaSinkMessage.partition`. This sink:
    `streamforge_sink_retries_total`; after the last attempt, or at once for a
    permanent error (record too large...), the record becomes a `DeadLetter`
    with code `SINK_WRITE` (value and key as they would have been written,
-   coords = the output topic) handed to `dead_letters` (a Kafka DLQ writer or
-   a JSONL file).
+   coords = the output topic) handed to `dead_letters`, the pipeline's DLQ
+   (`dataflows.connectors.dlq.sink_dead_letters`).
 
 Feed it `(key, item)` pairs (`dataflows.pipelines.io.write_output` or
 `dataflows.connectors.kafka.kafka_output` key items for you).
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,6 +36,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from dataflows import metrics
+from dataflows.connectors.dlq import DeadLetters
 from dataflows.connectors.kafka_common import (
     OutMessage,
     is_transient,
@@ -50,9 +50,6 @@ from dataflows.retry import RetryPolicy
 __all__ = ["DeadLetters", "InFlight", "KafkaSinkSettings", "ReliableKafkaSink", "encode_batch", "sink_dead_letter", "unwrap_item"]
 
 log = logging.getLogger(__name__)
-
-DeadLetters = Callable[[Sequence[DeadLetter]], None]
-
 
 @dataclass(frozen=True)
 class KafkaSinkSettings:

@@ -26,7 +26,7 @@
       collection: customers_view
       version-field: version      # optional guard: never overwrite a newer version
       retry: {max-attempts: 5, initial-backoff: 50ms, max-backoff: 2s, multiplier: 2, jitter: 0.2}
-      dlq-path: .streamforge/<pipeline>/out/mongo-sink-dlq.jsonl   # MongoSink's dead letters
+      # MongoSink's own dead letters go to the pipeline's `dlq` (file or Kafka)
 
 A bad connection string fails here, at build time, with the key named; an
 unreachable server or a missing collection fails when the source starts.
@@ -38,9 +38,9 @@ from pymongo.errors import ConfigurationError, InvalidURI
 from pymongo.uri_parser import parse_uri
 
 from dataflows.config import Config, ConfigError
+from dataflows.connectors.dlq import sink_dead_letters
 from dataflows.connectors.mongo_sink import (
     DEFAULT_SINK_RETRY,
-    JsonlDeadLetters,
     MongoSink,
     MongoSinkSettings,
     MongoWriter,
@@ -130,6 +130,5 @@ def mongo_sink_settings(cfg: Config, pipeline: str) -> MongoSinkSettings:
 
 
 def mongo_sink_from_config(cfg: Config, pipeline: str) -> MongoSink:
-    """A MongoDB sink for the `sink` section; its dead letters go to `dlq-path` (JSONL)."""
-    dlq_path = cfg.str("dlq-path", f".streamforge/{pipeline}/out/mongo-sink-dlq.jsonl")
-    return MongoSink(mongo_sink_settings(cfg, pipeline), JsonlDeadLetters(dlq_path))
+    """A MongoDB sink for the `sink` section; its dead letters go to the pipeline's `dlq`."""
+    return MongoSink(mongo_sink_settings(cfg, pipeline), sink_dead_letters(cfg, pipeline))

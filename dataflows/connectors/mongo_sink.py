@@ -35,18 +35,16 @@ sweeps (a renamed, dropped or replaced source must not empty the target).
 
 Wiring: `write_to_mongo` (operator: dead letters flow on to the pipeline's
 DLQ sink) or `MongoSink` (a Bytewax `DynamicSink`; its dead letters go to
-`on_dead_letters`, e.g. `JsonlDeadLetters`).
+`on_dead_letters`, the pipeline's DLQ: `dataflows.connectors.dlq.sink_dead_letters`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
@@ -56,7 +54,6 @@ from pymongo import DeleteOne, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from dataflows import metrics
-from dataflows.connectors.dlq import read_dead_letters
 from dataflows.connectors.mongo_codec import decode_key, encode_key
 from dataflows.connectors.mongo_errors import is_transient
 from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
@@ -64,7 +61,6 @@ from dataflows.events import Event, now_ms
 from dataflows.retry import RetryPolicy
 
 __all__ = [
-    "JsonlDeadLetters",
     "MongoSink",
     "MongoSinkSettings",
     "MongoWriter",
@@ -367,23 +363,6 @@ def write_to_mongo(step_id: str, up: Stream[Any], settings: MongoSinkSettings) -
             return holder[0].write(batch)
 
     return op.flat_map_batch("write", up, write)
-
-
-class JsonlDeadLetters:
-    """Appends dead letters to a JSONL file (fsync'ed per call)."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-
-    def __call__(self, letters: Sequence[DeadLetter]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.writelines(dl.to_json() + "\n" for dl in letters)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def read(self) -> list[DeadLetter]:
-        return list(read_dead_letters(self.path)) if self.path.exists() else []
 
 
 class _MongoSinkPartition(StatelessSinkPartition[Any]):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -143,7 +144,7 @@ def build_changes_sink(cfg: Config, pipeline: str) -> Sink[Any] | None:
                 data["transactional-id-prefix"] = f"{data['transactional-id-prefix']}.changes"
             else:
                 data["transactional-id-prefix"] = f"streamforge.{pipeline}.changes"
-            return _connector(Config(data, cfg.origin), section, "kafka", "kafka_sink_from_config", pipeline)
+            return _connector(replace(cfg, data=data), section, "kafka", "kafka_sink_from_config", pipeline)
     return None
 
 
