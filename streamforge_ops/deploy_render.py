@@ -37,8 +37,22 @@
 - `prometheusrule.yaml`: the groups of `deploy/prometheus/*_rules.yaml`,
   unchanged (one shared object, `streamforge-rules`, for every pipeline).
 
-One replica only: the supervisor runs one Bytewax process (scale with
-`pipeline.workers`); two replicas would each process the whole input.
+`--replicas N` (N > 1) renders one Bytewax cluster of N processes, one per pod
+(`streamforge_ops.cluster`): the pod ordinal is the process id (`--process-id
+ordinal`), `--addresses` lists every pod's stable DNS name in the headless
+Service (`<name>-K.<name>.<namespace>.svc:2101`, Timely's port), which publishes
+not-ready addresses (a process is not ready until all its peers connected).
+`podManagementPolicy: Parallel` starts every pod at once (OrderedReady would wait
+for pod 0 to be ready, which needs the others); `updateStrategy: OnDelete`: a
+rolling update would run two code versions in one cluster, so a new version is
+rolled out with `streamforge upgrade` or by deleting every pod (each pod's
+SIGTERM ends the cluster; process 0 takes the one savepoint, `savepoints.on-cancel`,
+the others answer it: `recovery.cluster_checkpoint`). Each pod keeps its share of
+the partitions (`recovery.placement`) on its own volume, `<recovery.dir>/proc-K`;
+its supervisor restores that share from the store when the volume holds none (no
+initContainer: the share depends on the process count) and answers process 0's
+coordinated checkpoints. Probes are per pod. The partition count bounds the useful
+pod count: a pod beyond `recovery.partitions` holds no state.
 """
 
 from __future__ import annotations
@@ -64,6 +78,7 @@ __all__ = [
     "RenderError",
     "RenderOptions",
     "RenderResult",
+    "cluster_addresses",
     "dump_manifest",
     "render",
     "write_manifests",
@@ -77,6 +92,7 @@ STATE_MOUNT = "/var/lib/streamforge"
 CONFIG_MOUNT = "/etc/streamforge"
 CONFIG_FILE = f"{CONFIG_MOUNT}/pipeline.yaml"
 DATAFLOW_API_PORT = 3030
+CLUSTER_PORT = 2101  # Timely's TCP exchange between the processes of a cluster
 UID = 10001
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -134,7 +150,7 @@ def render(cfg: Config, options: RenderOptions | None = None) -> RenderResult:
     _check_options(options)
     name = _object_name(settings.pipeline)
     notes: list[str] = []
-    pod_cfg = pod_config(cfg, settings, options.store, notes)
+    pod_cfg = pod_config(cfg, settings, options.store, notes, processes=options.replicas)
     config_text = yaml.safe_dump(pod_cfg, sort_keys=False)
     labels = _labels(settings, name)
     meta = {"namespace": options.namespace, "labels": labels}
@@ -146,6 +162,12 @@ def render(cfg: Config, options: RenderOptions | None = None) -> RenderResult:
     )
     if pod_cfg["security"]["allow-unsigned"]:
         notes.append("security.allow-unsigned is true: restore accepts unsigned snapshots")
+    if options.replicas > settings.recovery.partitions:
+        notes.append(
+            f"--replicas {options.replicas} is above recovery.partitions "
+            f"{settings.recovery.partitions}: the pods beyond it hold no recovery partitions "
+            "(the partition count, fixed at init, bounds workers, processes and pods)"
+        )
     if cfg.str("source.type", "") == "file" and not cfg.bool("source.tail", False):
         notes.append(
             "source.type is file with tail: false: the pod exits when the input ends and "
@@ -154,7 +176,7 @@ def render(cfg: Config, options: RenderOptions | None = None) -> RenderResult:
     manifests = [
         Manifest("configmap.yaml", _configmap(name, meta, config_text)),
         Manifest("statefulset.yaml", _statefulset(name, meta, settings, options, config_text)),
-        Manifest("service.yaml", _service(name, meta, settings)),
+        Manifest("service.yaml", _service(name, meta, settings, options.replicas > 1)),
         Manifest("podmonitor.yaml", _podmonitor(name, meta)),
         Manifest("prometheusrule.yaml", _prometheusrule(options)),
     ]
@@ -177,9 +199,10 @@ def _lifecycle(savepoints_url: str, settings: Settings) -> dict[str, Any] | None
 
 
 def pod_config(
-    cfg: Config, settings: Settings, store: str | None, notes: list[str]
+    cfg: Config, settings: Settings, store: str | None, notes: list[str], processes: int = 1
 ) -> dict[str, Any]:
-    """The pipeline config as the pod runs it (see module doc)."""
+    """The pipeline config as the pod runs it (see module doc); `processes` pods of a cluster
+    keep `savepoints.on-cancel` in the supervisors (process 0 coordinates the one savepoint)."""
     data = copy.deepcopy(cfg.data)
     data.setdefault("recovery", {})["dir"] = f"{STATE_MOUNT}/recovery"
     ck_url = settings.checkpoints.store.url
@@ -193,7 +216,7 @@ def pod_config(
     for section, url in (("checkpoints", ck_url), ("savepoints", settings.savepoints.store.url)):
         target = store or (url if url.startswith("s3://") else default_store)
         data.setdefault(section, {})["dir"] = target
-    if settings.savepoints.on_cancel:
+    if settings.savepoints.on_cancel and processes <= 1:
         # The preStop hook takes the stop savepoint (see module doc).
         data["savepoints"]["on-cancel"] = False
     security = data.setdefault("security", {})
@@ -225,11 +248,8 @@ def _local_endpoint_notes(cfg: Config, name: str) -> list[str]:
 
 
 def _check_options(options: RenderOptions) -> None:
-    if not 0 <= options.replicas <= 1:
-        raise RenderError(
-            f"--replicas must be 0 or 1, got {options.replicas}: the supervisor runs one "
-            "Bytewax process per pipeline; scale with pipeline.workers instead"
-        )
+    if options.replicas < 0:
+        raise RenderError(f"--replicas must be >= 0, got {options.replicas}")
     if options.store is not None and not options.store.startswith("s3://"):
         raise RenderError(
             f"--store must be an s3:// URL, got {options.store!r}: a file:// store is lost with the pod"
@@ -313,9 +333,10 @@ fi
 """
 
 
-def _prestop(settings: Settings) -> dict[str, Any]:
-    """The preStop savepoint (savepoints.on-cancel), as a container `lifecycle`."""
-    if not settings.savepoints.on_cancel:
+def _prestop(settings: Settings, processes: int) -> dict[str, Any]:
+    """The preStop savepoint (savepoints.on-cancel), as a container `lifecycle`; none for a
+    cluster (its supervisors take the one savepoint on SIGTERM, see module doc)."""
+    if not settings.savepoints.on_cancel or processes > 1:
         return {}
     command = ["streamforge", "savepoint", "create", "--config", CONFIG_FILE, "--name", "prestop"]
     return {"lifecycle": {"preStop": {"exec": {"command": command}}}}
@@ -334,6 +355,7 @@ def _statefulset(
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
     }
+    cluster = options.replicas > 1
     grace = math.ceil(settings.recovery.stop_grace_s + settings.checkpoints.timeout_s + 30)
     port = settings.metrics.port
     init = {
@@ -351,12 +373,14 @@ def _statefulset(
         "image": options.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["streamforge"],
-        "args": ["run", settings.pipeline, "--config", CONFIG_FILE],
+        "args": ["run", settings.pipeline, "--config", CONFIG_FILE, *_cluster_args(name, options)],
         "env": env,
         "envFrom": env_from,
         "ports": [
             {"name": "metrics", "containerPort": port, "protocol": "TCP"},
             {"name": "dataflow-api", "containerPort": DATAFLOW_API_PORT, "protocol": "TCP"},
+            *([{"name": "cluster", "containerPort": CLUSTER_PORT, "protocol": "TCP"}]
+              if cluster else []),
         ],
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "metrics"},
@@ -371,7 +395,7 @@ def _statefulset(
             "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
-        **_prestop(settings),
+        **_prestop(settings, options.replicas),
         "resources": {
             "requests": {"cpu": f"{250 * settings.workers}m", "memory": "512Mi"},
             "limits": {"memory": "1Gi"},
@@ -381,6 +405,7 @@ def _statefulset(
     }
     config_sha = hashlib.sha256(config_text.encode()).hexdigest()
     selector = _selector(meta)
+    pod_init = {} if cluster else {"initContainers": [init]}  # a cluster pod's supervisor restores
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -388,8 +413,8 @@ def _statefulset(
         "spec": {
             "serviceName": name,
             "replicas": options.replicas,
-            "podManagementPolicy": "OrderedReady",
-            "updateStrategy": {"type": "RollingUpdate"},
+            "podManagementPolicy": "Parallel" if cluster else "OrderedReady",
+            "updateStrategy": {"type": "OnDelete" if cluster else "RollingUpdate"},
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {
@@ -408,7 +433,7 @@ def _statefulset(
                         "fsGroup": UID,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "initContainers": [init],
+                    **pod_init,
                     "containers": [main],
                     "volumes": [{"name": "config", "configMap": {"name": f"{name}-config"}}],
                 },
@@ -426,20 +451,29 @@ def _statefulset(
     }
 
 
-def _service(name: str, meta: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, **meta},
-        "spec": {
-            "clusterIP": "None",
-            "selector": _selector(meta),
-            "ports": [
-                {"name": "metrics", "port": settings.metrics.port, "targetPort": "metrics"},
-                {"name": "dataflow-api", "port": DATAFLOW_API_PORT, "targetPort": "dataflow-api"},
-            ],
-        },
-    }
+def cluster_addresses(name: str, namespace: str, processes: int) -> str:
+    """Every pod's Timely address by ordinal: its DNS name in the headless Service."""
+    return ";".join(f"{name}-{k}.{name}.{namespace}.svc:{CLUSTER_PORT}" for k in range(processes))
+
+
+def _cluster_args(name: str, options: RenderOptions) -> list[str]:
+    """`streamforge run` flags of a cluster pod (`streamforge_ops.cluster.cluster_from_args`)."""
+    if options.replicas <= 1:
+        return []
+    return ["--process-id", "ordinal",
+            "--addresses", cluster_addresses(name, options.namespace, options.replicas)]
+
+
+def _service(name: str, meta: dict[str, Any], settings: Settings, cluster: bool) -> dict[str, Any]:
+    ports = [
+        {"name": "metrics", "port": settings.metrics.port, "targetPort": "metrics"},
+        {"name": "dataflow-api", "port": DATAFLOW_API_PORT, "targetPort": "dataflow-api"},
+    ]
+    spec: dict[str, Any] = {"clusterIP": "None", "selector": _selector(meta), "ports": ports}
+    if cluster:  # the peers must resolve each other before any of them is ready
+        ports.append({"name": "cluster", "port": CLUSTER_PORT, "targetPort": "cluster"})
+        spec["publishNotReadyAddresses"] = True
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, **meta}, "spec": spec}
 
 
 def _podmonitor(name: str, meta: dict[str, Any]) -> dict[str, Any]:

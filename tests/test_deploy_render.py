@@ -26,6 +26,7 @@ import yaml
 
 from dataflows.config import ConfigError, load_config
 from streamforge_ops.cli import main
+from streamforge_ops.cluster import cluster_from_args
 from streamforge_ops.deploy_render import (
     RenderOptions,
     RenderResult,
@@ -329,6 +330,54 @@ def test_options_change_image_namespace_replicas_and_store(tmp_path: Path) -> No
     assert pod_cfg["checkpoints"]["dir"] == pod_cfg["savepoints"]["dir"] == "s3://other/x"
 
 
+# --- a cluster: one Bytewax process per pod -------------------------------------------------
+
+
+def test_replicas_3_is_one_cluster_of_3_pods(tmp_path: Path) -> None:
+    """The StatefulSet's ordinal is the process id, the headless Service gives the addresses,
+    every pod starts at once with its own volume and probes, restores its own share (its
+    supervisor, no initContainer) and the one cancel savepoint stays with the supervisors."""
+    result = _kafka(tmp_path, namespace="prod", replicas=3)
+    objs = _objects(result)
+    for m in result.manifests:
+        if m.kind not in CRD_KINDS:
+            kubernetes_validate.validate(yaml.safe_load(dump_manifest(m, result.pipeline)),
+                                         K8S_VERSION, strict=True)
+    sts, svc = objs["StatefulSet"], objs["Service"]
+    spec = sts["spec"]
+    assert (spec["replicas"], spec["podManagementPolicy"], spec["updateStrategy"]) == (
+        3, "Parallel", {"type": "OnDelete"})
+    assert spec["serviceName"] == svc["metadata"]["name"] == "streamforge-customers-cdc"
+    assert [t["metadata"]["name"] for t in spec["volumeClaimTemplates"]] == ["state"]
+    pod = spec["template"]["spec"]
+    (main_c,) = pod["containers"]
+    assert "initContainers" not in pod and "lifecycle" not in main_c
+    args = main_c["args"]
+    assert args[:4] == ["run", "customers_cdc", "--config", "/etc/streamforge/pipeline.yaml"]
+    assert args[4:7] == ["--process-id", "ordinal", "--addresses"]
+    addresses = args[7]
+    assert addresses == ";".join(
+        f"streamforge-customers-cdc-{k}.streamforge-customers-cdc.prod.svc:2101" for k in range(3))
+    # what the pod's `streamforge run` makes of them (streamforge_ops.cluster)
+    c = cluster_from_args(None, "ordinal", addresses, env={}, hostname="streamforge-customers-cdc-2")
+    assert c is not None and (c.processes, c.local) == (3, (2,))
+    assert {p["name"]: p["containerPort"] for p in main_c["ports"]}["cluster"] == 2101
+    assert main_c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert main_c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]}["cluster"] == 2101
+    pod_cfg = yaml.safe_load(objs["ConfigMap"]["data"]["pipeline.yaml"])
+    assert pod_cfg["savepoints"].get("on-cancel", True) is True
+    assert not any("above recovery.partitions" in n for n in result.notes)
+    assert any("above recovery.partitions 8" in n for n in _kafka(tmp_path, replicas=9).notes)
+
+
+def test_one_replica_is_unchanged_by_the_cluster_options(tmp_path: Path) -> None:
+    sts = _objects(_kafka(tmp_path))["StatefulSet"]["spec"]
+    assert (sts["podManagementPolicy"], sts["updateStrategy"]["type"]) == ("OrderedReady", "RollingUpdate")
+    assert "--process-id" not in sts["template"]["spec"]["containers"][0]["args"]
+
+
 # --- the command line ---------------------------------------------------------------------
 
 
@@ -355,7 +404,7 @@ def test_output_dash_prints_one_yaml_stream(capsys: pytest.CaptureFixture[str]) 
         ("pipeline: {name: x}\ncheckpoints: {interval: soon}\n", [], "checkpoints.interval"),
         ("source: {type: file}\n", [], "pipeline.name"),
         ("pipeline: {name: Bad.Name}\n", [], "Kubernetes name"),
-        ("pipeline: {name: x}\n", ["--replicas", "3"], "--replicas must be 0 or 1"),
+        ("pipeline: {name: x}\n", ["--replicas", "-1"], "--replicas must be >= 0"),
         ("pipeline: {name: x}\n", ["--store", "file:///tmp/s"], "s3:// URL"),
         ("pipeline: {name: x}\n", ["--namespace", "Not_Valid"], "--namespace"),
     ],

@@ -46,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--image", default=DEFAULT_IMAGE, help=f"container image (default {DEFAULT_IMAGE})")
     r.add_argument("--namespace", "-n", default=DEFAULT_NAMESPACE,
                    help=f"Kubernetes namespace (default {DEFAULT_NAMESPACE})")
-    r.add_argument("--replicas", type=int, default=1, help="0 (stopped) or 1 (default 1)")
+    r.add_argument("--replicas", type=int, default=1,
+                   help="pods (default 1; 0 = stopped); N > 1: one Bytewax cluster of N processes, "
+                        "one per pod")
     r.add_argument("--store", metavar="S3_URL",
                    help="s3:// store for checkpoints and savepoints (default: the config's, "
                         "if s3://, else s3://streamforge-state/PIPELINE)")
