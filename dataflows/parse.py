@@ -1,8 +1,9 @@
 """Parse raw JSON records into Events; bad records become dead letters.
 
 `parse_record` is the pure function (RawRecord -> Event, or a `ParseError`
-carrying an `ErrorCode`); `parse_events` wires it into a dataflow as a guarded
-step, so a bad record never crashes the flow and never disappears: it lands
+carrying an `ErrorCode`); `BatchParser` runs it over a batch of source items
+(what `dataflows.flow.parse_events` and the pipelines' `ingest` run per batch,
+`flat_map_batch`), so a bad record never crashes the flow and never disappears: it lands
 in the DLQ stream with its original bytes, code, message and stack trace, and
 counts in `dlq_event_count`.
 
@@ -57,23 +58,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from bytewax.dataflow import Stream
 
-from dataflows.dead_letter import ErrorCode
-from dataflows.errors import Guarded, guarded_map
+from dataflows.dead_letter import DeadLetter, ErrorCode
 from dataflows.events import Event, RawRecord
 
 __all__ = [
     "MAX_EVENT_TIME_MS",
     "MIN_EVENT_TIME_MS",
     "OPS",
+    "BatchParser",
     "EventTimeRangeError",
     "ParseError",
     "StrictLimits",
     "TypeSpec",
     "decode_strict",
     "parse_event_time",
-    "parse_events",
     "parse_record",
 ]
 
@@ -381,45 +380,79 @@ def parse_record(
     )
 
 
-class _Parser:
-    """The mapper of `parse_events`: `parse_record` with its options bound."""
+class BatchParser:
+    """A batch of source items -> Events and DeadLetters, in order (a `flat_map_batch` mapper).
 
-    def __init__(self, **options: Any) -> None:
-        self.options = options
+    A RawRecord is parsed (`parse_record` with the bound options; a bad one
+    becomes a dead letter with stage `stage`, counted in `dlq_event_count`);
+    an Event or a DeadLetter (a source's own) passes unchanged; anything else
+    is an UNSUPPORTED_TYPE dead letter with stage `source_stage`.
 
-    def __call__(self, raw: RawRecord) -> Event:
-        return parse_record(raw, **self.options)
-
-
-def parse_events(
-    step_id: str,
-    up: Stream[RawRecord],
-    *,
-    pipeline: str,
-    key_field: str,
-    time_field: str | None,
-    max_record_bytes: int,
-    op_field: str | None = None,
-    required: Mapping[str, TypeSpec] | None = None,
-    optional: Mapping[str, TypeSpec] | None = None,
-    limits: StrictLimits = _DEFAULT_LIMITS,
-) -> Guarded:
-    """Parse JSON records (strict JSON within `limits`, see the module docstring).
-
-    Emits `ok`: an `Event` per good record (same event id as the record);
-    `dlq`: a `DeadLetter` per bad record (stage = this step id, code as in
-    the module docstring, original bytes and coordinates kept). Stateless.
-
-    A plain function over the guarded step, so the dead letters' stage is
-    exactly the flow-scoped `step_id` (e.g. `orders.parse`).
+        >>> from dataflows.events import RawRecord
+        >>> parse = BatchParser(pipeline="p", stage="p.parse", source_stage="p.source",
+        ...                     key_field="id", time_field=None, max_record_bytes=1000)
+        >>> [type(x).__name__ for x in parse([RawRecord(b'{"id": 1}', "e1", "t", timestamp_ms=5),
+        ...                                   RawRecord(b"{", "e2", "t")])]
+        ['Event', 'DeadLetter']
     """
-    parser = _Parser(
-        key_field=key_field,
-        time_field=time_field,
-        max_record_bytes=max_record_bytes,
-        op_field=op_field,
-        required=required,
-        optional=optional,
-        limits=limits,
-    )
-    return guarded_map(step_id, up, parser, pipeline=pipeline)
+
+    __slots__ = ("pipeline", "stage", "source_stage", "key_field", "time_field", "max_bytes",
+                 "op_field", "required", "optional", "limits")
+
+    def __init__(self, *, pipeline: str, stage: str, source_stage: str, key_field: str,
+                 time_field: str | None, max_record_bytes: int, op_field: str | None = None,
+                 required: Mapping[str, TypeSpec] | None = None,
+                 optional: Mapping[str, TypeSpec] | None = None,
+                 limits: StrictLimits = _DEFAULT_LIMITS) -> None:
+        self.pipeline, self.stage, self.source_stage = pipeline, stage, source_stage
+        self.key_field, self.time_field, self.op_field = key_field, time_field, op_field
+        self.max_bytes = max_record_bytes
+        self.required, self.optional, self.limits = required, optional, limits
+
+    def parse(self, raw: RawRecord) -> Event:
+        """One record (raises ParseError)."""
+        doc = _decode(raw, self.max_bytes, self.limits)
+        key = _key(doc, self.key_field)
+        if self.required or self.optional:
+            _check_fields(doc, self.required, self.optional)
+        return Event(key, doc, _event_time(doc, self.time_field, raw), raw.event_id, raw.source,
+                     _op(doc, self.op_field), raw.headers)
+
+    def __call__(self, batch: list[Any]) -> list[Event | DeadLetter]:
+        out: list[Event | DeadLetter] = []
+        append = out.append
+        parse = self.parse
+        for item in batch:
+            if isinstance(item, RawRecord):
+                try:
+                    append(parse(item))
+                except Exception as exc:  # noqa: BLE001 - every failure is a dead letter
+                    append(self._letter(item, exc))
+            elif isinstance(item, (Event, DeadLetter)):
+                append(item)
+            else:
+                append(self._unsupported(item))
+        return out
+
+    def _letter(self, item: Any, exc: BaseException) -> DeadLetter:
+        from dataflows.errors import _to_dead_letter
+
+        return _to_dead_letter(item, exc, self.stage, self.pipeline)
+
+    def _unsupported(self, item: Any) -> DeadLetter:
+        from dataflows import metrics
+        from dataflows.dead_letter import dead_letter
+
+        code = ErrorCode.UNSUPPORTED_TYPE
+        metrics.DLQ_EVENTS.labels(pipeline=self.pipeline, stage=self.source_stage, error_code=code).inc()
+        return dead_letter(item, code=code, stage=self.source_stage, pipeline=self.pipeline,
+                           message=f"a source yielded a {type(item).__name__}, not a RawRecord or Event")
+
+
+def __getattr__(name: str) -> Any:
+    """`parse_events`, the Bytewax operator, lives in `dataflows.flow` (imported on use)."""
+    if name == "parse_events":
+        from dataflows.flow import parse_events
+
+        return parse_events
+    raise AttributeError(name)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dataflows import metrics
 from dataflows.patterns.dedup import DedupConfig, Deduplicator, DedupState, deduplicate, identity_of
-from dataflows.patterns.dedup_shards import ShardDeduplicator, shard_router
+from dataflows.patterns.dedup_shards import shard_router
 from tests.test_patterns_harness import ev, frozen_clock, run_pattern
 
 
@@ -172,14 +172,14 @@ def test_sharded_matches_per_identity(events: list[tuple[str, int]], ttl: int, c
     """The sharded state machine decides exactly like one Deduplicator per identity."""
     cfg = DedupConfig(ttl, clock=frozen_clock)
     route = shard_router(lambda e: e.key, shards)
-    logics: dict[str, ShardDeduplicator] = {}
+    logics: dict[str, Deduplicator] = {}
     got = []
     for i, (ident, t) in enumerate(events):
         if i == cut:
-            logics = {k: ShardDeduplicator(cfg, pickle.loads(pickle.dumps(v.snapshot())))
+            logics = {k: Deduplicator(cfg, pickle.loads(pickle.dumps(v.snapshot())), identity_of(None))
                       for k, v in logics.items()}
         shard, item = route(ev(ident, t))
-        if logics.setdefault(shard, ShardDeduplicator(cfg)).on_item(item)[0]:
+        if logics.setdefault(shard, Deduplicator(cfg, None, identity_of(None))).on_item(item)[0]:
             got.append(i)
     assert got == reference(events, ttl)
 
@@ -188,14 +188,14 @@ def test_shard_expires_oldest_identities_first() -> None:
     now = [5_000_000]
     evicted: list[int] = []
     cfg = DedupConfig(1_000, clock=lambda: now[0], on_evict=lambda: evicted.append(1))
-    s = ShardDeduplicator(cfg)
-    s.on_item(("a", ev("a", 0)))
+    s = Deduplicator(cfg, None, identity_of(None))
+    s.on_item(ev("a", 0))
     now[0] += 500
-    s.on_item(("b", ev("b", 0)))
+    s.on_item(ev("b", 0))
     first = s.notify_at()
     assert first is not None and first.timestamp() * 1000 >= 5_001_000
     now[0] += 300
-    s.on_item(("a", ev("a", 1)))  # a seen again: b is now the oldest
+    s.on_item(ev("a", 1))  # a seen again: b is now the oldest
     now[0] = 5_001_500
     assert s.on_notify() == ((), False)  # b idle exactly the TTL: expired; a kept
     assert list(s.seen) == ["a"] and evicted == [1]

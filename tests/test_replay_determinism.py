@@ -46,10 +46,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataflows.events import Event, now_ms
+from dataflows.flow import dedup_by_key
 from dataflows.patterns.dedup import DedupConfig, Deduplicator, deduplicate, identity_of
-from dataflows.patterns.dedup_shards import ShardDeduplicator
 from dataflows.patterns.sessions import SessionAnalyzer, SessionConfig, analyze_sessions
-from dataflows.pipelines.common import KeyLaneDedup, dedup_in_key_lane
 from tests.test_patterns_harness import by_id, run_pattern
 
 # Far above the real time a test run takes (the uninterrupted runs through Bytewax must not
@@ -124,14 +123,19 @@ def dedup_driver() -> Driver:
 
 
 def shard_driver() -> Driver:
-    return Driver(lambda wall: DedupConfig(TTL, clock=wall), ShardDeduplicator,
-                  lambda e: ("0", (e.event_id, e)))
+    """One shard holding every identity (the event ids)."""
+    return Driver(lambda wall: DedupConfig(TTL, clock=wall),
+                  lambda cfg, state: Deduplicator(cfg, state, _event_id), lambda e: ("0", e))
+
+
+def _event_id(e: Event) -> str:
+    return e.event_id
 
 
 def lane_driver() -> Driver:
     ident = identity_of("id")
     return Driver(lambda wall: DedupConfig(TTL, clock=wall),
-                  lambda cfg, state: KeyLaneDedup(cfg, ident, state), lambda e: (e.key, e))
+                  lambda cfg, state: Deduplicator(cfg, state, ident), lambda e: (e.key, e))
 
 
 def sessions_driver() -> Driver:
@@ -323,7 +327,7 @@ def _dedup_sharded(s: Stream[Event], wall: ShiftedWall) -> Stream[Any]:
 def _dedup_lane(s: Stream[Event], wall: ShiftedWall) -> Stream[Any]:
     from dataflows.clock import PipelineClock
 
-    return dedup_in_key_lane("dedup", s, ttl_ms=TTL, pipeline="t-replay", identity_field="id",
+    return dedup_by_key("dedup", s, ttl_ms=TTL, pipeline="t-replay", identity_field="id",
                              clock=PipelineClock(wall))
 
 
@@ -439,10 +443,10 @@ def test_state_from_before_the_pipeline_clock_loads() -> None:
     d = Deduplicator(DedupConfig(TTL, clock=lambda: wall[0]), old("dedup"))
     assert d.on_notify() == ((), False)
     assert d.on_item(ev("u", 2_000, "x"))[0] == ()
-    s = ShardDeduplicator(DedupConfig(TTL, clock=lambda: wall[0]), old("shard"))
+    s = Deduplicator(DedupConfig(TTL, clock=lambda: wall[0]), old("shard"), identity_of("id"))
     assert s.on_notify() == ((), False) and list(s.seen) == ["x", "y"]
-    assert s.on_item(("y", ev("u", 2_000, "y")))[0] == ()
-    lane = KeyLaneDedup(DedupConfig(TTL, clock=lambda: wall[0]), identity_of("id"), old("lane"))
+    assert s.on_item(ev("u", 2_000, "y"))[0] == ()
+    lane = Deduplicator(DedupConfig(TTL, clock=lambda: wall[0]), old("lane"), identity_of("id"))
     assert lane.on_notify() == ((), False)
     assert lane.on_item(ev("k", 1_300, "y"))[0] == ()
     a = SessionAnalyzer(SessionConfig(GAP, LATENESS, clock=lambda: wall[0]), old("sessions"))

@@ -1,33 +1,40 @@
-"""StreamForge's stateful patterns: pure per-key state machines plus thin Bytewax wiring.
+"""StreamForge's stateful patterns: pure per-key state machines (no Bytewax import here).
 
-| pattern | wiring | logic |
+| pattern | logic (this package) | operator (`dataflows.flow`) |
 |---|---|---|
-| dedup | `deduplicate` | `Deduplicator`, `ShardDeduplicator` (`shards=N`) |
-| merger | `merge_changes` -> `Change` | `StatefulMerger` |
-| sessions | `analyze_sessions` -> `Session`, `LateEvent` | `SessionAnalyzer` |
-| materializer | `materialize` -> `TableChange` | `Materializer`, `ShardMaterializer` |
+| dedup | `Deduplicator` (one identity, a shard's, a key's) | `deduplicate`, `dedup_by_key` |
+| merger | `StatefulMerger` -> `Change` | `merge_changes` |
+| sessions | `SessionAnalyzer` -> `Session`, `SessionRetraction`, `LateEvent` | `analyze_sessions` |
+| materializer | `Materializer`, `ShardMaterializer` -> `TableChange` | `materialize` |
+| lanes | `OrdersLane`, `SessionsLane` (the above, fused per key) | `orders_lane`, `sessions_lane` |
+
+Every logic is a Bytewax `StatefulBatchLogic` by shape (`on_batch`,
+`on_notify`, `on_eof`, `notify_at`, `snapshot`); `on_item` is one event of
+`on_batch`. The operators are importable from here too (loaded on first use).
 """
 
-from dataflows.patterns.dedup import Deduplicator, DedupState, deduplicate
-from dataflows.patterns.dedup_shards import ShardDeduplicator, ShardDedupState
+from typing import Any
+
+from dataflows.patterns.dedup import Deduplicator, DedupState, ShardDedupState
 from dataflows.patterns.diff import changed_paths
+from dataflows.patterns.lane import OrdersLane, OrdersLaneState, SessionsLane, SessionsLaneState
 from dataflows.patterns.materializer import (
     MaterializedRow,
     Materializer,
     ShardMaterializer,
     ShardState,
     TableChange,
-    materialize,
 )
-from dataflows.patterns.merger import Change, MergerState, StatefulMerger, merge_changes
+from dataflows.patterns.merger import Change, MergerState, StatefulMerger
 from dataflows.patterns.sessions import (
     LateEvent,
     Session,
     SessionAnalyzer,
-    SessionOutputs,
+    SessionRetraction,
     SessionState,
-    analyze_sessions,
 )
+
+_OPERATORS = ("analyze_sessions", "deduplicate", "materialize", "merge_changes", "SessionOutputs")
 
 __all__ = [
     "Change",
@@ -37,12 +44,16 @@ __all__ = [
     "MaterializedRow",
     "Materializer",
     "MergerState",
+    "OrdersLane",
+    "OrdersLaneState",
     "Session",
     "SessionAnalyzer",
     "SessionOutputs",
+    "SessionRetraction",
     "SessionState",
+    "SessionsLane",
+    "SessionsLaneState",
     "ShardDedupState",
-    "ShardDeduplicator",
     "ShardMaterializer",
     "ShardState",
     "StatefulMerger",
@@ -53,3 +64,12 @@ __all__ = [
     "materialize",
     "merge_changes",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The Bytewax operators, from `dataflows.flow` (imported on first use)."""
+    if name in _OPERATORS:
+        import dataflows.flow
+
+        return getattr(dataflows.flow, name)
+    raise AttributeError(name)

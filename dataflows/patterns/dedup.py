@@ -1,8 +1,14 @@
 """Deduplicator: drop repeats of an event identity within a TTL of event time.
 
-Identity: `key` (a field name of `Event.value`, a function of the Event, or by
-default `Event.key`). Event time only decides what is a duplicate, so a replay
-after recovery decides the same way.
+The one dedup state machine of StreamForge (pure: no Bytewax here; the
+operators are in `dataflows/flow/`). One `Deduplicator` holds the identities
+of one Bytewax key: a single identity (the key itself, `deduplicate`'s
+default), the identities of a shard (`deduplicate(shards=N)`), or the event
+ids of one order inside a pipeline's keyed lane (`dataflows/patterns/lane.py`).
+
+Identity: `identity_of(key)`: a field of `Event.value`, a function of the
+Event, or `Event.key`. Event time only decides what is a duplicate, so a
+replay after recovery decides the same way.
 
 TTL rule, with `anchor` = event time of the newest occurrence emitted for the
 identity and `d = event_time_ms - anchor`:
@@ -13,51 +19,63 @@ identity and `d = event_time_ms - anchor`:
 - `d <= -ttl`: a stale occurrence older than the TTL window; emitted, the
   anchor stays (state tracks only the newest window).
 
-State per identity (`DedupState`): the anchor and the *pipeline time*
-(`dataflows/clock.py`: wall time that does not advance while the job is
-down) the identity was last seen, and the pipeline time of the snapshot
-(version 2; version 1 loads without). An identity idle for `ttl` of pipeline time
-is expired: its anchor no longer counts, so a repeat arriving after that is
-emitted again. The decision is taken on the item itself (`P - last_seen >=
-ttl` at its arrival), so it does not depend on when Bytewax's wake-up fires;
-the wake-up (`notify_at`, at most `slack_for(ttl)` late) only discards the
-expired state early (`state_evictions`, reason `ttl`). A restart that took
-longer than the TTL expires nothing: pipeline time continues from the
-checkpoint (replay-stable; the argument is in `dataflows/clock.py`).
-In the wiring, `notify_at` returns a time only when Bytewax holds no earlier
-wake-up for the identity (sparse mode, see `alarm.py`); a `Deduplicator`
-built with a default `DedupConfig` always returns its next wake-up time, so
-it can be composed in other logics.
+Idle expiry: each identity keeps the *pipeline time* (`dataflows/clock.py`:
+wall time that does not advance while the job is down) it was last seen; one
+idle for `ttl` of pipeline time is expired: its anchor no longer counts. The
+decision is taken on the item itself (`P - last_seen >= ttl` at its arrival),
+so it does not depend on when Bytewax's wake-up fires; the one wake-up per
+Bytewax key (`notify_at`, for the identity seen longest ago, at most
+`slack_for(ttl)` late) only discards expired state early (`state_evictions`,
+reason `ttl`). A restart that took longer than the TTL expires nothing:
+pipeline time continues from the checkpoint (replay-stable).
 
-`shards=N` keeps the same rule with N Bytewax keys holding many identities
-each (`dedup_shards.py`): far fewer pending wake-ups and per-key overhead,
-but every epoch snapshots whole shards.
+State (what `snapshot` returns; every older form still loads):
+
+- one identity: `DedupState(anchor_ms, last_seen_wall_ms, version, clock_ms)`;
+- several: `ShardDedupState(seen={identity: (anchor_ms, last_seen_ms)}, version,
+  clock_ms)`, oldest sighting first;
+- `LaneDedupState` (the keyed lane dedup before issue 11: a `DedupState` per
+  identity) loads as a `ShardDedupState`.
+
+    >>> from dataflows.events import Event
+    >>> d = Deduplicator(DedupConfig(1000, clock=lambda: 0))
+    >>> [len(d.on_batch([Event("k", {}, t, f"e{t}", "doc")])[0]) for t in (0, 500, 1000)]
+    [1, 0, 1]
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import bytewax.operators as op
-from bytewax.dataflow import Stream, operator
-
-from dataflows import metrics
 from dataflows.clock import PipelineClock, Wall, as_pipeline_clock, setstate_with_defaults
 from dataflows.events import Event
 from dataflows.patterns.alarm import Alarm, slack_for
 
-__all__ = ["DedupConfig", "DedupState", "Deduplicator", "deduplicate", "identity_of", "judge"]
+__all__ = [
+    "DedupConfig",
+    "DedupState",
+    "Deduplicator",
+    "LaneDedupState",
+    "ShardDedupState",
+    "identity_of",
+    "judge",
+    "shard_of",
+    "shard_router",
+]
 
 _EMPTY: tuple[()] = ()
 _NEVER = 1 << 62  # idle time that never expires (expire_idle=False)
+_ONE = ""  # the identity of a single-identity Deduplicator
 
 
 @dataclass(frozen=True, slots=True)
 class DedupState:
-    """Snapshot of one identity: anchor event time, last sighting and snapshot time (pipeline time).
+    """Snapshot of a single-identity Deduplicator: anchor event time, last sighting and snapshot
+    time (pipeline time).
 
     Version 1 (before the pipeline clock) has no `clock_ms` and wall times in
     `last_seen_wall_ms` (the pipeline times of a process that never resumed):
@@ -70,6 +88,30 @@ class DedupState:
     clock_ms: int | None = None
 
     __setstate__ = setstate_with_defaults
+
+
+@dataclass(frozen=True, slots=True)
+class ShardDedupState:
+    """Snapshot of a Deduplicator of several identities: `seen[identity] = (anchor_ms,
+    last_seen_ms)`, oldest sighting first; `clock_ms` the pipeline time of the snapshot.
+
+    Version 1 (before the pipeline clock) has wall times there and no `clock_ms`.
+    """
+
+    seen: dict[str, tuple[int, int]]
+    version: int = 1
+    clock_ms: int | None = None
+
+    __setstate__ = setstate_with_defaults
+
+
+@dataclass(frozen=True)
+class LaneDedupState:
+    """Snapshot of one key of the keyed lane dedup before issue 11: a DedupState per identity
+    (loads only; also importable as `dataflows.pipelines.common.LaneDedupState`)."""
+
+    seen: dict[str, Any]
+    version: int = 1
 
 
 def judge(anchor_ms: int | None, t: int, ttl_ms: int) -> int | None:
@@ -85,7 +127,7 @@ def judge(anchor_ms: int | None, t: int, ttl_ms: int) -> int | None:
 
 
 class DedupConfig:
-    """Settings shared by every identity of one dedup step."""
+    """Settings shared by every key of one dedup step."""
 
     __slots__ = ("ttl_ms", "idle_ms", "slack_ms", "clock", "on_evict", "expire_idle",
                  "sparse_wakeups")
@@ -106,69 +148,134 @@ class DedupConfig:
         self.sparse_wakeups = sparse_wakeups
 
 
-class Deduplicator:
-    """The dedup state machine of one identity (a Bytewax `StatefulLogic` by shape).
+def _restore(state: Any) -> tuple[dict[str, tuple[int, int]], int | None]:
+    """(seen, snapshot pipeline time) of any stored form; the newest sighting is last."""
+    if isinstance(state, DedupState):
+        return ({_ONE: (state.anchor_ms, state.last_seen_wall_ms)},
+                state.last_seen_wall_ms if state.clock_ms is None else state.clock_ms)
+    if isinstance(state, LaneDedupState):
+        pairs = sorted(((s.last_seen_wall_ms, i, s.anchor_ms) for i, s in state.seen.items()))
+        clocks = [s.clock_ms if s.clock_ms is not None else s.last_seen_wall_ms
+                  for s in state.seen.values()]
+        return {i: (a, last) for last, i, a in pairs}, max(clocks, default=None)
+    seen = dict(state.seen)
+    if state.clock_ms is not None:
+        return seen, state.clock_ms
+    return seen, (next(reversed(seen.values()))[1] if seen else None)
 
-    `on_item(event)` returns `((event,), False)` for an occurrence to emit and
-    `((), False)` for a duplicate (an anchor idle for the TTL of pipeline time
-    counts as absent); `on_notify()` discards an identity idle for the TTL.
+
+class Deduplicator:
+    """The dedup state machine of one Bytewax key (a `StatefulBatchLogic` by shape).
+
+    `identity`: `Event -> str` for a key holding several identities (a shard,
+    an order's event ids); None: the key is the identity. `on_batch(events)`
+    returns `(the events to emit, in order, False)`; `on_item(event)` is one
+    event of it. `on_notify()` discards identities idle for the TTL (and the
+    key's state with the last one).
     """
 
     STATE_VERSION = 2
-    __slots__ = ("cfg", "anchor_ms", "last_ms", "alarm")
+    __slots__ = ("cfg", "identity", "seen", "alarm")
 
-    def __init__(self, cfg: DedupConfig, state: DedupState | None = None) -> None:
+    def __init__(self, cfg: DedupConfig, state: Any = None,
+                 identity: Callable[[Event], str] | None = None) -> None:
         self.cfg = cfg
+        self.identity = identity
         self.alarm: Alarm | None = None
-        if state is None:
-            self.anchor_ms: int | None = None
-            self.last_ms = 0
-        else:
-            self.anchor_ms = state.anchor_ms
-            self.last_ms = state.last_seen_wall_ms
-            cfg.clock.restored(self.last_ms if state.clock_ms is None else state.clock_ms)
+        # identity -> (anchor_ms, last_seen pipeline ms), in last-sighting order
+        self.seen: dict[str, tuple[int, int]] = {}
+        if state is not None:
+            self.seen, clock_ms = _restore(state)
+            if clock_ms is not None:
+                cfg.clock.restored(clock_ms)
 
-    def on_item(self, event: Event) -> tuple[tuple[Event, ...], bool]:
+    @property
+    def anchor_ms(self) -> int | None:
+        """The anchor of a single-identity Deduplicator (None: nothing seen)."""
+        entry = self.seen.get(_ONE)
+        return None if entry is None else entry[0]
+
+    def admit(self, ident: str, t: int, now: int) -> bool:
+        """The TTL rule for identity `ident` at event time `t`, pipeline time `now`: emit?"""
+        seen = self.seen
+        entry = seen.pop(ident, None)  # re-inserted last: the order is last-sighting order
         cfg = self.cfg
-        now = cfg.clock.now()
-        anchor = self.anchor_ms
-        if anchor is not None and now - self.last_ms >= cfg.idle_ms:
-            anchor = None  # expired, whether or not the wake-up came first
+        if entry is None:
+            seen[ident] = (t, now)
+            return True
+        anchor, last = entry
+        if now - last >= cfg.idle_ms:  # expired, whether or not the wake-up came first
             if cfg.on_evict is not None:
                 cfg.on_evict()
-        self.last_ms = now
-        anchor = judge(anchor, event.event_time_ms, cfg.ttl_ms)
-        if anchor is None:
-            return _EMPTY, False
-        self.anchor_ms = anchor
-        return (event,), False
+            seen[ident] = (t, now)
+            return True
+        d = t - anchor
+        if d >= cfg.ttl_ms:
+            seen[ident] = (t, now)
+            return True
+        seen[ident] = (anchor, now)
+        return d <= -cfg.ttl_ms
+
+    def on_batch(self, events: list[Event]) -> tuple[list[Event], bool]:
+        now = self.cfg.clock.now()
+        admit = self.admit
+        identity = self.identity
+        if identity is None:
+            return [e for e in events if admit(_ONE, e.event_time_ms, now)], False
+        return [e for e in events if admit(identity(e), e.event_time_ms, now)], False
+
+    def on_item(self, event: Event) -> tuple[tuple[Event, ...], bool]:
+        ident = _ONE if self.identity is None else self.identity(event)
+        if self.admit(ident, event.event_time_ms, self.cfg.clock.now()):
+            return (event,), False
+        return _EMPTY, False
+
+    def expire(self, now: int) -> None:
+        """Forget the identities idle for the TTL at pipeline time `now` (oldest first)."""
+        seen = self.seen
+        horizon = now - self.cfg.idle_ms
+        evict = self.cfg.on_evict
+        while seen:
+            ident, (_, last) = next(iter(seen.items()))
+            if last > horizon:
+                return
+            del seen[ident]
+            if evict is not None:
+                evict()
 
     def on_notify(self) -> tuple[tuple[()], bool]:
         if self.alarm is not None:
             self.alarm.fired()
-        if self.cfg.clock.now() - self.last_ms >= self.cfg.idle_ms:
-            if self.cfg.on_evict is not None:
-                self.cfg.on_evict()
-            return _EMPTY, True
-        return _EMPTY, False
+        self.expire(self.cfg.clock.now())
+        return _EMPTY, not self.seen
 
     def on_eof(self) -> tuple[tuple[()], bool]:
-        return _EMPTY, False
+        return _EMPTY, not self.seen
+
+    def wake_wall_ms(self) -> int | None:
+        """The real wall time (ms) the oldest identity expires at, or None (no expiry)."""
+        cfg = self.cfg
+        if not cfg.expire_idle or not self.seen:
+            return None
+        return next(iter(self.seen.values()))[1] + cfg.ttl_ms + cfg.clock.real_delta_ms
 
     def notify_at(self) -> datetime | None:
-        if not self.cfg.expire_idle:
+        want = self.wake_wall_ms()
+        if want is None:
             return None
         alarm = self.alarm
         if alarm is None:
             self.alarm = alarm = Alarm()
-        want = self.last_ms + self.cfg.ttl_ms + self.cfg.clock.real_delta_ms
         if self.cfg.sparse_wakeups:
             return alarm.request(want, self.cfg.slack_ms)
         return alarm.schedule(want, self.cfg.slack_ms)
 
-    def snapshot(self) -> DedupState:
-        assert self.anchor_ms is not None
-        return DedupState(self.anchor_ms, self.last_ms, self.STATE_VERSION, self.cfg.clock.now())
+    def snapshot(self) -> DedupState | ShardDedupState:
+        now = self.cfg.clock.now()
+        if self.identity is None:
+            anchor, last = self.seen[_ONE]
+            return DedupState(anchor, last, self.STATE_VERSION, now)
+        return ShardDedupState(dict(self.seen), self.STATE_VERSION, now)
 
 
 class identity_of:  # noqa: N801 - used like a function
@@ -196,40 +303,31 @@ class identity_of:  # noqa: N801 - used like a function
             return event.event_id
 
 
+def shard_of(ident: str, shards: int) -> int:
+    """The stable shard of an identity or key (crc32, the same in every process)."""
+    return zlib.crc32(ident.encode()) % shards
 
-@operator
-def deduplicate(step_id: str, up: Stream[Event], *, ttl_ms: int, pipeline: str,
-                key: str | Callable[[Event], str] | None = None,
-                clock: PipelineClock | Wall | None = None, expire_idle: bool = True,
-                shards: int | None = None) -> Stream[Event]:
-    """Emit the first occurrence of each identity within `ttl_ms` of event time.
 
-    Emits: the input Events that are not duplicates, unchanged.
-    State per identity: `DedupState` (anchor event time, last sighting in
-    pipeline time); discarded after `ttl_ms` of pipeline-time idleness.
-    `clock`: the step's `PipelineClock` (share one per flow), or a wall
-    function for tests (ms since the epoch); default a new system one.
-    `expire_idle=False`
-    schedules no wake-ups (faster: Bytewax scans every pending wake-up on each
-    activation) but keeps every identity forever: only for a bounded identity space.
-    `shards=N` groups identities into N Bytewax keys (`dedup_shards.py`: much
-    faster at many identities, but each epoch snapshots whole shards).
-    """
-    evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="ttl").inc
-    cfg = DedupConfig(ttl_ms, clock=clock, on_evict=evict, expire_idle=expire_idle,
-                      sparse_wakeups=True)
-    if shards is not None:
-        from dataflows.patterns.dedup_shards import ShardDeduplicator, ShardDedupState, shard_router
+class shard_router:  # noqa: N801 - used like a function
+    """`event -> (shard key, event)` for a Deduplicator per shard (`deduplicate(shards=N)`)."""
 
-        def build_shard(state: ShardDedupState | None) -> Any:
-            return ShardDeduplicator(cfg, state)
+    __slots__ = ("identity", "shards", "names")
 
-        routed = op.map("shard", up, shard_router(identity_of(key), shards))
-        return op.key_rm("unkey", op.stateful("dedup", routed, build_shard))
-    keyed = op.key_on("identity", up, identity_of(key))
+    def __init__(self, identity: Callable[[Event], str], shards: int) -> None:
+        if shards < 1:
+            raise ValueError(f"dedup shards must be >= 1, got {shards}")
+        self.identity = identity
+        self.shards = shards
+        self.names = [str(i) for i in range(shards)]
 
-    def build(state: DedupState | None) -> Any:
-        return Deduplicator(cfg, state)
+    def __call__(self, event: Event) -> tuple[str, Event]:
+        return self.names[shard_of(self.identity(event), self.shards)], event
 
-    unique = op.stateful("dedup", keyed, build)
-    return op.key_rm("unkey", unique)
+
+def __getattr__(name: str) -> Any:
+    """`deduplicate`, the Bytewax operator, lives in `dataflows.flow` (imported on use)."""
+    if name == "deduplicate":
+        from dataflows.flow import deduplicate
+
+        return deduplicate
+    raise AttributeError(name)

@@ -34,16 +34,12 @@ ignored: a scan that cannot prove it saw every document must not sweep.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import bytewax.operators as op
-from bytewax.dataflow import Stream, operator
-
-from dataflows import metrics
 from dataflows.events import Event, derive_id
+from dataflows.patterns.dedup import shard_of
 from dataflows.patterns.records import frozen_factory
 
 __all__ = [
@@ -52,7 +48,6 @@ __all__ = [
     "ShardMaterializer",
     "ShardState",
     "TableChange",
-    "materialize",
     "shard_of",
     "snapshot_generation",
 ]
@@ -90,11 +85,6 @@ class ShardState:
 
 
 _change = frozen_factory(TableChange)
-
-
-def shard_of(key: str, shards: int) -> int:
-    """Stable shard of a key (crc32, the same in every process)."""
-    return zlib.crc32(key.encode()) % shards
 
 
 def snapshot_generation(event: Event) -> int:
@@ -147,6 +137,32 @@ class Materializer:
         self.value = new
         return (_change("upsert", event.key, new, event.event_id + self.suffix,
                         event.event_time_ms),), False
+
+    def on_batch(self, events: list[Event]) -> tuple[list[TableChange], bool]:
+        """`on_item` over a batch: the upserts / tombstones in order; discard when the last
+        event deleted the key."""
+        out: list[TableChange] = []
+        suffix = self.suffix
+        for event in events:
+            opn = event.op
+            if opn is not None:
+                if opn == "delete":
+                    if self.known and self.on_delete is not None:
+                        self.on_delete()
+                    self.known = False
+                    self.value = None
+                    out.append(_change("tombstone", event.key, None, event.event_id + suffix,
+                                       event.event_time_ms))
+                    continue
+                if opn == "generation":
+                    continue
+            new = event.value
+            if self.known and new == self.value:
+                continue
+            self.known = True
+            self.value = new
+            out.append(_change("upsert", event.key, new, event.event_id + suffix, event.event_time_ms))
+        return out, not self.known
 
     def on_notify(self) -> tuple[tuple[()], bool]:
         return _EMPTY, not self.known
@@ -217,6 +233,13 @@ class ShardMaterializer:
                                    derive_id(marker.event_id, f"{self.step_id}:{k}"), started_ms))
         return out
 
+    def on_batch(self, events: list[Event]) -> tuple[list[TableChange], bool]:
+        """`on_item` over a batch (markers sweep in their place)."""
+        out: list[TableChange] = []
+        for event in events:
+            out.extend(self.on_item(event)[0])
+        return out, not self.rows
+
     def on_notify(self) -> tuple[tuple[()], bool]:
         return _EMPTY, not self.rows
 
@@ -230,43 +253,10 @@ class ShardMaterializer:
         return ShardState(dict(self.rows), self.STATE_VERSION)
 
 
-def _event_key(event: Event) -> str:
-    return event.key
+def __getattr__(name: str) -> Any:
+    """`materialize`, the Bytewax operator, lives in `dataflows.flow` (imported on use)."""
+    if name == "materialize":
+        from dataflows.flow import materialize
 
-
-class _route:  # noqa: N801 - used like a function
-    """Key an event by its shard; broadcast generation markers to every shard."""
-
-    def __init__(self, shards: int) -> None:
-        self.shards = shards
-        self.names = [str(i) for i in range(shards)]
-
-    def __call__(self, event: Event) -> list[tuple[str, Event]]:
-        if event.op == "generation":
-            return [(name, event) for name in self.names]
-        return [(self.names[shard_of(event.key, self.shards)], event)]
-
-
-@operator
-def materialize(step_id: str, up: Stream[Event], *, pipeline: str, sweep: bool = False,
-                shards: int = 64) -> Stream[TableChange]:
-    """Emit upserts and tombstones of the latest value per `Event.key`.
-
-    State: `MaterializedRow` per key (`sweep=False`) or `ShardState` per shard
-    (`sweep=True`); see the module docstring for the generation sweep.
-    """
-    if shards < 1:
-        raise ValueError(f"materialize shards must be >= 1, got {shards}")
-    evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="delete").inc
-    if sweep:
-        def build_shard(state: ShardState | None) -> Any:
-            return ShardMaterializer(step_id, state, evict)
-
-        keyed = op.flat_map("shard", up, _route(shards))
-        return op.key_rm("unkey", op.stateful("materialize", keyed, build_shard))
-
-    def build(state: MaterializedRow | None) -> Any:
-        return Materializer(step_id, state, evict)
-
-    keyed_by_key = op.key_on("key", up, _event_key)
-    return op.key_rm("unkey", op.stateful("materialize", keyed_by_key, build))
+        return materialize
+    raise AttributeError(name)

@@ -26,15 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import bytewax.operators as op
-from bytewax.dataflow import Stream, operator
-
-from dataflows import metrics
 from dataflows.events import Event
 from dataflows.patterns.diff import differing_paths, top_level_paths
 from dataflows.patterns.records import frozen_factory
 
-__all__ = ["Change", "MergerState", "StatefulMerger", "merge_changes"]
+__all__ = ["Change", "MergerState", "StatefulMerger"]
 
 _EMPTY: tuple[()] = ()
 
@@ -100,6 +96,43 @@ class StatefulMerger:
         return (_change("updated", event.key, prev, new, differing_paths(prev, new),
                         event.event_id + self.suffix, event.event_time_ms),), False
 
+    def on_batch(self, events: list[Event]) -> tuple[list[Change], bool]:
+        """`on_item` over a batch: the changes in order; discard when the key ends deleted."""
+        out: list[Change] = []
+        for event in events:
+            change = self.apply(event)
+            if change is not None:
+                out.append(change)
+        return out, not self.known
+
+    def apply(self, event: Event) -> Change | None:
+        """One event: its Change (None: no change); a delete forgets the document."""
+        opn = event.op
+        prev = self.value
+        if opn is not None:
+            if opn == "delete":
+                if not self.known:
+                    return None
+                if self.on_delete is not None:
+                    self.on_delete()
+                self.known = False
+                self.value = None
+                return _change("deleted", event.key, prev, None, top_level_paths(prev),
+                               event.event_id + self.suffix, event.event_time_ms)
+            if opn == "generation":
+                return None
+        new = event.value
+        if not self.known:
+            self.known = True
+            self.value = new
+            return _change("created", event.key, None, new, top_level_paths(new),
+                           event.event_id + self.suffix, event.event_time_ms)
+        if new == prev:
+            return None
+        self.value = new
+        return _change("updated", event.key, prev, new, differing_paths(prev, new),
+                       event.event_id + self.suffix, event.event_time_ms)
+
     def on_notify(self) -> tuple[tuple[()], bool]:
         return _EMPTY, not self.known
 
@@ -113,20 +146,10 @@ class StatefulMerger:
         return MergerState(self.value, self.STATE_VERSION)
 
 
-def _event_key(event: Event) -> str:
-    return event.key
+def __getattr__(name: str) -> Any:
+    """`merge_changes`, the Bytewax operator, lives in `dataflows.flow` (imported on use)."""
+    if name == "merge_changes":
+        from dataflows.flow import merge_changes
 
-
-@operator
-def merge_changes(step_id: str, up: Stream[Event], *, pipeline: str) -> Stream[Change]:
-    """Emit a `Change` per created / updated / deleted document, keyed by `Event.key`.
-
-    State per key: `MergerState` (the previous document); discarded on delete.
-    """
-    evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="delete").inc
-
-    def build(state: MergerState | None) -> Any:
-        return StatefulMerger(step_id, state, evict)
-
-    keyed = op.key_on("key", up, _event_key)
-    return op.key_rm("unkey", op.stateful("merge", keyed, build))
+        return merge_changes
+    raise AttributeError(name)

@@ -59,15 +59,11 @@ the pipeline time of the snapshot (version 2; version 1 state loads without).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import bytewax.operators as op
-from bytewax.dataflow import Stream, operator
-
-from dataflows import metrics
 from dataflows.clock import PipelineClock, Wall, as_pipeline_clock, setstate_with_defaults
 from dataflows.events import Event
 from dataflows.patterns.alarm import Alarm, slack_for
@@ -78,10 +74,8 @@ __all__ = [
     "Session",
     "SessionAnalyzer",
     "SessionConfig",
-    "SessionOutputs",
     "SessionRetraction",
     "SessionState",
-    "analyze_sessions",
 ]
 
 _EMPTY: tuple[()] = ()
@@ -144,17 +138,6 @@ class SessionState:
     clock_ms: int | None = None  # pipeline time of the snapshot (None: version 1, or no idle advance)
 
     __setstate__ = setstate_with_defaults
-
-
-@dataclass(frozen=True)
-class SessionOutputs:
-    """The two outputs of `analyze_sessions`; unpacks as `(sessions, late)`."""
-
-    sessions: Stream[Session | SessionRetraction]
-    late: Stream[LateEvent]
-
-    def __iter__(self) -> Iterator[Stream[Any]]:
-        return iter((self.sessions, self.late))
 
 
 _session = frozen_factory(Session)
@@ -237,6 +220,24 @@ class SessionAnalyzer:
                 cfg.clock.restored(self.wall_ms if state.clock_ms is None else state.clock_ms)
 
     # -- events ----------------------------------------------------------------
+    def on_batch(self, events: list[Event]) -> tuple[list[Any], bool]:
+        """`on_item` over a batch; a key discarded mid-batch starts afresh with the next event."""
+        out: list[Any] = []
+        discard = False
+        for event in events:
+            if discard:
+                self._reset()
+            items, discard = self.on_item(event)
+            if items:
+                out.extend(items)
+        return out, discard
+
+    def _reset(self) -> None:
+        """The state of a new key (the pending wake-up, Bytewax's, stays known to the alarm)."""
+        self.spans = []
+        self.key = self.wm = self.next_ms = self.wake_ms = None
+        self.wall_ms = 0
+
     def on_item(self, event: Event) -> tuple[Any, bool]:
         cfg = self.cfg
         clock = cfg.clock
@@ -425,14 +426,20 @@ class SessionAnalyzer:
     def on_eof(self) -> tuple[Any, bool]:
         return [self._emit(s) for s in self.spans if s.dirty], False
 
-    def notify_at(self) -> datetime | None:
+    def wake_wall_ms(self) -> int | None:
+        """The real wall time (ms) of the next idle step, or None (none due)."""
         nxt = self.wake_ms
         if nxt is None or self.cfg.clock is None or self.wm is None:
+            return None
+        return self.wall_ms + max(self.cfg.gap_ms, nxt - self.wm) + self.cfg.clock.real_delta_ms
+
+    def notify_at(self) -> datetime | None:
+        want = self.wake_wall_ms()
+        if want is None:
             return None
         alarm = self.alarm
         if alarm is None:
             self.alarm = alarm = Alarm()
-        want = self.wall_ms + max(self.cfg.gap_ms, nxt - self.wm) + self.cfg.clock.real_delta_ms
         if self.cfg.sparse_wakeups:
             return alarm.request(want, self.cfg.slack_ms)
         return alarm.schedule(want, self.cfg.slack_ms)
@@ -446,42 +453,10 @@ class SessionAnalyzer:
                             None if clock is None else clock.now())
 
 
-def _event_key(event: Event) -> str:
-    return event.key
+def __getattr__(name: str) -> Any:
+    """`analyze_sessions` and `SessionOutputs` (Bytewax wiring) live in `dataflows.flow`."""
+    if name in ("analyze_sessions", "SessionOutputs"):
+        import dataflows.flow
 
-
-def _is_session_output(item: Any) -> bool:
-    return type(item) is not LateEvent
-
-
-@operator
-def analyze_sessions(step_id: str, up: Stream[Event], *, gap_ms: int, allowed_lateness_ms: int,
-                     pipeline: str, aggregate: Callable[[Any, Event], Any] | None = None,
-                     initial: Callable[[], Any] | None = None,
-                     merge: Callable[[Any, Any], Any] | None = None,
-                     advance_on_idle: bool = True,
-                     clock: PipelineClock | Wall | None = None) -> SessionOutputs:
-    """Sessions per `Event.key` (see the module docstring).
-
-    Emits `Session`s and `SessionRetraction`s (an upsert/retract stream by
-    `session_id`) on `.sessions` and `LateEvent`s on `.late`.
-    State per key: `SessionState`; discarded once all its sessions are dropped.
-    `clock`: the flow's `PipelineClock` (or a wall function, tests); default a
-    new system one; unused without `advance_on_idle`.
-    """
-    cfg = SessionConfig(
-        gap_ms, allowed_lateness_ms, aggregate=aggregate, initial=initial, merge=merge,
-        clock=as_pipeline_clock(clock) if advance_on_idle else None,
-        on_late=metrics.LATE_EVENTS.labels(pipeline=pipeline, step=step_id).inc,
-        on_evict=metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id,
-                                                reason="sessions_closed").inc,
-        sparse_wakeups=True,
-    )
-
-    def build(state: SessionState | None) -> Any:
-        return SessionAnalyzer(cfg, state)
-
-    keyed = op.key_on("key", up, _event_key)
-    out = op.key_rm("unkey", op.stateful("sessions", keyed, build))
-    split = op.branch("split", out, _is_session_output)
-    return SessionOutputs(split.trues, split.falses)
+        return getattr(dataflows.flow, name)
+    raise AttributeError(name)

@@ -6,18 +6,19 @@
   and the strict-JSON limits (`limits.max-nesting-depth`, default 64, at most
   1000; `parse.integer-range`: `i-json` (default) or `int64`; see
   `dataflows/parse.py`).
-- `ingest(...)`: input step + parse. A source may yield RawRecords (file,
+- `ingest(...)`: input step + parse, per batch. A source may yield RawRecords (file,
   kafka; parsed here), Events (mongo; passed through) and DeadLetters (a
   source's own errors); emits `ok` Events and `dlq` DeadLetters.
 - `load_hook(cfg, key)` / `apply_hook(...)`: an optional user function
   `module:function` (Event -> Event, or -> dict = the new value) run guarded:
   if it raises or returns anything else, the event becomes a USER_FUNCTION
   dead letter and the flow goes on.
-- `dedup_in_key_lane(...)`: the Deduplicator run in each key's lane (state
-  keyed by `Event.key`, one Deduplicator per identity inside): keying dedup by
-  the event id would send one key's events through different workers, and a
-  keyed step after it would see them in a different order than the source's
-  (wrong merges / sessions with 2+ workers). Idle expiry runs on the
+- `HookTransform(hook, stage, pipeline)`: the hook as a keyed lane runs it
+  (`Event -> Event | DeadLetter`; `dataflows.flow.orders_lane`).
+- dedup runs in each key's lane (`dataflows.flow.orders_lane` /
+  `sessions_lane`, or `dedup_by_key`): keying dedup by the event id would send
+  one key's events through different workers, and a keyed step after it would
+  see them in a different order than the source's. Idle expiry runs on the
   pipeline clock (`dataflows/clock.py`): a restart that took longer than the
   TTL expires nothing, so the replay drops what the original run dropped.
 - `lazy_flow(name, build_flow)`: the module-level `flow`, built on first access
@@ -31,14 +32,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -46,21 +45,22 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
-from dataflows import metrics
-from dataflows.clock import PipelineClock
 from dataflows.config import Config, ConfigError, load_config
-from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
-from dataflows.errors import Guarded, guarded_map
-from dataflows.events import Event, RawRecord
-from dataflows.parse import INTEGER_RANGES, MAX_NESTING_DEPTH, StrictLimits, TypeSpec, parse_events
+from dataflows.dead_letter import DeadLetter
+from dataflows.errors import Guarded, _to_dead_letter, guarded_map
+from dataflows.events import Event
+from dataflows.flow import split_types
+from dataflows.parse import INTEGER_RANGES, MAX_NESTING_DEPTH, BatchParser, StrictLimits, TypeSpec
+from dataflows.patterns.dedup import (
+    LaneDedupState,  # pickled state of the lane dedup before issue 11
+)
 
 __all__ = [
-    "KeyLaneDedup",
+    "HookTransform",
     "LaneDedupState",
     "ParseOptions",
     "apply_hook",
     "check_flow_config",
-    "dedup_in_key_lane",
     "dedup_ttl_ms",
     "ingest",
     "lazy_flow",
@@ -115,31 +115,6 @@ def _positive_size(cfg: Config, key: str, default: str) -> int:
     return value
 
 
-def _is_dead_letter(item: Any) -> bool:
-    return isinstance(item, DeadLetter)
-
-
-def _is_raw(item: Any) -> bool:
-    return isinstance(item, RawRecord)
-
-
-def _is_event(item: Any) -> bool:
-    return isinstance(item, Event)
-
-
-class _Unsupported:
-    """A source item that is neither RawRecord, Event nor DeadLetter -> UNSUPPORTED_TYPE."""
-
-    def __init__(self, pipeline: str, stage: str) -> None:
-        self.pipeline, self.stage = pipeline, stage
-
-    def __call__(self, item: Any) -> DeadLetter:
-        metrics.DLQ_EVENTS.labels(pipeline=self.pipeline, stage=self.stage,
-                                  error_code=ErrorCode.UNSUPPORTED_TYPE).inc()
-        return dead_letter(item, code=ErrorCode.UNSUPPORTED_TYPE, stage=self.stage, pipeline=self.pipeline,
-                           message=f"a source yielded a {type(item).__name__}, not a RawRecord or Event")
-
-
 def ingest(
     flow: Dataflow,
     source: Source[Any],
@@ -148,31 +123,27 @@ def ingest(
     options: ParseOptions,
     optional: Mapping[str, TypeSpec] | None = None,
 ) -> Guarded:
-    """Steps `source` and `parse`: emits Events (`ok`) and DeadLetters (`dlq`).
+    """Steps `source` and `parse` (one `flat_map_batch`, `parse.BatchParser`): emits Events
+    (`ok`) and DeadLetters (`dlq`).
 
-    RawRecords are parsed (`<flow>.parse`), Events pass, a source's own
-    DeadLetters join the DLQ, anything else is an UNSUPPORTED_TYPE dead letter.
+    RawRecords are parsed (dead letters' stage `<flow>.parse`), Events pass, a
+    source's own DeadLetters join the DLQ, anything else is an UNSUPPORTED_TYPE
+    dead letter (stage `<flow>.source`).
     """
     items = op.input("source", flow, source)
-    letters = op.branch("source_errors", items, _is_dead_letter)
-    raw = op.branch("raw_records", letters.falses, _is_raw)
-    given = op.branch("source_events", raw.falses, _is_event)
-    unsupported = op.map("unsupported", given.falses, _Unsupported(pipeline, f"{flow.flow_id}.source"))
-    required = {options.id_field: str} if options.id_field else None
-    parsed = parse_events(
-        "parse",
-        raw.trues,
+    parser = BatchParser(
         pipeline=pipeline,
+        stage=f"{flow.flow_id}.parse",
+        source_stage=f"{flow.flow_id}.source",
         key_field=options.key_field,
         time_field=options.time_field,
         max_record_bytes=options.max_record_bytes,
         op_field=options.op_field,
-        required=required,
+        required={options.id_field: str} if options.id_field else None,
         optional=optional,
         limits=options.limits,
     )
-    events = op.merge("events", parsed.ok, given.trues)
-    return Guarded(events, op.merge("ingest_dlq", letters.trues, parsed.dlq, unsupported))
+    return split_types("ingest", op.flat_map_batch("parse", items, parser))
 
 
 def load_hook(cfg: Config, key: str) -> Callable[[Event], Any] | None:
@@ -203,8 +174,29 @@ class _HookAdapter:
         if isinstance(result, Event):
             return result
         if isinstance(result, dict):
-            return dataclasses.replace(event, value=result)
+            return Event(event.key, result, event.event_time_ms, event.event_id, event.source,
+                         event.op, event.headers)
         raise TypeError(f"hook must return an Event or a dict, got {type(result).__name__}")
+
+
+class HookTransform:
+    """`Event -> Event | DeadLetter`: the hook run guarded inside a keyed lane.
+
+    A raising hook, a wrong return type or a changed `key` (the key's lane owns
+    its document) is a USER_FUNCTION dead letter of stage `stage`.
+    """
+
+    def __init__(self, hook: Callable[[Event], Any], stage: str, pipeline: str) -> None:
+        self.adapter, self.stage, self.pipeline = _HookAdapter(hook), stage, pipeline
+
+    def __call__(self, event: Event) -> Event | DeadLetter:
+        try:
+            out = self.adapter(event)
+            if out.key != event.key:
+                raise ValueError(f"hook changed the key {event.key!r} to {out.key!r}: it must keep it")
+            return out
+        except Exception as exc:  # noqa: BLE001 - a failing hook is a dead letter
+            return _to_dead_letter(event, exc, self.stage, self.pipeline)
 
 
 def _never(_item: Any) -> bool:
@@ -218,81 +210,6 @@ def apply_hook(step_id: str, up: Stream[Event], hook: Callable[[Event], Any] | N
         no_letters = cast(Stream[DeadLetter], op.filter(f"{step_id}_none", up, _never))
         return Guarded(up, no_letters)
     return guarded_map(step_id, up, _HookAdapter(hook), pipeline=pipeline)
-
-
-@dataclass(frozen=True)
-class LaneDedupState:
-    """Snapshot of one key of `dedup_in_key_lane`: a DedupState per identity."""
-
-    seen: dict[str, Any]
-    version: int = 1
-
-
-class KeyLaneDedup:
-    """Deduplicators of the event ids of one key (a Bytewax `StatefulLogic` by shape).
-
-    State: `LaneDedupState` of the key; an identity idle for the TTL of
-    pipeline time is dropped, the key's state when none is left.
-    """
-
-    STATE_VERSION = 1
-
-    def __init__(self, cfg: Any, identity: Any, state: LaneDedupState | None) -> None:
-        from dataflows.patterns.dedup import Deduplicator
-
-        self._new = Deduplicator
-        self.cfg, self.identity = cfg, identity
-        seen = {} if state is None else state.seen
-        self.seen = {ident: Deduplicator(cfg, st) for ident, st in seen.items()}
-
-    def on_item(self, event: Any) -> tuple[tuple[Any, ...], bool]:
-        ident = self.identity(event)
-        dedup = self.seen.get(ident)
-        if dedup is None:
-            dedup = self.seen[ident] = self._new(self.cfg)
-        return dedup.on_item(event)[0], False
-
-    def on_notify(self) -> tuple[tuple[()], bool]:
-        for ident, dedup in list(self.seen.items()):
-            if dedup.on_notify()[1]:
-                del self.seen[ident]
-        return (), not self.seen
-
-    def on_eof(self) -> tuple[tuple[()], bool]:
-        return (), False
-
-    def notify_at(self) -> datetime | None:
-        times = [t for t in (d.notify_at() for d in self.seen.values()) if t is not None]
-        return min(times, default=None)
-
-    def snapshot(self) -> LaneDedupState:
-        return LaneDedupState({ident: d.snapshot() for ident, d in self.seen.items()}, self.STATE_VERSION)
-
-
-def _event_key(event: Any) -> str:
-    return event.key
-
-
-def dedup_in_key_lane(step_id: str, up: Stream[Any], *, ttl_ms: int, pipeline: str,
-                      identity_field: str, clock: PipelineClock | None = None) -> Stream[Any]:
-    """Drop repeated `identity_field` values within `ttl_ms` of event time, keyed by `Event.key`.
-
-    Emits the first occurrence, unchanged and in the key's arrival order.
-    State per key: `LaneDedupState` (see `KeyLaneDedup`). `clock`: the flow's
-    pipeline clock (default: a new one).
-    """
-    from dataflows import metrics
-    from dataflows.patterns.dedup import DedupConfig, identity_of
-
-    evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="ttl").inc
-    cfg = DedupConfig(ttl_ms, on_evict=evict, clock=clock)
-    identity = identity_of(identity_field)
-
-    def build(state: LaneDedupState | None) -> Any:  # a StatefulLogic by shape
-        return KeyLaneDedup(cfg, identity, state)
-
-    keyed = op.key_on(f"{step_id}_key", up, _event_key)
-    return op.key_rm(f"{step_id}_unkey", op.stateful(step_id, keyed, build))
 
 
 def dedup_ttl_ms(cfg: Config, default: str | None = "1h") -> int | None:

@@ -1,8 +1,15 @@
 """The orders pipeline: order events -> a deduplicated, merged, materialized table.
 
-    source -> parse -> dedup -> [enrich hook] -> merge       -> changes sink (optional)
-                                            \\-> materialize -> sink (table changes)
-    every dead letter (source, parse, hook, patterns) -> one DLQ sink
+    source -> parse -> lane: dedup -> [enrich hook] -> merge       -> changes sink (optional)
+                                                   \\-> materialize -> sink (table changes)
+    every dead letter (source, parse, hook) -> one DLQ sink
+
+The lane is ONE stateful step per order (`dataflows.flow.orders_lane`,
+`patterns/lane.py`): dedup, hook, merge and materialize run in sequence on
+each order's events, with one state object per order (its event ids and its
+current document, stored once for merge and materialize). With
+`patterns.materializer.sweep: true` the steps stay separate (dedup in the
+order's lane, then the sharded sweep materializer and the merger side by side).
 
 - parse: key `parse.key-field` (order_id), time `parse.time-field` (ts),
   op `parse.op-field` (op; `delete` makes a tombstone), the order event's own
@@ -10,8 +17,7 @@
   `amount` must be a number and `status` a string when present.
 - dedup (`patterns.dedup.ttl`, by event time): a redelivered order event (same
   id) is dropped. The Deduplicator runs *in the order's lane* (state keyed by
-  order, one Deduplicator per event id inside it; see `dedup_in_key_lane`):
-  keying it by event id would send the events of one order through different
+  order, its event ids inside): keying it by event id would send the events of one order through different
   workers, and the merge / materialize steps after it would see them in a
   different order than the source's (a wrong final table on 2+ workers).
 - enrich (`patterns.enrich: module:function`, optional): a user hook
@@ -37,11 +43,13 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import Sink
 
+from dataflows.clock import PipelineClock
 from dataflows.config import Config, ConfigError
+from dataflows.flow import dedup_by_key, materialize, merge_changes, orders_lane
 from dataflows.pipelines.common import (
+    HookTransform,
     ParseOptions,
     apply_hook,
-    dedup_in_key_lane,
     dedup_ttl_ms,
     ingest,
     lazy_flow,
@@ -70,9 +78,6 @@ def build_flow(
     changes_sink: Sink[Any] | None = None,
 ) -> Dataflow:
     """The orders dataflow; every config error is raised here, naming its key."""
-    from dataflows.patterns.materializer import materialize
-    from dataflows.patterns.merger import merge_changes
-
     name = cfg.str("pipeline.name", NAME)
     options = ParseOptions.from_config(cfg, key_field="order_id", time_field="ts",
                                        op_field="op", id_field="event_id")
@@ -91,13 +96,23 @@ def build_flow(
 
     flow = Dataflow(name)
     events, ingest_dlq = ingest(flow, source, pipeline=name, options=options, optional=OPTIONAL_TYPES)
-    unique = dedup_in_key_lane("dedup", events, ttl_ms=ttl_ms, pipeline=name,
-                               identity_field=options.id_field)
-    enriched, hook_dlq = apply_hook("enrich", unique, hook, pipeline=name)
-    table = materialize("materialize", enriched, pipeline=name, sweep=sweep, shards=shards)
+    if sweep:  # the generation sweep keeps whole shards of keys: separate steps
+        unique = dedup_by_key("dedup", events, ttl_ms=ttl_ms, pipeline=name,
+                              identity_field=options.id_field)
+        enriched, hook_dlq = apply_hook("enrich", unique, hook, pipeline=name)
+        table = materialize("materialize", enriched, pipeline=name, sweep=True, shards=shards)
+        if changes_sink is not None:
+            write_output("changes_sink", merge_changes("merge", enriched, pipeline=name), changes_sink)
+    else:
+        transform = None if hook is None else HookTransform(hook, f"{name}.enrich", name)
+        lane = orders_lane("lane", events, pipeline=name, ttl_ms=ttl_ms, id_field=options.id_field,
+                           with_changes=changes_sink is not None, transform=transform,
+                           merge_step=f"{name}.merge", materialize_step=f"{name}.materialize",
+                           clock=PipelineClock())
+        table, hook_dlq = lane.table, lane.dlq
+        if lane.changes is not None and changes_sink is not None:
+            write_output("changes_sink", lane.changes, changes_sink)
     write_output("sink", table, sink)
-    if changes_sink is not None:
-        write_output("changes_sink", merge_changes("merge", enriched, pipeline=name), changes_sink)
     write_output("dlq_sink", op.merge("dlq", ingest_dlq, hook_dlq), dlq_sink)
     return flow
 

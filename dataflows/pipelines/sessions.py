@@ -1,13 +1,15 @@
 """The sessions pipeline: clickstream -> per-user sessions with allowed lateness.
 
-    source -> parse -> [dedup] -> sessions -> sink (Session revisions, SessionRetractions)
-                                          \\-> late events -> DLQ (LATE_EVENT) or a late sink
+    source -> parse -> lane: [dedup] -> sessions -> sink (Session revisions, SessionRetractions)
+                                                \\-> late events -> DLQ (LATE_EVENT) or a late sink
     every dead letter (source, parse, late) -> one DLQ sink
 
 - parse: key `parse.key-field` (user_id), time `parse.time-field` (ts);
   `parse.id-field` (event_id) is required when dedup is on.
 - dedup (`patterns.dedup.ttl`, optional): a redelivered click (same id) is
-  dropped, in the user's lane (see `common.dedup_in_key_lane`).
+  dropped, in the user's lane: dedup and sessions are ONE stateful step per
+  user (`dataflows.flow.sessions_lane`, `patterns/lane.py`), one state object
+  per user.
 - one pipeline clock (`dataflows/clock.py`) for dedup expiry and the idle
   advance of sessions: a restart after any downtime replays the same
   decisions (`STREAMFORGE_CLOCK_SKEW_SECONDS` simulates downtime in tests).
@@ -40,9 +42,9 @@ from dataflows.config import Config, ConfigError
 from dataflows.connectors.dlq import late_to_dead_letter
 from dataflows.connectors.files import JsonlSink
 from dataflows.events import Event
+from dataflows.flow import sessions_lane
 from dataflows.pipelines.common import (
     ParseOptions,
-    dedup_in_key_lane,
     dedup_ttl_ms,
     ingest,
     lazy_flow,
@@ -108,8 +110,6 @@ def build_flow(
     late_sink: Sink[Any] | None = None,
 ) -> Dataflow:
     """The sessions dataflow; every config error is raised here, naming its key."""
-    from dataflows.patterns.sessions import analyze_sessions
-
     name = cfg.str("pipeline.name", NAME)
     options = ParseOptions.from_config(cfg, key_field="user_id", time_field="ts", id_field="event_id")
     ttl_ms = dedup_ttl_ms(cfg, None)
@@ -133,13 +133,10 @@ def build_flow(
     clock = PipelineClock()
     flow = Dataflow(name)
     events, ingest_dlq = ingest(flow, source, pipeline=name, options=options, optional=OPTIONAL_TYPES)
-    if ttl_ms is not None and options.id_field:
-        events = dedup_in_key_lane("dedup", events, ttl_ms=ttl_ms, pipeline=name,
-                                   identity_field=options.id_field, clock=clock)
-    sessions, late = analyze_sessions(
-        "sessions", events, gap_ms=gap_ms, allowed_lateness_ms=lateness_ms, pipeline=name,
-        aggregate=click_stats, initial=click_initial, merge=click_merge, advance_on_idle=advance,
-        clock=clock,
+    sessions, late = sessions_lane(
+        "lane", events, pipeline=name, gap_ms=gap_ms, allowed_lateness_ms=lateness_ms,
+        ttl_ms=ttl_ms, id_field=options.id_field, aggregate=click_stats, initial=click_initial,
+        merge=click_merge, advance_on_idle=advance, clock=clock,
     )
     write_output("sink", sessions, sink)
     dead = [ingest_dlq]

@@ -1,0 +1,374 @@
+"""StreamForge's Bytewax wiring: the operators that run the pure patterns (the one place they meet).
+
+The pattern modules (`dataflows/patterns/`) are pure state machines; this
+module hands them to Bytewax as `StatefulBatchLogic`s (`stateful_batch`: one
+`on_batch` call per key and activation) and keys / unkeys per batch
+(`flat_map_batch`). Step ids of the stateful steps are those of the code
+before issue 11 (`<step>.<pattern>.stateful_batch`), so stored state loads.
+
+| operator | logic | state per key |
+|---|---|---|
+| `parse_events` | `parse.BatchParser` | - |
+| `deduplicate` | `Deduplicator` | `DedupState` / `ShardDedupState` (`shards=N`) |
+| `dedup_by_key` | `Deduplicator(identity=...)` | `ShardDedupState` |
+| `merge_changes` | `StatefulMerger` | `MergerState` |
+| `materialize` | `Materializer`, `ShardMaterializer` | `MaterializedRow`, `ShardState` |
+| `analyze_sessions` | `SessionAnalyzer` | `SessionState` |
+| `orders_lane` | `OrdersLane` (dedup + hook + merge + materialize) | `OrdersLaneState` |
+| `sessions_lane` | `SessionsLane` (dedup + sessions) | `SessionsLaneState` |
+
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource, run_main
+    from dataflows.events import Event
+    from dataflows.flow import deduplicate
+
+    flow = Dataflow("eg")
+    events = op.input("in", flow, TestingSource([Event("k", {}, 0, "e1", "t"), Event("k", {}, 5, "e2", "t")]))
+    op.inspect("out", deduplicate("dedup", events, ttl_ms=1000, pipeline="eg"))
+    run_main(flow)  # prints only e1's Event: e2 repeats k within the TTL
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+
+from dataflows import metrics
+from dataflows.clock import PipelineClock, Wall, as_pipeline_clock
+from dataflows.dead_letter import DeadLetter
+from dataflows.errors import Guarded
+from dataflows.events import Event
+from dataflows.parse import BatchParser, StrictLimits, TypeSpec
+from dataflows.patterns.dedup import DedupConfig, Deduplicator, identity_of, shard_of
+from dataflows.patterns.lane import OrdersLane, OrdersLaneConfig, SessionsLane, Transform
+from dataflows.patterns.materializer import Materializer, ShardMaterializer, TableChange
+from dataflows.patterns.merger import Change, StatefulMerger
+from dataflows.patterns.sessions import (
+    LateEvent,
+    Session,
+    SessionAnalyzer,
+    SessionConfig,
+    SessionRetraction,
+)
+
+__all__ = [
+    "OrdersOutputs",
+    "SessionOutputs",
+    "analyze_sessions",
+    "dedup_by_key",
+    "deduplicate",
+    "key_batch",
+    "materialize",
+    "merge_changes",
+    "orders_lane",
+    "parse_events",
+    "sessions_lane",
+    "split_types",
+    "unkey_batch",
+]
+
+Builder = Callable[[Any], Any]
+
+# The pure logics are StatefulBatchLogics by shape; Bytewax checks `isinstance`, which a
+# virtual subclass (ABC registration) satisfies without the pattern modules importing Bytewax.
+for _logic in (Deduplicator, StatefulMerger, Materializer, ShardMaterializer, SessionAnalyzer,
+               OrdersLane, SessionsLane):
+    op.StatefulBatchLogic.register(_logic)
+_DEFAULT_LIMITS = StrictLimits()
+
+
+def _keyed(batch: list[Event]) -> list[tuple[str, Event]]:
+    return [(e.key, e) for e in batch]
+
+
+def _unkeyed(batch: list[tuple[str, Any]]) -> list[Any]:
+    return [v for _, v in batch]
+
+
+def key_batch(step_id: str, up: Stream[Event]) -> op.KeyedStream[Event]:
+    """`(Event.key, event)` pairs, one Python call per batch."""
+    return cast(op.KeyedStream[Event], op.flat_map_batch(step_id, up, _keyed))
+
+
+def unkey_batch(step_id: str, up: op.KeyedStream[Any]) -> Stream[Any]:
+    """The values of a keyed stream, one Python call per batch."""
+    return op.flat_map_batch(step_id, up, _unkeyed)
+
+
+@operator
+def _stateful(step_id: str, up: op.KeyedStream[Any], builder: Builder) -> op.KeyedStream[Any]:
+    """`stateful_batch` under the step id `op.stateful` gave it (`<step_id>.stateful_batch`)."""
+    return op.stateful_batch("stateful_batch", up, builder)
+
+
+def _is_event(item: Any) -> bool:
+    return type(item) is Event
+
+
+@operator
+def parse_events(step_id: str, up: Stream[Any], *, pipeline: str, key_field: str,
+                 time_field: str | None, max_record_bytes: int, op_field: str | None = None,
+                 required: Mapping[str, TypeSpec] | None = None,
+                 optional: Mapping[str, TypeSpec] | None = None,
+                 limits: StrictLimits = _DEFAULT_LIMITS) -> Guarded:
+    """Parse JSON records per batch (`parse.BatchParser`; strict JSON within `limits`).
+
+    Emits `ok`: an Event per good record (same event id); `dlq`: a DeadLetter
+    per bad record (stage = this step id). Stateless.
+    """
+    parser = BatchParser(pipeline=pipeline, stage=step_id, source_stage=step_id,
+                         key_field=key_field, time_field=time_field,
+                         max_record_bytes=max_record_bytes, op_field=op_field, required=required,
+                         optional=optional, limits=limits)
+    return split_types("split", op.flat_map_batch("parse", up, parser))
+
+
+@operator
+def split_types(step_id: str, up: Stream[Any]) -> Guarded:
+    """Events (`ok`) apart from everything else (`dlq`: DeadLetters)."""
+    b = op.branch("events", up, _is_event)
+    return Guarded(b.trues, cast(Stream[DeadLetter], b.falses))
+
+
+@operator
+def deduplicate(step_id: str, up: Stream[Event], *, ttl_ms: int, pipeline: str,
+                key: str | Callable[[Event], str] | None = None,
+                clock: PipelineClock | Wall | None = None, expire_idle: bool = True,
+                shards: int | None = None) -> Stream[Event]:
+    """Emit the first occurrence of each identity within `ttl_ms` of event time (`Deduplicator`).
+
+    Emits: the input Events that are not duplicates, unchanged.
+    State per identity: `DedupState`; with `shards=N`, N Bytewax keys hold
+    many identities each (`ShardDedupState`; far fewer pending wake-ups, but
+    each epoch snapshots whole shards). Discarded after `ttl_ms` of
+    pipeline-time idleness. `clock`: the flow's `PipelineClock` (or a wall
+    function, tests). `expire_idle=False` schedules no wake-ups but keeps
+    every identity forever: only for a bounded identity space.
+    """
+    evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="ttl").inc
+    cfg = DedupConfig(ttl_ms, clock=clock, on_evict=evict, expire_idle=expire_idle,
+                      sparse_wakeups=True)
+    ident = identity_of(key)
+    if shards is not None:
+        if shards < 1:
+            raise ValueError(f"dedup shards must be >= 1, got {shards}")
+        names = [str(i) for i in range(shards)]
+
+        def route(batch: list[Event]) -> list[tuple[str, Event]]:
+            return [(names[shard_of(ident(e), shards)], e) for e in batch]
+
+        def build_shard(state: Any) -> Deduplicator:
+            return Deduplicator(cfg, state, ident)
+
+        routed = cast(op.KeyedStream[Event], op.flat_map_batch("shard", up, route))
+        return unkey_batch("unkey", _stateful("dedup", routed, build_shard))
+
+    def by_identity(batch: list[Event]) -> list[tuple[str, Event]]:
+        return [(ident(e), e) for e in batch]
+
+    def build(state: Any) -> Deduplicator:
+        return Deduplicator(cfg, state)
+
+    keyed = cast(op.KeyedStream[Event], op.flat_map_batch("identity", up, by_identity))
+    return unkey_batch("unkey", _stateful("dedup", keyed, build))
+
+
+def dedup_by_key(step_id: str, up: Stream[Event], *, ttl_ms: int, pipeline: str,
+                 identity_field: str, clock: PipelineClock | None = None) -> Stream[Event]:
+    """Drop repeated `identity_field` values within `ttl_ms` of event time, in each `Event.key`'s
+    lane (state keyed by `Event.key`, the key's identities inside: `ShardDedupState`).
+
+    Emits the first occurrences, unchanged and in the key's arrival order (a
+    keyed step after it sees the source's order on any number of workers).
+    """
+    evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="ttl").inc
+    cfg = DedupConfig(ttl_ms, on_evict=evict, clock=clock, sparse_wakeups=True)
+    ident = identity_of(identity_field)
+
+    def build(state: Any) -> Deduplicator:
+        return Deduplicator(cfg, state, ident)
+
+    keyed = key_batch(f"{step_id}_key", up)
+    return unkey_batch(f"{step_id}_unkey", _stateful(step_id, keyed, build))
+
+
+@operator
+def merge_changes(step_id: str, up: Stream[Event], *, pipeline: str) -> Stream[Change]:
+    """Emit a `Change` per created / updated / deleted document, keyed by `Event.key`.
+
+    State per key: `MergerState` (the previous document); discarded on delete.
+    """
+    evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="delete").inc
+
+    def build(state: Any) -> StatefulMerger:
+        return StatefulMerger(step_id, state, evict)
+
+    return unkey_batch("unkey", _stateful("merge", key_batch("key", up), build))
+
+
+@operator
+def materialize(step_id: str, up: Stream[Event], *, pipeline: str, sweep: bool = False,
+                shards: int = 64) -> Stream[TableChange]:
+    """Emit upserts and tombstones of the latest value per `Event.key`.
+
+    State: `MaterializedRow` per key (`sweep=False`) or `ShardState` per shard
+    (`sweep=True`, every generation marker broadcast to all shards; see
+    `dataflows/patterns/materializer.py`).
+    """
+    if shards < 1:
+        raise ValueError(f"materialize shards must be >= 1, got {shards}")
+    evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="delete").inc
+    if sweep:
+        names = [str(i) for i in range(shards)]
+
+        def route(batch: list[Event]) -> list[tuple[str, Event]]:
+            out: list[tuple[str, Event]] = []
+            for e in batch:
+                if e.op == "generation":
+                    out.extend((name, e) for name in names)
+                else:
+                    out.append((names[shard_of(e.key, shards)], e))
+            return out
+
+        def build_shard(state: Any) -> ShardMaterializer:
+            return ShardMaterializer(step_id, state, evict)
+
+        keyed = cast(op.KeyedStream[Event], op.flat_map_batch("shard", up, route))
+        return unkey_batch("unkey", _stateful("materialize", keyed, build_shard))
+
+    def build(state: Any) -> Materializer:
+        return Materializer(step_id, state, evict)
+
+    return unkey_batch("unkey", _stateful("materialize", key_batch("key", up), build))
+
+
+@dataclass(frozen=True)
+class SessionOutputs:
+    """The two outputs of `analyze_sessions` / `sessions_lane`; unpacks as `(sessions, late)`."""
+
+    sessions: Stream[Session | SessionRetraction]
+    late: Stream[LateEvent]
+
+    def __iter__(self) -> Iterator[Stream[Any]]:
+        return iter((self.sessions, self.late))
+
+
+def _is_session_output(item: Any) -> bool:
+    return type(item) is not LateEvent
+
+
+def _session_config(step_id: str, pipeline: str, gap_ms: int, allowed_lateness_ms: int,
+                    aggregate: Callable[[Any, Event], Any] | None, initial: Callable[[], Any] | None,
+                    merge: Callable[[Any, Any], Any] | None, advance_on_idle: bool,
+                    clock: PipelineClock | Wall | None, sparse: bool) -> SessionConfig:
+    return SessionConfig(
+        gap_ms, allowed_lateness_ms, aggregate=aggregate, initial=initial, merge=merge,
+        clock=as_pipeline_clock(clock) if advance_on_idle else None,
+        on_late=metrics.LATE_EVENTS.labels(pipeline=pipeline, step=step_id).inc,
+        on_evict=metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id,
+                                                reason="sessions_closed").inc,
+        sparse_wakeups=sparse,
+    )
+
+
+@operator
+def analyze_sessions(step_id: str, up: Stream[Event], *, gap_ms: int, allowed_lateness_ms: int,
+                     pipeline: str, aggregate: Callable[[Any, Event], Any] | None = None,
+                     initial: Callable[[], Any] | None = None,
+                     merge: Callable[[Any, Any], Any] | None = None,
+                     advance_on_idle: bool = True,
+                     clock: PipelineClock | Wall | None = None) -> SessionOutputs:
+    """Sessions per `Event.key` (`SessionAnalyzer`, see `dataflows/patterns/sessions.py`).
+
+    Emits `Session`s and `SessionRetraction`s (an upsert/retract stream by
+    `session_id`) on `.sessions` and `LateEvent`s on `.late`.
+    State per key: `SessionState`; discarded once all its sessions are dropped.
+    """
+    cfg = _session_config(step_id, pipeline, gap_ms, allowed_lateness_ms, aggregate, initial, merge,
+                          advance_on_idle, clock, sparse=True)
+
+    def build(state: Any) -> SessionAnalyzer:
+        return SessionAnalyzer(cfg, state)
+
+    out = unkey_batch("unkey", _stateful("sessions", key_batch("key", up), build))
+    split = op.branch("split", out, _is_session_output)
+    return SessionOutputs(split.trues, split.falses)
+
+
+@dataclass(frozen=True)
+class OrdersOutputs:
+    """The outputs of `orders_lane`: table changes, Changes (None unless asked for), dead letters."""
+
+    table: Stream[TableChange]
+    changes: Stream[Change] | None
+    dlq: Stream[DeadLetter]
+
+
+def _is_table_change(item: Any) -> bool:
+    return type(item) is TableChange
+
+
+def _is_change(item: Any) -> bool:
+    return type(item) is Change
+
+
+@operator
+def orders_lane(step_id: str, up: Stream[Event], *, pipeline: str, ttl_ms: int, id_field: str,
+                with_changes: bool, transform: Transform | None = None,
+                merge_step: str, materialize_step: str,
+                clock: PipelineClock | None = None) -> OrdersOutputs:
+    """Dedup (by `id_field`, `ttl_ms`), the enrich `transform`, merge and materialize of each
+    `Event.key` in ONE stateful step (`OrdersLane`; state per key: `OrdersLaneState`).
+
+    Emits `.table` (TableChange), `.changes` (Change, only with `with_changes=True`)
+    and `.dlq` (the transform's dead letters). `merge_step` / `materialize_step`
+    name the derived ids (`<event id>/<step>`, those of the separate steps).
+    """
+    evict_ttl = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="ttl").inc
+    evict_delete = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="delete").inc
+    cfg = OrdersLaneConfig(DedupConfig(ttl_ms, on_evict=evict_ttl, clock=clock), id_field,
+                           merge_suffix="/" + merge_step if with_changes else None,
+                           materialize_suffix="/" + materialize_step, transform=transform,
+                           on_delete=evict_delete)
+
+    def build(state: Any) -> OrdersLane:
+        return OrdersLane(cfg, state)
+
+    out = unkey_batch("unkey", _stateful("lane", key_batch("key", up), build))
+    table = op.branch("table", out, _is_table_change)
+    if not with_changes:
+        return OrdersOutputs(table.trues, None, cast(Stream[DeadLetter], table.falses))
+    rest = op.branch("changes", table.falses, _is_change)
+    return OrdersOutputs(table.trues, rest.trues, cast(Stream[DeadLetter], rest.falses))
+
+
+@operator
+def sessions_lane(step_id: str, up: Stream[Event], *, pipeline: str, gap_ms: int,
+                  allowed_lateness_ms: int, ttl_ms: int | None, id_field: str | None,
+                  aggregate: Callable[[Any, Event], Any] | None = None,
+                  initial: Callable[[], Any] | None = None,
+                  merge: Callable[[Any, Any], Any] | None = None,
+                  advance_on_idle: bool = True,
+                  clock: PipelineClock | None = None) -> SessionOutputs:
+    """Dedup (when `ttl_ms` is set, by `id_field`) and sessions of each `Event.key` in ONE
+    stateful step (`SessionsLane`; state per key: `SessionsLaneState`); outputs as
+    `analyze_sessions`. One pipeline clock for both (`clock`)."""
+    clock = as_pipeline_clock(clock)
+    scfg = _session_config(step_id, pipeline, gap_ms, allowed_lateness_ms, aggregate, initial, merge,
+                           advance_on_idle, clock, sparse=False)
+    dedup = None
+    if ttl_ms is not None and id_field:
+        evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="ttl").inc
+        dedup = (DedupConfig(ttl_ms, on_evict=evict, clock=clock), id_field)
+
+    def build(state: Any) -> SessionsLane:
+        return SessionsLane(dedup, scfg, state)
+
+    out = unkey_batch("unkey", _stateful("lane", key_batch("key", up), build))
+    split = op.branch("split", out, _is_session_output)
+    return SessionOutputs(split.trues, split.falses)

@@ -1,0 +1,257 @@
+"""Keyed lanes: a pipeline's stateful patterns that share a key, run as one state machine per key.
+
+One Bytewax stateful step per key instead of one per pattern: the events of
+a key are keyed once, cross one step, and the key keeps one state object.
+Composed from the pure pattern classes (`Deduplicator`, `StatefulMerger`'s
+`apply`, the Materializer's rule, `SessionAnalyzer`); no Bytewax here (the
+operators are `dataflows.flow.orders_lane` / `sessions_lane`).
+
+`OrdersLane` (the orders pipeline), per order key:
+
+    dedup (event ids, TTL) -> [enrich hook] -> merge (Change) + materialize (TableChange)
+
+The merger's previous document and the Materializer's latest value are the
+same document, stored once (`OrdersLaneState.value`). Emits, in input
+order, for each event that is not a duplicate: a `DeadLetter` if the hook
+failed; else `Change` (only with `changes=True`) then `TableChange`, exactly
+what the separate steps emitted (same ids: `<event id>/<merge step>`,
+`<event id>/<materialize step>`). A hook must keep the event's key (a hook
+that changes it is a USER_FUNCTION dead letter: the key's lane owns the
+document).
+
+`SessionsLane` (the sessions pipeline), per user key:
+`[dedup] -> SessionAnalyzer`; emits what the analyzer emits (Sessions,
+SessionRetractions, LateEvents).
+
+Each lane asks Bytewax for one wake-up per key (the earliest of its parts,
+sparse: see `alarm.py`).
+
+    >>> from dataflows.events import Event
+    >>> from dataflows.patterns.dedup import DedupConfig
+    >>> cfg = OrdersLaneConfig(DedupConfig(60_000, clock=lambda: 0), "event_id",
+    ...                        merge_suffix=None, materialize_suffix="/orders.materialize")
+    >>> e = Event("o1", {"event_id": "a", "status": "new"}, 0, "file:x:1", "file:x")
+    >>> [c.kind for c in OrdersLane(cfg).on_batch([e, e])[0]]  # the repeat is dropped
+    ['upsert']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from dataflows.clock import setstate_with_defaults
+from dataflows.events import Event
+from dataflows.patterns.alarm import Alarm
+from dataflows.patterns.dedup import DedupConfig, Deduplicator, ShardDedupState, identity_of
+from dataflows.patterns.diff import differing_paths, top_level_paths
+from dataflows.patterns.materializer import TableChange
+from dataflows.patterns.merger import Change
+from dataflows.patterns.records import frozen_factory
+from dataflows.patterns.sessions import SessionAnalyzer, SessionConfig, SessionState
+
+__all__ = [
+    "OrdersLane",
+    "OrdersLaneConfig",
+    "OrdersLaneState",
+    "SessionsLane",
+    "SessionsLaneState",
+]
+
+_EMPTY: tuple[()] = ()
+_change = frozen_factory(Change)
+_table = frozen_factory(TableChange)
+Transform = Callable[[Event], Any]  # Event -> Event, or a DeadLetter (the hook failed)
+
+
+@dataclass(frozen=True, slots=True)
+class OrdersLaneState:
+    """Snapshot of one order: its dedup identities and its current document.
+
+    `seen`: `{event id: (anchor_ms, last_seen pipeline ms)}`, oldest first;
+    `known`: the key has a document (`value`; None is a document too);
+    `clock_ms`: the pipeline time of the snapshot.
+    """
+
+    seen: dict[str, tuple[int, int]]
+    value: Any
+    known: bool
+    version: int = 1
+    clock_ms: int | None = None
+
+    __setstate__ = setstate_with_defaults
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsLaneState:
+    """Snapshot of one user: its dedup identities (None without dedup) and its sessions."""
+
+    dedup: ShardDedupState | None
+    sessions: SessionState | None
+    version: int = 1
+
+
+class OrdersLaneConfig:
+    """Settings shared by every key of one orders lane."""
+
+    __slots__ = ("dedup", "identity", "transform", "merge_suffix", "materialize_suffix", "on_delete")
+
+    def __init__(self, dedup: DedupConfig, id_field: str, *, merge_suffix: str | None,
+                 materialize_suffix: str, transform: Transform | None = None,
+                 on_delete: Callable[[], None] | None = None) -> None:
+        self.dedup = dedup
+        self.identity = identity_of(id_field)
+        self.transform = transform
+        self.merge_suffix = merge_suffix  # None: no Change output
+        self.materialize_suffix = materialize_suffix
+        self.on_delete = on_delete
+
+
+class OrdersLane:
+    """Dedup, enrich, merge and materialize of one order key (a `StatefulBatchLogic` by shape)."""
+
+    STATE_VERSION = 1
+    __slots__ = ("cfg", "dedup", "value", "known", "alarm")
+
+    def __init__(self, cfg: OrdersLaneConfig, state: OrdersLaneState | None = None) -> None:
+        self.cfg = cfg
+        self.alarm: Alarm | None = None
+        self.dedup = Deduplicator(cfg.dedup, None, cfg.identity)
+        self.known = False
+        self.value: Any = None
+        if state is not None:
+            self.dedup.seen = dict(state.seen)
+            self.known, self.value = state.known, state.value
+            if state.clock_ms is not None:
+                cfg.dedup.clock.restored(state.clock_ms)
+
+    def on_batch(self, events: list[Event]) -> tuple[list[Any], bool]:
+        cfg = self.cfg
+        now = cfg.dedup.clock.now()
+        admit = self.dedup.admit
+        identity = cfg.identity
+        transform = cfg.transform
+        merge, mat = cfg.merge_suffix, cfg.materialize_suffix
+        out: list[Any] = []
+        append = out.append
+        for event in events:
+            if not admit(identity(event), event.event_time_ms, now):
+                continue
+            if transform is not None:
+                event = transform(event)
+                if type(event) is not Event:
+                    append(event)  # the hook's dead letter
+                    continue
+            eid, t, key = event.event_id, event.event_time_ms, event.key
+            opn = event.op
+            if opn is not None:
+                if opn == "delete":
+                    if self.known:
+                        if merge is not None:
+                            prev = self.value
+                            append(_change("deleted", key, prev, None, top_level_paths(prev),
+                                           eid + merge, t))
+                        if cfg.on_delete is not None:
+                            cfg.on_delete()
+                    self.known, self.value = False, None
+                    append(_table("tombstone", key, None, eid + mat, t))
+                    continue
+                if opn == "generation":
+                    continue
+            new = event.value
+            if self.known:
+                prev = self.value
+                if new == prev:
+                    continue
+                if merge is not None:
+                    append(_change("updated", key, prev, new, differing_paths(prev, new), eid + merge, t))
+            else:
+                if merge is not None:
+                    append(_change("created", key, None, new, top_level_paths(new), eid + merge, t))
+                self.known = True
+            self.value = new
+            append(_table("upsert", key, new, eid + mat, t))
+        return out, False
+
+    def on_notify(self) -> tuple[tuple[()], bool]:
+        if self.alarm is not None:
+            self.alarm.fired()
+        self.dedup.expire(self.cfg.dedup.clock.now())
+        return _EMPTY, not self.known and not self.dedup.seen
+
+    def on_eof(self) -> tuple[tuple[()], bool]:
+        return _EMPTY, not self.known and not self.dedup.seen
+
+    def notify_at(self) -> datetime | None:
+        want = self.dedup.wake_wall_ms()
+        if want is None:
+            return None
+        if self.alarm is None:
+            self.alarm = Alarm()
+        return self.alarm.request(want, self.cfg.dedup.slack_ms)
+
+    def snapshot(self) -> OrdersLaneState:
+        return OrdersLaneState(dict(self.dedup.seen), self.value, self.known, self.STATE_VERSION,
+                               self.cfg.dedup.clock.now())
+
+
+class SessionsLane:
+    """Dedup (optional) and sessions of one user key (a `StatefulBatchLogic` by shape)."""
+
+    STATE_VERSION = 1
+    __slots__ = ("dedup", "sessions", "alarm", "slack_ms")
+
+    def __init__(self, dedup: tuple[DedupConfig, str] | None, sessions: SessionConfig,
+                 state: SessionsLaneState | None = None) -> None:
+        self.alarm: Alarm | None = None
+        self.dedup: Deduplicator | None = None
+        self.slack_ms = sessions.slack_ms
+        if dedup is not None:
+            cfg, id_field = dedup
+            self.dedup = Deduplicator(cfg, None if state is None else state.dedup, identity_of(id_field))
+            self.slack_ms = min(self.slack_ms, cfg.slack_ms)
+        self.sessions = SessionAnalyzer(sessions, None if state is None else state.sessions)
+
+    def _empty(self) -> bool:
+        return self.sessions.wm is None and (self.dedup is None or not self.dedup.seen)
+
+    def on_batch(self, events: list[Event]) -> tuple[list[Any], bool]:
+        if self.dedup is not None:
+            events, _ = self.dedup.on_batch(events)
+        out, gone = self.sessions.on_batch(events)
+        if gone:
+            self.sessions._reset()
+        return out, self._empty()
+
+    def on_notify(self) -> tuple[Any, bool]:
+        if self.alarm is not None:
+            self.alarm.fired()
+        if self.dedup is not None:
+            self.dedup.expire(self.dedup.cfg.clock.now())
+        out, gone = self.sessions.on_notify()
+        if gone:
+            self.sessions._reset()
+        return out, self._empty()
+
+    def on_eof(self) -> tuple[Any, bool]:
+        out, _ = self.sessions.on_eof()
+        return out, self._empty()
+
+    def notify_at(self) -> datetime | None:
+        wants = [w for w in (self.sessions.wake_wall_ms(),
+                             None if self.dedup is None else self.dedup.wake_wall_ms()) if w is not None]
+        if not wants:
+            return None
+        if self.alarm is None:
+            self.alarm = Alarm()
+        return self.alarm.request(min(wants), self.slack_ms)
+
+    def snapshot(self) -> SessionsLaneState:
+        dedup = None
+        if self.dedup is not None and self.dedup.seen:
+            dedup = ShardDedupState(dict(self.dedup.seen), Deduplicator.STATE_VERSION,
+                                    self.dedup.cfg.clock.now())
+        sessions = self.sessions.snapshot() if self.sessions.wm is not None else None
+        return SessionsLaneState(dedup, sessions, self.STATE_VERSION)
