@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dataflows import metrics
 from dataflows.events import Event, RawRecord, now_ms
 from dataflows.json_codec import dumps
 
@@ -216,3 +217,21 @@ def dead_letter(
         first_failure_ms=first_failure_ms if first_failure_ms is not None else ts,
         last_failure_ms=ts,
     )
+
+
+def counted_dead_letter(
+    item: Any,
+    *,
+    code: str,
+    stage: str,
+    pipeline: str,
+    exc: BaseException | None = None,
+    message: str | None = None,
+    attempts: int = 1,
+    first_failure_ms: int | None = None,
+) -> DeadLetter:
+    """`dead_letter(...)` and one count in `streamforge_dlq_event_count{pipeline, step=stage,
+    error_code=code}`: the one call every step that makes a dead letter uses."""
+    metrics.DLQ_EVENTS.labels(pipeline=pipeline, step=stage, error_code=code).inc()
+    return dead_letter(item, code=code, stage=stage, pipeline=pipeline, exc=exc, message=message,
+                       attempts=attempts, first_failure_ms=first_failure_ms)

@@ -16,8 +16,7 @@ from typing import Any, TypeVar
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 
-from dataflows import metrics
-from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
+from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 
 X = TypeVar("X")
 Y = TypeVar("Y")
@@ -38,8 +37,7 @@ class Guarded:
 
 def _to_dead_letter(item: Any, exc: BaseException, step_id: str, pipeline: str) -> DeadLetter:
     code = getattr(exc, "error_code", ErrorCode.USER_FUNCTION)
-    metrics.DLQ_EVENTS.labels(pipeline=pipeline, stage=step_id, error_code=code).inc()
-    return dead_letter(item, code=code, stage=step_id, pipeline=pipeline, exc=exc)
+    return counted_dead_letter(item, code=code, stage=step_id, pipeline=pipeline, exc=exc)
 
 
 @operator

@@ -14,9 +14,14 @@ The seed's five monitoring metrics and their exported names:
 | `source_latency_ms`        | `streamforge_source_latency_ms` (histogram) |
 | `dlq_event_count`          | `streamforge_dlq_event_count_total`        |
 | `restarts`                 | `streamforge_restarts_total`               |
+
+A label naming a dataflow step is `step`, with the full Bytewax step id
+(`<flow id>.<step>`, e.g. `orders.parse`, `orders.sink`), on every metric.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
@@ -40,6 +45,21 @@ __all__ = [
     "SOURCE_LATENCY",
     "STATE_EVICTIONS",
 ]
+
+class _StepCounter(Counter):
+    """A Counter labelled by `step` (the full Bytewax step id, e.g. `orders.parse`).
+
+    Transitional: `.labels(stage=...)` / `.labels(sink=...)`, the names before issue
+    11, are still accepted as `step` until every caller is switched; new code uses
+    `step=` (or `dataflows.dead_letter.counted_dead_letter`, which counts for you).
+    """
+
+    def labels(self, *values: Any, **labels: Any) -> Any:
+        for old in ("stage", "sink"):
+            if old in labels:
+                labels["step"] = labels.pop(old)
+        return super().labels(*values, **labels)
+
 
 _MS_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000)
 
@@ -75,10 +95,10 @@ SOURCE_LATENCY = Histogram(
     ["pipeline", "source"],
     buckets=_MS_BUCKETS,
 )
-DLQ_EVENTS = Counter(
+DLQ_EVENTS = _StepCounter(
     "streamforge_dlq_event_count",
-    "Records sent to the dead-letter queue.",
-    ["pipeline", "stage", "error_code"],
+    "Records sent to the dead-letter queue, by the step that failed them (the dead letter's stage).",
+    ["pipeline", "step", "error_code"],
 )
 RESTARTS = Counter(
     "streamforge_restarts",
@@ -116,10 +136,10 @@ SAVEPOINTS = Gauge(
     "Savepoints in the store, by state (completed, failed, in_progress).",
     ["pipeline", "state"],
 )
-SINK_RETRIES = Counter(
+SINK_RETRIES = _StepCounter(
     "streamforge_sink_retries",
-    "Retried sink writes (transient failures).",
-    ["pipeline", "sink"],
+    "Retried sink writes (transient failures), by the sink's step.",
+    ["pipeline", "step"],
 )
 # Epoch alignment (the seed's "checkpoint duration and alignment time"): measured by the
 # supervisor (streamforge_ops/epochs.py) from the recovery partitions' frontier and from

@@ -219,3 +219,32 @@ def test_dashboard_panels_are_well_formed() -> None:
         assert len({t["refId"] for t in p["targets"]}) == len(p["targets"])
         grid = p["gridPos"]
         assert grid["x"] + grid["w"] <= 24
+
+
+def test_a_step_is_labelled_step_everywhere() -> None:
+    """One name per idea: the label naming a dataflow step is `step` (never `stage` or `sink`)."""
+    for m in _registry_metrics():
+        assert not {"stage", "sink"} & set(m._labelnames), f"{m._name}: {m._labelnames}"
+    text = "\n".join(_rule_exprs() + _dashboard_exprs())
+    assert not re.search(r"\b(stage|sink)\b\s*(=|,|\))", text), "rules or dashboard still group by stage/sink"
+
+
+def test_a_sinks_dead_letter_and_counter_carry_the_sinks_full_step_id(tmp_path: Path) -> None:
+    """The Kafka sink labels its dead letters with the Bytewax step id it was built for."""
+    from dataflows.config import Config
+    from dataflows.connectors.dlq import read_dead_letters
+    from dataflows.connectors.kafka import kafka_sink_from_config
+
+    dlq = tmp_path / "dlq.jsonl"
+    sink_cfg = {"brokers": ["127.0.0.1:1"], "topic": "out", "check": False, "partitions": 1}
+    cfg = Config({"sink": sink_cfg, "dlq": {"path": str(dlq)}}, "t.yaml")
+    sink = kafka_sink_from_config(cfg.section("sink"), "labels")
+    before = metrics.REGISTRY.get_sample_value(
+        "streamforge_dlq_event_count_total", {"pipeline": "labels", "step": "labels.sink", "error_code": "UNSUPPORTED_TYPE"}
+    ) or 0.0
+    sink.build_part("labels.sink", "00000", None).write_batch([("k", object())])  # type: ignore[attr-defined]
+    after = metrics.REGISTRY.get_sample_value(
+        "streamforge_dlq_event_count_total", {"pipeline": "labels", "step": "labels.sink", "error_code": "UNSUPPORTED_TYPE"}
+    )
+    assert after == before + 1
+    assert [d.stage for d in read_dead_letters(dlq)] == ["labels.sink"]

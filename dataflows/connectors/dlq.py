@@ -31,10 +31,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dataflows import metrics
 from dataflows.config import Config, ConfigError
 from dataflows.connectors.files import JsonlSink, JsonlSinkPartition
-from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
+from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 
 __all__ = [
     "SINK_WRITER",
@@ -180,7 +179,7 @@ def late_to_dead_letter(late: Any, pipeline: str, stage: str) -> DeadLetter:
     """
     event = late.event
     lateness = late.watermark_ms - event.event_time_ms
-    letter = dead_letter(
+    letter = counted_dead_letter(
         event,
         code=ErrorCode.LATE_EVENT,
         stage=stage,
@@ -190,7 +189,6 @@ def late_to_dead_letter(late: Any, pipeline: str, stage: str) -> DeadLetter:
             f"{late.watermark_ms}: {late.reason}"
         ),
     )
-    metrics.DLQ_EVENTS.labels(pipeline=pipeline, stage=stage, error_code=ErrorCode.LATE_EVENT).inc()
     coords = {
         "event_time_ms": event.event_time_ms,
         "watermark_ms": late.watermark_ms,

@@ -27,6 +27,8 @@ sink:
                                    #   of this last window (not the whole pre-existing topic)
   skip-window: 1000000             # exactly-once: offsets after a resume scan's end before an id
                                    #   the replay never met leaves the skip set
+  verify-commits: true             # exactly-once: read each commit's last record back read_committed
+                                   #   (restart if the broker acknowledged a commit it does not show)
   restore-window: 7d               # exactly-once: how far back a restore may go (savepoints.max-age);
                                    #   a topic retention.ms below it is warned about at start
   # partitions: 4                  # default: the topic's partition count (needed with check: false)
@@ -135,7 +137,7 @@ def kafka_sink_from_config(cfg: Config, pipeline: str) -> Sink[Any]:
         pipeline=pipeline,
         retry=retry_policy_from_config(cfg),
         delivery_timeout_s=cfg.duration("delivery-timeout", 30.0),
-        stage=cfg.str("stage", f"{pipeline}.kafka-sink"),
+        stage=cfg.str("stage", f"{pipeline}.sink"),  # the sink step id of the shipped pipelines
     )
     partitions = cfg.int("partitions", counts.get(topic, 0) or None, minimum=1)
     if partitions is not None and counts.get(topic, partitions) < partitions:
@@ -166,6 +168,7 @@ def _transactional_settings(
         scan_timeout_s=cfg.duration("scan-timeout", 20.0),
         fresh_scan_window_s=cfg.duration("fresh-scan-window", 900.0),
         skip_window=cfg.int("skip-window", 1_000_000, minimum=1),
+        verify_commits=cfg.bool("verify-commits", True),
     )
     if tx.scan_timeout_s + tx.commit_timeout_s >= tx.transaction_timeout_s:
         raise ConfigError(

@@ -43,7 +43,7 @@ from dataflows.connectors.kafka_common import (
     partition_for,
     to_out_message,
 )
-from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
+from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import now_ms
 from dataflows.retry import RetryPolicy
 
@@ -95,7 +95,7 @@ def sink_dead_letter(
     """A dead letter for an item this sink could not write (counted in dlq_event_count)."""
     exc = error if isinstance(error, BaseException) else None
     text = error.str() if isinstance(error, KafkaError) else str(error)
-    letter = dead_letter(
+    letter = counted_dead_letter(
         item,
         code=code,
         stage=s.stage,
@@ -118,7 +118,6 @@ def sink_dead_letter(
             exception_class=letter.exception_class or "KafkaError",
         )
     letter = replace(letter, coords={**dict(letter.coords), **coords})
-    metrics.DLQ_EVENTS.labels(pipeline=s.pipeline, stage=s.stage, error_code=code).inc()
     return letter
 
 
@@ -242,7 +241,7 @@ class _ReliablePartition(StatefulSinkPartition[Any, None]):
                 break
             if not retry:
                 break
-            metrics.SINK_RETRIES.labels(pipeline=self._s.pipeline, sink=self._s.stage).inc(len(retry))
+            metrics.SINK_RETRIES.labels(pipeline=self._s.pipeline, step=self._s.stage).inc(len(retry))
             log.warning("kafka sink %s: %d records failed transiently; retry %d in %.2fs",
                         self._s.topic, len(retry), attempt, delay)
             time.sleep(delay or 0.0)
@@ -277,4 +276,5 @@ class ReliableKafkaSink(FixedPartitionedSink[Any, None]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ReliablePartition:
         partition = int(for_part) if self.partitions else None
-        return _ReliablePartition(self.settings, self.dead_letters, partition)
+        # dead letters and retries are labelled with the step Bytewax built this sink for
+        return _ReliablePartition(replace(self.settings, stage=step_id), self.dead_letters, partition)

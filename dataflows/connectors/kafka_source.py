@@ -27,7 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING
 
 from dataflows import metrics
 from dataflows.connectors.kafka_common import EVENT_ID_HEADER, REPLAY_HEADER, header_value
-from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
+from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import RawRecord, kafka_event_id, now_ms
 
 __all__ = ["RawRecordKafkaSource", "to_dead_letter", "to_raw_record"]
@@ -57,15 +57,13 @@ def to_raw_record(msg: _Msg) -> RawRecord:
 
 def to_dead_letter(err: KafkaError[Any, Any], *, stage: str, pipeline: str) -> DeadLetter:
     """A consumer error as a SOURCE_ERROR dead letter with the message's context."""
-    letter = dead_letter(
+    return counted_dead_letter(
         to_raw_record(err.msg),
         code=ErrorCode.SOURCE_ERROR,
         stage=stage,
         pipeline=pipeline,
         message=f"Kafka consumer error: {err.err.str()} (code {err.err.code()})",
     )
-    metrics.DLQ_EVENTS.labels(pipeline=pipeline, stage=stage, error_code=ErrorCode.SOURCE_ERROR).inc()
-    return letter
 
 
 class _RawRecordPartition(StatefulSourcePartition[Item, Any]):

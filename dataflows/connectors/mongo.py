@@ -126,6 +126,7 @@ def mongo_sink_settings(cfg: Config, pipeline: str) -> MongoSinkSettings:
         version_field=cfg.str("version-field", None),
         retry=retry_policy_from_config(cfg, DEFAULT_SINK_RETRY),
         server_selection_timeout_ms=int(cfg.duration("server-selection-timeout", 5.0) * 1000),
+        stage=f"{pipeline}.sink",  # the sink step id of the shipped pipelines (MongoSink uses its own)
     )
 
 

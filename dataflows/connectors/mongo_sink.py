@@ -44,7 +44,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import bytewax.operators as op
@@ -56,7 +56,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from dataflows import metrics
 from dataflows.connectors.mongo_codec import decode_key, encode_key
 from dataflows.connectors.mongo_errors import is_transient
-from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
+from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import Event, now_ms
 from dataflows.retry import RetryPolicy
 
@@ -261,7 +261,7 @@ class MongoWriter:
                 dead.extend(self._dead(w.item, exc, attempt, first_ms) for w, exc in retry)
                 break
             self.stats.retries += len(retry)
-            metrics.SINK_RETRIES.labels(pipeline=self.s.pipeline, sink=self.s.stage).inc(len(retry))
+            metrics.SINK_RETRIES.labels(pipeline=self.s.pipeline, step=self.s.stage).inc(len(retry))
             log.warning("mongo sink: %d writes failed transiently (%s); retry %d in %.2fs",
                         len(retry), retry[0][1], attempt, delay)
             self._sleep(delay)
@@ -339,8 +339,7 @@ class MongoWriter:
 
     def _dead(self, item: Any, exc: BaseException, attempts: int, first_ms: int) -> DeadLetter:
         self.stats.dead += 1
-        metrics.DLQ_EVENTS.labels(pipeline=self.s.pipeline, stage=self.s.stage, error_code=ErrorCode.SINK_WRITE).inc()
-        return dead_letter(_as_event(item, self._source), code=ErrorCode.SINK_WRITE, stage=self.s.stage,
+        return counted_dead_letter(_as_event(item, self._source), code=ErrorCode.SINK_WRITE, stage=self.s.stage,
                            pipeline=self.s.pipeline, exc=exc, attempts=attempts, first_failure_ms=first_ms)
 
 
@@ -385,4 +384,5 @@ class MongoSink(DynamicSink[Any]):
         self.settings, self.on_dead_letters = settings, on_dead_letters
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _MongoSinkPartition:
-        return _MongoSinkPartition(MongoWriter(self.settings), self.on_dead_letters)
+        # dead letters and retries are labelled with the step Bytewax built this sink for
+        return _MongoSinkPartition(MongoWriter(replace(self.settings, stage=step_id)), self.on_dead_letters)

@@ -100,7 +100,7 @@ from dataflows.connectors.mongo_errors import (
     is_too_large,
     is_transient,
 )
-from dataflows.dead_letter import DeadLetter, ErrorCode, dead_letter
+from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import Event, RawRecord, mongo_event_id, now_ms, snapshot_event_id
 from dataflows.retry import RetryPolicy
 
@@ -736,8 +736,7 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
     def _dead(self, exc: UnsupportedDocument, payload: bytes, event_id: str, key: str,
               coords: dict[str, Any]) -> DeadLetter:
         rec = RawRecord(payload=bytes(payload), event_id=event_id, source=self._source, key=key.encode(), coords=coords)
-        metrics.DLQ_EVENTS.labels(pipeline=self._s.pipeline, stage=self._step_id, error_code=exc.error_code).inc()
-        return dead_letter(rec, code=exc.error_code, stage=self._step_id, pipeline=self._s.pipeline, exc=exc)
+        return counted_dead_letter(rec, code=exc.error_code, stage=self._step_id, pipeline=self._s.pipeline, exc=exc)
 
     def _backoff(self, exc: BaseException) -> None:
         self._failures += 1
