@@ -14,16 +14,19 @@ at start with a message a user can act on.
 from __future__ import annotations
 
 import builtins
+import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_duration", "parse_size"]
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "STREAMFORGE__"
 _MISSING = object()
@@ -138,6 +141,27 @@ class Config:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{self.full_key(key)}: expected a mapping (in {self.origin})")
         return Config(dict(value), self.origin, f"{self.full_key(key)}.", self.top_data())
+
+    def renamed(self, renames: Mapping[builtins.str, builtins.str]) -> Config:
+        """This config with each old key of `renames` (old: a key of this section -> new: a
+        dotted key) moved to its new key: a deprecation warning naming both; both spellings
+        set is a ConfigError."""
+        data = _deep_copy(self.data)
+        for old, new in renames.items():
+            if self.raw(old, None) is None:
+                continue
+            if self.raw(new, None) is not None:
+                raise ConfigError(f"{self.full_key(old)} and {self.full_key(new)}: both set; "
+                                  f"{self.full_key(old)} is the deprecated spelling, keep only "
+                                  f"{self.full_key(new)} (in {self.origin})")
+            log.warning("%s is deprecated: use %s (in %s)", self.full_key(old), self.full_key(new), self.origin)
+            node = data
+            *parents, leaf = new.split(".")
+            for part in parents:
+                child = node.get(part)
+                node = node.setdefault(part, {}) if not isinstance(child, dict) else child
+            node[leaf] = data.pop(old)
+        return replace(self, data=data)
 
     def top_data(self) -> dict[builtins.str, Any]:
         """The data of the whole config this one is a section of."""

@@ -8,9 +8,12 @@
 jitter: with `jitter=j` each delay is drawn uniformly from
 `[d * (1 - j), d]` (j=0: no jitter, j=1: anywhere in `[0, d]`).
 
-Config (a sink section): `retry.max-attempts`, `retry.initial-backoff`,
-`retry.max-backoff` (durations like `100ms`, `5s`), `retry.multiplier`,
-`retry.jitter` -> `retry_policy_from_config(section)`.
+Config: every backoff in StreamForge is this one formula and one block of keys,
+`<block>.max-attempts`, `<block>.initial-backoff`, `<block>.max-backoff` (durations
+like `100ms`, `5s`), `<block>.multiplier`, `<block>.jitter` ->
+`retry_policy_from_config(section, block=...)`: a sink's `retry`,
+`checkpoints.retry`, a MongoDB source's `reconnect`, the supervisor's
+`recovery.restart` (`streamforge_ops.scheduler.Backoff`).
 """
 
 from __future__ import annotations
@@ -98,18 +101,18 @@ class RetryPolicy:
                 sleep(delay)
 
 
-def retry_policy_from_config(cfg: Config, default: RetryPolicy | None = None) -> RetryPolicy:
-    """Read `retry.*` keys of a sink section (missing keys keep `default`'s values)."""
+def retry_policy_from_config(cfg: Config, default: RetryPolicy | None = None, *, block: str = "retry") -> RetryPolicy:
+    """Read the `<block>.*` keys of a section (missing keys keep `default`'s values)."""
     d = default or RetryPolicy()
     try:
         return RetryPolicy(
-            max_attempts=cfg.int("retry.max-attempts", d.max_attempts, minimum=1),
-            initial_backoff_s=cfg.duration("retry.initial-backoff", d.initial_backoff_s),
-            max_backoff_s=cfg.duration("retry.max-backoff", d.max_backoff_s),
-            multiplier=cfg.float("retry.multiplier", d.multiplier),
-            jitter=cfg.float("retry.jitter", d.jitter),
+            max_attempts=cfg.int(f"{block}.max-attempts", d.max_attempts, minimum=1),
+            initial_backoff_s=cfg.duration(f"{block}.initial-backoff", d.initial_backoff_s),
+            max_backoff_s=cfg.duration(f"{block}.max-backoff", d.max_backoff_s),
+            multiplier=cfg.float(f"{block}.multiplier", d.multiplier),
+            jitter=cfg.float(f"{block}.jitter", d.jitter),
         )
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
-        raise ConfigError(f"retry: {exc} (in {cfg.origin})") from None
+        raise ConfigError(f"{cfg.full_key(block)}: {exc} (in {cfg.origin})") from None

@@ -5,8 +5,9 @@
 after the previous one ended, and never while one is in flight. A failed
 checkpoint counts as ended: the next interval tries again.
 
-`Backoff` is the restart delay: `initial * multiplier**n`, capped at `max`,
-reset once the child has run stably for `max` seconds.
+`Backoff` is the restart delay: `dataflows.retry.RetryPolicy`'s formula (the one
+backoff of StreamForge; no jitter: one supervisor per job), `initial * multiplier**n`
+capped at `max`, with the count reset once the child has run stably for `max` seconds.
 
 `RestartBudget` is `recovery.max-restarts` over `recovery.restart-window` (FKO's
 restarts threshold / window): a restart is allowed unless `limit` restarts
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+
+from dataflows.retry import RetryPolicy
 
 __all__ = ["Backoff", "CheckpointClock", "Every", "RestartBudget"]
 
@@ -59,18 +62,23 @@ class Every:
 
 @dataclass
 class Backoff:
-    """Exponential restart delay with a cap."""
+    """Restart delays: `RetryPolicy.backoff` of the failures in a row (`recovery.restart.*`)."""
 
     initial: float
     max: float
     multiplier: float = 2.0
     failures: int = 0
 
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(initial_backoff_s=self.initial, max_backoff_s=self.max, multiplier=self.multiplier,
+                           jitter=0.0)
+
     def next_delay(self, ran_for: float) -> float:
         """Delay before restarting a child that crashed after `ran_for` seconds."""
         if ran_for >= self.max:
             self.failures = 0
-        delay = min(self.max, self.initial * self.multiplier**self.failures)
+        delay = self.policy.backoff(self.failures)
         self.failures += 1
         return delay
 

@@ -179,10 +179,18 @@ def _check_backup_interval(recovery: RecoverySettings, checkpoints: CheckpointSe
         )
 
 
+# the one spelling of a backoff block (dataflows.retry): the old keys still work, with a warning
+RENAMED_RECOVERY_KEYS = {
+    "restart-backoff": "restart.initial-backoff",
+    "max-restart-backoff": "restart.max-backoff",
+    "restart-multiplier": "restart.multiplier",
+}
+
+
 def read_settings(cfg: Config) -> Settings:
     """Read the pipeline/recovery/checkpoints/savepoints/security/metrics sections."""
     name = cfg.str("pipeline.name")
-    rec, ck, sp = cfg.section("recovery"), cfg.section("checkpoints"), cfg.section("savepoints")
+    rec, ck, sp = cfg.section("recovery").renamed(RENAMED_RECOVERY_KEYS), cfg.section("checkpoints"), cfg.section("savepoints")
     sec, met = cfg.section("security"), cfg.section("metrics")
     ck_store = _store(ck, StoreSettings(f"file://.streamforge/{name}/store"))
     recovery = RecoverySettings(
@@ -191,9 +199,9 @@ def read_settings(cfg: Config) -> Settings:
         snapshot_interval_s=_positive(rec.duration("snapshot-interval", "2s"), "recovery.snapshot-interval"),
         backup_interval_s=rec.duration("backup-interval", "240s"),
         compact_interval_s=rec.duration("compact-interval", "5m"),
-        restart_initial_backoff_s=rec.duration("restart-backoff", "1s"),
-        restart_max_backoff_s=rec.duration("max-restart-backoff", "60s"),
-        restart_multiplier=rec.float("restart-multiplier", 2.0),
+        restart_initial_backoff_s=rec.duration("restart.initial-backoff", "1s"),
+        restart_max_backoff_s=rec.duration("restart.max-backoff", "60s"),
+        restart_multiplier=rec.float("restart.multiplier", 2.0),
         max_restarts=rec.int("max-restarts", 0, minimum=0),
         restart_window_s=_positive(rec.duration("restart-window", "10m"), "recovery.restart-window"),
         crash_loop_restarts=rec.int("crash-loop-restarts", 3, minimum=1),

@@ -17,8 +17,8 @@
       drop-update-description: true   # only fullDocument is used: smaller events
       oversize-handling: fail     # fail | skip (events over 16 MiB -> DLQ OVERSIZED)
       server-selection-timeout: 2s
-      reconnect-initial-backoff: 100ms
-      reconnect-max-backoff: 5s
+      reconnect: {initial-backoff: 100ms, max-backoff: 5s}   # (was reconnect-initial-backoff /
+                                  #   reconnect-max-backoff: still read, with a deprecation warning)
     sink:                         # mongo_sink_from_config(cfg.section("sink"), pipeline)
       type: mongo
       uri: ...
@@ -87,8 +87,15 @@ def _collections(cfg: Config) -> tuple[str, ...]:
     return tuple(names)
 
 
+RENAMED_SOURCE_KEYS = {
+    "reconnect-initial-backoff": "reconnect.initial-backoff",
+    "reconnect-max-backoff": "reconnect.max-backoff",
+}
+
+
 def mongo_source_settings(cfg: Config, pipeline: str) -> MongoSourceSettings:
     """Source settings from the `source` section."""
+    cfg = cfg.renamed(RENAMED_SOURCE_KEYS)
     return MongoSourceSettings(
         uri=_uri(cfg),
         database=cfg.str("database"),
@@ -102,8 +109,8 @@ def mongo_source_settings(cfg: Config, pipeline: str) -> MongoSourceSettings:
         max_document_bytes=cfg.size("max-document-bytes", 0),
         require_collection=cfg.bool("require-collection", True),
         server_selection_timeout_ms=int(cfg.duration("server-selection-timeout", 2.0) * 1000),
-        initial_backoff_s=cfg.duration("reconnect-initial-backoff", 0.1),
-        max_backoff_s=cfg.duration("reconnect-max-backoff", 5.0),
+        initial_backoff_s=cfg.duration("reconnect.initial-backoff", 0.1),
+        max_backoff_s=cfg.duration("reconnect.max-backoff", 5.0),
         namespace_gone=cfg.choice("namespace-gone", NAMESPACE_GONE_MODES, "stop"),
         split_large_events=cfg.bool("split-large-events", False),
         drop_update_description=cfg.bool("drop-update-description", True),
