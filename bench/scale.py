@@ -1,0 +1,136 @@
+"""Scale-out: the orders pipeline on 1 and 2 Bytewax processes (`streamforge run --processes N`).
+
+    .venv/bin/python bench/scale.py [--small 8000] [--large 32000] [--repeat 3] [--mode exactly-once] [--json]
+
+One Tansu broker (started here), two 4-partition input topics filled with the same generated
+orders (the first `--small` lines, and `--large` lines; keyed by order id, `bench/kafka.py`'s
+`fill`). Each run is the real product path: `python -m streamforge_ops run --processes N` on a
+fresh recovery directory, Kafka (4 partitions, bounded) -> orders -> Kafka (`--mode`, 4
+partitions), timed as the whole process. Runs are interleaved (for each repeat: 1 and 2
+processes, small and large input) and the best (shortest) of `--repeat` is kept per
+(processes, input); the marginal throughput `(large - small) / (t_large - t_small)` takes out
+what every run pays once (interpreter and import, preflight build, Timely bootstrap, restore,
+final checkpoint). `ratio_2_vs_1` = marginal events/s on 2 processes / on 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.kafka import fill  # noqa: E402
+from dataflows.generate import generate_orders  # noqa: E402
+from tests.fixtures.kafka import KafkaBroker, create_topic, free_port  # noqa: E402
+
+PARTITIONS = 4
+
+
+def config(root: Path, b: str, src: str, mode: str) -> Path:
+    """A config for one run: fresh topics out / dlq, recovery and store under `root`."""
+    tag = uuid.uuid4().hex[:8]
+    out, dlq = create_topic(b, f"scale-out-{tag}", PARTITIONS), create_topic(b, f"scale-dlq-{tag}", 1)
+    store = f"file://{root / 'store'}"
+    cfg = {
+        "pipeline": {"name": "orders", "workers": 1},
+        "source": {"type": "kafka", "brokers": [b], "topics": [src], "tail": False, "batch-size": 1000},
+        "sink": {"type": "kafka", "brokers": [b], "topic": out, "mode": mode,
+                 "transactional-id-prefix": f"scale.{out}"},
+        "dlq": {"type": "kafka", "brokers": [b], "topic": dlq},
+        "limits": {"max-record-bytes": "16KiB"},
+        "patterns": {"dedup": {"ttl": "1h"}},
+        "recovery": {"dir": str(root / "recovery"), "partitions": PARTITIONS, "snapshot-interval": "1s",
+                     "backup-interval": "300s"},
+        "checkpoints": {"dir": store, "interval": "1h"},
+        "savepoints": {"dir": store, "on-cancel": False},
+        "metrics": {"port": 0, "host": "127.0.0.1"},
+    }
+    path = root / "orders.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def timed_run(b: str, src: str, processes: int, mode: str) -> float:
+    """Seconds of one `streamforge run --processes N` to the end of the bounded input."""
+    with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
+        cfg = config(Path(tmp), b, src, mode)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "streamforge_ops", "run", "--config", str(cfg),
+                               "--processes", str(processes)], cwd=REPO, env=env,
+                              capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"run --processes {processes} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return seconds
+
+
+def measure(b: str, small: int, large: int, repeat: int, mode: str) -> dict[str, Any]:
+    lines = generate_orders(large, seed=7).lines
+    topics = {}
+    for n in (small, large):
+        topics[n] = create_topic(b, f"scale-in-{n}-{uuid.uuid4().hex[:6]}", PARTITIONS)
+        fill(b, topics[n], lines[:n], PARTITIONS)
+    best: dict[tuple[int, int], float] = {}
+    for _ in range(repeat):  # interleaved, so a busy moment hits every configuration alike
+        for processes in (1, 2):
+            for n in (small, large):
+                t = timed_run(b, topics[n], processes, mode)
+                best[processes, n] = min(best.get((processes, n), t), t)
+    result: dict[str, Any] = {"partitions": PARTITIONS, "mode": mode, "small": small, "large": large,
+                              "repeat": repeat, "cpus": os.cpu_count()}
+    for processes in (1, 2):
+        t_small, t_large = best[processes, small], best[processes, large]
+        result[f"p{processes}"] = {
+            "seconds_small": round(t_small, 2),
+            "seconds_large": round(t_large, 2),
+            "whole_run_eps_large": round(large / t_large),
+            "marginal_eps": round((large - small) / (t_large - t_small)) if t_large > t_small else None,
+        }
+    m1, m2 = result["p1"]["marginal_eps"], result["p2"]["marginal_eps"]
+    result["ratio_2_vs_1"] = round(m2 / m1, 3) if m1 and m2 else None
+    result["whole_run_ratio_2_vs_1"] = round(best[1, large] / best[2, large], 3)
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", type=int, default=8000)
+    ap.add_argument("--large", type=int, default=32000)
+    ap.add_argument("--repeat", type=int, default=3, help="best of N interleaved runs per configuration")
+    ap.add_argument("--mode", choices=("exactly-once", "at-least-once"), default="exactly-once")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if not 0 < args.small < args.large:
+        ap.error("--small must be > 0 and below --large")
+    broker = KafkaBroker(port=free_port(), log_path=Path(tempfile.mkdtemp()) / "tansu.log")
+    broker.start()
+    try:
+        result = measure(broker.bootstrap, args.small, args.large, args.repeat, args.mode)
+    finally:
+        broker.stop()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for p in (1, 2):
+            r = result[f"p{p}"]
+            print(f"{p} process(es): {r['marginal_eps']} events/s marginal "
+                  f"({r['seconds_small']}s for {args.small}, {r['seconds_large']}s for {args.large})")
+        print(f"ratio_2_vs_1 {result['ratio_2_vs_1']} (whole runs: {result['whole_run_ratio_2_vs_1']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
