@@ -11,14 +11,13 @@ Serialisation of sink items (`to_out_message`):
   so the exactly-once sink still recognises a replayed record), plus the
   item's own `headers` (an Event's) when they are `(str, bytes)` pairs.
 
-Routing: `partition_for(key, n)` = crc32(key) mod n, stable across processes
+Routing: `partition_for(key, n)` = `dataflows.shard.shard_of` (crc32(key) mod n), stable across processes
 (same key -> same partition, so per-key order survives).
 """
 
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, is_dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from confluent_kafka.admin import AdminClient
 
 from dataflows.config import ConfigError
 from dataflows.json_codec import dumps
+from dataflows.shard import shard_of
 
 __all__ = [
     "EVENT_ID_HEADER",
@@ -131,7 +131,8 @@ def is_fenced(err: KafkaError | BaseException | None) -> bool:
 
 
 def partition_for(key: bytes | None, partitions: int) -> int:
-    return zlib.crc32(key or b"") % partitions
+    """The output partition of `key`: `dataflows.shard.shard_of`, the one routing hash."""
+    return shard_of(key, partitions)
 
 
 def _as_key(key: Any) -> bytes | None:
