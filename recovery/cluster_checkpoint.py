@@ -70,6 +70,7 @@ from recovery.partitions import (
 from recovery.placement import owned
 from recovery.positions import source_positions, state_bytes_by_step
 from recovery.restore import RestoreResult, restore
+from recovery.savepoint import unpin
 from recovery.store import ObjectStore, StoreError, StoreNotFound
 
 __all__ = [
@@ -284,12 +285,14 @@ def follow(
     log: Callable[[str], None],
     poll_s: float = 1.0,
     input_steps: Iterable[str] | None = None,
+    on_answer: Callable[[Request, Exception | None], None] | None = None,
 ) -> None:
     """A process other than the coordinator (a pod's supervisor): answer every new,
     unexpired request until `stop` is set; failures are logged (the coordinator counts
-    the failed snapshot) and the loop carries on."""
+    the failed snapshot) and the loop carries on. `on_answer(req, error)` after each."""
     answered: set[str] = set()
     while not stop.wait(poll_s):
+        req = None
         try:
             req = pending_request(store, pipeline)
             if req is None or req.id in answered or req.expired():
@@ -297,8 +300,12 @@ def follow(
             answered.add(req.id)
             epoch = answer(recovery_dir, store, req, process_id, input_steps=input_steps)
             log(f"{req.kind} {req.id}: process {process_id}'s share uploaded (epoch {epoch})")
+            error: Exception | None = None
         except (CheckpointError, StoreError) as exc:
             log(f"cluster snapshot: process {process_id}: {exc}")
+            error = exc
+        if req is not None and on_answer is not None:
+            on_answer(req, error)
 
 
 def local_answers(
@@ -427,6 +434,8 @@ def take_cluster_snapshot(
                            timeout_s=max(0.0, timeout_s - (time.monotonic() - started)))
     finally:
         lease.release()
+    if kind == "savepoint":
+        unpin(store, pipeline, manifest.id)  # its objects tagged unpinned, as create_savepoint does
     record_completed(manifest, (time.monotonic() - started) * 1000)
     return manifest
 

@@ -96,11 +96,13 @@ def restore_required(recovery_dir: Path) -> str | None:
 
 
 def restore_into(
-    job: Job, recovery_dir: Path, target: Target, *, strict: bool = False, check_steps: bool = True
+    job: Job, recovery_dir: Path, target: Target, *, strict: bool = False, check_steps: bool = True,
+    partitions: list[int] | None = None,
 ) -> Decision:
     """Run recovery.restore.restore into `recovery_dir`; RestoreError -> CliError.
 
     `check_steps`: match the snapshot's step ids to the flow's (restore_steps).
+    `partitions`: only these (a cluster process's share, `streamforge_ops.cluster_state`).
     A failure of the ``latest`` chain leaves the ``restore-required`` marker;
     a success removes it.
     """
@@ -120,6 +122,7 @@ def restore_into(
             allow_unsigned=job.settings.security.allow_unsigned,
             retry=job.settings.checkpoints.restore_retry,
             check=restore_check(job) if check_steps else None,
+            partitions=partitions,
         )
     except RestoreError as exc:
         if target == "latest":

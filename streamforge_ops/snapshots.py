@@ -29,6 +29,7 @@ from streamforge_ops.job import Job
 __all__ = ["Outcome", "delete_all_checkpoints", "in_thread", "take", "update_savepoint_gauge"]
 
 Log = Callable[[str], None]
+Taker = Callable[[str, "str | None"], Any]  # (kind, name) -> the published Manifest
 
 
 def stderr_log(msg: str) -> None:
@@ -76,14 +77,16 @@ def in_thread(fn: Callable[[], Any], name: str) -> Future[Any]:
     return future
 
 
-def take(job: Job, kind: str = "checkpoint", *, name: str | None = None, log: Log = stderr_log) -> Outcome:
+def take(job: Job, kind: str = "checkpoint", *, name: str | None = None, log: Log = stderr_log,
+         taker: Taker | None = None) -> Outcome:
     """Take one checkpoint (then apply `checkpoints.retained`) or savepoint (then prune);
-    a savepoint gives up after `savepoints.timeout` (see module doc)."""
+    a savepoint gives up after `savepoints.timeout` (see module doc). `taker(kind, name)`
+    takes it instead of the one-directory default (a cluster's: `cluster_state.take`)."""
     if kind != "savepoint":
-        return _take(job, kind, name, log)
+        return _take(job, kind, name, log, taker)
     timeout = job.settings.savepoints.timeout_s
     try:
-        result: Outcome = in_thread(lambda: _take(job, kind, name, log), "savepoint").result(timeout)
+        result: Outcome = in_thread(lambda: _take(job, kind, name, log, taker), "savepoint").result(timeout)
         return result
     except FutureTimeout:
         out = Outcome(kind, error=f"did not finish within savepoints.timeout ({timeout:g}s)",
@@ -93,14 +96,16 @@ def take(job: Job, kind: str = "checkpoint", *, name: str | None = None, log: Lo
         return out
 
 
-def _take(job: Job, kind: str, name: str | None, log: Log) -> Outcome:
+def _take(job: Job, kind: str, name: str | None, log: Log, taker: Taker | None = None) -> Outcome:
     from recovery import checkpoint, savepoint
 
     s, labels = job.settings, {"pipeline": job.pipeline, "kind": kind}
     t0 = time.monotonic()
     removed: list[str] = []
     try:
-        if kind == "checkpoint":
+        if taker is not None:
+            manifest = taker(kind, name)
+        elif kind == "checkpoint":
             manifest = checkpoint.take_checkpoint(
                 job.recovery_dir,
                 job.checkpoint_store,
@@ -110,9 +115,6 @@ def _take(job: Job, kind: str, name: str | None, log: Log) -> Outcome:
                 full_every=s.checkpoints.full_every,
                 signing_key=job.signing_key,
                 timeout_s=s.checkpoints.timeout_s,
-            )
-            removed = checkpoint.apply_retention(
-                job.checkpoint_store, job.pipeline, s.checkpoints.retained
             )
         else:
             manifest = savepoint.create_savepoint(
@@ -124,6 +126,11 @@ def _take(job: Job, kind: str, name: str | None, log: Log) -> Outcome:
                 signing_key=job.signing_key,
                 timeout_s=s.savepoints.timeout_s,
             )
+        if kind == "checkpoint":
+            removed = checkpoint.apply_retention(
+                job.checkpoint_store, job.pipeline, s.checkpoints.retained
+            )
+        else:
             removed = savepoint.prune_savepoints(
                 job.savepoint_store,
                 job.pipeline,

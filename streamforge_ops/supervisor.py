@@ -29,8 +29,12 @@
    All processes here (`--processes N`): restore as above, then each process's
    `<recovery.dir>/proc-K` links to its partitions; checkpoints are unchanged. One
    process of a pod cluster (`--process-id K --addresses ...`): its own partitions in
-   `proc-K` (fresh ones created), its peers probed for `/healthz`; the one-directory
-   checkpoints and savepoints are off there (they would hold only this process's share).
+   `proc-K` (restored from the store, its share of any process count, when it holds
+   none: `cluster_state.restore_share`; fresh ones created), its peers probed for
+   `/healthz`; process 0 takes the cluster's checkpoints, final checkpoint and cancel
+   savepoint (`cluster_state.take`, `recovery.cluster_checkpoint`) and every other
+   process answers them (`cluster_state.Follower`), waiting on its own stop for process
+   0's final checkpoint / cancel savepoint: one snapshot, taken once.
 
 The pid goes to `<recovery dir's parent>/supervisor.pid` and a status record
 (pid, child pid, port, phase, restore decision) to `supervisor.json` next to
@@ -56,7 +60,7 @@ from typing import Any
 
 from dataflows import metrics
 from recovery.placement import process_dir
-from streamforge_ops import restoring, snapshots
+from streamforge_ops import cluster_state, restoring, snapshots
 from streamforge_ops.child import EXIT_CONFIG, Child, bytewax_argv, child_env, preflight
 from streamforge_ops.cli import CliError
 from streamforge_ops.cluster import ChildGroup, Cluster, PeerWatch, link_views, prepare_own_dir
@@ -124,6 +128,8 @@ class Supervisor:
         # every partition in one directory here (one process, or all of a cluster's)
         self.holds_all = self.cluster is None or self.cluster.holds_all
         self.state_dir = job.recovery_dir  # a pod process: its own proc-K (set by _prepare)
+        self.share: cluster_state.Share | None = None  # a pod process: its share (cluster_state)
+        self.follower: cluster_state.Follower | None = None  # a pod process other than 0
         self.epochs = EpochWatch(job.recovery_dir, job.pipeline)  # epoch close / snapshot write metrics
 
     # -- lifecycle -----------------------------------------------------------
@@ -159,6 +165,8 @@ class Supervisor:
             server.stop()
             if peers:
                 peers.stop()
+            if self.follower:
+                self.follower.stop()
             if self.child:
                 self.child.stop(self.job.settings.recovery.stop_grace_s)
             self.job.pid_file.unlink(missing_ok=True)
@@ -168,10 +176,17 @@ class Supervisor:
         """The starting state (see the module doc, 1 and 8)."""
         c, count = self.cluster, self.job.settings.recovery.partitions
         if c is not None and not c.holds_all:
-            if self.opts.target or self.opts.fresh:
-                raise CliError("--restore / --fresh are not supported for one process of a cluster yet")
+            if self.opts.fresh:
+                raise CliError("--fresh is not supported for one process of a cluster yet")
+            self.share = cluster_state.Share.of(self.job, c.local[0], c.processes)
+            restored = None if self.opts.no_restore else cluster_state.restore_share(
+                self.job, self.share, self.opts.target, strict=self.opts.strict)
             self.state_dir, what = prepare_own_dir(self.job.recovery_dir, c, count)
             self.epochs = EpochWatch(self.state_dir, self.job.pipeline)
+            if not self.share.coordinator:  # process 0 takes the cluster's snapshots; answer them
+                self.follower = cluster_state.Follower(self.job, self.share, self.log).start()
+            if restored is not None:
+                return restored
             chosen = "local" if restoring.has_local_progress(self.state_dir) else "fresh"
             return restoring.Decision(chosen, None, f"process {c.local[0]} of {c.processes}: {what}")
         decision = restoring.prepare(
@@ -216,7 +231,8 @@ class Supervisor:
                           s.recovery.restart_multiplier)
         budget = RestartBudget(s.recovery.max_restarts, s.recovery.restart_window_s)
         now = time.monotonic()
-        interval = s.checkpoints.interval_s if self.holds_all else math.inf  # module doc, 8
+        coordinates = self.holds_all or (self.share is not None and self.share.coordinator)
+        interval = s.checkpoints.interval_s if coordinates else math.inf  # module doc, 8
         clock = CheckpointClock(interval, s.checkpoints.min_pause_s, last_start=now)
         compaction = Every(s.recovery.compact_interval_s, last=now)
         snapshots.update_savepoint_gauge(self.job)
@@ -337,8 +353,15 @@ class Supervisor:
             self.tally.checkpoint_failures += 1
         self._task = None
 
+    def _taker(self) -> snapshots.Taker | None:
+        """A pod process: cluster snapshots (process 0 coordinates them); else the default."""
+        share = self.share
+        if share is None:
+            return None
+        return lambda kind, name: cluster_state.take(self.job, share, kind, name)
+
     def _checkpoint(self) -> bool:
-        out = snapshots.take(self.job, "checkpoint", log=self.log)
+        out = snapshots.take(self.job, "checkpoint", log=self.log, taker=self._taker())
         if out.ok:
             self.tally.checkpoints += 1
             self.tally.last_checkpoint = out.manifest.id
@@ -368,7 +391,9 @@ class Supervisor:
         self.log("dataflow finished (exit 0); taking the final checkpoint")
         self._drain()
         self._compact()
-        if self.holds_all:
+        if self.follower is not None:  # process 0 takes the final checkpoint: answer it
+            self._await_coordinator("checkpoint", self.job.settings.checkpoints.timeout_s)
+        else:
             self._checkpoint()
         self._phase = "completed"
         self._report("completed")
@@ -385,14 +410,17 @@ class Supervisor:
         self.health.update(child_pid=None)
         self._drain()
         saved = True
-        if s.savepoints.on_cancel and not self.holds_all:
-            self.log("savepoints.on-cancel: no savepoint from one process of a cluster (not supported yet)")
+        if s.savepoints.on_cancel and self.follower is not None:  # process 0 takes it: answer it
+            self._await_coordinator("savepoint", s.savepoints.timeout_s)
         elif s.savepoints.on_cancel:
-            out = snapshots.take(self.job, "savepoint", name=f"cancel-{int(time.time())}", log=self.log)
+            out = snapshots.take(self.job, "savepoint", name=f"cancel-{int(time.time())}", log=self.log,
+                                 taker=self._taker())
             if out.timed_out:
                 return self._savepoint_timed_out()
             self.tally.savepoint, saved = (out.manifest.id if out.ok else None), out.ok
-        if s.checkpoints.externalized_retention == "DELETE_ON_CANCELLATION" and not saved:
+        if self.follower is not None:
+            pass  # externalized retention is process 0's: it took the savepoint
+        elif s.checkpoints.externalized_retention == "DELETE_ON_CANCELLATION" and not saved:
             self.log("cancel savepoint failed: checkpoints kept despite DELETE_ON_CANCELLATION")
         elif s.checkpoints.externalized_retention == "DELETE_ON_CANCELLATION":
             try:
@@ -402,6 +430,15 @@ class Supervisor:
         self._phase = "cancelled"
         self._report("cancelled")
         return 0
+
+    def _await_coordinator(self, kind: str, timeout_s: float) -> None:
+        """A pod process other than 0, stopping: keep answering until process 0's final
+        checkpoint or cancel savepoint was answered, at most `timeout_s`."""
+        assert self.follower is not None
+        if self.follower.await_answer(kind, timeout_s):
+            self.log(f"answered process 0's {kind} (the cluster's, taken once)")
+        else:
+            self.log(f"no {kind} request from process 0 within {timeout_s:g}s; stopping without it")
 
     def _savepoint_timed_out(self) -> int:
         """The cancel savepoint outlived savepoints.timeout: keep every checkpoint, exit 1."""

@@ -1,0 +1,127 @@
+"""The state of one pod process of a Bytewax cluster (`--process-id K --addresses ...`).
+
+A pod's supervisor holds only its share of the partitions (`recovery.placement`), in
+`<recovery.dir>/proc-K` on its own volume (`streamforge_ops.cluster.prepare_own_dir`).
+What it does with them (`recovery.cluster_checkpoint` is the protocol):
+
+- at start, a directory without partitions (a new volume, a new process count) or an
+  explicit `--restore` target gets its share of the chosen checkpoint or savepoint,
+  whatever process count took it (rescale), through the usual chain and checks
+  (`restoring.restore_into` with the owned partitions);
+- process 0 coordinates: its periodic checkpoints, its final checkpoint and its
+  cancel savepoint are cluster snapshots (`take`); every other process answers them
+  (`Follower`, for the checkpoint store and, if different, the savepoint store);
+- on SIGTERM with `savepoints.on-cancel`, a process other than 0 keeps answering until
+  it answered one savepoint request issued after its stop began (process 0's cancel
+  savepoint), or `savepoints.timeout`: one savepoint, taken once, for the cluster.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from recovery.cluster_checkpoint import Request, follow, take_cluster_snapshot
+from recovery.manifest import Manifest
+from recovery.partitions import partition_files
+from recovery.placement import owned, process_dir
+from streamforge_ops import restoring
+from streamforge_ops.job import Job
+
+__all__ = ["Follower", "Share", "restore_share", "take"]
+
+Log = Callable[[str], None]
+# A request process 0 issued up to this long before this process's own stop began is the one
+# it waits for (the pods' stops are not simultaneous; their clocks differ a little).
+SKEW_S = 30.0
+
+
+@dataclass(frozen=True)
+class Share:
+    """Process `process_id` of `processes`, its partitions in `directory`."""
+
+    process_id: int
+    processes: int
+    directory: Path
+
+    @classmethod
+    def of(cls, job: Job, process_id: int, processes: int) -> Share:
+        return cls(process_id, processes, process_dir(job.recovery_dir, process_id))
+
+    @property
+    def coordinator(self) -> bool:
+        return self.process_id == 0
+
+
+def restore_share(
+    job: Job, share: Share, target: restoring.Target | None, *, strict: bool = False
+) -> restoring.Decision | None:
+    """Restore `share` from the store when its directory holds no partitions (or `target`
+    is given); None when it keeps its local partitions (`prepare_own_dir` checks them)."""
+    if target is None and partition_files(share.directory):
+        return None
+    decision = restoring.restore_into(
+        job, share.directory, target or "latest", strict=strict,
+        partitions=owned(share.process_id, share.processes, job.settings.recovery.partitions),
+    )
+    decision.reason = f"process {share.process_id} of {share.processes}: {decision.reason}"
+    return decision
+
+
+def take(job: Job, share: Share, kind: str, name: str | None) -> Manifest:
+    """Process 0: one cluster checkpoint or savepoint (the `taker` of `snapshots.take`)."""
+    s = job.settings
+    savepoint = kind == "savepoint"
+    return take_cluster_snapshot(
+        share.directory,
+        job.savepoint_store if savepoint else job.checkpoint_store,
+        pipeline=job.pipeline,
+        processes=share.processes,
+        partition_count=s.recovery.partitions,
+        kind="savepoint" if savepoint else "checkpoint",
+        name=name,
+        code_version=s.code_version,
+        signing_key=job.signing_key,
+        timeout_s=s.savepoints.timeout_s if savepoint else s.checkpoints.timeout_s,
+    )
+
+
+class Follower:
+    """A process other than 0: answers process 0's requests in daemon threads."""
+
+    def __init__(self, job: Job, share: Share, log: Log, poll_s: float = 1.0) -> None:
+        self.job, self.share, self.log, self.poll_s = job, share, log, poll_s
+        self._stop = threading.Event()
+        self._answered = threading.Condition()
+        self._requests: list[tuple[str, float]] = []  # (kind, issued_at) of each answered request
+
+    def start(self) -> Follower:
+        stores = {self.job.checkpoint_store.url: self.job.checkpoint_store,
+                  self.job.savepoint_store.url: self.job.savepoint_store}
+        for url, store in stores.items():
+            threading.Thread(
+                target=follow, name=f"cluster-follow-{url}", daemon=True,
+                args=(self.share.directory, store, self.job.pipeline, self.share.process_id, self._stop),
+                kwargs={"log": self.log, "poll_s": self.poll_s, "on_answer": self._on_answer},
+            ).start()
+        return self
+
+    def _on_answer(self, req: Request, error: Exception | None) -> None:
+        with self._answered:
+            self._requests.append((req.kind, req.issued_at))
+            self._answered.notify_all()
+
+    def await_answer(self, kind: str, timeout_s: float) -> bool:
+        """Wait until this process answered a `kind` request issued since its stop began
+        (`SKEW_S` before now): process 0's final checkpoint or cancel savepoint; False
+        after `timeout_s`."""
+        since = time.time() - SKEW_S
+        with self._answered:
+            return self._answered.wait_for(
+                lambda: any(k == kind and t >= since for k, t in self._requests), timeout=timeout_s)
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,88 @@
+"""Coordinated checkpoints and the cancel savepoint of a cluster of pod supervisors.
+
+Two supervisors, `streamforge run --process-id 0|1 --addresses ...`, each with its own
+recovery.dir (its own "volume"), on 127.0.0.1 and 127.0.0.2 with the same metrics.port (as
+two pods), sharing one file:// store: process 0 takes the cluster's checkpoints and its
+cancel savepoint, process 1 answers them (streamforge_ops.cluster_state).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from recovery.checkpoint import list_checkpoints
+from recovery.savepoint import list_savepoints
+from recovery.store import open_store
+from tests.fixtures.kafka import free_port
+from tests.supervisor_harness import Workspace, assert_exactly_once, read_rows, wait_for
+
+
+def _pods(ws: Workspace, tmp_path: Path, **overrides: Any) -> tuple[str, list[Path]]:
+    addrs = f"127.0.0.1:{free_port()};127.0.0.2:{free_port()}"
+    mport = free_port()
+    cfgs = [ws.config(f"pod{k}.yaml", source={"tail": True, "delay": 0.05, "batch-size": 4},
+                      recovery={"dir": str(tmp_path / f"pod{k}" / "recovery")},
+                      metrics={"port": mport, "host": f"127.0.0.{k + 1}"}, **overrides)
+            for k in (0, 1)]
+    return addrs, cfgs
+
+
+def _status(tmp_path: Path, k: int) -> dict[str, Any]:
+    try:
+        return dict(json.loads((tmp_path / f"pod{k}" / "supervisor.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def test_pods_checkpoint_as_one_cluster_and_cancel_with_one_savepoint(tmp_path: Path) -> None:
+    """Checkpoints hold both processes' partitions at one epoch; SIGTERM to both takes ONE
+    savepoint (process 0's, answered by process 1); restored onto one process it finishes
+    the input exactly once (rescale 2 -> 1 through the cancel savepoint)."""
+    ws = Workspace(tmp_path, n=200)
+    store = open_store(ws.store_url)
+    addrs, cfgs = _pods(ws, tmp_path)
+    pods = [ws.start("--process-id", str(k), "--addresses", addrs, config=cfgs[k]) for k in (0, 1)]
+
+    def cluster_checkpoint() -> bool:
+        return any({e.object.split("/")[3] for e in m.partitions} == {"proc-0", "proc-1"}
+                   and len(m.partitions) == 4 for m in list_checkpoints(store, "sup"))
+
+    wait_for(cluster_checkpoint, what="a checkpoint of both processes", timeout=90)
+    wait_for(lambda: len(read_rows(ws.output)) >= 20, what="output from the cluster", timeout=60)
+    for p in pods:
+        p.send_signal(signal.SIGTERM)
+    errs = []
+    for p in pods:
+        code, _, err = ws.finish(p, timeout=120)
+        assert code == 0, err
+        errs.append(err)
+    (sp,) = list_savepoints(store, "sup")
+    assert sp.name.startswith("cancel-") and sorted(e.index for e in sp.partitions) == [0, 1, 2, 3]
+    assert "answered process 0's savepoint" in errs[1]
+    assert _status(tmp_path, 0)["savepoint"] == sp.id and _status(tmp_path, 1).get("savepoint") is None
+
+    single = ws.config("single.yaml", source={"tail": False},
+                       recovery={"dir": str(tmp_path / "single" / "recovery")})
+    code, out, err = ws.finish(ws.start("--restore", f"savepoint:{sp.id}", config=single), timeout=120)
+    assert code == 0, err
+    assert f"savepoint {sp.id}" in out + err
+    assert_exactly_once(read_rows(ws.output), 200)
+
+
+def test_a_pod_that_is_down_fails_the_cluster_checkpoint(tmp_path: Path) -> None:
+    """Process 1 never starts: every checkpoint process 0 coordinates times out, is counted
+    as failed, and nothing is published (never a partial checkpoint)."""
+    ws = Workspace(tmp_path, n=50)
+    store = open_store(ws.store_url)
+    addrs, cfgs = _pods(ws, tmp_path, checkpoints={"timeout": "2s", "interval": "1s"},
+                        savepoints={"on-cancel": False})
+    p0 = ws.start("--process-id", "0", "--addresses", addrs, config=cfgs[0])
+    wait_for(lambda: (_status(tmp_path, 0).get("checkpoint_failures") or 0) >= 2,
+             what="two failed cluster checkpoints", timeout=60)
+    assert list_checkpoints(store, "sup") == []
+    code, _, err = ws.stop(p0)
+    assert code == 0, err
+    assert "no front report from process(es) [1] (down or slow)" in err
