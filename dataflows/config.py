@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_duration", "parse_size"]
+__all__ = ["Config", "ConfigError", "load_config", "parse_duration", "parse_size", "resolve_config_path"]
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,40 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
                 if not isinstance(child, dict):
                     child = node[match] = {}
                 node = child
+
+
+REPO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+
+
+def resolve_config_path(
+    explicit: str | os.PathLike[str] | None,
+    pipeline: str | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Path:
+    """The config file of a pipeline, the one order every entry point uses (the CLI's
+    `--config`, a flow run directly): `explicit` (`--config`), else `$STREAMFORGE_CONFIG`,
+    else `config/<pipeline>.yaml` (in the working directory, then in this repository).
+
+    ConfigError when none is given or the file does not exist. Whoever knows which
+    pipeline it wants checks that the file configures it (`pipeline.name` / `pipeline.flow`).
+    """
+    env = os.environ if environ is None else environ
+    if explicit:
+        path = Path(explicit)
+    elif env.get("STREAMFORGE_CONFIG"):
+        path = Path(env["STREAMFORGE_CONFIG"])
+    elif pipeline:
+        candidates = [Path("config") / f"{pipeline}.yaml", REPO_CONFIG_DIR / f"{pipeline}.yaml"]
+        path = next((p for p in candidates if p.is_file()), candidates[0])
+        if not path.is_file():
+            raise ConfigError(f"no config for pipeline {pipeline!r}: config/{pipeline}.yaml not found; "
+                              f"pass --config FILE or set STREAMFORGE_CONFIG")
+    else:
+        raise ConfigError("no pipeline config: pass --config FILE or set STREAMFORGE_CONFIG")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    return path
 
 
 def load_config(

@@ -1,8 +1,9 @@
 """The pipeline an operator command acts on: its config, settings and stores.
 
 Every state command (`run`, `checkpoint`, `savepoint`, `restore`, `state`,
-`upgrade`) starts from a `Job`: the config file (from `--config`,
-`$STREAMFORGE_CONFIG` or `config/<pipeline>.yaml`), the typed settings, and
+`upgrade`, `dlq`) starts from a `Job`: the config file (from `--config`,
+`$STREAMFORGE_CONFIG` or `config/<pipeline>.yaml`, in that order, as for a flow
+run directly: `dataflows.config.resolve_config_path`), the typed settings, and
 the checkpoint / savepoint object stores opened on demand. The supervisor of a
 job writes its pid and status next to the recovery directory, so other
 commands can find (and stop) it.
@@ -18,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from dataflows.config import Config, load_config
+from dataflows.config import Config, ConfigError, load_config, resolve_config_path
 from streamforge_ops.cli import CliError
 from streamforge_ops.settings import Settings, StoreSettings, read_settings
 
@@ -85,25 +86,13 @@ class Job:
         return self.recovery_dir.absolute().parent / "supervisor.json"
 
 
-def _config_path(config: str | None, pipeline: str | None) -> Path:
-    if config:
-        path = Path(config)
-    elif pipeline and (Path("config") / f"{pipeline}.yaml").exists():
-        path = Path("config") / f"{pipeline}.yaml"
-    elif os.environ.get("STREAMFORGE_CONFIG"):
-        path = Path(os.environ["STREAMFORGE_CONFIG"])
-    elif pipeline:
-        raise CliError(f"no config for pipeline {pipeline!r}: config/{pipeline}.yaml not found; use --config FILE")
-    else:
-        raise CliError("no pipeline config: pass --config FILE or set STREAMFORGE_CONFIG")
-    if not path.is_file():
-        raise CliError(f"config file {path} does not exist")
-    return path
-
-
 def load_job(config: str | None, *, pipeline: str | None = None, store: str | None = None) -> Job:
-    """Load the config (see module doc); `store` overrides both store URLs."""
-    path = _config_path(config, pipeline)
+    """Load the config (`dataflows.config.resolve_config_path`: `--config`, else
+    `$STREAMFORGE_CONFIG`, else `config/<pipeline>.yaml`); `store` overrides both store URLs."""
+    try:
+        path = resolve_config_path(config, pipeline)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
     cfg = load_config(path)
     settings = read_settings(cfg)
     if pipeline and not config and settings.pipeline != pipeline:

@@ -115,3 +115,42 @@ def test_repo_pipeline_configs_load_and_mirror_the_conventions() -> None:
         assert cfg.choice("source.type", ("file", "kafka", "mongo")) == "file"
         assert cfg.size("limits.max-record-bytes") < 20_000  # the generator's oversized records
         assert cfg.duration("recovery.snapshot-interval") > 0
+
+
+def _orders_config(path: Path, name: str = "orders") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"pipeline: {{name: {name}, flow: 'dataflows.pipelines.{name}:flow'}}\n")
+    return path
+
+
+def test_the_cli_and_the_flows_resolve_the_config_in_one_order(tmp_path: Path, monkeypatch) -> None:
+    """One resolver: --config, then $STREAMFORGE_CONFIG, then config/<pipeline>.yaml, for the
+    CLI (`streamforge_ops.job`) and a flow run directly (`pipelines.common.pipeline_config`)."""
+    from dataflows.pipelines.common import pipeline_config
+    from streamforge_ops.job import load_job
+
+    monkeypatch.chdir(tmp_path)
+    _orders_config(tmp_path / "config" / "orders.yaml")
+    chosen = _orders_config(tmp_path / "elsewhere" / "orders.yaml")
+    monkeypatch.setenv("STREAMFORGE_CONFIG", str(chosen))
+    assert load_job(None, pipeline="orders").config_path == chosen.absolute()
+    assert Path(pipeline_config("orders").origin).absolute() == chosen.absolute()
+    monkeypatch.delenv("STREAMFORGE_CONFIG")
+    assert load_job(None, pipeline="orders").config_path == (tmp_path / "config" / "orders.yaml").absolute()
+    assert Path(pipeline_config("orders").origin).absolute() == (tmp_path / "config" / "orders.yaml").absolute()
+
+
+def test_an_env_config_of_another_pipeline_is_refused_naming_both(tmp_path: Path, monkeypatch) -> None:
+    from streamforge_ops.cli import CliError
+    from streamforge_ops.job import load_job
+
+    monkeypatch.setenv("STREAMFORGE_CONFIG", str(_orders_config(tmp_path / "s.yaml", "sessions")))
+    with pytest.raises(CliError, match=r"configures pipeline 'sessions', not 'orders'"):
+        load_job(None, pipeline="orders")
+
+
+def test_resolve_config_path_without_anything_names_the_ways() -> None:
+    from dataflows.config import resolve_config_path
+
+    with pytest.raises(ConfigError, match=r"--config FILE or set STREAMFORGE_CONFIG"):
+        resolve_config_path(None, None, environ={})

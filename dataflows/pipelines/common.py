@@ -1,7 +1,8 @@
 """What every pipeline does the same way: load its config, ingest, run a user hook.
 
-- `pipeline_config(name)`: `$STREAMFORGE_CONFIG`, else the repo's
-  `config/<name>.yaml`, with `STREAMFORGE__A__B` overrides.
+- `pipeline_config(name)`: `$STREAMFORGE_CONFIG`, else `config/<name>.yaml`
+  (`dataflows.config.resolve_config_path`, the CLI's order too), with
+  `STREAMFORGE__A__B` overrides.
 - `ParseOptions.from_config(cfg)`: the `parse.*` keys, `limits.max-record-bytes`
   and the strict-JSON limits (`limits.max-nesting-depth`, default 64, at most
   1000; `parse.integer-range`: `i-json` (default) or `int64`; see
@@ -34,18 +35,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
-from dataflows.config import Config, ConfigError, load_config
+from dataflows.config import Config, ConfigError, load_config, resolve_config_path
 from dataflows.dead_letter import DeadLetter
 from dataflows.errors import Guarded, _to_dead_letter, guarded_map
 from dataflows.events import Event
@@ -68,12 +67,10 @@ __all__ = [
     "pipeline_config",
 ]
 
-REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
-
 
 def pipeline_config(name: str) -> Config:
     """The config of pipeline `name` (see module docstring)."""
-    return load_config(os.environ.get("STREAMFORGE_CONFIG") or REPO_CONFIG_DIR / f"{name}.yaml")
+    return load_config(resolve_config_path(None, name))
 
 
 @dataclass(frozen=True)
