@@ -18,6 +18,12 @@ The seed's `upgradeMode`:
 The running supervisor is found by its pid file next to the recovery
 directory of NEW (or `--pid`); it gets SIGTERM and is waited for. The new
 version then runs in the foreground, exactly like `streamforge run`.
+
+A local cluster (`streamforge run --processes N`) is one supervisor holding every
+partition: its stop savepoint is the cluster's, taken once. The new version runs
+as `--processes M` (default: the old one's process count, from its status), M may
+differ from N (rescale through the savepoint). Pods of a StatefulSet are upgraded
+by Kubernetes instead (deploy/waxctl.md, `streamforge_ops.deploy_render`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 from dataflows.config import parse_duration
 from streamforge_ops import snapshots
 from streamforge_ops.cli import CliError
+from streamforge_ops.cluster import cluster_from_args
 from streamforge_ops.job import Job, add_config_arg, load_job, read_status, supervisor_pid
 from streamforge_ops.output import progress
 from streamforge_ops.restore_steps import add_allow_arg, allowing
@@ -53,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pid", type=int, help="pid of the running supervisor (default: its pid file)")
     p.add_argument("--stop-timeout", default="120s", help="how long to wait for the old job to stop")
     p.add_argument("--workers", "-w", type=int, help="worker count of the new version")
+    p.add_argument("--processes", type=int, metavar="M",
+                   help="run the new version as a local cluster of M processes (default: as many "
+                        "as the running one)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument("--skip-verify", action="store_true",
                    help="do not run `savepoint verify` with the new config before stopping the old version")
@@ -76,6 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError("upgrade needs --config NEW_CONFIG")
     job = allowing(load_job(args.config), args)
     old = args.pid if args.pid is not None else supervisor_pid(job)
+    cluster = cluster_from_args(args.processes or _old_processes(job, old), None, None)
     target: Target | None = None
     if args.mode == "savepoint":  # refuse before stopping anything
         _require_partitions(job)
@@ -89,8 +100,15 @@ def _run(args: argparse.Namespace) -> int:
         target = _recent_checkpoint(job, max_age) or _savepoint(job)
     progress(f"starting {job.pipeline} ({job.settings.flow}, code-version {job.settings.code_version or '-'})")
     opts = RunOptions(workers=args.workers, target=target, strict=target is not None,
-                      fresh=args.mode == "stateless", json=args.json)
+                      fresh=args.mode == "stateless", json=args.json, cluster=cluster)
     return Supervisor(job, opts).run()
+
+
+def _old_processes(job: Job, old: int | None) -> int | None:
+    """The running supervisor's process count (its status), None if unknown."""
+    status = read_status(job)
+    n = status.get("processes") if old is not None and status.get("pid") == old else None
+    return n if isinstance(n, int) and n >= 1 else None
 
 
 def _recent_checkpoint(job: Job, max_age: float) -> Target | None:
