@@ -27,6 +27,7 @@ from dataflows.generate import generate_orders
 from recovery.placement import owned, owner
 from streamforge_ops.cli import CliError, main
 from streamforge_ops.cluster import cluster_from_args, parse_addresses
+from streamforge_ops.restoring import has_local_progress
 from tests.fixtures.kafka import create_topic, free_port, read_topic
 from tests.supervisor_harness import (
     Workspace,
@@ -205,6 +206,27 @@ def test_kill_9_of_one_process_restarts_the_whole_cluster(tmp_path: Path) -> Non
     assert code == 0, err
     assert err.count("as process(es) [0, 1] of 2") == 2, err
     assert_exactly_once(read_rows(ws.output), 400)
+
+
+def test_local_cluster_resumes_on_another_process_count(tmp_path: Path) -> None:
+    """2 -> 3 -> 1 processes on the same recovery directory (SIGTERM between runs): each run
+    resumes the local partitions (the proc-K links follow the new count), the keyed running
+    totals carry over and the output is exactly once."""
+    ws = Workspace(tmp_path, n=300)
+    tail = ws.config("tail.yaml", source={"tail": True, "delay": 0.05, "batch-size": 4})
+    for processes, rows in ((2, 60), (3, 150)):
+        proc = ws.start("--processes", str(processes), config=tail)
+        wait_for(lambda rows=rows: len(read_rows(ws.output)) >= rows and has_local_progress(ws.recovery),
+                 what=f"{rows} rows and a closed epoch on {processes} processes")
+        code, out, err = ws.stop(proc, signal.SIGTERM)
+        assert code == 0, err
+        assert processes == 2 or "restore: local" in out, out  # run 1 started fresh
+        links = sorted(p.name for p in (ws.recovery / "proc-0").iterdir())
+        assert links == [f"part-{i}.sqlite3" for i in owned(0, processes, PARTS)]
+    code, out, err = ws.finish(ws.start("--processes", "1"))
+    assert code == 0, err
+    assert "restore: local" in out, out
+    assert_exactly_once(read_rows(ws.output), 300)
 
 
 # -- one supervisor per process (pods) ---------------------------------------------------------
