@@ -189,12 +189,21 @@ class Child:
         """Exit code (negative = killed by that signal) or None while it runs."""
         return self._proc.poll() if self._proc else None
 
+    def interrupt(self) -> None:
+        """SIGINT if it runs (Bytewax aborts the dataflow at the next activation)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+
     def stop(self, grace_s: float) -> int | None:
         """SIGINT, wait up to `grace_s`, then SIGKILL; returns the exit code."""
+        self.interrupt()
+        return self.wait_or_kill(grace_s)
+
+    def wait_or_kill(self, grace_s: float) -> int | None:
+        """Wait up to `grace_s` for the exit, then SIGKILL; returns the exit code."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return proc.returncode if proc else None
-        proc.send_signal(signal.SIGINT)
         try:
             return proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:

@@ -265,8 +265,12 @@ class ChildGroup:
         return None
 
     def stop(self, grace_s: float) -> int | None:
-        """Stop every process (SIGINT, SIGKILL after the grace); the first exit code."""
-        codes = [c.stop(grace_s) for c in self.children]
+        """Stop every process (SIGINT to all at once, SIGKILL after the grace); the first
+        non-zero exit code."""
+        for c in self.children:
+            c.interrupt()
+        deadline = time.monotonic() + grace_s
+        codes = [c.wait_or_kill(max(0.0, deadline - time.monotonic())) for c in self.children]
         return next((c for c in codes if c), codes[0] if codes else None)
 
 
