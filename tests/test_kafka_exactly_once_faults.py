@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from dataflows.config import Config, ConfigError
@@ -121,8 +121,9 @@ class _InjectingProducer:
     `abort_transaction()` (which the real producer then performs, unless `abort_fails`)."""
 
     def __init__(self, conf: dict[str, Any], fail_after: int, *, abort_fails: bool = False,
-                 fenced: bool = False, refuse_once_after_abort: bool = False) -> None:
-        self._real = Producer(conf)
+                 fenced: bool = False, refuse_once_after_abort: bool = False, lose_commits: bool = False) -> None:
+        self._real, self._conf = Producer(conf), conf
+        self.lose_commits = lose_commits  # a broker that acknowledges EndTxn(commit) but aborts
         self.fail_after, self.abort_fails, self.fenced = fail_after, abort_fails, fenced
         self.refuse_once_after_abort = refuse_once_after_abort  # e.g. metadata lost the partition
         self.produced = 0
@@ -142,15 +143,41 @@ class _InjectingProducer:
             self.refuse_once_after_abort = False
             raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION, "Local: Unknown partition"))
         self.produced += 1
+        if self.lose_commits:
+            # What the chaos harness caught Tansu 0.6.0 doing after a kill -9 mid-write (its produce
+            # path writes the watermark, the `meta.json` transaction record and the batch object to
+            # S3 separately, tansu-storage/src/dynostore.rs `produce`): writes and the commit are
+            # acknowledged, the records are not in the log. The seam acknowledges each record at the
+            # offset the broker would have given it and stores nothing.
+            tp = TopicPartition(args[0], kwargs["partition"])
+            offset = self._lost_base(tp) + self.produced - 1
+            kwargs["on_delivery"](None, _Delivered(offset))
+            return
+        if self.fail_after > 0 and not self.fenced:
+            if self.produced == self.fail_after:
+                self.abortable = True  # as if this record's delivery timed out
+                self.fail_after = 0
+            # This transaction is about to fail and be aborted: its records are held back, as if
+            # their delivery timed out before reaching the log. Tansu 0.6.0 returns an aborted
+            # transaction's records to read_committed consumers (it keeps no aborted-transaction
+            # index for Fetch; Kafka hides them, KIP-98), so records it had stored would read as
+            # duplicates there although the writer did the right thing.
+            return
         self._real.produce(*args, **kwargs)
-        if self.produced == self.fail_after and self.fail_after > 0 and not self.fenced:
-            self.abortable = True  # as if this record's delivery timed out
-            self.fail_after = 0
+
+    def _lost_base(self, tp: TopicPartition) -> int:
+        if not hasattr(self, "_base"):
+            c = Consumer({"bootstrap.servers": self._conf["bootstrap.servers"], "group.id": "lost-base"})
+            self._base = int(c.get_watermark_offsets(tp, timeout=10, cached=False)[1])
+            c.close()
+        return self._base
 
     def commit_transaction(self, timeout: float) -> None:
         if self.abortable:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "1 message(s) timed out",
                                             txn_requires_abort=True))
+        if self.lose_commits:
+            return  # acknowledged; the records were never stored (see `produce`)
         self._real.commit_transaction(timeout)
 
     def abort_transaction(self, timeout: float) -> None:
@@ -229,6 +256,59 @@ def test_abort_that_fails_ends_in_a_clean_restart(
     assert type(info.value).__name__ == "TransactionAbortError"
     assert "restart" in str(info.value)
     assert not dead
+
+
+class _Delivered:
+    """A delivery report's message, as librdkafka hands it to `on_delivery` (only the offset)."""
+
+    def __init__(self, offset: int) -> None:
+        self._offset = offset
+
+    def offset(self) -> int:
+        return self._offset
+
+
+def test_commit_the_broker_does_not_apply_is_not_recorded_as_written(
+    kafka_bootstrap: str, make_topic: Callable[..., str], inject: dict[str, Any]
+) -> None:
+    """A commit the broker acknowledged but whose records are not in the log must not reach the
+    snapshot: `snapshot()` raises `CommitNotVisibleError` (a restart replays from the last durable
+    snapshot), and the replay writes the records again, once. Without the read-back the snapshot
+    recorded them as written and they were lost. Seam: `lose_commits` (acknowledged, never
+    stored); a healthy broker never does this, so a real Kafka shows only the passing half (the
+    commit is read back and the snapshot advances)."""
+    out = make_topic(1, "eo-lost-commit")
+    dead: list[Any] = []
+    durable = _writer(kafka_bootstrap, out, "lost-commit", dead).build_part("step", "00000", None).snapshot()
+    inject["lose_commits"] = True
+    part = _writer(kafka_bootstrap, out, "lost-commit", dead).build_part("step", "00000", durable)
+    part.write_batch(_events(range(0, 4)))
+    with pytest.raises(transactional.CommitNotVisibleError, match="not visible"):
+        part.snapshot()
+    inject["lose_commits"] = False
+    replay = _writer(kafka_bootstrap, out, "lost-commit", dead).build_part("step", "00000", durable)
+    replay.write_batch(_events(range(0, 4)))
+    assert replay.snapshot()["committed_end"][0] > durable["committed_end"][0]
+    _exactly_once(kafka_bootstrap, out, range(4))
+    assert not dead
+
+
+def test_commit_hidden_behind_an_open_transaction_is_not_recorded(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    """Real broker behaviour: a transaction left open before this writer's records (a dangling
+    one the broker never ends, or a foreign producer's) holds the last stable offset below them,
+    so read_committed consumers do not see the commit. The writer waits `commit-timeout` for it,
+    then raises `CommitNotVisibleError` instead of recording it as written."""
+    out = make_topic(1, "eo-hidden-commit")
+    part = _writer(kafka_bootstrap, out, "hidden-commit", [], commit_timeout_s=1.0).build_part("step", "00000", None)
+    foreign = _open_foreign_transaction(kafka_bootstrap, out)
+    try:
+        part.write_batch(_events(range(0, 3)))
+        with pytest.raises(transactional.CommitNotVisibleError, match="not visible"):
+            part.snapshot()
+    finally:
+        foreign.abort_transaction(10)
 
 
 def test_fenced_producer_writes_no_dead_letters(
@@ -315,7 +395,8 @@ def test_scan_does_not_stop_at_a_foreign_open_transaction(kafka_bootstrap: str,
     durable = first.snapshot()
     foreign = _open_foreign_transaction(kafka_bootstrap, out)
     first.write_batch(_events(range(3, 8)))
-    first.snapshot()  # committed after the foreign record, then the flow crashes
+    with pytest.raises(transactional.CommitNotVisibleError):
+        first.snapshot()  # committed after the foreign record, hidden by it: the flow restarts
     with pytest.raises(RuntimeError) as info:
         _writer(kafka_bootstrap, out, "lso-test", [], scan_timeout_s=1.5).build_part("step", "00000", durable)
     assert "open transaction" in str(info.value) and "scan-timeout" in str(info.value)
