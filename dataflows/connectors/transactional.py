@@ -66,7 +66,12 @@ keeps them all until the commit), then commits again, within the
 abort that fails or times out (`TransactionAbortError`), exhausted retries,
 and a fenced producer (`ProducerFencedError`) raise a `WriterRestartError`
 out of `snapshot()`: the process exits and a restart replays from the last
-durable snapshot, which is exactly what the writer is built for. Dead
+durable snapshot, which is exactly what the writer is built for. So does a
+commit the broker acknowledged but does not show: after each commit the
+writer reads its last record back read_committed (`transactional_scan.
+CommitCheck`, `sink.verify-commits`, on by default: one one-record fetch per
+transaction) and raises `CommitNotVisibleError` if it is skipped (read as
+aborted) or stays behind the last stable offset for `commit-timeout`. Dead
 letters are written after the transaction committed (outside it, at least
 once), so a fenced or restarting writer never writes any.
 
@@ -114,6 +119,8 @@ from dataflows.connectors.kafka_sink import (
     sink_dead_letter,
 )
 from dataflows.connectors.transactional_scan import (
+    CommitCheck,
+    CommitNotVisibleError,
     SkipSet,
     TailScanError,
     WriterRestartError,
@@ -125,6 +132,7 @@ from dataflows.dead_letter import DeadLetter
 from dataflows.faults import fault_point
 
 __all__ = [
+    "CommitNotVisibleError",
     "OutputPartitionsChanged",
     "ProducerFencedError",
     "TailScanError",
@@ -162,6 +170,7 @@ class TransactionalSettings:
     scan_timeout_s: float = 20.0
     fresh_scan_window_s: float = 900.0
     skip_window: int = 1_000_000
+    verify_commits: bool = True
 
 
 def partitions_changed_message(topic: str, old: int, new: int) -> str:
@@ -233,6 +242,9 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
         self._refused: set[int] = set()  # indexes in _records refused for good by produce()
         self._dead: list[DeadLetter] = []  # written once the transaction committed
         self._written_end = self._end
+        self._txn_last = -1  # the highest offset delivered in this attempt of the open transaction
+        self._check = CommitCheck(self._k.brokers, self._k.topic, partition, self.transactional_id) \
+            if s.verify_commits else None
 
     @property
     def skip(self) -> Counter[str]:
@@ -277,8 +289,9 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
                 return  # a report of an aborted attempt
             if err is not None:
                 self._failed[index] = err
-            elif m.offset() is not None and m.offset() >= self._written_end:
-                self._written_end = m.offset() + 1
+            elif m.offset() is not None:
+                self._txn_last = max(self._txn_last, m.offset())
+                self._written_end = max(self._written_end, m.offset() + 1)
 
         headers: list[tuple[str, str | bytes | None]] = [h for h in msg.headers if h[0] != WRITER_HEADER]
         headers.append(self._writer_header)
@@ -346,6 +359,9 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
                 time.sleep(delay)
                 self._needs_abort = self._needs_abort or err.txn_requires_abort()
                 continue
+            if self._check is not None and self._txn_last >= 0:
+                self._check.verify(self._txn_last, self._s.commit_timeout_s)
+            self._txn_last = -1
             self._end = self._written_end
             self._records.clear()
             self._failed.clear()
@@ -366,6 +382,7 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
                 f"is unknown: restart from the last snapshot"
             ) from exc
         self._generation += 1
+        self._txn_last = -1
         failed, self._failed = self._failed, {}
         keep: list[_Record] = []
         for i, (item, msg) in enumerate(self._records):
@@ -387,6 +404,8 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
         if self._open:
             self._commit()
         self._flush_dead()
+        if self._check is not None:
+            self._check.close()
 
 
 class TransactionalWriter(FixedPartitionedSink[Any, State]):

@@ -42,7 +42,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from dataflows.connectors.kafka_common import EVENT_ID_HEADER, WRITER_HEADER, header_value
 
-__all__ = ["SkipSet", "TailScanError", "WriterRestartError", "exactly_once_writer", "scan_own_records",
+__all__ = ["CommitCheck", "CommitNotVisibleError", "SkipSet", "TailScanError", "WriterRestartError", "exactly_once_writer", "scan_own_records",
            "scan_writers"]
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,71 @@ def _scan_timeout_message(consumer: Consumer, tp: TopicPartition, begin: int, hi
             f"write records twice, so the writer stops (restart from the last snapshot). End or abort "
             f"that open transaction (no other producer may write to an exactly-once output topic), or "
             f"raise sink.scan-timeout.")
+
+
+class CommitNotVisibleError(WriterRestartError):
+    """A commit the broker acknowledged is not visible to read_committed consumers."""
+
+
+class CommitCheck:
+    """Reads back, read_committed, the last record of each transaction the writer committed.
+
+    A broker acknowledges `EndTxn` once the commit is decided; Kafka then writes the markers that
+    make the records visible (`TransactionCoordinator`, `TransactionMarkerChannelManager`), so the
+    last record shows up at once or shortly after. A broker that loses its transaction state (Tansu
+    0.6.0 with S3 storage, killed mid-write: its produce path updates the watermark, the `meta.json`
+    transaction record and the batch object in three separate writes, tansu-storage/src/dynostore.rs
+    `produce`) can acknowledge a commit whose records then read as aborted (skipped) or stay behind
+    a last stable offset that never moves. Either way the snapshot must not record them as written:
+    the check raises `CommitNotVisibleError` before `snapshot()` returns, the process restarts from
+    the last durable snapshot, `init_transactions()` rolls the dangling transaction back and the
+    replay writes the records again. One fetch of one record per committed transaction.
+    """
+
+    def __init__(self, brokers: tuple[str, ...] | list[str], topic: str, partition: int, writer_id: str) -> None:
+        self._brokers, self._topic, self._partition = brokers, topic, partition
+        self._writer = writer_id.encode()
+        self._consumer: Consumer | None = None
+
+    def verify(self, last_offset: int, timeout_s: float) -> None:
+        """Wait (bounded) until the record at `last_offset`, written by this writer, is read
+        read_committed; raise `CommitNotVisibleError` when it is skipped or never shows up."""
+        if self._consumer is None:
+            self._consumer = _consumer(self._brokers, "read_committed")
+        where = f"{self._topic}[{self._partition}]"
+        self._consumer.assign([TopicPartition(self._topic, self._partition, last_offset)])
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                msg = self._consumer.poll(0.05)
+                if msg is None:
+                    continue
+                err = msg.error()
+                offset = int(msg.offset() or 0)
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                    if err.retriable() or err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+                        continue
+                    raise CommitNotVisibleError(f"{where}: reading back the commit failed: {err.str()}")
+                if offset > last_offset or (err is None and header_value(msg.headers(), WRITER_HEADER)
+                                            != self._writer):
+                    raise CommitNotVisibleError(
+                        f"{where}: the broker acknowledged the commit of offsets up to {last_offset}, but a "
+                        f"read_committed consumer skips them (read as aborted): the broker lost the "
+                        f"transaction; restart from the last snapshot and write them again")
+                if err is None:
+                    return  # offset == last_offset: ours, committed
+                # end of partition at last_offset: the markers are not written yet; wait for them
+            raise CommitNotVisibleError(
+                f"{where}: the commit of offsets up to {last_offset} was acknowledged but is not visible "
+                f"read_committed within {timeout_s:g}s (the last stable offset does not move past it): "
+                f"restart from the last snapshot")
+        finally:
+            self._consumer.unassign()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
 
 class SkipSet:
