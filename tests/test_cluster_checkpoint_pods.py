@@ -86,3 +86,36 @@ def test_a_pod_that_is_down_fails_the_cluster_checkpoint(tmp_path: Path) -> None
     code, _, err = ws.stop(p0)
     assert code == 0, err
     assert "no front report from process(es) [1] (down or slow)" in err
+
+
+def test_kill_9_of_a_pod_supervisor_during_a_cluster_checkpoint(tmp_path: Path) -> None:
+    """Process 1's supervisor is SIGKILLed right after it uploaded its share of a checkpoint,
+    before its part record: that checkpoint fails (process 0 counts it) and is never
+    published; restarted, process 1 answers again, and the input ends exactly once."""
+    ws = Workspace(tmp_path, n=200)
+    store = open_store(ws.store_url)
+    addrs, cfgs = _pods(ws, tmp_path, checkpoints={"timeout": "5s", "interval": "1s"})
+    mark = tmp_path / "fault-mark"
+    p0 = ws.start("--process-id", "0", "--addresses", addrs, config=cfgs[0])
+    p1 = ws.start("--process-id", "1", "--addresses", addrs, config=cfgs[1],
+                  env={"STREAMFORGE_FAULT_POINT": "checkpoint.upload", "STREAMFORGE_FAULT_MARK": str(mark)})
+    assert wait_for(lambda: p1.poll() is not None, what="process 1's supervisor killed", timeout=90)
+    assert p1.returncode == -signal.SIGKILL and mark.read_text().startswith("checkpoint.upload ")
+    wait_for(lambda: (_status(tmp_path, 0).get("checkpoint_failures") or 0) >= 1,
+             what="process 0 to count the failed checkpoint", timeout=60)
+    assert all(len(m.partitions) == 4 for m in list_checkpoints(store, "sup"))
+    before = {m.id for m in list_checkpoints(store, "sup")}
+    p1 = ws.start("--process-id", "1", "--addresses", addrs, config=cfgs[1])
+    wait_for(lambda: {m.id for m in list_checkpoints(store, "sup")} - before,
+             what="a cluster checkpoint after the restart", timeout=90)
+    for p in (p0, p1):
+        p.send_signal(signal.SIGTERM)
+    for p in (p0, p1):
+        code, _, err = ws.finish(p, timeout=120)
+        assert code == 0, err
+    (sp,) = list_savepoints(store, "sup")
+    single = ws.config("single.yaml", source={"tail": False},
+                       recovery={"dir": str(tmp_path / "single" / "recovery")})
+    code, _, err = ws.finish(ws.start("--restore", f"savepoint:{sp.id}", config=single), timeout=120)
+    assert code == 0, err
+    assert_exactly_once(read_rows(ws.output), 200)
