@@ -25,10 +25,11 @@ from recovery.cluster_checkpoint import (
     take_cluster_snapshot,
 )
 from recovery.manifest import Manifest, manifest_key
-from recovery.partitions import connect, logical_digest, part_index, partition_files, resume_epoch
+from recovery.partitions import logical_digest, part_index, partition_files
 from recovery.placement import owned
 from recovery.store import ObjectStore, open_store
 from tests.supervisor_harness import Workspace, wait_for
+from tests.test_recovery_support import live_resume_epoch
 
 PARTS = 4
 
@@ -45,15 +46,6 @@ def split(recovery: Path, root: Path, processes: int) -> list[Path]:
     return dirs
 
 
-def local_epoch(d: Path) -> int | None:
-    conns = [connect(f, readonly=True) for f in partition_files(d)]
-    try:
-        return resume_epoch(conns)
-    finally:
-        for c in conns:
-            c.close()
-
-
 def snapshot(dirs: list[Path], store: ObjectStore, **kw: Any) -> Manifest:
     return take_cluster_snapshot(dirs[0], store, pipeline="sup", processes=len(dirs),
                                  partition_count=PARTS, answer_others=local_answers(dirs, store),
@@ -68,7 +60,7 @@ def test_two_processes_checkpoint_equals_the_one_process_checkpoint(ws: Workspac
     single = take_checkpoint(ws.recovery, open_store(str(tmp_path / "single")), pipeline="sup")
     dirs = split(ws.recovery, tmp_path / "cluster", 2)
     # the execution's rows hash to some partitions only: a process alone would seal elsewhere
-    assert any(local_epoch(d) != single.epoch for d in dirs)
+    assert any(live_resume_epoch(d) != single.epoch for d in dirs)
     m = snapshot(dirs, store)
     assert m.epoch == single.epoch
     assert [(e.index, e.digest, e.keys) for e in m.partitions] == [
