@@ -1,4 +1,4 @@
-"""Throughput of the four stateful patterns vs. a bare `stateful_map` baseline.
+"""Throughput of the stateful patterns and the fused orders lane vs. a bare `stateful_map` baseline.
 
 Each pattern runs in its own dataflow on 1 worker: `TestingSource(events,
 batch_size=1000)` -> pattern -> counting sink, over pre-built `Event`s. The
@@ -7,6 +7,10 @@ key -> `stateful_map` that reads and writes a dict per key -> key_rm), so
 the ratio is the cost of the pattern's logic over Bytewax's own per-item
 cost. Runs alternate baseline / pattern and the best of `--repeats` counts.
 Rates are events per CPU second of the process (robust to a busy machine).
+
+`lane` is the orders pipeline's keyed lane (`dataflows.flow.orders_lane`:
+dedup by event id, merge and materialize in one stateful step per key; the
+bench events carry no `event_id` field, so each event's own id is its identity).
 
 `--variants` adds the same patterns without wall-clock wake-ups (dedup
 `expire_idle=False`, sessions `advance_on_idle=False`), sharded dedup and the
@@ -38,7 +42,13 @@ from bytewax.testing import TestingSource, run_main
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataflows.events import Event  # noqa: E402
-from dataflows.patterns import analyze_sessions, deduplicate, materialize, merge_changes  # noqa: E402
+from dataflows.flow import (  # noqa: E402
+    analyze_sessions,
+    deduplicate,
+    materialize,
+    merge_changes,
+    orders_lane,
+)
 
 PIPELINE = "bench"
 STATUSES = ("new", "paid", "packed", "shipped", "delivered")
@@ -120,6 +130,13 @@ def _materializer(up: Stream[Event]) -> Stream[Any]:
     return materialize("materialize", up, pipeline=PIPELINE)
 
 
+def _lane(up: Stream[Event]) -> Stream[Any]:
+    out = orders_lane("lane", up, pipeline=PIPELINE, ttl_ms=600_000, id_field="event_id",
+                      with_changes=True, merge_step="bench.merge", materialize_step="bench.materialize")
+    assert out.changes is not None
+    return op.merge("both", out.table, out.changes)
+
+
 def _dedup_no_expiry(up: Stream[Event]) -> Stream[Any]:
     return deduplicate("dedup", up, ttl_ms=600_000, pipeline=PIPELINE, expire_idle=False)
 
@@ -153,6 +170,7 @@ PATTERNS: dict[str, Callable[[Stream[Event]], Stream[Any]]] = {
     "merger": _merger,
     "sessions": _sessions,
     "materializer": _materializer,
+    "lane": _lane,
 }
 
 

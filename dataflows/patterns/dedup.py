@@ -63,6 +63,7 @@ __all__ = [
     "ShardDedupState",
     "identity_of",
     "judge",
+    "restore_seen",
     "shard_of",
     "shard_router",
 ]
@@ -70,6 +71,7 @@ __all__ = [
 _EMPTY: tuple[()] = ()
 _NEVER = 1 << 62  # idle time that never expires (expire_idle=False)
 _ONE = ""  # the identity of a single-identity Deduplicator
+_MISSING = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +150,7 @@ class DedupConfig:
         self.sparse_wakeups = sparse_wakeups
 
 
-def _restore(state: Any) -> tuple[dict[str, tuple[int, int]], int | None]:
+def restore_seen(state: Any) -> tuple[dict[str, tuple[int, int]], int | None]:
     """(seen, snapshot pipeline time) of any stored form; the newest sighting is last."""
     if isinstance(state, DedupState):
         return ({_ONE: (state.anchor_ms, state.last_seen_wall_ms)},
@@ -185,7 +187,7 @@ class Deduplicator:
         # identity -> (anchor_ms, last_seen pipeline ms), in last-sighting order
         self.seen: dict[str, tuple[int, int]] = {}
         if state is not None:
-            self.seen, clock_ms = _restore(state)
+            self.seen, clock_ms = restore_seen(state)
             if clock_ms is not None:
                 cfg.clock.restored(clock_ms)
 
@@ -260,13 +262,16 @@ class Deduplicator:
         return next(iter(self.seen.values()))[1] + cfg.ttl_ms + cfg.clock.real_delta_ms
 
     def notify_at(self) -> datetime | None:
+        alarm = self.alarm
+        sparse = self.cfg.sparse_wakeups
+        if sparse and alarm is not None and alarm.at is not None:
+            return None  # pending, and never later than wanted: the oldest sighting only moves on
         want = self.wake_wall_ms()
         if want is None:
             return None
-        alarm = self.alarm
         if alarm is None:
             self.alarm = alarm = Alarm()
-        if self.cfg.sparse_wakeups:
+        if sparse:
             return alarm.request(want, self.cfg.slack_ms)
         return alarm.schedule(want, self.cfg.slack_ms)
 
@@ -295,10 +300,16 @@ class identity_of:  # noqa: N801 - used like a function
         key = self.key
         if key is None:
             return event.key
+        value = event.value
+        if type(value) is dict and type(key) is str:  # the hot path: no exception for a missing field
+            found = value.get(key, _MISSING)
+            if found is _MISSING:
+                return event.event_id
+            return found if type(found) is str else str(found)
         if callable(key):
             return str(key(event))
         try:
-            return str(event.value[key])
+            return str(value[key])
         except (KeyError, TypeError, IndexError):
             return event.event_id
 

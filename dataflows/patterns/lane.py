@@ -23,8 +23,13 @@ document).
 `[dedup] -> SessionAnalyzer`; emits what the analyzer emits (Sessions,
 SessionRetractions, LateEvents).
 
-Each lane asks Bytewax for one wake-up per key (the earliest of its parts,
-sparse: see `alarm.py`).
+Wake-ups (Bytewax scans every pending one on each activation, see
+`alarm.py`): an orders key asks for one only while it has no document but
+still has dedup identities (a deleted order: the wake-up discards it); a key
+with a document is never discarded, so its expired identities are dropped
+when it is snapshotted or holds 16 of them (they count as absent anyway: the
+dedup decision checks the idle time itself). A sessions key asks for one (the earliest of its
+parts, sparse) while it has sessions or identities.
 
     >>> from dataflows.events import Event
     >>> from dataflows.patterns.dedup import DedupConfig
@@ -45,7 +50,13 @@ from typing import Any
 from dataflows.clock import setstate_with_defaults
 from dataflows.events import Event
 from dataflows.patterns.alarm import Alarm
-from dataflows.patterns.dedup import DedupConfig, Deduplicator, ShardDedupState, identity_of
+from dataflows.patterns.dedup import (
+    DedupConfig,
+    Deduplicator,
+    ShardDedupState,
+    identity_of,
+    restore_seen,
+)
 from dataflows.patterns.diff import differing_paths, top_level_paths
 from dataflows.patterns.materializer import TableChange
 from dataflows.patterns.merger import Change
@@ -58,9 +69,12 @@ __all__ = [
     "OrdersLaneState",
     "SessionsLane",
     "SessionsLaneState",
+    "orders_state_from_steps",
+    "sessions_state_from_steps",
 ]
 
 _EMPTY: tuple[()] = ()
+_EXPIRE_AT = 16  # identities of a key with a document before a batch drops the expired ones
 _change = frozen_factory(Change)
 _table = frozen_factory(TableChange)
 Transform = Callable[[Event], Any]  # Event -> Event, or a DeadLetter (the hook failed)
@@ -93,15 +107,20 @@ class SessionsLaneState:
     version: int = 1
 
 
+_orders_state = frozen_factory(OrdersLaneState)
+
+
 class OrdersLaneConfig:
     """Settings shared by every key of one orders lane."""
 
-    __slots__ = ("dedup", "identity", "transform", "merge_suffix", "materialize_suffix", "on_delete")
+    __slots__ = ("dedup", "identity", "transform", "merge_suffix", "materialize_suffix", "on_delete",
+                 "clock")
 
     def __init__(self, dedup: DedupConfig, id_field: str, *, merge_suffix: str | None,
                  materialize_suffix: str, transform: Transform | None = None,
                  on_delete: Callable[[], None] | None = None) -> None:
         self.dedup = dedup
+        self.clock = dedup.clock  # pipeline time (read once per batch; `now` changes at a restore)
         self.identity = identity_of(id_field)
         self.transform = transform
         self.merge_suffix = merge_suffix  # None: no Change output
@@ -129,15 +148,16 @@ class OrdersLane:
 
     def on_batch(self, events: list[Event]) -> tuple[list[Any], bool]:
         cfg = self.cfg
-        now = cfg.dedup.clock.now()
-        admit = self.dedup.admit
-        identity = cfg.identity
+        dedup = self.dedup
+        now = cfg.clock.now()
+        if len(dedup.seen) >= _EXPIRE_AT:  # instead of a wake-up while the key has a document
+            dedup.expire(now)
         transform = cfg.transform
         merge, mat = cfg.merge_suffix, cfg.materialize_suffix
         out: list[Any] = []
         append = out.append
         for event in events:
-            if not admit(identity(event), event.event_time_ms, now):
+            if not dedup.admit(cfg.identity(event), event.event_time_ms, now):
                 continue
             if transform is not None:
                 event = transform(event)
@@ -185,16 +205,25 @@ class OrdersLane:
         return _EMPTY, not self.known and not self.dedup.seen
 
     def notify_at(self) -> datetime | None:
+        """A wake-up only for a deleted key with identities left (to discard the key): a key
+        with a document stays anyway, and its expired identities go at its next batch
+        (`on_batch`), so it costs Bytewax no pending timer."""
+        if self.known:
+            return None
+        alarm = self.alarm
+        if alarm is not None and alarm.at is not None:
+            return None  # pending, never later than wanted (the oldest sighting only moves on)
         want = self.dedup.wake_wall_ms()
         if want is None:
             return None
-        if self.alarm is None:
-            self.alarm = Alarm()
-        return self.alarm.request(want, self.cfg.dedup.slack_ms)
+        if alarm is None:
+            self.alarm = alarm = Alarm()
+        return alarm.request(want, self.cfg.dedup.slack_ms)
 
     def snapshot(self) -> OrdersLaneState:
-        return OrdersLaneState(dict(self.dedup.seen), self.value, self.known, self.STATE_VERSION,
-                               self.cfg.dedup.clock.now())
+        self.dedup.expire(self.cfg.clock.now())  # the expired identities are absent anyway
+        return _orders_state(dict(self.dedup.seen), self.value, self.known, self.STATE_VERSION,
+                             self.cfg.dedup.clock.now())
 
 
 class SessionsLane:
@@ -255,3 +284,29 @@ class SessionsLane:
                                     self.dedup.cfg.clock.now())
         sessions = self.sessions.snapshot() if self.sessions.wm is not None else None
         return SessionsLaneState(dedup, sessions, self.STATE_VERSION)
+
+
+def orders_state_from_steps(dedup: Any, row: Any, merged: Any) -> OrdersLaneState | None:
+    """The lane state of one order from the states of the steps it replaced (issue 11):
+    the key-lane dedup (`LaneDedupState`), the Materializer's `MaterializedRow` and the
+    merger's `MergerState` (each None when the step held nothing). None: nothing to keep."""
+    seen: dict[str, tuple[int, int]] = {}
+    clock_ms = None
+    if dedup is not None:
+        seen, clock_ms = restore_seen(dedup)
+    if row is None and merged is None and not seen:
+        return None
+    doc = row if row is not None else merged
+    return OrdersLaneState(seen, None if doc is None else doc.value, doc is not None,
+                           OrdersLane.STATE_VERSION, clock_ms)
+
+
+def sessions_state_from_steps(dedup: Any, sessions: SessionState | None) -> SessionsLaneState | None:
+    """The lane state of one user from the key-lane dedup's and the sessions step's states."""
+    shard = None
+    if dedup is not None:
+        seen, clock_ms = restore_seen(dedup)
+        shard = ShardDedupState(seen, Deduplicator.STATE_VERSION, clock_ms) if seen else None
+    if shard is None and sessions is None:
+        return None
+    return SessionsLaneState(shard, sessions, SessionsLane.STATE_VERSION)
