@@ -22,6 +22,7 @@ dataflows/connectors/kafka_dlq.py) or a JSONL file of the same envelopes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -30,12 +31,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from dataflows.config import Config
 from dataflows.connectors.kafka_common import EVENT_ID_HEADER, REPLAY_HEADER
 from dataflows.connectors.replay_lines import replay_line
 from dataflows.dead_letter import DeadLetter
+
+_QUIET = logging.getLogger("streamforge.dlq.librdkafka")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 __all__ = [
     "DlqFilter",
@@ -90,18 +95,36 @@ def read_dlq_file(path: str) -> Iterator[DeadLetter]:
     yield from read_dead_letters(path)
 
 
+class KafkaUnreachable(ConnectionError):
+    """The DLQ's (or the target's) brokers did not answer: one line for the CLI."""
+
+
+def _consumer(brokers: str, **conf: Any) -> Consumer:
+    """A consumer of the DLQ tool; librdkafka's own connection logs go to a silent logger
+    (an unreachable broker becomes one `KafkaUnreachable`, not a page of log lines)."""
+    return Consumer({"bootstrap.servers": brokers, "group.id": "streamforge-dlq-tool",
+                     "enable.auto.commit": False, **conf}, logger=_QUIET)
+
+
+def _metadata(consumer: Consumer, brokers: str, timeout_s: float, topic: str | None = None) -> Any:
+    try:
+        return consumer.list_topics(topic, timeout=timeout_s)
+    except KafkaException as exc:
+        err = exc.args[0]
+        text = err.str() if isinstance(err, KafkaError) else str(err)
+        raise KafkaUnreachable(f"Kafka brokers {brokers} did not answer within {timeout_s:g}s: {text}") from None
+
+
 def read_dlq_topic(brokers: str, topic: str, *, timeout_s: float = 30.0) -> Iterator[DeadLetter]:
-    """Every dead letter of a DLQ topic (all partitions, start to end, read_committed)."""
-    consumer = Consumer({
-        "bootstrap.servers": brokers,
-        "group.id": "streamforge-dlq-tool",
-        "enable.auto.commit": False,
+    """Every dead letter of a DLQ topic (all partitions, start to end, read_committed);
+    `KafkaUnreachable` if the brokers do not answer within `timeout_s`."""
+    consumer = _consumer(brokers, **{
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
     })
     try:
-        md = consumer.list_topics(timeout=timeout_s)
+        md = _metadata(consumer, brokers, timeout_s)
         if topic not in md.topics:
             raise LookupError(f"DLQ topic {topic!r} does not exist on {brokers}")
         parts = list(md.topics[topic].partitions)
@@ -362,10 +385,9 @@ def refuse_output_topic(brokers: str, topic: str, *, exactly_once: Sequence[str]
 
 
 def _written_by_a_sink(brokers: str, topic: str, timeout_s: float, peek: int) -> bool:
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "streamforge-dlq-tool",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer = _consumer(brokers, **{"isolation.level": "read_committed"})
     try:
-        md = consumer.list_topics(topic, timeout=timeout_s)
+        md = _metadata(consumer, brokers, timeout_s, topic)
         meta = md.topics.get(topic)
         if meta is None or meta.error is not None:
             return False  # a topic that does not exist yet holds nothing
@@ -396,11 +418,12 @@ def to_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str)
 
 
-def letters_source(brokers: str | None, topic: str | None, file: str | None) -> Iterable[DeadLetter]:
+def letters_source(brokers: str | None, topic: str | None, file: str | None, *,
+                   timeout_s: float = 30.0) -> Iterable[DeadLetter]:
     if file:
         return read_dlq_file(file)
     assert brokers and topic
-    return read_dlq_topic(brokers, topic)
+    return read_dlq_topic(brokers, topic, timeout_s=timeout_s)
 
 
 def as_set(values: Sequence[str] | None) -> frozenset[str]:
@@ -423,18 +446,22 @@ def _brokers(section: Config) -> str:
     return raw if isinstance(raw, str) else ",".join(str(b) for b in raw)
 
 
-def plan_from_config(cfg: Config) -> PipelinePlan:
-    """The DLQ and replay target of a pipeline config (ValueError naming the key if impossible)."""
-    dlq, source, sink = cfg.section("dlq"), cfg.section("source"), cfg.section("sink")
-    pipeline = cfg.str("pipeline.name")
+def dlq_from_config(cfg: Config, *, timeout_s: float = 30.0) -> tuple[Iterable[DeadLetter], str]:
+    """The dead letters of a pipeline config's `dlq` section, and where they are."""
+    dlq = cfg.section("dlq")
     if dlq.str("type", "file") == "kafka":
-        dlq_brokers, dlq_topic = _brokers(dlq), dlq.str("topic")
-        letters: Iterable[DeadLetter] = read_dlq_topic(dlq_brokers, dlq_topic)
-        where = f"kafka topic {dlq_topic}"
-    else:
-        path = dlq.str("path", f".streamforge/{pipeline}/out/dlq.jsonl")
-        letters = read_dlq_file(path) if os.path.exists(path) else iter(())
-        where = f"file {path}"
+        dlq_topic = dlq.str("topic")
+        return read_dlq_topic(_brokers(dlq), dlq_topic, timeout_s=timeout_s), f"kafka topic {dlq_topic}"
+    from dataflows.connectors.dlq import default_dlq_path
+
+    path = dlq.str("path", default_dlq_path(cfg.str("pipeline.name")))
+    return (read_dlq_file(path) if os.path.exists(path) else iter(())), f"file {path}"
+
+
+def plan_from_config(cfg: Config, *, timeout_s: float = 30.0) -> PipelinePlan:
+    """The DLQ and replay target of a pipeline config (ValueError naming the key if impossible)."""
+    source, sink = cfg.section("source"), cfg.section("sink")
+    letters, where = dlq_from_config(cfg, timeout_s=timeout_s)
     kind = source.str("type", "file")
     brokers = None
     if kind == "kafka":

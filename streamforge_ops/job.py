@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +24,9 @@ from dataflows.config import Config, ConfigError, load_config, resolve_config_pa
 from streamforge_ops.cli import CliError
 from streamforge_ops.settings import Settings, StoreSettings, read_settings
 
-__all__ = ["Job", "add_config_arg", "load_job", "read_status", "supervisor_pid"]
+__all__ = ["Job", "add_config_arg", "load_job", "read_status", "snapshot_id", "supervisor_pid"]
+
+SNAPSHOT_KINDS = ("checkpoint", "savepoint")
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +37,22 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="pipeline config YAML (default: $STREAMFORGE_CONFIG)",
     )
+
+
+def snapshot_id(kind: str) -> Callable[[str], str]:
+    """The argparse `type` of a `kind` id argument: `ID` or `kind:ID`, the spelling of a
+    snapshot target everywhere (`run --restore savepoint:ID`, `restore savepoint:ID`,
+    `savepoint describe savepoint:ID`); the other kind's prefix is refused."""
+
+    def parse(text: str) -> str:
+        prefix, sep, ident = text.partition(":")
+        if not sep or prefix not in SNAPSHOT_KINDS:
+            return text
+        if prefix != kind or not ident:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind}: give ID or {kind}:ID")
+        return ident
+
+    return parse
 
 
 def _open_store(store: StoreSettings) -> Any:

@@ -48,6 +48,8 @@ BAD = [
     (["run", "nosuchpipeline"], "no config for pipeline"),
     (["restore", "checkpoint", "--config", "{cfg}"], "needs an ID"),
     (["restore", "latest", "x", "--config", "{cfg}"], "takes no ID"),
+    (["restore", "nothing", "--config", "{cfg}"], "bad restore target"),  # no longer an argparse choice
+    (["restore", "checkpoint:", "--config", "{cfg}"], "bad restore target"),
     (["savepoint", "prune", "--config", "{cfg}"], "--max-age and/or --max-count"),
     (["savepoint", "prune", "--max-count", "0", "--config", "{cfg}"], "--max-count must be >= 1"),
     (["savepoint", "prune", "--max-age", "soon", "--config", "{cfg}"], "--max-age"),
@@ -73,7 +75,7 @@ def test_bad_arguments_exit_2(
 
 @pytest.mark.parametrize("argv", [
     ["upgrade", "--mode", "bluegreen"], ["checkpoint", "frobnicate"], ["savepoint"],
-    ["restore", "nothing"], ["run", "--workers", "two"],
+    ["savepoint", "describe", "checkpoint:c1"], ["run", "--workers", "two"],
 ])
 def test_argparse_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:

@@ -5,13 +5,18 @@
     streamforge dlq replay --brokers H:P --topic orders-dlq --error-code MALFORMED_JSON \\
         --since 2026-11-22T08:00 --rate 100 [--to orders-retry] [--dry-run] [--json]
     streamforge dlq replay --config config/orders.yaml --error-code OVERSIZED [--dry-run]
+    streamforge dlq inspect            # the DLQ of $STREAMFORGE_CONFIG's pipeline
 
 Replayed records carry the original key and payload bytes, header
 `sf-event-id` (their event id) and `sf-replay` (the replay tag); into a
 JSONL file (`--to-file`, or a file source with `--config`) an envelope line
 that the file source reads back with the original event id. `--config` takes
-the DLQ and the target (the pipeline's input) from the pipeline config. A
-pipeline's output topic is refused as a target (see docs/dlq-replay-guide.md).
+the DLQ and the target (the pipeline's input) from the pipeline config; with
+none of `--config`, `--file`, `--topic` the config is `$STREAMFORGE_CONFIG`, as
+for every command (`dataflows.config.resolve_config_path`). `inspect` needs only
+the DLQ; `replay` also a target. A pipeline's output topic is refused as a
+target (see docs/dlq-replay-guide.md). Brokers that do not answer within
+`--timeout` are one line and exit 2.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from streamforge_ops.dlq_replay import (
     DlqFilter,
     FileTarget,
     KafkaTarget,
+    KafkaUnreachable,
     as_set,
+    dlq_from_config,
     letters_source,
     parse_time_ms,
     plan_from_config,
@@ -66,16 +73,46 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("DLQ source (a pipeline config, a Kafka topic or a JSONL file)")
     src.add_argument("--config", metavar="PIPELINE.yaml",
-                     help="the pipeline's DLQ (dlq section); replay writes to its input")
+                     help="the pipeline's DLQ (dlq section); replay writes to its input "
+                          "(default without --file / --topic: $STREAMFORGE_CONFIG)")
     src.add_argument("--brokers", help="Kafka bootstrap servers, host:port[,host:port]")
     src.add_argument("--topic", help="DLQ topic")
     src.add_argument("--file", help="JSONL DLQ file")
     flt = p.add_argument_group("filters")
     flt.add_argument("--error-code", action="append", help="only these codes (repeat or comma-separate)")
-    flt.add_argument("--stage", action="append", help="only these stages (step ids)")
+    flt.add_argument("--step", "--stage", dest="stage", action="append",
+                     help="only these steps (full step ids, the dead letters' stage; the metric label step)")
     flt.add_argument("--since", help="last failure at or after (ISO-8601, or epoch ms)")
     flt.add_argument("--until", help="last failure before (ISO-8601, or epoch ms)")
+    p.add_argument("--timeout", default="30s", help="how long Kafka brokers may take to answer (default 30s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _timeout(args: argparse.Namespace) -> float:
+    from dataflows.config import parse_duration
+
+    try:
+        return parse_duration(args.timeout)
+    except ValueError as exc:
+        raise CliError(f"--timeout: {exc}") from None
+
+
+def _config(args: argparse.Namespace) -> Any:
+    """The pipeline config of `--config` (or, with no DLQ source given, $STREAMFORGE_CONFIG);
+    None when a raw `--file` / `--topic` is given instead."""
+    from dataflows.config import ConfigError, load_config, resolve_config_path
+
+    if args.config and (args.file or args.topic):
+        raise CliError("give either --config or --file / --brokers --topic, not both")
+    if not args.config and (args.file or args.topic):
+        return None
+    try:
+        return load_config(resolve_config_path(args.config, None))
+    except ConfigError as exc:
+        if args.config:
+            raise CliError(str(exc)) from None
+        raise CliError("a DLQ source is needed: --config PIPELINE.yaml (or $STREAMFORGE_CONFIG), "
+                       "--brokers and --topic, or --file") from None
 
 
 def _filter(args: argparse.Namespace) -> DlqFilter:
@@ -92,25 +129,30 @@ def _filter(args: argparse.Namespace) -> DlqFilter:
 
 
 def _plan(args: argparse.Namespace) -> Any:
-    """The `plan_from_config` of `--config` (None without it)."""
-    if not args.config:
+    """The `plan_from_config` of the pipeline config (None with a raw DLQ source)."""
+    cfg = _config(args)
+    if cfg is None:
         return None
-    if args.file or args.topic:
-        raise CliError("give either --config or --file / --brokers --topic, not both")
-    from dataflows.config import ConfigError, load_config
+    from dataflows.config import ConfigError
 
     try:
-        return plan_from_config(load_config(args.config))
+        return plan_from_config(cfg, timeout_s=_timeout(args))
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     except ValueError as exc:
-        raise CliError(f"{args.config}: {exc}") from None
+        raise CliError(f"{cfg.origin}: {exc}") from None
 
 
 def _source(args: argparse.Namespace) -> Any:
-    plan = _plan(args)
-    if plan is not None:
-        return plan.letters
+    """The dead letters to inspect: the config's DLQ (no replay target needed) or a raw source."""
+    cfg = _config(args)
+    if cfg is not None:
+        from dataflows.config import ConfigError
+
+        try:
+            return dlq_from_config(cfg, timeout_s=_timeout(args))[0]
+        except ConfigError as exc:
+            raise CliError(str(exc)) from None
     if args.file and args.topic:
         raise CliError("give either --file or --brokers/--topic, not both")
     if not args.file and not (args.brokers and args.topic):
@@ -118,13 +160,13 @@ def _source(args: argparse.Namespace) -> Any:
     if args.file:
         if not Path(args.file).is_file():
             raise CliError(f"--file: {args.file} does not exist")
-    return letters_source(args.brokers, args.topic, args.file)
+    return letters_source(args.brokers, args.topic, args.file, timeout_s=_timeout(args))
 
 
 def _run_guarded(fn: Any) -> Any:
     try:
         return fn()
-    except (LookupError, TimeoutError) as exc:
+    except (LookupError, TimeoutError, KafkaUnreachable) as exc:
         raise CliError(str(exc)) from None
     except ValueError as exc:
         raise CliError(f"unreadable dead letter: {exc}") from None
@@ -170,7 +212,8 @@ def _target(args: argparse.Namespace, plan: Any) -> Any:
     if isinstance(target, KafkaTarget) and target.brokers:
         for topic in [target.to] if target.to else list(target.inputs):
             _run_guarded(lambda topic=topic: refuse_output_topic(
-                target.brokers, topic, exactly_once=eo, peek=0 if args.allow_output_topic else 5))
+                target.brokers, topic, exactly_once=eo, peek=0 if args.allow_output_topic else 5,
+                timeout_s=_timeout(args)))
     return target
 
 

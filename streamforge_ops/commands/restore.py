@@ -1,4 +1,7 @@
-"""`streamforge restore [latest | checkpoint ID | savepoint ID]`: restore state into the recovery dir.
+"""`streamforge restore [latest | checkpoint:ID | savepoint:ID]`: restore state into the recovery dir.
+
+The target is spelled as for `run --restore` (`checkpoint ID` / `savepoint ID`, two
+words, still works).
 
 `latest` (the default) runs the restore chain: latest valid checkpoint ->
 latest savepoint -> fresh, and says which was chosen and why; `--strict`
@@ -24,9 +27,9 @@ from streamforge_ops.restoring import parse_target, prepare, restore_into
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restore", help="restore a checkpoint or savepoint into the recovery dir",
                        description=__doc__.split("\n", 1)[1].strip())
-    p.add_argument("what", nargs="?", default="latest", choices=("latest", "checkpoint", "savepoint"),
-                   help="latest (default), checkpoint or savepoint")
-    p.add_argument("id", nargs="?", metavar="ID", help="checkpoint or savepoint id")
+    p.add_argument("what", nargs="?", default="latest", metavar="TARGET",
+                   help="latest (default), checkpoint:ID or savepoint:ID")
+    p.add_argument("id", nargs="?", metavar="ID", help=argparse.SUPPRESS)  # the old `checkpoint ID`
     add_config_arg(p)
     p.add_argument("--store", metavar="URL", help="override checkpoints.dir and savepoints.dir")
     p.add_argument("--strict", action="store_true", help="fail instead of falling back")
@@ -39,14 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.what == "latest" and args.id:
-        raise CliError("restore latest takes no ID")
-    if args.what != "latest" and not args.id:
-        raise CliError(f"restore {args.what} needs an ID (see `streamforge {args.what} list`)")
-    if args.fresh and (args.what != "latest" or args.strict):
-        raise CliError("--fresh starts from empty partitions: it takes no target and no --strict")
-    target = parse_target("latest" if args.what == "latest" else f"{args.what}:{args.id}")
+    if args.what in ("checkpoint", "savepoint") and not args.id:
+        raise CliError(f"restore {args.what} needs an ID: restore {args.what}:ID (see `streamforge {args.what} list`)")
+    if args.id and args.what not in ("checkpoint", "savepoint"):
+        raise CliError(f"restore {args.what} takes no ID: use latest, checkpoint:ID or savepoint:ID")
+    target = parse_target(f"{args.what}:{args.id}" if args.id else args.what)
     assert target is not None
+    if args.fresh and (target != "latest" or args.strict):
+        raise CliError("--fresh starts from empty partitions: it takes no target and no --strict")
+    what, ident = ("latest", "") if target == "latest" else target
     job = allowing(load_job(args.config, store=args.store), args)
     pid = supervisor_pid(job)
     if pid is not None and not args.force:
@@ -54,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.fresh:
         decision = prepare(job, None, fresh=True)
     else:
-        progress(f"restoring {args.what} {args.id or ''} into {job.recovery_dir} ...".replace("  ", " "))
+        progress(f"restoring {what} {ident} into {job.recovery_dir} ...".replace("  ", " "))
         decision = restore_into(job, job.recovery_dir, target, strict=args.strict)
     emit(decision.to_json(), as_json=args.json, text=decision.describe())
     return 0

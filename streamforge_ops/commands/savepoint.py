@@ -17,7 +17,7 @@ import sys
 from dataflows.config import parse_duration
 from streamforge_ops import snapshots
 from streamforge_ops.cli import CliError
-from streamforge_ops.job import add_config_arg, load_job, supervisor_pid
+from streamforge_ops.job import add_config_arg, load_job, snapshot_id, supervisor_pid
 from streamforge_ops.output import emit, listing, manifest_full, progress
 from streamforge_ops.restore_steps import add_allow_arg, allowing
 from streamforge_ops.restoring import restore_into
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         a.add_argument("--store", metavar="URL", help="override savepoints.dir")
         a.add_argument("--json", action="store_true", help="machine-readable output")
         if name in ("describe", "restore", "delete", "pin", "unpin", "verify"):
-            a.add_argument("id", metavar="ID", help="savepoint id")
+            a.add_argument("id", metavar="ID", type=snapshot_id("savepoint"), help="savepoint id (ID or savepoint:ID)")
         a.set_defaults(func=globals()[f"_{name}"])
     parsers["create"].add_argument("--name", help="a label for the savepoint (e.g. pre-upgrade-v2)")
     parsers["create"].add_argument("--pin", action="store_true", help="pin it (see `savepoint pin`)")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from streamforge_ops.cli import CliError
-from streamforge_ops.job import Job, add_config_arg, load_job
+from streamforge_ops.job import Job, add_config_arg, load_job, snapshot_id
 from streamforge_ops.output import emit, progress, table
 from streamforge_ops.restoring import parse_target, restore_into
 
@@ -36,9 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_config_arg(a)
         a.add_argument("--json", action="store_true", help="machine-readable output")
     src = inspect.add_mutually_exclusive_group()
+    src.add_argument("target", nargs="?", metavar="TARGET",
+                     help="checkpoint:ID or savepoint:ID from the store (default: the local partitions)")
     src.add_argument("--dir", type=Path, help="recovery directory (default: recovery.dir)")
-    src.add_argument("--checkpoint", metavar="ID", help="inspect a checkpoint from the store")
-    src.add_argument("--savepoint", metavar="ID", help="inspect a savepoint from the store")
+    src.add_argument("--checkpoint", metavar="ID", type=snapshot_id("checkpoint"),
+                     help="inspect a checkpoint from the store (= TARGET checkpoint:ID)")
+    src.add_argument("--savepoint", metavar="ID", type=snapshot_id("savepoint"),
+                     help="inspect a savepoint from the store (= TARGET savepoint:ID)")
     inspect.add_argument("--store", metavar="URL", help="override checkpoints.dir and savepoints.dir")
     for a in (compact, migrate):
         a.add_argument("--dir", type=Path, help="recovery directory (default: recovery.dir)")
@@ -58,11 +62,12 @@ def _local_dir(args: argparse.Namespace) -> Path:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    if args.checkpoint or args.savepoint:
+    if args.target or args.checkpoint or args.savepoint:
+        target = parse_target(args.target or (f"checkpoint:{args.checkpoint}" if args.checkpoint
+                                              else f"savepoint:{args.savepoint}"))
+        if not isinstance(target, tuple):
+            raise CliError(f"state inspect {args.target}: give checkpoint:ID or savepoint:ID (or --dir)")
         job = load_job(args.config, store=args.store)
-        target = parse_target(f"checkpoint:{args.checkpoint}" if args.checkpoint
-                              else f"savepoint:{args.savepoint}")
-        assert isinstance(target, tuple)
         report = _inspect_remote(job, target)
     else:
         rdir = _local_dir(args)
