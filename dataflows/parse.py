@@ -61,6 +61,7 @@ import orjson
 
 from dataflows.dead_letter import DeadLetter, ErrorCode
 from dataflows.events import Event, RawRecord
+from dataflows.patterns.records import frozen_factory
 
 __all__ = [
     "MAX_EVENT_TIME_MS",
@@ -104,6 +105,7 @@ class StrictLimits:
 
 
 _DEFAULT_LIMITS = StrictLimits()
+_event = frozen_factory(Event)  # Event(...) without the frozen dataclass's per-field setattr
 
 
 class ParseError(ValueError):
@@ -150,7 +152,8 @@ def parse_event_time(value: Any) -> int:
         dt = datetime.fromisoformat(value)
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
-        return _in_range((dt - _EPOCH) // timedelta(milliseconds=1))
+        td = dt - _EPOCH  # exact integer arithmetic (no float seconds)
+        return _in_range(td.days * 86_400_000 + td.seconds * 1000 + td.microseconds // 1000)
     raise ValueError(f"expected an ISO-8601 time or epoch milliseconds, got {type(value).__name__}")
 
 
@@ -159,6 +162,11 @@ def _type_ok(value: Any, spec: TypeSpec) -> bool:
     if isinstance(value, bool) and bool not in types:
         return False  # True is an int in Python, never in a schema
     return isinstance(value, types)
+
+
+def _exact_types(spec: TypeSpec) -> frozenset[type]:
+    """The types `_type_ok` passes by their exact type (no subclasses; bool only if named)."""
+    return frozenset(spec if isinstance(spec, tuple) else (spec,))
 
 
 def _type_name(spec: TypeSpec) -> str:
@@ -191,6 +199,8 @@ class _Walk:
             self.scalar(doc)
             return
         exact = self.exact
+        if not exact and type(doc) is dict and self._flat_ok(doc):
+            return
         todo: list[tuple[Any, int]] = [(doc, 1)]
         while todo:
             node, depth = todo.pop()
@@ -210,6 +220,23 @@ class _Walk:
                     todo.append((v, depth + 1))
                 elif t is int or t is float or (exact and t is str):
                     self.scalar(v)
+
+    def _flat_ok(self, doc: dict[str, Any]) -> bool:
+        """The common case from orjson, fast: every value a string, bool, None, an integer in
+        range or a float far from 2^63 (False: walk it properly)."""
+        lo, hi = self.lo, self.hi
+        for v in doc.values():
+            t = type(v)
+            if t is str or v is None or t is bool:
+                continue
+            if t is int:
+                if lo <= v <= hi:
+                    continue
+                return False
+            if t is float and -9.0e18 < v < 9.0e18:
+                continue
+            return False
+        return True
 
     def scalar(self, v: Any) -> None:
         t = type(v)
@@ -262,15 +289,17 @@ def _decode_slow(payload: bytes, strict_error: orjson.JSONDecodeError | None, wa
     return doc
 
 
-def decode_strict(payload: bytes, limits: StrictLimits = _DEFAULT_LIMITS) -> Any:
-    """Payload -> a JSON value, or ParseError with the code of checks 2-4 (module docstring)."""
+def decode_strict(payload: bytes, limits: StrictLimits = _DEFAULT_LIMITS, walk: _Walk | None = None) -> Any:
+    """Payload -> a JSON value, or ParseError with the code of checks 2-4 (module docstring).
+
+    `walk`: a `_Walk(limits, exact=False)` to reuse (the batch parser keeps one)."""
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         refused: orjson.JSONDecodeError | None = exc
     else:
         try:
-            _Walk(limits, exact=False).check(doc)
+            (walk or _Walk(limits, exact=False)).check(doc)
             return doc
         except _Suspect:
             refused = None
@@ -278,13 +307,14 @@ def decode_strict(payload: bytes, limits: StrictLimits = _DEFAULT_LIMITS) -> Any
     return _decode_slow(payload, refused, _Walk(limits, exact=True))
 
 
-def _decode(raw: RawRecord, max_record_bytes: int, limits: StrictLimits) -> dict[str, Any]:
+def _decode(raw: RawRecord, max_record_bytes: int, limits: StrictLimits,
+            walk: _Walk | None = None) -> dict[str, Any]:
     if len(raw.payload) > max_record_bytes:
         raise ParseError(
             ErrorCode.OVERSIZED,
             f"record is {len(raw.payload)} bytes, limit is {max_record_bytes}",
         )
-    doc = decode_strict(raw.payload, limits)
+    doc = decode_strict(raw.payload, limits, walk)
     if not isinstance(doc, dict):
         raise ParseError(ErrorCode.SCHEMA, f"expected a JSON object, got {type(doc).__name__}")
     return doc
@@ -397,7 +427,7 @@ class BatchParser:
     """
 
     __slots__ = ("pipeline", "stage", "source_stage", "key_field", "time_field", "max_bytes",
-                 "op_field", "required", "optional", "limits")
+                 "op_field", "required", "optional", "limits", "walk", "fast_fields")
 
     def __init__(self, *, pipeline: str, stage: str, source_stage: str, key_field: str,
                  time_field: str | None, max_record_bytes: int, op_field: str | None = None,
@@ -408,15 +438,23 @@ class BatchParser:
         self.key_field, self.time_field, self.op_field = key_field, time_field, op_field
         self.max_bytes = max_record_bytes
         self.required, self.optional, self.limits = required, optional, limits
+        self.walk = _Walk(limits, exact=False)
+        # (field, the exact types that pass, required): a value of another type (or a
+        # missing required one) is judged again by `_check_fields`, which names the error
+        self.fast_fields = [(name, _exact_types(spec), True) for name, spec in (required or {}).items()]
+        self.fast_fields += [(name, _exact_types(spec), False) for name, spec in (optional or {}).items()]
 
     def parse(self, raw: RawRecord) -> Event:
         """One record (raises ParseError)."""
-        doc = _decode(raw, self.max_bytes, self.limits)
+        doc = _decode(raw, self.max_bytes, self.limits, self.walk)
         key = _key(doc, self.key_field)
-        if self.required or self.optional:
-            _check_fields(doc, self.required, self.optional)
-        return Event(key, doc, _event_time(doc, self.time_field, raw), raw.event_id, raw.source,
-                     _op(doc, self.op_field), raw.headers)
+        for name, types, required in self.fast_fields:
+            v = doc.get(name)
+            if type(v) not in types and (required or v is not None):
+                _check_fields(doc, self.required, self.optional)
+                break
+        return _event(key, doc, _event_time(doc, self.time_field, raw), raw.event_id, raw.source,
+                      _op(doc, self.op_field), raw.headers)
 
     def __call__(self, batch: list[Any]) -> list[Event | DeadLetter]:
         out: list[Event | DeadLetter] = []
