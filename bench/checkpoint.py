@@ -54,7 +54,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recovery.checkpoint import take_checkpoint  # noqa: E402
-from recovery.partitions import copy_partition, init_partitions, partition_files  # noqa: E402
+from recovery.partitions import (  # noqa: E402
+    connect,
+    copy_partition,
+    init_partitions,
+    partition_files,
+    resume_epoch,
+)
 from recovery.restore import restore  # noqa: E402
 from recovery.store import ObjectStore, open_store  # noqa: E402
 
@@ -70,12 +76,16 @@ class Phases:
     WATCH = {
         "copy_and_seal": ("recovery.checkpoint", "copy_sealed"),
         "delta": ("recovery.checkpoint", "make_delta"),
+        "live_delta": ("recovery.checkpoint", "live_delta"),
+        "apply_to_cache": ("recovery.checkpoint", "apply_delta"),
+        "positions": ("recovery.checkpoint", "source_positions"),
+        "state_bytes": ("recovery.checkpoint", "state_bytes_by_step"),
         "digest": ("recovery.checkpoint", "logical_digest"),
         "pack": ("recovery.checkpoint", "write_packs"),
         "upload": ("recovery.checkpoint", "put_file"),
         "download": ("recovery.restore", "get_file"),
         "apply_delta": ("recovery.restore", "apply_delta"),
-        "verify_digest": ("recovery.restore", "logical_digest"),
+        "verify_digest": ("recovery.restore", "digest_matches"),
         "swap": ("recovery.restore", "swap_in"),
     }
 
@@ -126,13 +136,25 @@ class Items:
 
 
 class Chain:
-    """Several `Items` one after the other (each run appends a segment)."""
+    """Several `Items` one after the other (each run appends a segment).
 
-    def __init__(self, parts: list[Items]) -> None:
-        self.parts = parts
+    With a `gate` directory, the flow stays up between segments: after segment
+    i it prints ``GATE i`` and pauses (TestingSource.PAUSE) until ``gate/go-i``
+    exists, so checkpoints are taken of a running flow (steady state: Bytewax
+    snapshots only the keys each epoch touched, where a restart re-snapshots
+    every key)."""
 
-    def __iter__(self) -> Iterator[tuple[str, int]]:
-        for p in self.parts:
+    def __init__(self, parts: list[Items], gate: Path | None = None) -> None:
+        self.parts, self.gate = parts, gate
+
+    def __iter__(self) -> Iterator[object]:
+        from bytewax.testing import TestingSource
+
+        for i, p in enumerate(self.parts):
+            if i and self.gate is not None:
+                print(f"GATE {i}", flush=True)
+                while not (self.gate / f"go-{i}").exists():
+                    yield TestingSource.PAUSE(timedelta(seconds=0.2))
             yield from p
 
 
@@ -160,7 +182,8 @@ def _child(args: argparse.Namespace) -> None:
 
     segs = [Items(*map(int, s.split(":"))) for s in args.segments.split(",")]
     flow = Dataflow("bench")
-    stream = op.input("inp", flow, TestingSource(Chain(segs), batch_size=1000))
+    gate = Path(args.gate) if args.gate else None
+    stream = op.input("inp", flow, TestingSource(Chain(segs, gate), batch_size=1000))
 
     def add(state: int | None, value: int) -> tuple[int, int]:
         total = (state or 0) + value
@@ -176,11 +199,13 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _run_flow(
-    segments: str, recovery_dir: Path | None, epoch_s: float = 2.0
+    segments: str, recovery_dir: Path | None, epoch_s: float = 2.0, gate: Path | None = None
 ) -> subprocess.Popen[str]:
     cmd = [sys.executable, __file__, "--child", "--segments", segments, "--epoch-s", str(epoch_s)]
     if recovery_dir:
         cmd += ["--recovery-dir", str(recovery_dir)]
+    if gate:
+        cmd += ["--gate", str(gate)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
 
@@ -294,25 +319,66 @@ def _local_backup(rd: Path, into: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _until_durable(proc: subprocess.Popen[str], rd: Path, gate: int) -> float:
+    """Wait for ``GATE gate`` from the flow, then until two more epochs are durable (every
+    snapshot of the segment before the gate is in the partitions); the build seconds."""
+    t0 = time.perf_counter()
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(f"GATE {gate}"):
+            break
+    else:
+        raise RuntimeError(f"the flow ended before gate {gate}")
+    built = time.perf_counter() - t0
+    start = _resume_epoch(rd) or 0
+    deadline = time.monotonic() + 300
+    while (_resume_epoch(rd) or 0) < start + 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the flow made no epoch durable in 300 s")
+        time.sleep(0.2)
+    return built
+
+
+def _resume_epoch(rd: Path) -> int | None:
+    conns = [connect(f, readonly=True) for f in partition_files(rd)]
+    try:
+        return resume_epoch(conns)
+    finally:
+        for c in conns:
+            c.close()
+
+
 def bench_big(tmp: Path, big_keys: int, partitions: int, store: ObjectStore) -> dict:
+    """Full and incremental checkpoints of a running flow (steady state), then a restore."""
     rd = tmp / "big"
     init_partitions(rd, partitions)
     first = f"{big_keys}:{big_keys}:0"
-    build_s = _elapsed(_run_flow(first, rd, epoch_s=10))
-    backup_s = _local_backup(rd, tmp / "backup")
-    with Phases() as full_phases:
-        t0 = time.perf_counter()
-        full = take_checkpoint(rd, store, pipeline=PIPE, incremental=True)
-        full_s = time.perf_counter() - t0
-    raw_put_s, raw_get_s = _raw_transfer(store, full.total_bytes)
     changed = big_keys // 100
     second = f"{first},{changed}:{big_keys}:0"
-    _elapsed(_run_flow(second, rd, epoch_s=10))
-    with Phases() as inc_phases:
-        t0 = time.perf_counter()
-        inc = take_checkpoint(rd, store, pipeline=PIPE, incremental=True)
-        inc_s = time.perf_counter() - t0
+    gate = tmp / "gate"
+    gate.mkdir()
+    proc = _run_flow(f"{second},0:1:0", rd, epoch_s=2, gate=gate)  # gate 2: after `second`
+    try:
+        build_s = _until_durable(proc, rd, 1)
+        backup_s = _local_backup(rd, tmp / "backup")
+        with Phases() as full_phases:
+            t0 = time.perf_counter()
+            full = take_checkpoint(rd, store, pipeline=PIPE, incremental=True)
+            full_s = time.perf_counter() - t0
+        (gate / "go-1").touch()
+        _until_durable(proc, rd, 2)
+        with Phases() as inc_phases:
+            t0 = time.perf_counter()
+            inc = take_checkpoint(rd, store, pipeline=PIPE, incremental=True)
+            inc_s = time.perf_counter() - t0
+        (gate / "go-2").touch()
+        _elapsed(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert inc.parent_id == full.id
+    raw_put_s, raw_get_s = _raw_transfer(store, full.total_bytes)
 
     target = tmp / "restored"
     with Phases() as restore_phases:
@@ -389,6 +455,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--segments", help=argparse.SUPPRESS)
     parser.add_argument("--recovery-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--gate", help=argparse.SUPPRESS)
     parser.add_argument("--epoch-s", type=float, default=2.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

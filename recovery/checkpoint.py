@@ -44,10 +44,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from dataflows import metrics
 from dataflows.faults import fault_point
-from recovery.delta import make_delta
+from recovery.delta import LiveDelta, apply_delta, live_delta, make_delta
 from recovery.lease import CheckpointBusy, StoreLease, live_lease, local_lock
 from recovery.manifest import (
     Kind,
@@ -59,11 +60,12 @@ from recovery.manifest import (
     scan,
     snapshot_prefix,
 )
-from recovery.pack import CODEC, pack_key, write_packs
+from recovery.pack import CODEC, Chunk, pack_key, write_packs
 from recovery.partitions import (
     PartitionError,
     connect,
     copy_sealed,
+    digest_rows_sum,
     logical_digest,
     part_index,
     partition_files,
@@ -74,6 +76,7 @@ from recovery.store import ObjectStore, StoreError
 from recovery.transfer import put_file
 
 __all__ = [
+    "CACHE_META",
     "CheckpointError",
     "CheckpointTimeout",
     "apply_retention",
@@ -84,7 +87,7 @@ __all__ = [
     "take_checkpoint",
 ]
 
-_CACHE_META = "cache.json"
+CACHE_META = "cache.json"
 
 
 class CheckpointError(Exception):
@@ -108,6 +111,19 @@ class _Parent:
     id: str
     chain: list[str]
     dir: Path
+    # what a delta read from the live partitions needs (`_live_deltas`); None in a
+    # cache written before them
+    epoch: int | None = None
+    executions: list[list[int]] | None = None
+    manifest: Manifest | None = None
+
+
+def _executions(conns: Iterable[Any]) -> list[list[int]]:
+    """Every ``exs`` row (ex_num, worker_count, resume_epoch) of these partitions, sorted:
+    a new row means the flow (re)started, from these partitions or from others."""
+    rows = {tuple(r) for c in conns for r in c.execute(
+        "SELECT ex_num, worker_count, resume_epoch FROM exs")}
+    return [list(r) for r in sorted(rows)]
 
 
 class _Deadline:
@@ -123,26 +139,22 @@ class _Deadline:
         return _UNBOUNDED_WAIT_S if self.end is None else max(0.0, self.end - time.monotonic())
 
 
-def _sealed_copies(
-    recovery_dir: Path, work: Path, deadline: _Deadline
-) -> tuple[list[Path], int | None]:
+def _live_state(recovery_dir: Path) -> tuple[list[Path], int | None, list[list[int]]]:
+    """The live partitions, their resume epoch and their executions."""
     files = partition_files(recovery_dir)
     if not files:
         raise CheckpointError(f"{recovery_dir}: no recovery partitions to checkpoint")
     conns = [connect(f, readonly=True) for f in files]
     try:
-        epoch = resume_epoch(conns)
+        return files, resume_epoch(conns), _executions(conns)
     finally:
         for c in conns:
             c.close()
-    copies = []
-    for f in files:  # each copy sealed as it is taken (`copy_sealed`: only the kept rows)
-        dst = work / f.name
-        copy_sealed(f, dst, epoch)
-        fault_point("checkpoint.copy")
-        copies.append(dst)
-        deadline.check(f"copying {f.name}")
-    conns = [connect(copy, readonly=True) for copy in copies]
+
+
+def _check_sealed(files: list[Path], epoch: int | None) -> None:
+    """CheckpointError unless the copies (or deltas) `files` resume at `epoch`."""
+    conns = [connect(f, readonly=True) for f in files]
     try:
         sealed = resume_epoch(conns)
     finally:
@@ -153,12 +165,26 @@ def _sealed_copies(
             f"the flow (re)started while the partitions were copied (epoch {epoch} -> {sealed}); "
             "nothing published, the next checkpoint will be consistent"
         )
+
+
+def _sealed_copies(
+    recovery_dir: Path, work: Path, deadline: _Deadline
+) -> tuple[list[Path], int | None]:
+    files, epoch, _ = _live_state(recovery_dir)
+    copies = []
+    for f in files:  # each copy sealed as it is taken (`copy_sealed`: only the kept rows)
+        dst = work / f.name
+        copy_sealed(f, dst, epoch)
+        fault_point("checkpoint.copy")
+        copies.append(dst)
+        deadline.check(f"copying {f.name}")
+    _check_sealed(copies, epoch)
     return copies, epoch
 
 
 def _load_parent(cache_dir: Path, store: ObjectStore, pipeline: str, count: int) -> _Parent | None:
     try:
-        meta = json.loads((cache_dir / _CACHE_META).read_text())
+        meta = json.loads((cache_dir / CACHE_META).read_text())
     except (OSError, ValueError):
         return None
     current = cache_dir / "current"
@@ -168,7 +194,13 @@ def _load_parent(cache_dir: Path, store: ObjectStore, pipeline: str, count: int)
         or len(partition_files(current)) != count
     ):
         return None
-    parent = _Parent(id=meta["id"], chain=list(meta.get("chain", [])), dir=current)
+    try:
+        manifest = manifest_or_error(store, pipeline, "checkpoint", meta["id"])
+    except ManifestError:
+        return None
+    parent = _Parent(id=meta["id"], chain=list(meta.get("chain", [])), dir=current,
+                     epoch=meta.get("epoch"), executions=meta.get("executions"),
+                     manifest=manifest)
     return parent if _chain_intact(store, pipeline, parent) else None
 
 
@@ -184,22 +216,96 @@ def _chain_intact(store: ObjectStore, pipeline: str, parent: _Parent) -> bool:
     return True
 
 
-def _save_parent(cache_dir: Path, work: Path, manifest: Manifest, store: ObjectStore) -> None:
-    (cache_dir / _CACHE_META).unlink(missing_ok=True)
+def _save_parent(
+    cache_dir: Path,
+    work: Path,
+    manifest: Manifest,
+    store: ObjectStore,
+    executions: list[list[int]],
+    deltas: list[Path] | None = None,
+) -> None:
+    """Make `manifest` the cached parent: the sealed copies in `work` become the cache,
+    or (`deltas`) the deltas are applied to the cached copies; the meta goes last, so an
+    interrupted update leaves no parent (the next checkpoint is full)."""
+    (cache_dir / CACHE_META).unlink(missing_ok=True)
     current = cache_dir / "current"
-    shutil.rmtree(current, ignore_errors=True)
-    current.mkdir(parents=True)
-    for f in partition_files(work):
-        f.replace(current / f.name)
+    if deltas is not None:
+        for delta in deltas:
+            apply_delta(current / f"{delta.stem}.sqlite3", delta)
+    else:
+        shutil.rmtree(current, ignore_errors=True)
+        current.mkdir(parents=True)
+        for f in partition_files(work):
+            f.replace(current / f.name)
     meta = {
         "id": manifest.id,
         "chain": manifest.chain,
         "store": store.url,
         "pipeline": manifest.pipeline,
+        "epoch": manifest.epoch,
+        "executions": executions,
     }
-    tmp = cache_dir / f"{_CACHE_META}.tmp"
+    tmp = cache_dir / f"{CACHE_META}.tmp"
     tmp.write_text(json.dumps(meta))
-    tmp.replace(cache_dir / _CACHE_META)
+    tmp.replace(cache_dir / CACHE_META)
+
+
+def _live_delta_ok(parent: _Parent, epoch: int | None, executions: list[list[int]]) -> bool:
+    """True if a delta can be read from the live partitions (`recovery.delta.live_delta`):
+    the parent records its epoch, digests that can be updated, and the flow has not
+    (re)started since (same executions: a restart, a restore or an offline rewrite of
+    the partitions all begin a new one; Bytewax then re-snapshots every key anyway)."""
+    m = parent.manifest
+    return (
+        epoch is not None
+        and parent.epoch is not None
+        and epoch >= parent.epoch
+        and parent.executions == executions
+        and m is not None
+        and all(digest_rows_sum(e.digest) is not None for e in m.partitions)
+    )
+
+
+def _live_deltas(
+    files: list[Path], parent: _Parent, epoch: int, work: Path, deadline: _Deadline
+) -> tuple[list[Path], list[LiveDelta]]:
+    """Per live partition, its delta since `parent` (`live_delta`: only the rows written
+    since the parent's epoch are read), checked to resume at `epoch`."""
+    assert parent.manifest is not None and parent.epoch is not None
+    entries = {e.index: e for e in parent.manifest.partitions}
+    deltas, results = [], []
+    for f in files:
+        entry = entries[part_index(f)]
+        out = work / f"{f.stem}.delta"
+        results.append(live_delta(f, parent.dir / f.name, out, since=parent.epoch, epoch=epoch,
+                                  parent_digest=entry.digest, parent_keys=entry.keys))
+        fault_point("checkpoint.copy")
+        deltas.append(out)
+        deadline.check(f"reading {f.name}")
+    _check_sealed(deltas, epoch)
+    return deltas, results
+
+
+def _delta_metadata(
+    parent: Manifest, deltas: list[Path], results: list[LiveDelta], input_steps: Iterable[str] | None
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """Source positions and state bytes per step of parent + `deltas`: the parent's,
+    updated by the deltas' rows (a delta file reads as ``snaps``: its upserts)."""
+    positions = {step: dict(keys) for step, keys in parent.source_positions.items()}
+    for step, keys in source_positions(deltas, input_steps).items():
+        positions.setdefault(step, {}).update(keys)
+    for delta in deltas:
+        conn = connect(delta, readonly=True)
+        try:
+            for step, key in conn.execute("SELECT step_id, state_key FROM deletes"):
+                positions.get(step, {}).pop(key, None)
+        finally:
+            conn.close()
+    state = dict(parent.state_bytes_by_step)
+    for r in results:
+        for step, n in r.state_bytes.items():
+            state[step] = state.get(step, 0) + n
+    return positions, dict(sorted(state.items()))
 
 
 def _delta_file(copy: Path, parent: _Parent, work: Path) -> Path:
@@ -252,6 +358,49 @@ def take_checkpoint(
         raise CheckpointError(str(exc)) from None
 
 
+def _store_packs(
+    indexes: list[int],
+    sources: list[Path],
+    work: Path,
+    store: ObjectStore,
+    where: tuple[str, Kind, str],
+    deadline: _Deadline,
+) -> tuple[list[str], list[Chunk]]:
+    """Pack `sources` (partition `indexes`) and upload the packs: their keys, the chunks."""
+    pipeline, kind, snap_id = where
+    chunks, packs = write_packs(zip(indexes, sources, strict=True), work)
+    keys = [pack_key(pipeline, kind, snap_id, n) for n in range(len(packs))]
+    for key, path in zip(keys, packs, strict=True):
+        put_file(store, key, path)
+        path.unlink()
+        deadline.check(f"uploading {key}")
+    return keys, chunks
+
+
+def _upload_live(
+    deltas: list[Path],
+    results: list[LiveDelta],
+    work: Path,
+    store: ObjectStore,
+    where: tuple[str, Kind, str],
+    deadline: _Deadline,
+) -> list[PartitionEntry]:
+    """Pack and upload the deltas of `_live_deltas`; the partitions' entries (digest and
+    key count updated from the parent's, see `live_delta`)."""
+    indexes = [r.seal.index for r in results]
+    keys, chunks = _store_packs(indexes, deltas, work, store, where, deadline)
+    entries = []
+    for result, chunk in zip(results, chunks, strict=True):
+        fault_point("checkpoint.upload")
+        entries.append(
+            PartitionEntry(index=chunk.index, object=keys[chunk.pack], sha256=chunk.sha256,
+                           size=chunk.size, delta=True, digest=result.digest, keys=result.keys,
+                           commit_epoch=result.seal.commit_epoch, offset=chunk.offset,
+                           codec=CODEC)
+        )
+    return entries
+
+
 def _upload(
     copies: list[Path],
     parent: _Parent | None,
@@ -265,14 +414,9 @@ def _upload(
 
     ``checkpoint.upload`` fault point: once per partition, after the packs are
     stored and before the manifest (the window a kill must not publish)."""
-    pipeline, kind, snap_id = where
     sources = [copy if parent is None else _delta_file(copy, parent, work) for copy in copies]
-    chunks, packs = write_packs(zip([part_index(c) for c in copies], sources, strict=True), work)
-    keys = [pack_key(pipeline, kind, snap_id, n) for n in range(len(packs))]
-    for key, path in zip(keys, packs, strict=True):
-        put_file(store, key, path)
-        path.unlink()
-        deadline.check(f"uploading {key}")
+    keys, chunks = _store_packs([part_index(c) for c in copies], sources, work, store, where,
+                                deadline)
     entries = []
     for copy, source, chunk in zip(copies, sources, chunks, strict=True):
         if source != copy:
@@ -323,22 +467,45 @@ def _take(
     cache_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=cache_dir))
     try:
-        try:
-            copies, epoch = _sealed_copies(recovery_dir, work, deadline)
-        except PartitionError as exc:
-            raise CheckpointError(str(exc)) from None
+        files, epoch, executions = _live_state(recovery_dir)
         parent = None
         if incremental and kind == "checkpoint":
-            parent = _load_parent(cache_dir, store, pipeline, len(copies))
+            parent = _load_parent(cache_dir, store, pipeline, len(files))
             if parent is not None and len(parent.chain) + 1 >= max(1, full_every):
                 parent = None
         snap_id = new_id(kind)
+        where: tuple[str, Kind, str] = (pipeline, kind, snap_id)
         if lease is not None:
             lease.claim(snap_id, [*parent.chain, parent.id] if parent else [])
-        entries = _upload(copies, parent, work, store, (pipeline, kind, snap_id), deadline)
-        if parent is not None and not _chain_intact(store, pipeline, parent):
-            parent = None  # its objects went away while we uploaded: publish a full checkpoint
-            entries = _upload(copies, None, work, store, (pipeline, kind, snap_id), deadline)
+        deltas: list[Path] | None = None
+        try:
+            if parent is not None and epoch is not None and _live_delta_ok(parent, epoch,
+                                                                           executions):
+                deltas, results = _live_deltas(files, parent, epoch, work, deadline)
+                entries = _upload_live(deltas, results, work, store, where, deadline)
+            else:
+                copies, epoch = _sealed_copies(recovery_dir, work, deadline)
+                entries = _upload(copies, parent, work, store, where, deadline)
+            if parent is not None and not _chain_intact(store, pipeline, parent):
+                parent = deltas = None  # its objects went away while we uploaded: a full one
+                files, epoch, executions = _live_state(recovery_dir)
+                copies, epoch = _sealed_copies(recovery_dir, work, deadline)
+                entries = _upload(copies, None, work, store, where, deadline)
+        except PartitionError as exc:
+            raise CheckpointError(str(exc)) from None
+        sealed = deltas if deltas is not None else copies
+        conns = [connect(f, readonly=True) for f in sealed]
+        try:
+            executions = _executions(conns)  # of what was sealed, for the next checkpoint
+        finally:
+            for c in conns:
+                c.close()
+        if deltas is not None and parent is not None and parent.manifest is not None:
+            positions, state_bytes = _delta_metadata(parent.manifest, deltas, results,
+                                                     input_steps)
+        else:
+            positions = source_positions(copies, input_steps)
+            state_bytes = state_bytes_by_step(copies)
         missing = [o for o in sorted({e.object for e in entries}) if not store.exists(o)]
         if missing:
             raise CheckpointError(f"{kind} {snap_id}: uploaded objects vanished before publishing: "
@@ -351,10 +518,10 @@ def _take(
             pipeline=pipeline,
             created_at=datetime.now(UTC).isoformat(),
             code_version=code_version,
-            partition_count=len(copies),
+            partition_count=len(files),
             partitions=entries,
-            source_positions=source_positions(copies, input_steps),
-            state_bytes_by_step=state_bytes_by_step(copies),
+            source_positions=positions,
+            state_bytes_by_step=state_bytes,
             base_id=chain[0] if chain else None,
             total_bytes=sum(e.size for e in entries),
             epoch=epoch,
@@ -368,7 +535,7 @@ def _take(
             lease.check()
         store.put(manifest_key(pipeline, kind, snap_id), manifest.to_json().encode())
         if kind == "checkpoint":
-            _save_parent(cache_dir, work, manifest, store)
+            _save_parent(cache_dir, work, manifest, store, executions, deltas)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     record_completed(manifest, (time.monotonic() - started) * 1000)

@@ -1,6 +1,6 @@
-"""Incremental checkpoints: the difference between two sealed partition copies.
+"""Incremental checkpoints: the difference between two sealed partition states.
 
-A sealed copy (see `recovery.partitions.seal_copy`) holds one ``snaps`` row per
+A sealed copy (see `recovery.partitions.copy_sealed`) holds one ``snaps`` row per
 live key. The delta from copy P (previous checkpoint) to copy C is itself a
 small SQLite file with:
 
@@ -15,15 +15,37 @@ small SQLite file with:
 
 `apply_delta` turns P into C (same logical digest), which restore
 verifies against the manifest.
+
+Two ways to compute it: `make_delta` compares two whole sealed copies;
+`live_delta` reads only the rows the live partition wrote since P was sealed
+(``since <= snap_epoch < epoch``, the keys Bytewax snapshotted in those epochs)
+and looks each of them up in P, so its cost is the changed keys, not the
+state. `live_delta` is exact only while the live partition's rows below
+`since` are still those P was sealed from: the same executions (no restart,
+restore or offline rewrite since P; `recovery.checkpoint` checks the ``exs``
+rows) and no compaction of a discarded key's rows at or above `since`
+(`recovery.compact` invalidates the parent then). Bytewax's own GC keeps, per
+key, the newest row at or below its commit epoch, so a key written since P
+keeps its newest row in the range.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DeltaStats", "apply_delta", "make_delta"]
+from recovery.partitions import (
+    BUSY_TIMEOUT_MS,
+    SealInfo,
+    digest_rows_sum,
+    format_digest,
+    rows_hash_sum,
+    sealable,
+    small_tables_sha,
+)
+
+__all__ = ["DeltaStats", "LiveDelta", "apply_delta", "live_delta", "make_delta"]
 
 _SMALL_TABLES = {
     "parts": "created_at, part_index, part_count",
@@ -38,6 +60,125 @@ _SNAP_COLS = "created_at, step_id, state_key, snap_epoch, ser_change"
 class DeltaStats:
     upserts: int
     deletes: int
+
+
+@dataclass(frozen=True)
+class LiveDelta:
+    """What `live_delta` wrote: counts, the partition's new digest and key count, and the
+    state bytes per step it added (positive) and removed (negative)."""
+
+    seal: SealInfo
+    upserts: int
+    deletes: int
+    digest: str
+    keys: int
+    state_bytes: dict[str, int] = field(default_factory=dict)
+
+
+# Per key, the newest row Bytewax wrote in [since, epoch): the key's state at `epoch`
+# (NULL = discarded). NOT INDEXED: one scan of the table, not a primary-key walk with
+# a lookup per row (there is no index on snap_epoch).
+_CHANGED = """
+CREATE TEMP TABLE changed AS
+SELECT created_at, step_id, state_key, MAX(snap_epoch) AS snap_epoch, ser_change
+FROM live.snaps NOT INDEXED WHERE snap_epoch >= ?1 AND snap_epoch < ?2
+GROUP BY step_id, state_key
+"""
+_LIVE_UPSERTS = f"""
+CREATE TABLE upserts AS
+SELECT {", ".join("n." + c.strip() for c in _SNAP_COLS.split(","))}
+FROM temp.changed AS n LEFT JOIN p.snaps AS o
+  ON o.step_id = n.step_id AND o.state_key = n.state_key
+WHERE n.ser_change IS NOT NULL AND (o.step_id IS NULL OR o.ser_change IS NOT n.ser_change)
+"""
+_LIVE_DELETES = """
+CREATE TABLE deletes AS
+SELECT n.step_id, n.state_key FROM temp.changed AS n
+JOIN p.snaps AS o ON o.step_id = n.step_id AND o.state_key = n.state_key
+WHERE n.ser_change IS NULL
+"""
+# The parent's rows the delta replaces or deletes (digest and state bytes to subtract).
+_REPLACED = """
+(SELECT o.step_id, o.state_key, o.ser_change FROM
+  (SELECT step_id, state_key FROM main.upserts UNION ALL SELECT step_id, state_key
+   FROM main.deletes) AS k
+ JOIN p.snaps AS o ON o.step_id = k.step_id AND o.state_key = k.state_key)
+"""
+
+
+def _bytes_by_step(conn: sqlite3.Connection, source: str, sign: int, out: dict[str, int]) -> None:
+    for step, n in conn.execute(
+        f"SELECT step_id, COALESCE(SUM(LENGTH(ser_change)), 0) FROM {source} GROUP BY step_id"
+    ):
+        out[step] = out.get(step, 0) + sign * int(n)
+
+
+def live_delta(
+    live: Path,
+    parent: Path,
+    out: Path,
+    *,
+    since: int,
+    epoch: int,
+    parent_digest: str,
+    parent_keys: int,
+) -> LiveDelta:
+    """Write to `out` the delta turning sealed copy `parent` (sealed at `since`, digest
+    `parent_digest`, `parent_keys` keys) into the live partition `live` sealed at
+    `epoch`, reading only the live rows of epochs ``[since, epoch)``.
+
+    One read transaction on `live`; `recovery.partitions.PartitionError` if its commit
+    epoch reached `epoch` (as `copy_sealed`). The small tables are the live ones,
+    frontiers clamped to `epoch`. The returned digest is the parent's updated by the
+    rows removed and added (the `logical_digest` of the partition once restored)."""
+    out.unlink(missing_ok=True)
+    conn = sqlite3.connect(out, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA page_size = 1024")  # small deltas stay small
+        conn.execute("PRAGMA journal_mode = OFF")  # a new scratch file: no journal, no fsync
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("ATTACH DATABASE ? AS live", (f"file:{live}?mode=ro",))
+        conn.execute("ATTACH DATABASE ? AS p", (f"file:{parent}?mode=ro",))
+        conn.execute("BEGIN")
+        index, commit = sealable(conn, "live.", live, epoch)
+        conn.execute(_CHANGED, (since, epoch))
+        for table, cols in _SMALL_TABLES.items():
+            select = cols.replace("worker_frontier", "min(worker_frontier, ?1) AS worker_frontier")
+            conn.execute(
+                f"CREATE TABLE main.{table} AS SELECT {select} FROM live.{table}",
+                (epoch,) if "?1" in select else (),
+            )
+        conn.execute("COMMIT")  # the live partition is read: everything else is local
+        conn.execute("DETACH DATABASE live")
+        conn.execute("BEGIN")
+        conn.execute(_LIVE_UPSERTS)
+        conn.execute(_LIVE_DELETES)
+        conn.execute("CREATE VIEW snaps AS SELECT * FROM upserts")  # source positions read it
+        conn.execute("COMMIT")
+        upserts = conn.execute("SELECT COUNT(*) FROM upserts").fetchone()[0]
+        deletes = conn.execute("SELECT COUNT(*) FROM deletes").fetchone()[0]
+        replaced = conn.execute(f"SELECT COUNT(*) FROM {_REPLACED}").fetchone()[0]
+        rows = digest_rows_sum(parent_digest)
+        if rows is None:
+            raise ValueError(f"{parent}: the parent's digest is of the older kind, not updatable")
+        rows += rows_hash_sum(conn, "main.upserts") - rows_hash_sum(conn, _REPLACED)
+        state_bytes: dict[str, int] = {}
+        _bytes_by_step(conn, "main.upserts", 1, state_bytes)
+        _bytes_by_step(conn, _REPLACED, -1, state_bytes)
+        digest = format_digest(small_tables_sha(conn), rows)
+        conn.execute("DETACH DATABASE p")
+    finally:
+        conn.close()
+    keys = parent_keys + upserts - replaced
+    return LiveDelta(
+        seal=SealInfo(index=index, commit_epoch=commit, keys=keys, dropped_rows=0),
+        upserts=upserts,
+        deletes=deletes,
+        digest=digest,
+        keys=keys,
+        state_bytes=state_bytes,
+    )
 
 
 def make_delta(prev: Path, cur: Path, out: Path) -> DeltaStats:

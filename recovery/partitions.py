@@ -39,17 +39,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "DIGEST_PREFIX",
     "PartitionError",
     "SealInfo",
     "connect",
     "copy_partition",
     "copy_sealed",
+    "digest_matches",
+    "digest_rows_sum",
+    "format_digest",
     "init_partitions",
+    "legacy_digest",
     "logical_digest",
     "part_index",
     "partition_files",
     "resume_epoch",
+    "row_hash",
+    "rows_hash_sum",
     "seal_copy",
+    "sealable",
+    "small_tables_sha",
 ]
 
 _PART_RE = re.compile(r"^part-(\d+)\.sqlite3$")
@@ -176,7 +185,7 @@ WHERE ser_change IS NOT NULL
 """
 
 
-def _sealable(conn: sqlite3.Connection, schema: str, path: Path, epoch: int | None) -> tuple[int, int | None]:
+def sealable(conn: sqlite3.Connection, schema: str, path: Path, epoch: int | None) -> tuple[int, int | None]:
     """The partition's index and commit epoch (tables under `schema`, "" or "live."); raises
     PartitionError if it is not initialised or its commit epoch reached `epoch`."""
     index = conn.execute(f"SELECT part_index FROM {schema}parts").fetchone()
@@ -202,7 +211,7 @@ def copy_sealed(src: Path, dst: Path, epoch: int | None) -> SealInfo:
         conn.execute("PRAGMA synchronous = OFF")  # a scratch copy, as in copy_partition
         conn.execute("ATTACH DATABASE ? AS live", (f"file:{src}?mode=ro",))
         conn.execute("BEGIN")
-        index, commit = _sealable(conn, "live.", src, epoch)
+        index, commit = sealable(conn, "live.", src, epoch)
         version = conn.execute("PRAGMA live.user_version").fetchone()[0]
         tables = conn.execute(
             "SELECT sql FROM live.sqlite_master WHERE type = 'table' AND sql IS NOT NULL "
@@ -237,7 +246,7 @@ def seal_copy(path: Path, epoch: int | None) -> SealInfo:
     """
     conn = sqlite3.connect(path)
     try:
-        index, commit = _sealable(conn, "", path, epoch)
+        index, commit = sealable(conn, "", path, epoch)
         conn.execute("PRAGMA secure_delete = ON")  # freed pages zeroed: they compress away
         conn.execute("PRAGMA synchronous = OFF")  # a scratch copy: what is uploaded is read back
         before = conn.total_changes
@@ -267,21 +276,87 @@ def _frame(*fields: object) -> bytes:
     return "\x1f".join("" if f is None else str(f) for f in fields).encode() + b"\x1e"
 
 
-def logical_digest(path: Path) -> str:
-    """sha256 of a partition's rows (not its page layout), for verification.
+_SMALL_ROWS = (
+    "SELECT part_index, part_count FROM parts ORDER BY part_index",
+    "SELECT ex_num, worker_count, resume_epoch FROM exs ORDER BY ex_num",
+    "SELECT ex_num, worker_index, worker_frontier FROM fronts ORDER BY 1, 2",
+    "SELECT part_index, commit_epoch FROM commits ORDER BY part_index",
+)
+# One row of `snaps` (or of a delta's ``upserts``) as digest input, framed by SQLite:
+# step id, state key, state length (-1 = NULL), then the state bytes. Epochs are left out.
+_ROW_FRAME = (
+    "CAST(step_id || char(31) || state_key || char(31) || "
+    "coalesce(length(ser_change), -1) || char(30) AS BLOB)"
+)
+DIGEST_PREFIX = "ms1:"
+_MOD = 1 << 256
 
-    Snapshot epochs are left out: in a sealed copy (one row per key, all below
-    the resume epoch) they do not change what Bytewax loads.
+
+def small_tables_sha(conn: sqlite3.Connection) -> str:
+    h = hashlib.sha256()
+    for sql in _SMALL_ROWS:
+        h.update(sql.encode())
+        for row in conn.execute(sql):
+            h.update(_frame(*row))
+    return h.hexdigest()
+
+
+def row_hash(frame: bytes, ser_change: bytes | None) -> int:
+    """The 256-bit hash of one framed row (see `_ROW_FRAME`); a multiset digest adds them."""
+    digest = hashlib.blake2b(frame, digest_size=32)
+    if ser_change is not None:
+        digest.update(ser_change)
+    return int.from_bytes(digest.digest(), "little")
+
+
+def rows_hash_sum(conn: sqlite3.Connection, source: str, params: tuple[object, ...] = ()) -> int:
+    """Sum (mod 2**256) of `row_hash` over the rows of `source` (a table or a FROM clause
+    whose rows have step_id, state_key and ser_change)."""
+    conn.text_factory = bytes
+    try:
+        total = 0
+        for frame, blob in conn.execute(f"SELECT {_ROW_FRAME}, ser_change FROM {source}", params):
+            total += row_hash(frame, blob)
+        return total % _MOD
+    finally:
+        conn.text_factory = str
+
+
+def format_digest(small_sha: str, rows_sum: int) -> str:
+    return f"{DIGEST_PREFIX}{small_sha}:{rows_sum % _MOD:064x}"
+
+
+def digest_rows_sum(digest: str) -> int | None:
+    """The rows part of a `logical_digest`; None for a digest of the older (ordered) kind."""
+    if not digest.startswith(DIGEST_PREFIX):
+        return None
+    return int(digest.rsplit(":", 1)[1], 16)
+
+
+def logical_digest(path: Path) -> str:
+    """Digest of a partition's rows (not its page layout), for verification.
+
+    ``ms1:<sha256 of the small tables>:<sum of row hashes>``: the rows part is a
+    multiset hash (the sum mod 2**256 of a 256-bit BLAKE2b per ``snaps`` row), so it
+    does not depend on row order and an incremental checkpoint updates it from the
+    parent's by the rows its delta removes and adds (`recovery.delta.live_delta`)
+    instead of reading the whole state again. Snapshot epochs are left out: in a
+    sealed copy (one row per key, all below the resume epoch) they do not change
+    what Bytewax loads.
     """
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return format_digest(small_tables_sha(conn), rows_hash_sum(conn, "snaps"))
+    finally:
+        conn.close()
+
+
+def legacy_digest(path: Path) -> str:
+    """The ordered sha256 digest checkpoints written before ``ms1:`` digests carry."""
     h = hashlib.sha256()
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        for sql in (
-            "SELECT part_index, part_count FROM parts ORDER BY part_index",
-            "SELECT ex_num, worker_count, resume_epoch FROM exs ORDER BY ex_num",
-            "SELECT ex_num, worker_index, worker_frontier FROM fronts ORDER BY 1, 2",
-            "SELECT part_index, commit_epoch FROM commits ORDER BY part_index",
-        ):
+        for sql in _SMALL_ROWS:
             h.update(sql.encode())
             for row in conn.execute(sql):
                 h.update(_frame(*row))
@@ -289,9 +364,7 @@ def logical_digest(path: Path) -> str:
         conn.text_factory = bytes  # the frame is built by SQLite, byte-identical to _frame
         update = h.update
         for frame, blob in conn.execute(
-            "SELECT CAST(step_id || char(31) || state_key || char(31) || "
-            "coalesce(length(ser_change), -1) || char(30) AS BLOB), ser_change "
-            "FROM snaps ORDER BY step_id, state_key, snap_epoch"
+            f"SELECT {_ROW_FRAME}, ser_change FROM snaps ORDER BY step_id, state_key, snap_epoch"
         ):
             update(frame)
             if blob is not None:
@@ -299,3 +372,10 @@ def logical_digest(path: Path) -> str:
     finally:
         conn.close()
     return h.hexdigest()
+
+
+def digest_matches(path: Path, expected: str) -> bool:
+    """True if the partition at `path` has the digest `expected` (either kind)."""
+    if expected.startswith(DIGEST_PREFIX):
+        return logical_digest(path) == expected
+    return legacy_digest(path) == expected

@@ -57,7 +57,7 @@ from recovery.manifest import (
     scan,
 )
 from recovery.pack import PackError, Packs
-from recovery.partitions import init_partitions, logical_digest, part_index, partition_files
+from recovery.partitions import digest_matches, init_partitions, part_index, partition_files
 from recovery.store import ObjectStore, StoreError, StoreNotFound
 from recovery.swap import settle, stage_dir, swap_in
 from recovery.transfer import get_file
@@ -209,10 +209,10 @@ def _assemble(entry: PartitionEntry, links: list[Manifest], packs: Packs, out: P
         except sqlite3.DatabaseError as exc:
             raise _Rejected(f"partition {entry.index} of {link.id} is unreadable: {exc}") from None
     try:
-        digest = logical_digest(target)
+        matches = digest_matches(target, entry.digest)  # either digest kind (older checkpoints)
     except sqlite3.DatabaseError as exc:
         raise _Rejected(f"partition {entry.index} is unreadable: {exc}") from None
-    if digest != entry.digest:
+    if not matches:
         raise _Rejected(f"partition {entry.index} does not match its digest after assembly")
 
 

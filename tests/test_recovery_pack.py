@@ -29,11 +29,14 @@ from recovery.manifest import (
 )
 from recovery.pack import PackError, Packs, write_packs
 from recovery.partitions import (
+    DIGEST_PREFIX,
     PartitionError,
     connect,
     copy_partition,
     copy_sealed,
+    digest_matches,
     init_partitions,
+    legacy_digest,
     logical_digest,
     partition_files,
     seal_copy,
@@ -237,18 +240,26 @@ def test_multipart_transfer_through_moto(
     assert not (tmp_path / "none").exists() and not list(tmp_path.glob(".none*"))
 
 
-def _to_old_format(store: ObjectStore, m: Manifest, key: bytes) -> None:
+def _legacy_digests(store: ObjectStore, m: Manifest, into: Path) -> list[str]:
+    """The ordered sha256 digests (`legacy_digest`) of `m`'s partitions once restored."""
+    restore(into, checkpoint_store=store, savepoint_store=store, pipeline=m.pipeline,
+            partition_count=m.partition_count, signing_key=KEY, target=("checkpoint", m.id))
+    return [legacy_digest(p) for p in partition_files(into)]
+
+
+def _to_old_format(store: ObjectStore, m: Manifest, key: bytes, digests: list[str]) -> None:
     """Rewrite a packed checkpoint as today's main wrote it: one zlib object per
     partition (``part-N.sqlite3.z`` / ``delta-N.sqlite3.z``), entries without
-    ``offset``/``codec``, signed over exactly those fields."""
+    ``offset``/``codec``, the older (ordered) `digests`, signed over exactly those fields."""
     readers = Packs(lambda k, path: transfer.get_file(store, k, path), Path(store.root) / ".dl")  # type: ignore[attr-defined]
     Path(store.root, ".dl").mkdir(exist_ok=True)  # type: ignore[attr-defined]
     doc = json.loads(m.to_json())
-    for entry, stored in zip(m.partitions, doc["partitions"], strict=True):
+    for entry, stored, digest in zip(m.partitions, doc["partitions"], digests, strict=True):
         data = zlib.compress(readers.chunk(entry), 3)
         obj = object_key(m.pipeline, m.kind, m.id, entry.index, entry.delta)
         store.put(obj, data)
-        stored.update(object=obj, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        stored.update(object=obj, sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+                      digest=digest)
         del stored["offset"], stored["codec"]
     readers.close()
     for old_pack in {e.object for e in m.partitions}:
@@ -273,8 +284,9 @@ def test_old_format_checkpoints_still_restore(tmp_path: Path) -> None:
         taken.append(take_checkpoint(rd, store, pipeline=PIPE, incremental=True, signing_key=KEY))
     full, delta, newest = taken
     assert (delta.parent_id, newest.parent_id) == (full.id, delta.id)
-    _to_old_format(store, full, KEY)
-    _to_old_format(store, delta, KEY)
+    old = {m.id: _legacy_digests(store, m, tmp_path / f"legacy-{m.id}") for m in (full, delta)}
+    _to_old_format(store, full, KEY, old[full.id])
+    _to_old_format(store, delta, KEY, old[delta.id])
     assert not [k for k in store.list(f"{PIPE}/checkpoints/{full.id}/") if k.endswith(".sfpk")]
 
     for target, m in ((("checkpoint", delta.id), delta), ("latest", newest)):
@@ -284,9 +296,12 @@ def test_old_format_checkpoints_still_restore(tmp_path: Path) -> None:
             partition_count=3, signing_key=KEY, target=target,  # type: ignore[arg-type]
         )
         assert (result.chosen, result.id, result.notes) == ("checkpoint", m.id, [])
-        assert [logical_digest(p) for p in partition_files(into)] == [
-            e.digest for e in m.partitions
-        ]
+        digests = old.get(m.id, [e.digest for e in m.partitions])  # the older kind, or ms1
+        assert [digest_matches(p, d) for p, d in zip(partition_files(into), digests,
+                                                      strict=True)] == [True] * 3
+        if m.id in old:
+            assert not any(d.startswith(DIGEST_PREFIX) for d in digests)
+            assert [legacy_digest(p) for p in partition_files(into)] == digests
     out: list = []
     run(counting_flow([*items, ("k0", 1)], out), tmp_path / f"restored-{newest.id}")
     expected: list = []
