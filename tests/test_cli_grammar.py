@@ -127,3 +127,16 @@ def test_a_savepoint_target_is_spelled_savepoint_colon_id_everywhere(argv: list[
 def test_a_wrong_target_is_refused_clearly(argv: list[str], tmp_path: Path, capsys) -> None:
     code, _, err = _run([*argv, "--config", str(_config(tmp_path))], capsys)
     _one_line_error(code, err)
+
+
+def test_deploy_render_defaults_its_config_like_every_command(tmp_path: Path, capsys, monkeypatch) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("STREAMFORGE_CONFIG", str(repo / "config" / "orders.yaml"))
+    code, out, err = _run(["deploy", "render", "--output", str(tmp_path / "k8s"), "--json"], capsys)
+    assert code == 0, err
+    assert '"pipeline": "orders"' in out
+    monkeypatch.delenv("STREAMFORGE_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(["deploy", "render", "--output", str(tmp_path / "k8s")], capsys)
+    _one_line_error(code, err)
+    assert "--config FILE or set STREAMFORGE_CONFIG" in err

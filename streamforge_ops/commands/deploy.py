@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from dataflows.config import load_config
+from dataflows.config import ConfigError, load_config, resolve_config_path
 from streamforge_ops.cli import CliError
 from streamforge_ops.deploy_render import (
     DEFAULT_IMAGE,
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write StatefulSet, ConfigMap, Service, PodMonitor, PrometheusRule",
         description="Render the Kubernetes manifests of the pipeline in --config into --output.",
     )
-    r.add_argument("--config", required=True, metavar="PIPELINE_YAML", help="pipeline config YAML")
+    r.add_argument("--config", metavar="PIPELINE_YAML", help="pipeline config YAML (default: $STREAMFORGE_CONFIG)")
     r.add_argument("--output", "-o", required=True, metavar="DIR",
                    help="directory to write the manifests into ('-' prints them to stdout)")
     r.add_argument("--image", default=DEFAULT_IMAGE, help=f"container image (default {DEFAULT_IMAGE})")
@@ -60,9 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
-    config = Path(args.config)
-    if not config.is_file():
-        raise CliError(f"config file {config} does not exist")
+    try:
+        config = resolve_config_path(args.config, None)  # the one resolver of every command
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
     options = RenderOptions(
         image=args.image,
         namespace=args.namespace,
