@@ -52,7 +52,7 @@ def test_dlq_inspect_replay_twice_with_dedup_downstream(
         return {
             "source": {"brokers": [b], "topics": [source], "tail": False},
             "sink": {"brokers": [b], "topic": out},
-            "dlq": {"brokers": [b], "topic": dlq_topic},
+            "dlq": {"type": "kafka", "brokers": [b], "topic": dlq_topic},
             "max_record_bytes": limit, "dedup": dedup,
         }
 

@@ -43,7 +43,7 @@ def test_poison_messages_reach_the_dlq_with_headers(
     spec = {
         "source": {"brokers": [kafka_bootstrap], "topics": [src], "tail": False},
         "sink": {"brokers": [kafka_bootstrap], "topic": out, "mode": "at-least-once"},
-        "dlq": {"brokers": [kafka_bootstrap], "topic": dlq},
+        "dlq": {"type": "kafka", "brokers": [kafka_bootstrap], "topic": dlq},
     }
     run_main(build(spec, "poison"))
 

@@ -37,7 +37,6 @@ from confluent_kafka import Producer
 from dataflows.config import Config
 from dataflows.connectors.kafka import (
     kafka_dlq_sink_from_config,
-    kafka_output,
     kafka_sink_from_config,
     kafka_source_from_config,
 )
@@ -45,6 +44,7 @@ from dataflows.errors import split_dead_letters
 from dataflows.events import Event, RawRecord, kafka_event_id
 from dataflows.json_codec import to_jsonable
 from dataflows.parse import parse_events
+from dataflows.pipelines.io import write_output
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,9 +71,10 @@ def build(spec: dict[str, Any], name: str = "kharness") -> Dataflow:
         from dataflows.patterns.dedup import deduplicate
 
         events = deduplicate("dedup", events, ttl_ms=3_600_000, pipeline=name, key=lambda e: e.event_id)
-    kafka_output("out", op.map("throttle", events, slow), kafka_sink_from_config(Config(spec["sink"], "spec#sink"), name))
+    whole = Config(spec, "spec")  # the sink's own dead letters go to the spec's `dlq`
+    write_output("out", op.map("throttle", events, slow), kafka_sink_from_config(whole.section("sink"), name))
     dlq = op.merge("dlqs", src_dlq, bad)
-    kafka_output("dlq", dlq, kafka_dlq_sink_from_config(Config(spec["dlq"], "spec#dlq"), name))
+    write_output("dlq", dlq, kafka_dlq_sink_from_config(whole.section("dlq"), name))
     return flow
 
 

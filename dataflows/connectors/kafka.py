@@ -51,10 +51,9 @@ migrate).
 
 Wiring: the source stream mixes `RawRecord` and `DeadLetter` (consumer
 errors), split it with `dataflows.errors.split_dead_letters`. Write to a Kafka
-sink with `kafka_output(step_id, stream, sink)`: the exactly-once sink is a
-`FixedPartitionedSink`s (one partition per Kafka partition) and need
-`(key, item)` pairs, which `kafka_output` (or `pipelines.io.write_output`)
-makes (key = `item.key`).
+sink with `dataflows.pipelines.io.write_output(step_id, stream, sink)`: the
+Kafka sinks are `FixedPartitionedSink`s (one partition per Kafka partition)
+and need `(key, item)` pairs, which `write_output` makes (key = `item.key`).
 """
 
 from __future__ import annotations
@@ -62,9 +61,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import bytewax.operators as op
-from bytewax.dataflow import Stream, operator
-from bytewax.outputs import FixedPartitionedSink, Sink
+from bytewax.outputs import Sink
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from dataflows.config import Config, ConfigError
@@ -80,10 +77,8 @@ __all__ = [
     "KafkaStartError",
     "brokers_from_config",
     "kafka_dlq_sink_from_config",
-    "kafka_output",
     "kafka_sink_from_config",
     "kafka_source_from_config",
-    "sink_key",
 ]
 
 MODES = ("exactly-once", "at-least-once")
@@ -214,22 +209,3 @@ def kafka_dlq_sink_from_config(cfg: Config, pipeline: str) -> KafkaDlqSink:
     if cfg.bool("check", True):
         check_cluster(brokers, [topic], cfg.duration("metadata-timeout", 5.0))
     return KafkaDlqSink(brokers, topic, retry=retry_policy_from_config(cfg))
-
-
-def sink_key(item: Any) -> tuple[str, Any]:
-    """`(key, item)` for a keyed sink: the item's key as text ('' if none)."""
-    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-        return item
-    key = getattr(item, "key", None)
-    if isinstance(key, bytes):
-        return key.decode("utf-8", "backslashreplace"), item
-    return ("" if key is None else str(key)), item
-
-
-@operator
-def kafka_output(step_id: str, up: Stream[Any], sink: Sink[Any]) -> None:
-    """Write `up` to a Kafka sink, keying it first when the sink is partitioned."""
-    if isinstance(sink, FixedPartitionedSink):
-        op.output("write", op.map("key", up, sink_key), sink)
-    else:
-        op.output("write", up, sink)

@@ -21,8 +21,7 @@ delivery failure is lost) and ignores `KafkaSinkMessage.partition`. This sink:
    coords = the output topic) handed to `dead_letters`, the pipeline's DLQ
    (`dataflows.connectors.dlq.sink_dead_letters`).
 
-Feed it `(key, item)` pairs (`dataflows.pipelines.io.write_output` or
-`dataflows.connectors.kafka.kafka_output` key items for you).
+Feed it `(key, item)` pairs (`dataflows.pipelines.io.write_output` keys items for you).
 """
 
 from __future__ import annotations
