@@ -18,13 +18,15 @@ import base64
 import json
 import linecache
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ParamSpec
 
 from dataflows import metrics
 from dataflows.events import Event, RawRecord, now_ms
 from dataflows.json_codec import dumps
+
+_P = ParamSpec("_P")
 
 
 class ErrorCode:
@@ -219,19 +221,17 @@ def dead_letter(
     )
 
 
-def counted_dead_letter(
-    item: Any,
-    *,
-    code: str,
-    stage: str,
-    pipeline: str,
-    exc: BaseException | None = None,
-    message: str | None = None,
-    attempts: int = 1,
-    first_failure_ms: int | None = None,
-) -> DeadLetter:
-    """`dead_letter(...)` and one count in `streamforge_dlq_event_count{pipeline, step=stage,
-    error_code=code}`: the one call every step that makes a dead letter uses."""
-    metrics.DLQ_EVENTS.labels(pipeline=pipeline, step=stage, error_code=code).inc()
-    return dead_letter(item, code=code, stage=stage, pipeline=pipeline, exc=exc, message=message,
-                       attempts=attempts, first_failure_ms=first_failure_ms)
+def _counted(build: Callable[_P, DeadLetter]) -> Callable[_P, DeadLetter]:
+    def counted(*args: _P.args, **kwargs: _P.kwargs) -> DeadLetter:
+        letter = build(*args, **kwargs)
+        metrics.DLQ_EVENTS.labels(pipeline=letter.pipeline, step=letter.stage, error_code=letter.error_code).inc()
+        return letter
+
+    counted.__doc__ = (
+        "`dead_letter(...)` and one count in `streamforge_dlq_event_count{pipeline, step=stage, "
+        "error_code=code}`: the one call every step that makes a dead letter uses."
+    )
+    return counted
+
+
+counted_dead_letter = _counted(dead_letter)
