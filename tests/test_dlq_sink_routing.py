@@ -133,3 +133,40 @@ def test_dead_letters_of_any_item_round_trip_through_the_appender(tmp_path: Path
     sink_dead_letters(cfg, "p")([dead_letter(rec, code="X", stage="st", pipeline="p")])
     (got,) = read_dead_letters(path)
     assert (got.payload, got.event_id, got.error_code) == (b"\xff", "e9", "X")
+
+
+def test_a_pipeline_sends_parse_and_sink_failures_to_its_one_file_dlq(
+    tmp_path: Path, monkeypatch, kafka_bootstrap: str, make_topic
+) -> None:
+    """Through the orders pipeline (file in, at-least-once Kafka out on Tansu, file DLQ): a
+    malformed line (parse) and an order too large for the producer (`message.max.bytes`, a
+    permanent SINK_WRITE in librdkafka) both end in `dlq.path`; no second DLQ file appears."""
+    from bytewax.testing import run_main
+
+    from dataflows.config import load_config
+    from dataflows.pipelines import orders
+    from tests.fixtures.kafka import read_topic
+    from tests.test_pipelines_orders import REPO
+
+    monkeypatch.chdir(tmp_path)
+    good = [json.dumps({"event_id": f"oe-{i}", "op": "insert", "ts": "2026-01-01T00:00:00Z", "order_id": f"o-{i}",
+                        "status": "created", "amount": 1.0, "version": 1}) for i in range(3)]
+    huge = json.dumps({"event_id": "oe-huge", "op": "insert", "ts": "2026-01-01T00:00:01Z", "order_id": "o-huge",
+                       "status": "created", "pad": "x" * 1_500_000, "version": 1})
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join([*good, "{not json", huge]) + "\n")
+    out = make_topic(1, "routed-table")
+    cfg = load_config(REPO / "config" / "orders.yaml", environ={}).data
+    cfg["source"] = {"type": "file", "path": str(src)}
+    cfg["sink"] = {"type": "kafka", "brokers": [kafka_bootstrap], "topic": out}
+    cfg["dlq"] = {"type": "file", "path": str(tmp_path / "dlq.jsonl")}
+    cfg["limits"] = {"max-record-bytes": "4MiB"}
+    cfg.pop("recovery", None)
+    run_main(orders.build_flow(Config(cfg, "routed")))
+    letters = list(read_dead_letters(tmp_path / "dlq.jsonl"))
+    assert sorted(d.error_code for d in letters) == ["MALFORMED_JSON", "SINK_WRITE"]
+    (sink_letter,) = [d for d in letters if d.error_code == "SINK_WRITE"]
+    assert sink_letter.key == b"o-huge" and sink_letter.coords["topic"] == out
+    assert sink_letter.stage.startswith("orders.") and "sink" in sink_letter.stage
+    assert {m.key() for m in read_topic(kafka_bootstrap, out)} == {b"o-0", b"o-1", b"o-2"}
+    assert not (tmp_path / ".streamforge").exists() or not list((tmp_path / ".streamforge").rglob("*sink-dlq*"))
