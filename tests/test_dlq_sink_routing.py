@@ -170,3 +170,22 @@ def test_a_pipeline_sends_parse_and_sink_failures_to_its_one_file_dlq(
     assert sink_letter.stage.startswith("orders.") and "sink" in sink_letter.stage
     assert {m.key() for m in read_topic(kafka_bootstrap, out)} == {b"o-0", b"o-1", b"o-2"}
     assert not (tmp_path / ".streamforge").exists() or not list((tmp_path / ".streamforge").rglob("*sink-dlq*"))
+
+
+def test_the_kafka_dlq_writer_is_shared_safely_by_worker_threads(kafka_bootstrap: str, make_topic) -> None:
+    """A sink's partitions in one process (one per worker thread) share the writer
+    `sink_dead_letters` built: concurrent calls each confirm their own letters."""
+    import threading
+
+    topic = make_topic(1, "shared-dlq")
+    cfg = Config({"sink": {}, "dlq": {"type": "kafka", "brokers": [kafka_bootstrap], "topic": topic}}, "t")
+    from dataflows.connectors.dlq import sink_dead_letters
+
+    write = sink_dead_letters(cfg.section("sink"), "p")
+    threads = [threading.Thread(target=write, args=([_letter(t * 100 + i) for i in range(25)],)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = sorted(DeadLetter.from_json(m.value()).event_id for m in read_topic(kafka_bootstrap, topic))
+    assert got == sorted(f"e{t * 100 + i}" for t in range(4) for i in range(25))

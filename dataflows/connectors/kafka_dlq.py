@@ -17,6 +17,7 @@ source offsets become durable.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -62,11 +63,14 @@ class KafkaDeadLetterWriter:
             add_config={"message.max.bytes": 16 * 2**20, **(add_config or {})},
         )
         self._inflight = InFlight(settings, None)
+        self._lock = threading.Lock()
 
     def __call__(self, letters: Sequence[DeadLetter]) -> None:
-        """Write and wait until every letter is in the topic (DlqWriteError if not)."""
-        self.send(letters)
-        self.settle()
+        """Write and wait until every letter is in the topic (DlqWriteError if not). Safe to
+        call from several worker threads: a sink's partitions in one process share it."""
+        with self._lock:
+            self.send(letters)
+            self.settle()
 
     def send(self, letters: Sequence[DeadLetter]) -> None:
         for letter in letters:
