@@ -310,7 +310,13 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
     # -- committing ------------------------------------------------------
     def snapshot(self) -> State:
         if self._open:
-            self._commit()
+            try:
+                self._commit()
+            except WriterRestartError as exc:
+                # Bytewax 0.21.1 aborts the process on an exception out of `snapshot()` ("thread
+                # caused non-unwinding panic") without printing it: say why before it does.
+                log.error("%s", exc)
+                raise
         self._flush_dead()
         if self._skip.expire(self._end):
             log.warning("%s: the replay never met %d skipped id(s) within their offset window (a "
