@@ -13,7 +13,10 @@ What it does with them (`recovery.cluster_checkpoint` is the protocol):
   (`Follower`, for the checkpoint store and, if different, the savepoint store);
 - on SIGTERM with `savepoints.on-cancel`, a process other than 0 keeps answering until
   it answered one savepoint request issued after its stop began (process 0's cancel
-  savepoint), or `savepoints.timeout`: one savepoint, taken once, for the cluster.
+  savepoint), or `savepoints.timeout`: one savepoint, taken once, for the cluster;
+- `streamforge checkpoint create` / `savepoint create` run inside a pod (the rendered pods
+  set `STREAMFORGE_PROCESS_ID` / `STREAMFORGE_ADDRESSES`) take a cluster snapshot from
+  process 0 (`pod_taker`) and are refused, naming process 0, in the others.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from recovery.placement import owned, process_dir
 from streamforge_ops import restoring
 from streamforge_ops.job import Job
 
-__all__ = ["Follower", "Share", "restore_share", "take"]
+__all__ = ["Follower", "Share", "pod_taker", "restore_share", "take"]
 
 Log = Callable[[str], None]
 # A request process 0 issued up to this long before this process's own stop began is the one
@@ -89,6 +92,23 @@ def take(job: Job, share: Share, kind: str, name: str | None) -> Manifest:
     )
 
 
+def pod_taker(job: Job) -> Callable[[str, str | None], Manifest] | None:
+    """The `taker` of a CLI snapshot command run in a pod of a cluster (its env names the
+    process), None elsewhere; CliError in a pod other than process 0's."""
+    from streamforge_ops.cli import CliError
+    from streamforge_ops.cluster import cluster_from_args
+
+    cluster = cluster_from_args(None, None, None)
+    if cluster is None or cluster.holds_all:
+        return None
+    share = Share.of(job, cluster.local[0], cluster.processes)
+    if not share.coordinator:
+        raise CliError(f"this is process {share.process_id} of a {share.processes}-process cluster: "
+                       f"run the command in process 0's pod ({cluster.addresses[0]}), which "
+                       "coordinates the cluster's checkpoints and savepoints")
+    return lambda kind, name: take(job, share, kind, name)
+
+
 class Follower:
     """A process other than 0: answers process 0's requests in daemon threads."""
 
@@ -96,7 +116,7 @@ class Follower:
         self.job, self.share, self.log, self.poll_s = job, share, log, poll_s
         self._stop = threading.Event()
         self._answered = threading.Condition()
-        self._requests: list[tuple[str, float]] = []  # (kind, issued_at) of each answered request
+        self._answers: list[tuple[Request, float]] = []  # each answered request, when answered
 
     def start(self) -> Follower:
         stores = {self.job.checkpoint_store.url: self.job.checkpoint_store,
@@ -111,17 +131,24 @@ class Follower:
 
     def _on_answer(self, req: Request, error: Exception | None) -> None:
         with self._answered:
-            self._requests.append((req.kind, req.issued_at))
+            self._answers.append((req, time.time()))
             self._answered.notify_all()
 
     def await_answer(self, kind: str, timeout_s: float) -> bool:
-        """Wait until this process answered a `kind` request issued since its stop began
-        (`SKEW_S` before now): process 0's final checkpoint or cancel savepoint; False
-        after `timeout_s`."""
-        since = time.time() - SKEW_S
+        """Wait until this process answered process 0's final checkpoint or cancel
+        savepoint (`kind`): a request answered from now on, or a cancel savepoint
+        (``cancel-*``, the supervisor's name for it) issued up to `SKEW_S` ago (process 0
+        stopped first); False after `timeout_s`. Any other earlier answer (a periodic
+        checkpoint, an operator's savepoint) is not the one it waits for."""
+        now = time.time()
+
+        def answered() -> bool:
+            return any(req.kind == kind and (at >= now or (
+                kind == "savepoint" and (req.name or "").startswith("cancel-")
+                and req.issued_at >= now - SKEW_S)) for req, at in self._answers)
+
         with self._answered:
-            return self._answered.wait_for(
-                lambda: any(k == kind and t >= since for k, t in self._requests), timeout=timeout_s)
+            return self._answered.wait_for(answered, timeout=timeout_s)
 
     def stop(self) -> None:
         self._stop.set()

@@ -357,6 +357,8 @@ def _statefulset(
     }
     cluster = options.replicas > 1
     grace = math.ceil(settings.recovery.stop_grace_s + settings.checkpoints.timeout_s + 30)
+    if cluster:  # process 0 drains its checkpoint, then the savepoint; the others wait for it
+        grace += math.ceil(settings.savepoints.timeout_s)
     port = settings.metrics.port
     init = {
         "name": "restore",
@@ -374,7 +376,7 @@ def _statefulset(
         "imagePullPolicy": "IfNotPresent",
         "command": ["streamforge"],
         "args": ["run", settings.pipeline, "--config", CONFIG_FILE, *_cluster_args(name, options)],
-        "env": env,
+        "env": [*env, *_cluster_env(name, options)],
         "envFrom": env_from,
         "ports": [
             {"name": "metrics", "containerPort": port, "protocol": "TCP"},
@@ -462,6 +464,16 @@ def _cluster_args(name: str, options: RenderOptions) -> list[str]:
         return []
     return ["--process-id", "ordinal",
             "--addresses", cluster_addresses(name, options.namespace, options.replicas)]
+
+
+def _cluster_env(name: str, options: RenderOptions) -> list[dict[str, str]]:
+    """The same for the commands an operator runs in a pod (`kubectl exec ... streamforge
+    savepoint create`: process 0 coordinates it, `cluster_state.pod_taker`)."""
+    args = _cluster_args(name, options)
+    if not args:
+        return []
+    return [{"name": "STREAMFORGE_PROCESS_ID", "value": args[1]},
+            {"name": "STREAMFORGE_ADDRESSES", "value": args[3]}]
 
 
 def _service(name: str, meta: dict[str, Any], settings: Settings, cluster: bool) -> dict[str, Any]:

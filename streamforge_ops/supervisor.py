@@ -392,7 +392,8 @@ class Supervisor:
         self._drain()
         self._compact()
         if self.follower is not None:  # process 0 takes the final checkpoint: answer it
-            self._await_coordinator("checkpoint", self.job.settings.checkpoints.timeout_s)
+            # (after draining its in-flight one: up to two checkpoint timeouts)
+            self._await_coordinator("checkpoint", 2 * self.job.settings.checkpoints.timeout_s)
         else:
             self._checkpoint()
         self._phase = "completed"
@@ -411,7 +412,9 @@ class Supervisor:
         self._drain()
         saved = True
         if s.savepoints.on_cancel and self.follower is not None:  # process 0 takes it: answer it
-            self._await_coordinator("savepoint", s.savepoints.timeout_s)
+            # (after stopping its child and draining its in-flight checkpoint)
+            budget = s.recovery.stop_grace_s + s.checkpoints.timeout_s + s.savepoints.timeout_s
+            self._await_coordinator("savepoint", budget)
         elif s.savepoints.on_cancel:
             out = snapshots.take(self.job, "savepoint", name=f"cancel-{int(time.time())}", log=self.log,
                                  taker=self._taker())

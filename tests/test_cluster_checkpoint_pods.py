@@ -52,6 +52,19 @@ def test_pods_checkpoint_as_one_cluster_and_cancel_with_one_savepoint(tmp_path: 
 
     wait_for(cluster_checkpoint, what="a checkpoint of both processes", timeout=90)
     wait_for(lambda: len(read_rows(ws.output)) >= 20, what="output from the cluster", timeout=60)
+    # `kubectl exec` of `savepoint create` in a pod (its env names the process): process 0
+    # coordinates it while the cluster runs; process 1 refuses, naming process 0
+    def savepoint_create(k: int) -> tuple[int, str, str]:
+        env = {"STREAMFORGE_PROCESS_ID": str(k), "STREAMFORGE_ADDRESSES": addrs}
+        return ws.finish(ws.start("--name", "manual", config=cfgs[k], env=env,
+                                  command="savepoint create"), timeout=120)
+
+    code, _, err = savepoint_create(1)
+    assert code == 2 and "run the command in process 0's pod (127.0.0.1:" in err, err
+    code, _, err = savepoint_create(0)
+    assert code == 0, err
+    (manual,) = list_savepoints(store, "sup")
+    assert manual.name == "manual" and sorted(e.index for e in manual.partitions) == [0, 1, 2, 3]
     for p in pods:
         p.send_signal(signal.SIGTERM)
     errs = []
@@ -59,7 +72,7 @@ def test_pods_checkpoint_as_one_cluster_and_cancel_with_one_savepoint(tmp_path: 
         code, _, err = ws.finish(p, timeout=120)
         assert code == 0, err
         errs.append(err)
-    (sp,) = list_savepoints(store, "sup")
+    (sp,) = [m for m in list_savepoints(store, "sup") if m.id != manual.id]  # taken once
     assert sp.name.startswith("cancel-") and sorted(e.index for e in sp.partitions) == [0, 1, 2, 3]
     assert "answered process 0's savepoint" in errs[1]
     assert _status(tmp_path, 0)["savepoint"] == sp.id and _status(tmp_path, 1).get("savepoint") is None

@@ -352,6 +352,8 @@ def test_replicas_3_is_one_cluster_of_3_pods(tmp_path: Path) -> None:
     pod = spec["template"]["spec"]
     (main_c,) = pod["containers"]
     assert "initContainers" not in pod and "lifecycle" not in main_c
+    # stop (40s) + process 0's in-flight checkpoint (90s) + the savepoint (90s) must fit
+    assert pod["terminationGracePeriodSeconds"] >= 40 + 90 + 90
     args = main_c["args"]
     assert args[:4] == ["run", "customers_cdc", "--config", "/etc/streamforge/pipeline.yaml"]
     assert args[4:7] == ["--process-id", "ordinal", "--addresses"]
@@ -361,6 +363,8 @@ def test_replicas_3_is_one_cluster_of_3_pods(tmp_path: Path) -> None:
     # what the pod's `streamforge run` makes of them (streamforge_ops.cluster)
     c = cluster_from_args(None, "ordinal", addresses, env={}, hostname="streamforge-customers-cdc-2")
     assert c is not None and (c.processes, c.local) == (3, (2,))
+    env = {e["name"]: e.get("value") for e in main_c["env"]}  # for `kubectl exec` commands too
+    assert cluster_from_args(None, None, None, env=env, hostname="streamforge-customers-cdc-2") == c
     assert {p["name"]: p["containerPort"] for p in main_c["ports"]}["cluster"] == 2101
     assert main_c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert main_c["readinessProbe"]["httpGet"]["path"] == "/readyz"

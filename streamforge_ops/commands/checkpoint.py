@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from streamforge_ops import snapshots
+from streamforge_ops import cluster_state, snapshots
 from streamforge_ops.cli import CliError
 from streamforge_ops.job import add_config_arg, load_job
 from streamforge_ops.output import emit, listing, manifest_full, progress
@@ -36,7 +36,7 @@ def _create(args: argparse.Namespace) -> int:
     if not job.recovery_dir.is_dir():
         raise CliError(f"no recovery partitions in {job.recovery_dir}: run the pipeline first")
     progress(f"checkpointing {job.recovery_dir} to {job.settings.checkpoints.store.url} ...")
-    out = snapshots.take(job, "checkpoint", log=progress)
+    out = snapshots.take(job, "checkpoint", log=progress, taker=cluster_state.pod_taker(job))
     if not out.ok:
         print(f"streamforge: checkpoint failed: {out.error}", file=sys.stderr)
         return 1

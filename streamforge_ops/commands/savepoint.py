@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from dataflows.config import parse_duration
-from streamforge_ops import snapshots
+from streamforge_ops import cluster_state, snapshots
 from streamforge_ops.cli import CliError
 from streamforge_ops.job import add_config_arg, load_job, snapshot_id, supervisor_pid
 from streamforge_ops.output import emit, listing, manifest_full, progress
@@ -64,7 +64,8 @@ def _create(args: argparse.Namespace) -> int:
     if not job.recovery_dir.is_dir():
         raise CliError(f"no recovery partitions in {job.recovery_dir}: run the pipeline first")
     progress(f"savepoint of {job.recovery_dir} to {job.settings.savepoints.store.url} ...")
-    out = snapshots.take(job, "savepoint", name=args.name, log=progress)
+    out = snapshots.take(job, "savepoint", name=args.name, log=progress,
+                         taker=cluster_state.pod_taker(job))
     if not out.ok:
         print(f"streamforge: savepoint failed: {out.error}", file=sys.stderr)
         return 1
