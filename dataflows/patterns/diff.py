@@ -55,24 +55,32 @@ def _kind(v: Any) -> type | None:
 
 def _walk(a: Any, b: Any, path: str, out: list[str]) -> None:
     """Append the paths at or under `path` where `a` and `b` (known to differ) differ."""
-    kind = _kind(a)
-    if kind is None or kind is not _kind(b):
+    ta = type(a)
+    if (ta is dict or ta is list) and type(b) is ta:
+        kind: type | None = ta  # the common case, without isinstance
+    else:
+        kind = _kind(a)
+        if kind is not _kind(b):
+            kind = None
+    if kind is None:
         out.append(path)
     elif kind is dict:
-        prefix = f"{path}." if path else ""
+        prefix = path + "." if path else ""
         get = b.get
+        append = out.append
         matched = 0
         for k, va in a.items():
             vb = get(k, _MISSING)
             if vb is _MISSING:
-                out.append(f"{prefix}{k}")
+                append(prefix + k if type(k) is str else f"{prefix}{k}")
                 continue
             matched += 1
             if va is not vb and va != vb:
-                if type(va) in _SCALARS or type(vb) in _SCALARS:
-                    out.append(f"{prefix}{k}")
+                tv = type(va)
+                if tv in _SCALARS or type(vb) in _SCALARS:
+                    append(prefix + k if type(k) is str else f"{prefix}{k}")
                 else:
-                    _walk(va, vb, f"{prefix}{k}", out)
+                    _walk(va, vb, prefix + k if type(k) is str else f"{prefix}{k}", out)
         if matched < len(b):
             out.extend(f"{prefix}{k}" for k in b if k not in a)
     else:

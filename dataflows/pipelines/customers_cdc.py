@@ -44,6 +44,7 @@ from dataflows.connectors.mongo_sink import write_to_mongo
 from dataflows.connectors.mongo_source import MongoChangeSource
 from dataflows.dead_letter import DeadLetter
 from dataflows.events import Event
+from dataflows.flow import materialize, merge_changes
 from dataflows.pipelines.common import ParseOptions, ingest, lazy_flow
 from dataflows.pipelines.io import build_dlq_sink, build_sink, build_source, write_output
 
@@ -61,9 +62,6 @@ def build_flow(
     changes_sink: Sink[Any] | None = None,
 ) -> Dataflow:
     """The customers_cdc dataflow; config errors are raised here, naming their key."""
-    from dataflows.patterns.materializer import materialize
-    from dataflows.patterns.merger import merge_changes
-
     name = cfg.str("pipeline.name", NAME)
     options = ParseOptions.from_config(cfg, key_field="_id", time_field=None)
     source = source if source is not None else build_source(cfg.section("source"), name)
