@@ -11,7 +11,13 @@ applying timeout / min-pause / retained itself):
    checkpoint's sealed copies are in the local cache, only the delta since it
    (`recovery.delta`), zstd-compressed into a few objects (`recovery.pack`,
    an index of offset/size/sha256 per partition in the manifest) and uploads
-   them multipart (`recovery.transfer`); a full base every `full_every`;
+   them multipart (`recovery.transfer`); a full base every `full_every`.
+   While the flow has not (re)started since the parent (same ``exs`` rows),
+   steps 2-3 read only the live rows written since the parent's epoch
+   (`recovery.delta.live_delta`: no copy of the state, the digest updated
+   from the parent's) and the cached copies are brought forward by the
+   deltas; after a restart (Bytewax then re-snapshots every key) the delta
+   compares whole sealed copies (`make_delta`);
 4. uploads the manifest (sha256 of every object, logical digest of every
    partition, source positions, state size per step), signed when a key is
    given, LAST: a checkpoint without a manifest is never chosen;
@@ -41,6 +47,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,6 +106,7 @@ class CheckpointTimeout(CheckpointError):
 
 
 _LEASE_MARGIN_S = 60.0
+_WORKERS = 2  # partitions copied at once
 _UNBOUNDED_WAIT_S = 600.0
 
 
@@ -139,6 +147,17 @@ class _Deadline:
         return _UNBOUNDED_WAIT_S if self.end is None else max(0.0, self.end - time.monotonic())
 
 
+class _Pool(ThreadPoolExecutor):
+    """A thread pool whose queued work is cancelled when its block raises (a timeout or a
+    refused copy stops the checkpoint without finishing every other partition first)."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(max_workers=workers)
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:  # type: ignore[override]
+        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+
 def _live_state(recovery_dir: Path) -> tuple[list[Path], int | None, list[list[int]]]:
     """The live partitions, their resume epoch and their executions."""
     files = partition_files(recovery_dir)
@@ -171,13 +190,16 @@ def _sealed_copies(
     recovery_dir: Path, work: Path, deadline: _Deadline
 ) -> tuple[list[Path], int | None]:
     files, epoch, _ = _live_state(recovery_dir)
-    copies = []
-    for f in files:  # each copy sealed as it is taken (`copy_sealed`: only the kept rows)
-        dst = work / f.name
-        copy_sealed(f, dst, epoch)
-        fault_point("checkpoint.copy")
-        copies.append(dst)
-        deadline.check(f"copying {f.name}")
+    copies = [work / f.name for f in files]
+    # each copy sealed as it is taken (`copy_sealed`: only the kept rows), `_WORKERS` at a
+    # time (SQLite runs without the GIL)
+    with _Pool(_WORKERS) as pool:
+        futures = [pool.submit(copy_sealed, f, dst, epoch) for f, dst in zip(files, copies,
+                                                                              strict=True)]
+        for f, future in zip(files, futures, strict=True):
+            future.result()
+            fault_point("checkpoint.copy")
+            deadline.check(f"copying {f.name}")
     _check_sealed(copies, epoch)
     return copies, epoch
 
@@ -415,10 +437,13 @@ def _upload(
     ``checkpoint.upload`` fault point: once per partition, after the packs are
     stored and before the manifest (the window a kill must not publish)."""
     sources = [copy if parent is None else _delta_file(copy, parent, work) for copy in copies]
-    keys, chunks = _store_packs([part_index(c) for c in copies], sources, work, store, where,
-                                deadline)
+    with _Pool(1) as pool:  # digests while packing and uploading
+        pending = [pool.submit(logical_digest, copy) for copy in copies]
+        keys, chunks = _store_packs([part_index(c) for c in copies], sources, work, store, where,
+                                    deadline)
+        digests = [f.result() for f in pending]
     entries = []
-    for copy, source, chunk in zip(copies, sources, chunks, strict=True):
+    for copy, source, chunk, digest in zip(copies, sources, chunks, digests, strict=True):
         if source != copy:
             source.unlink()
         fault_point("checkpoint.upload")
@@ -435,7 +460,7 @@ def _upload(
                 sha256=chunk.sha256,
                 size=chunk.size,
                 delta=parent is not None,
-                digest=logical_digest(copy),
+                digest=digest,
                 keys=n,
                 commit_epoch=commit[0] if commit else None,
                 offset=chunk.offset,
@@ -443,6 +468,26 @@ def _upload(
             )
         )
     return entries
+
+
+def _copied(
+    recovery_dir: Path,
+    parent: _Parent | None,
+    work: Path,
+    store: ObjectStore,
+    where: tuple[str, Kind, str],
+    deadline: _Deadline,
+    input_steps: Iterable[str] | None,
+) -> tuple[list[Path], int | None, list[PartitionEntry], dict[str, Any], dict[str, int]]:
+    """Sealed copies of every partition, uploaded (`_upload`: full, or deltas against
+    `parent`); their epoch, entries, source positions and state bytes per step (read
+    from the copies while they are packed and uploaded)."""
+    copies, epoch = _sealed_copies(recovery_dir, work, deadline)
+    with _Pool(1) as pool:
+        positions = pool.submit(source_positions, copies, input_steps)
+        state_bytes = pool.submit(state_bytes_by_step, copies)
+        entries = _upload(copies, parent, work, store, where, deadline)
+        return copies, epoch, entries, positions.result(), state_bytes.result()
 
 
 def _take(
@@ -483,14 +528,16 @@ def _take(
                                                                            executions):
                 deltas, results = _live_deltas(files, parent, epoch, work, deadline)
                 entries = _upload_live(deltas, results, work, store, where, deadline)
+                assert parent.manifest is not None
+                positions, state_bytes = _delta_metadata(parent.manifest, deltas, results,
+                                                         input_steps)
             else:
-                copies, epoch = _sealed_copies(recovery_dir, work, deadline)
-                entries = _upload(copies, parent, work, store, where, deadline)
+                copies, epoch, entries, positions, state_bytes = _copied(
+                    recovery_dir, parent, work, store, where, deadline, input_steps)
             if parent is not None and not _chain_intact(store, pipeline, parent):
                 parent = deltas = None  # its objects went away while we uploaded: a full one
-                files, epoch, executions = _live_state(recovery_dir)
-                copies, epoch = _sealed_copies(recovery_dir, work, deadline)
-                entries = _upload(copies, None, work, store, where, deadline)
+                copies, epoch, entries, positions, state_bytes = _copied(
+                    recovery_dir, None, work, store, where, deadline, input_steps)
         except PartitionError as exc:
             raise CheckpointError(str(exc)) from None
         sealed = deltas if deltas is not None else copies
@@ -500,12 +547,6 @@ def _take(
         finally:
             for c in conns:
                 c.close()
-        if deltas is not None and parent is not None and parent.manifest is not None:
-            positions, state_bytes = _delta_metadata(parent.manifest, deltas, results,
-                                                     input_steps)
-        else:
-            positions = source_positions(copies, input_steps)
-            state_bytes = state_bytes_by_step(copies)
         missing = [o for o in sorted({e.object for e in entries}) if not store.exists(o)]
         if missing:
             raise CheckpointError(f"{kind} {snap_id}: uploaded objects vanished before publishing: "
