@@ -123,7 +123,8 @@ class _InjectingProducer:
     def __init__(self, conf: dict[str, Any], fail_after: int, *, abort_fails: bool = False,
                  fenced: bool = False, refuse_once_after_abort: bool = False, lose_commits: bool = False) -> None:
         self._real, self._conf = Producer(conf), conf
-        self.lose_commits = lose_commits  # a broker that acknowledges EndTxn(commit) but aborts
+        self.lose_commits = lose_commits  # a broker that acknowledges records and commit, stores nothing
+        self.lose_second = False  # a broker that acknowledges the second record without storing it
         self.fail_after, self.abort_fails, self.fenced = fail_after, abort_fails, fenced
         self.refuse_once_after_abort = refuse_once_after_abort  # e.g. metadata lost the partition
         self.produced = 0
@@ -152,6 +153,11 @@ class _InjectingProducer:
             tp = TopicPartition(args[0], kwargs["partition"])
             offset = self._lost_base(tp) + self.produced - 1
             kwargs["on_delivery"](None, _Delivered(offset))
+            return
+        if self.lose_second and self.produced == 2:
+            # As Tansu did for an idempotent retry after its restart (the sequence was recorded,
+            # the batch object was not): success, with no offset (librdkafka's OFFSET_INVALID).
+            kwargs["on_delivery"](None, _Delivered(-1))
             return
         if self.fail_after > 0 and not self.fenced:
             if self.produced == self.fail_after:
@@ -291,6 +297,21 @@ def test_commit_the_broker_does_not_apply_is_not_recorded_as_written(
     assert replay.snapshot()["committed_end"][0] > durable["committed_end"][0]
     _exactly_once(kafka_bootstrap, out, range(4))
     assert not dead
+
+
+def test_a_record_acknowledged_but_not_stored_mid_transaction_is_caught(
+    kafka_bootstrap: str, make_topic: Callable[..., str], inject: dict[str, Any]
+) -> None:
+    """One record of the transaction acknowledged and never stored, the others stored and
+    committed: reading back the last record alone would pass; the count of the read-back does
+    not. Seam: `lose_second` (Kafka never acknowledges what it did not append)."""
+    out = make_topic(1, "eo-lost-one")
+    durable = _writer(kafka_bootstrap, out, "lost-one", []).build_part("step", "00000", None).snapshot()
+    part = _writer(kafka_bootstrap, out, "lost-one", []).build_part("step", "00000", durable)
+    part._producer.lose_second = True
+    part.write_batch(_events(range(0, 4)))
+    with pytest.raises(transactional.CommitNotVisibleError, match="reads 3 of them"):
+        part.snapshot()
 
 
 def test_commit_hidden_behind_an_open_transaction_is_not_recorded(
