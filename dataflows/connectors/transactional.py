@@ -68,10 +68,10 @@ and a fenced producer (`ProducerFencedError`) raise a `WriterRestartError`
 out of `snapshot()`: the process exits and a restart replays from the last
 durable snapshot, which is exactly what the writer is built for. So does a
 commit the broker acknowledged but does not show: after each commit the
-writer reads its last record back read_committed (`transactional_scan.
-CommitCheck`, `sink.verify-commits`, on by default: one one-record fetch per
-transaction) and raises `CommitNotVisibleError` if it is skipped (read as
-aborted) or stays behind the last stable offset for `commit-timeout`. Dead
+writer reads the transaction's records back read_committed
+(`transactional_scan.CommitCheck`, `sink.verify-commits`, on by default) and
+raises `CommitNotVisibleError` if any is missing (read as aborted, or never
+stored) or they stay behind the last stable offset for `commit-timeout`. Dead
 letters are written after the transaction committed (outside it, at least
 once), so a fenced or restarting writer never writes any.
 
@@ -242,7 +242,6 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
         self._refused: set[int] = set()  # indexes in _records refused for good by produce()
         self._dead: list[DeadLetter] = []  # written once the transaction committed
         self._written_end = self._end
-        self._txn_last = -1  # the highest offset delivered in this attempt of the open transaction
         self._check = CommitCheck(self._k.brokers, self._k.topic, partition, self.transactional_id) \
             if s.verify_commits else None
 
@@ -290,8 +289,9 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
             if err is not None:
                 self._failed[index] = err
             elif m.offset() is not None:
-                self._txn_last = max(self._txn_last, m.offset())
                 self._written_end = max(self._written_end, m.offset() + 1)
+                if self._check is not None:
+                    self._check.delivered(m.offset())
 
         headers: list[tuple[str, str | bytes | None]] = [h for h in msg.headers if h[0] != WRITER_HEADER]
         headers.append(self._writer_header)
@@ -365,9 +365,8 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
                 time.sleep(delay)
                 self._needs_abort = self._needs_abort or err.txn_requires_abort()
                 continue
-            if self._check is not None and self._txn_last >= 0:
-                self._check.verify(self._txn_last, self._s.commit_timeout_s)
-            self._txn_last = -1
+            if self._check is not None:
+                self._check.verify(self._s.commit_timeout_s)
             self._end = self._written_end
             self._records.clear()
             self._failed.clear()
@@ -388,7 +387,8 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
                 f"is unknown: restart from the last snapshot"
             ) from exc
         self._generation += 1
-        self._txn_last = -1
+        if self._check is not None:
+            self._check.reset()
         failed, self._failed = self._failed, {}
         keep: list[_Record] = []
         for i, (item, msg) in enumerate(self._records):

@@ -197,55 +197,73 @@ class CommitNotVisibleError(WriterRestartError):
 
 
 class CommitCheck:
-    """Reads back, read_committed, the last record of each transaction the writer committed.
+    """Reads back, read_committed, the records of each transaction the writer committed.
 
     A broker acknowledges `EndTxn` once the commit is decided; Kafka then writes the markers that
-    make the records visible (`TransactionCoordinator`, `TransactionMarkerChannelManager`), so the
-    last record shows up at once or shortly after. A broker that loses its transaction state (Tansu
-    0.6.0 with S3 storage, killed mid-write: its produce path updates the watermark, the `meta.json`
-    transaction record and the batch object in three separate writes, tansu-storage/src/dynostore.rs
-    `produce`) can acknowledge a commit whose records then read as aborted (skipped) or stay behind
-    a last stable offset that never moves. Either way the snapshot must not record them as written:
-    the check raises `CommitNotVisibleError` before `snapshot()` returns, the process restarts from
-    the last durable snapshot, `init_transactions()` rolls the dangling transaction back and the
-    replay writes the records again. One fetch of one record per committed transaction.
+    make the records visible (`TransactionCoordinator`, `TransactionMarkerChannelManager`), so they
+    show up at once or shortly after. A broker that loses state in a crash can acknowledge what it
+    does not keep: Tansu 0.6.0 with S3 storage, killed mid-write, updates the watermark, the
+    `meta.json` producer and transaction records and the batch object in separate writes
+    (tansu-storage/src/dynostore.rs `produce`), and the chaos harness saw it acknowledge records it
+    never stored, and commits whose records stay behind a last stable offset that never moves.
+    Such records must not count as written in the snapshot: `verify` raises
+    `CommitNotVisibleError` before `snapshot()` returns, the process restarts from the last
+    durable snapshot, `init_transactions()` rolls a dangling transaction back and the replay
+    writes the records again. Cost: reading back what was written (one fetch per megabyte or so).
     """
 
     def __init__(self, brokers: tuple[str, ...] | list[str], topic: str, partition: int, writer_id: str) -> None:
         self._brokers, self._topic, self._partition = brokers, topic, partition
         self._writer = writer_id.encode()
         self._consumer: Consumer | None = None
+        self.reset()
 
-    def verify(self, last_offset: int, timeout_s: float) -> None:
-        """Wait (bounded) until the record at `last_offset`, written by this writer, is read
-        read_committed; raise `CommitNotVisibleError` when it is skipped or never shows up."""
+    def reset(self) -> None:
+        """Forget the delivery reports of the current attempt (an abort, or after `verify`)."""
+        self._first, self._last, self._count = -1, -1, 0
+
+    def delivered(self, offset: int) -> None:
+        """A delivery report of the open transaction: the broker stored a record at `offset`."""
+        self._count += 1
+        if offset >= 0:
+            self._first = offset if self._first < 0 else min(self._first, offset)
+            self._last = max(self._last, offset)
+
+    def verify(self, timeout_s: float) -> None:
+        """Wait (bounded) until every delivered record of the committed transaction is read
+        read_committed; raise `CommitNotVisibleError` when one is missing or never shows up."""
+        first, last, want = self._first, self._last, self._count
+        self.reset()
+        if want == 0:
+            return
+        where = f"{self._topic}[{self._partition}]"
+        if first < 0:
+            raise CommitNotVisibleError(f"{where}: the broker acknowledged {want} record(s) without offsets")
         if self._consumer is None:
             self._consumer = _consumer(self._brokers, "read_committed")
-        where = f"{self._topic}[{self._partition}]"
-        self._consumer.assign([TopicPartition(self._topic, self._partition, last_offset)])
-        deadline = time.monotonic() + timeout_s
+        self._consumer.assign([TopicPartition(self._topic, self._partition, first)])
+        deadline, seen = time.monotonic() + timeout_s, 0
         try:
             while time.monotonic() < deadline:
-                msg = self._consumer.poll(0.05)
-                if msg is None:
-                    continue
-                err = msg.error()
-                offset = int(msg.offset() or 0)
-                if err is not None and err.code() != KafkaError._PARTITION_EOF:
-                    if err.retriable() or err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
-                        continue
-                    raise CommitNotVisibleError(f"{where}: reading back the commit failed: {err.str()}")
-                if offset > last_offset or (err is None and header_value(msg.headers(), WRITER_HEADER)
-                                            != self._writer):
-                    raise CommitNotVisibleError(
-                        f"{where}: the broker acknowledged the commit of offsets up to {last_offset}, but a "
-                        f"read_committed consumer skips them (read as aborted): the broker lost the "
-                        f"transaction; restart from the last snapshot and write them again")
-                if err is None:
-                    return  # offset == last_offset: ours, committed
-                # end of partition at last_offset: the markers are not written yet; wait for them
+                for msg in self._consumer.consume(1000, 0.05):
+                    err, offset = msg.error(), int(msg.offset() or 0)
+                    if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                        if err.retriable() or err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+                            continue
+                        raise CommitNotVisibleError(f"{where}: reading back the commit failed: {err.str()}")
+                    if err is None and offset <= last and header_value(msg.headers(), WRITER_HEADER) == self._writer:
+                        seen += 1
+                    if (err is None and offset >= last) or (err is not None and offset > last):
+                        if seen == want:
+                            return
+                        raise CommitNotVisibleError(
+                            f"{where}: the broker acknowledged the commit of {want} record(s) at offsets "
+                            f"{first}..{last}, but a read_committed consumer reads {seen} of them (the others "
+                            f"read as aborted, or were never stored): restart from the last snapshot and "
+                            f"write them again")
+                    # an end of partition at or below `last`: the markers are not written yet; wait
             raise CommitNotVisibleError(
-                f"{where}: the commit of offsets up to {last_offset} was acknowledged but is not visible "
+                f"{where}: the commit of offsets {first}..{last} was acknowledged but is not visible "
                 f"read_committed within {timeout_s:g}s (the last stable offset does not move past it): "
                 f"restart from the last snapshot")
         finally:
