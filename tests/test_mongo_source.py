@@ -32,7 +32,7 @@ Items = list[Any]
 
 def settings(mongo: MongoHandle, **kw: Any) -> MongoSourceSettings:
     base = MongoSourceSettings(uri=mongo.uri, database=mongo.database, collections=("customers",),
-                               pipeline="test", max_await_ms=20, server_selection_timeout_ms=500,
+                               pipeline="test", max_await_ms=20, server_selection_timeout_ms=2000,  # 0.5s failed under load 10
                                initial_backoff_s=0.05, max_backoff_s=0.2)
     return replace(base, **kw)
 
