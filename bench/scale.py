@@ -11,6 +11,12 @@ processes, small and large input) and the best (shortest) of `--repeat` is kept 
 (processes, input); the marginal throughput `(large - small) / (t_large - t_small)` takes out
 what every run pays once (interpreter and import, preflight build, Timely bootstrap, restore,
 final checkpoint). `ratio_2_vs_1` = marginal events/s on 2 processes / on 1.
+
+CPU, to tell a slow cluster from a busy machine: `cpu_us_per_event` is the marginal CPU time
+(user + sys) of the supervisor and its Bytewax processes per event (from `getrusage` of the
+finished runs), `broker_cpu_us_per_event` the broker's (from /proc), and `load_avg_1m` the
+machine's load average before and after. On 2 cores, 2 processes can only beat 1 if the
+pipeline's CPU plus the broker's fit in the cores other work leaves.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -62,46 +69,64 @@ def config(root: Path, b: str, src: str, mode: str) -> Path:
     return path
 
 
-def timed_run(b: str, src: str, processes: int, mode: str) -> float:
-    """Seconds of one `streamforge run --processes N` to the end of the bounded input."""
+def _cpu_children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _cpu_of(pid: int) -> float:
+    """user + sys seconds of a running process (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_run(b: str, src: str, processes: int, mode: str, broker_pid: int) -> tuple[float, float, float]:
+    """(seconds, CPU seconds of the run's processes, CPU seconds of the broker) of one
+    `streamforge run --processes N` to the end of the bounded input."""
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         cfg = config(Path(tmp), b, src, mode)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        t0 = time.perf_counter()
+        cpu0, broker0, t0 = _cpu_children(), _cpu_of(broker_pid), time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "streamforge_ops", "run", "--config", str(cfg),
                                "--processes", str(processes)], cwd=REPO, env=env,
                               capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - t0
+        cpu, broker = _cpu_children() - cpu0, _cpu_of(broker_pid) - broker0
     if done.returncode != 0:
         raise RuntimeError(f"run --processes {processes} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return seconds
+    return seconds, cpu, broker
 
 
-def measure(b: str, small: int, large: int, repeat: int, mode: str) -> dict[str, Any]:
+def measure(b: str, broker_pid: int, small: int, large: int, repeat: int, mode: str) -> dict[str, Any]:
     lines = generate_orders(large, seed=7).lines
     topics = {}
     for n in (small, large):
         topics[n] = create_topic(b, f"scale-in-{n}-{uuid.uuid4().hex[:6]}", PARTITIONS)
         fill(b, topics[n], lines[:n], PARTITIONS)
-    best: dict[tuple[int, int], float] = {}
+    best: dict[tuple[int, int], tuple[float, float, float]] = {}
+    load_before = os.getloadavg()[0]
     for _ in range(repeat):  # interleaved, so a busy moment hits every configuration alike
         for processes in (1, 2):
             for n in (small, large):
-                t = timed_run(b, topics[n], processes, mode)
-                best[processes, n] = min(best.get((processes, n), t), t)
+                run = timed_run(b, topics[n], processes, mode, broker_pid)
+                best[processes, n] = min(best.get((processes, n), run), run)
     result: dict[str, Any] = {"partitions": PARTITIONS, "mode": mode, "small": small, "large": large,
-                              "repeat": repeat, "cpus": os.cpu_count()}
+                              "repeat": repeat, "cpus": os.cpu_count(),
+                              "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     for processes in (1, 2):
-        t_small, t_large = best[processes, small], best[processes, large]
+        (t_small, cpu_small, br_small), (t_large, cpu_large, br_large) = best[processes, small], best[processes, large]
+        per_event = 1e6 / (large - small)
         result[f"p{processes}"] = {
             "seconds_small": round(t_small, 2),
             "seconds_large": round(t_large, 2),
             "whole_run_eps_large": round(large / t_large),
             "marginal_eps": round((large - small) / (t_large - t_small)) if t_large > t_small else None,
+            "cpu_us_per_event": round((cpu_large - cpu_small) * per_event),
+            "broker_cpu_us_per_event": round((br_large - br_small) * per_event),
         }
     m1, m2 = result["p1"]["marginal_eps"], result["p2"]["marginal_eps"]
     result["ratio_2_vs_1"] = round(m2 / m1, 3) if m1 and m2 else None
-    result["whole_run_ratio_2_vs_1"] = round(best[1, large] / best[2, large], 3)
+    result["whole_run_ratio_2_vs_1"] = round(best[1, large][0] / best[2, large][0], 3)
     return result
 
 
@@ -118,7 +143,7 @@ def main() -> int:
     broker = KafkaBroker(port=free_port(), log_path=Path(tempfile.mkdtemp()) / "tansu.log")
     broker.start()
     try:
-        result = measure(broker.bootstrap, args.small, args.large, args.repeat, args.mode)
+        result = measure(broker.bootstrap, broker.proc.pid, args.small, args.large, args.repeat, args.mode)
     finally:
         broker.stop()
     if args.json:
