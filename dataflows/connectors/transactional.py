@@ -85,8 +85,9 @@ the start instead: `list_parts()` (called while the flow is built, before
 any item) scans every partition's fresh window (`prescan`), so a lazy build
 only fences its zombie (`init_transactions`, at most `commit-timeout`) and
 reads what arrived since; and `scan-timeout` + `commit-timeout` must be
-below `transaction-timeout` (refused at start otherwise), so even a lazy
-build cannot outlast the worker's open transactions.
+below `transaction-timeout` (refused at start otherwise), so a lazy build
+whose scan stalls cannot outlast the worker's open transactions (`scan-
+timeout` bounds a stall of the scan, not a slow read that makes progress).
 """
 
 from __future__ import annotations

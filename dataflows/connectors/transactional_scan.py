@@ -15,8 +15,9 @@
   read_committed consumer stops at the last stable offset: another producer's
   open transaction hides everything after it, including this writer's later
   commits. The scan waits for the stable offset to pass that high watermark;
-  after `timeout_s` in all it raises `TailScanError` (a clean restart) rather
-  than count too little (which would duplicate).
+  after `timeout_s` without a record it raises `TailScanError` (a clean
+  restart) rather than count too little (which would duplicate). A slow read
+  that makes progress is not cut off: a restart would only read it again.
 
 `SkipSet` holds the ids to skip while the flow replays, each with the
 committed end at which it expires: ids found by a scan that ended at H expire
@@ -165,6 +166,7 @@ def scan_writers(
                         continue  # stopped at the last stable offset: wait for it to move
                     raise KafkaException(err)
                 position = int(msg.offset() or 0) + 1
+                deadline = time.monotonic() + timeout_s  # `timeout_s` bounds a stall, not a slow read
                 # records past `high` were written after the scan began (by others: this writer has
                 # not started); counting only ours, reading on to the end reported by EOF is harmless
                 writer = header_value(msg.headers(), WRITER_HEADER)
@@ -247,6 +249,8 @@ class CommitCheck:
             while time.monotonic() < deadline:
                 for msg in self._consumer.consume(1000, 0.05):
                     err, offset = msg.error(), int(msg.offset() or 0)
+                    if err is None:
+                        deadline = time.monotonic() + timeout_s  # bounds a stall, not a slow read
                     if err is not None and err.code() != KafkaError._PARTITION_EOF:
                         if err.retriable() or err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
                             continue
