@@ -360,7 +360,7 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
                         f"{self.transactional_id}: commit failed after {attempt} attempt(s): {err.str()}; "
                         f"restart from the last snapshot"
                     ) from exc
-                metrics.SINK_RETRIES.labels(pipeline=self._k.pipeline, sink=self._k.stage).inc()
+                metrics.SINK_RETRIES.labels(pipeline=self._k.pipeline, step=self._k.stage).inc()
                 log.warning("%s: commit failed (%s); retry %d in %.2fs", self.transactional_id, err.str(),
                             attempt, delay)
                 time.sleep(delay)

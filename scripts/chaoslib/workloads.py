@@ -147,8 +147,8 @@ class Workload:
             cfg.setdefault(section, {})
         cfg["patterns"].setdefault("enrich", "scripts.chaoslib.hooks:throttle")  # keep a pipeline's own hook
         cfg["recovery"].update({"dir": str(self.recovery_dir), "partitions": 4, "snapshot-interval": "1s",
-                                "backup-interval": "10s", "compact-interval": "2s", "restart-backoff": "0.2s", "max-restart-backoff": "1s",
-                                "stop-grace": "10s"})
+                                "backup-interval": "10s", "compact-interval": "2s",
+                                "restart": {"initial-backoff": "0.2s", "max-backoff": "1s"}, "stop-grace": "10s"})
         cfg["checkpoints"].update({"interval": "1s", "timeout": "8s", "min-pause": "0s", "retained": 3})
         cfg["metrics"] = {"port": 0, "host": "127.0.0.1"}
         if self.kafka:
