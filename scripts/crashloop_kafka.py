@@ -37,7 +37,7 @@ def run_harness(b: str, work: Path, args: argparse.Namespace, log: Any) -> dict[
     spec = {
         "source": {"brokers": [b], "topics": [src], "tail": False, "batch-size": 50},
         "sink": {"brokers": [b], "topic": out, "mode": "exactly-once", "transactional-id-prefix": "crashloop"},
-        "dlq": {"brokers": [b], "topic": dlq},
+        "dlq": {"type": "kafka", "brokers": [b], "topic": dlq},
         "throttle_ms": 2,
         "epoch_ms": 150,
     }

@@ -39,7 +39,7 @@ def _spec(bootstrap: str, src: str, out: str, dlq: str, prefix: str) -> dict[str
             "brokers": [bootstrap], "topic": out, "mode": "exactly-once",
             "transactional-id-prefix": prefix, "transaction-timeout": "60s",
         },
-        "dlq": {"brokers": [bootstrap], "topic": dlq},
+        "dlq": {"type": "kafka", "brokers": [bootstrap], "topic": dlq},
         "throttle_ms": 2,
         "epoch_ms": 150,
     }
