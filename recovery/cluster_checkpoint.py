@@ -280,6 +280,7 @@ def follow(
     store: ObjectStore,
     pipeline: str,
     process_id: int,
+    processes: int,
     stop: threading.Event,
     *,
     log: Callable[[str], None],
@@ -287,22 +288,24 @@ def follow(
     input_steps: Iterable[str] | None = None,
     on_answer: Callable[[Request, Exception | None], None] | None = None,
 ) -> None:
-    """A process other than the coordinator (a pod's supervisor): answer every new,
-    unexpired request until `stop` is set; failures are logged (the coordinator counts
-    the failed snapshot) and the loop carries on. `on_answer(req, error)` after each."""
+    """Process `process_id` of `processes` other than the coordinator (a pod's supervisor):
+    answer every new, unexpired request of a cluster of `processes` until `stop` is set
+    (a request of another process count is a previous cluster's: not ours to answer);
+    failures are logged (the coordinator counts the failed snapshot) and the loop goes on,
+    whatever the error. `on_answer(req, error)` after each answer."""
     answered: set[str] = set()
     while not stop.wait(poll_s):
         req = None
         try:
             req = pending_request(store, pipeline)
-            if req is None or req.id in answered or req.expired():
+            if req is None or req.id in answered or req.expired() or req.processes != processes:
                 continue
             answered.add(req.id)
             epoch = answer(recovery_dir, store, req, process_id, input_steps=input_steps)
             log(f"{req.kind} {req.id}: process {process_id}'s share uploaded (epoch {epoch})")
             error: Exception | None = None
-        except (CheckpointError, StoreError) as exc:
-            log(f"cluster snapshot: process {process_id}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the follower thread must outlive any failure
+            log(f"cluster snapshot: process {process_id}: {type(exc).__name__}: {exc}")
             error = exc
         if req is not None and on_answer is not None:
             on_answer(req, error)

@@ -109,14 +109,19 @@ class FileStore:
             raise StoreError(f"{self.url}: get {key}: {exc.strerror or exc}") from None
 
     def list(self, prefix: str) -> list[str]:
-        if not self.root.is_dir():
-            return []
+        """Keys starting with `prefix`, walking only the prefix's directory. A directory
+        deleted while it is walked (another process's delete removes emptied directories)
+        is skipped: `os.walk` ignores scandir errors."""
+        parts = [p for p in prefix.split("/")[:-1] if p]
+        if any(p in (".", "..") for p in parts):
+            raise StoreError(f"{self.url}: invalid prefix {prefix!r}")
         keys = []
-        for path in self.root.rglob("*"):
-            if path.is_file() and not path.name.startswith("."):
-                key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    keys.append(key)
+        for dirpath, _dirs, files in os.walk(self.root.joinpath(*parts)):
+            for name in files:
+                if not name.startswith("."):
+                    key = (Path(dirpath) / name).relative_to(self.root).as_posix()
+                    if key.startswith(prefix):
+                        keys.append(key)
         return sorted(keys)
 
     def delete(self, key: str) -> None:

@@ -124,7 +124,8 @@ class Follower:
         for url, store in stores.items():
             threading.Thread(
                 target=follow, name=f"cluster-follow-{url}", daemon=True,
-                args=(self.share.directory, store, self.job.pipeline, self.share.process_id, self._stop),
+                args=(self.share.directory, store, self.job.pipeline, self.share.process_id,
+                      self.share.processes, self._stop),
                 kwargs={"log": self.log, "poll_s": self.poll_s, "on_answer": self._on_answer},
             ).start()
         return self

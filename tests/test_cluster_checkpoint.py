@@ -8,6 +8,7 @@ file:// store, as pods do through S3.
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_a_pod_follows_the_request_key(ws: Workspace, tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store"))
     dirs = split(ws.recovery, tmp_path / "cluster", 2)
     stop, log = threading.Event(), []
-    t = threading.Thread(target=follow, args=(dirs[1], store, "sup", 1, stop),
+    t = threading.Thread(target=follow, args=(dirs[1], store, "sup", 1, 2, stop),
                          kwargs={"log": log.append, "poll_s": 0.05})
     t.start()
     try:
@@ -136,3 +137,26 @@ def test_fresh_process_directory_holds_only_its_partitions(tmp_path: Path) -> No
                              savepoint_store=store, pipeline="sup", partition_count=PARTS)
     assert result.chosen == "fresh"
     assert [part_index(f) for f in partition_files(d)] == [1]
+
+
+def test_file_store_list_survives_a_directory_deleted_while_it_walks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The processes of a cluster list one file:// store while others delete from it
+    (a lease released, retention): FileStore.delete removes emptied directories, so a
+    directory can vanish between being seen and being opened. Found by a pod follower
+    whose thread died with FileNotFoundError from `store.list` ('.../sup/leases')."""
+    store = open_store(str(tmp_path / "store"))
+    store.put("sup/checkpoints/c1/cluster/front-0.json", b"{}")
+    store.put("sup/leases/checkpoint.json", b"{}")
+    gone = tmp_path / "store" / "sup" / "leases"
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:  # the directory was deleted right before it is opened
+        if Path(path) == gone:
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert store.list("sup/") == ["sup/checkpoints/c1/cluster/front-0.json"]
+    assert store.list("sup/checkpoints/c1/cluster/error-") == []

@@ -20,13 +20,16 @@ from tests.fixtures.kafka import free_port
 from tests.supervisor_harness import Workspace, assert_exactly_once, read_rows, wait_for
 
 
-def _pods(ws: Workspace, tmp_path: Path, **overrides: Any) -> tuple[str, list[Path]]:
-    addrs = f"127.0.0.1:{free_port()};127.0.0.2:{free_port()}"
+def _pods(ws: Workspace, tmp_path: Path, n: int = 2, tag: str = "pod",
+          source: dict[str, Any] | None = None, **overrides: Any) -> tuple[str, list[Path]]:
+    """`n` pods' addresses (127.0.0.K+1) and configs: each its own recovery.dir under
+    `tmp_path/<tag>K`, the same metrics.port on its own host."""
+    addrs = ";".join(f"127.0.0.{k + 1}:{free_port()}" for k in range(n))
     mport = free_port()
-    cfgs = [ws.config(f"pod{k}.yaml", source={"tail": True, "delay": 0.05, "batch-size": 4},
-                      recovery={"dir": str(tmp_path / f"pod{k}" / "recovery")},
+    cfgs = [ws.config(f"{tag}{k}.yaml", source=source or {"tail": True, "delay": 0.05, "batch-size": 4},
+                      recovery={"dir": str(tmp_path / f"{tag}{k}" / "recovery")},
                       metrics={"port": mport, "host": f"127.0.0.{k + 1}"}, **overrides)
-            for k in (0, 1)]
+            for k in range(n)]
     return addrs, cfgs
 
 
@@ -39,8 +42,9 @@ def _status(tmp_path: Path, k: int) -> dict[str, Any]:
 
 def test_pods_checkpoint_as_one_cluster_and_cancel_with_one_savepoint(tmp_path: Path) -> None:
     """Checkpoints hold both processes' partitions at one epoch; SIGTERM to both takes ONE
-    savepoint (process 0's, answered by process 1); restored onto one process it finishes
-    the input exactly once (rescale 2 -> 1 through the cancel savepoint)."""
+    savepoint (process 0's, answered by process 1). Rescale 2 -> 3 pods through it: each
+    new pod (a new, empty volume) restores its share, the bounded rest of the input ends
+    with process 0's final checkpoint (answered by the others), exactly once."""
     ws = Workspace(tmp_path, n=200)
     store = open_store(ws.store_url)
     addrs, cfgs = _pods(ws, tmp_path)
@@ -77,11 +81,20 @@ def test_pods_checkpoint_as_one_cluster_and_cancel_with_one_savepoint(tmp_path: 
     assert "answered process 0's savepoint" in errs[1]
     assert _status(tmp_path, 0)["savepoint"] == sp.id and _status(tmp_path, 1).get("savepoint") is None
 
-    single = ws.config("single.yaml", source={"tail": False},
-                       recovery={"dir": str(tmp_path / "single" / "recovery")})
-    code, out, err = ws.finish(ws.start("--restore", f"savepoint:{sp.id}", config=single), timeout=120)
-    assert code == 0, err
-    assert f"savepoint {sp.id}" in out + err
+    addrs3, cfgs3 = _pods(ws, tmp_path, n=3, tag="new", source={"tail": False})
+    pods = [ws.start("--process-id", str(k), "--addresses", addrs3, "--restore", f"savepoint:{sp.id}",
+                     config=cfgs3[k]) for k in range(3)]
+    errs = []
+    for p in pods:
+        code, out, err = ws.finish(p, timeout=180)
+        assert code == 0, err
+        errs.append(out + err)
+    assert all(f"restore: savepoint {sp.id}" in err for err in errs)
+    assert all("answered process 0's checkpoint" in err for err in errs[1:])
+    # the old 2-process cluster's last request is still in the store: not theirs to answer
+    assert not any("cluster snapshot: process" in err for err in errs), errs
+    final = list_checkpoints(store, "sup")[0]
+    assert {e.object.split("/")[3] for e in final.partitions} == {"proc-0", "proc-1", "proc-2"}
     assert_exactly_once(read_rows(ws.output), 200)
 
 
