@@ -388,7 +388,8 @@ class Supervisor:
         """Bounded input done: compact, final checkpoint, summary."""
         self.health.update(child_pid=None)
         self._phase = "finishing"
-        self.log("dataflow finished (exit 0); taking the final checkpoint")
+        self.log("dataflow finished (exit 0); " + ("answering process 0's final checkpoint"
+                 if self.follower is not None else "taking the final checkpoint"))
         self._drain()
         self._compact()
         if self.follower is not None:  # process 0 takes the final checkpoint: answer it
