@@ -142,6 +142,7 @@ class SessionState:
 
 _session = frozen_factory(Session)
 _late = frozen_factory(LateEvent)
+_state = frozen_factory(SessionState)
 
 
 class SessionConfig:
@@ -446,10 +447,10 @@ class SessionAnalyzer:
 
     def snapshot(self) -> SessionState:
         assert self.key is not None and self.wm is not None
-        spans = tuple((s.start, s.end, s.count, s.agg, s.id_start, s.emits, s.dirty)
-                      for s in self.spans)
+        spans = tuple([(s.start, s.end, s.count, s.agg, s.id_start, s.emits, s.dirty)
+                       for s in self.spans])
         clock = self.cfg.clock
-        return SessionState(self.key, spans, self.wm, self.wall_ms, self.STATE_VERSION,
+        return _state(self.key, spans, self.wm, self.wall_ms, self.STATE_VERSION,
                             None if clock is None else clock.now())
 
 
