@@ -317,6 +317,10 @@ def _is_change(item: Any) -> bool:
     return type(item) is Change
 
 
+def _nothing(_batch: list[Any]) -> list[Any]:
+    return []
+
+
 @operator
 def orders_lane(step_id: str, up: Stream[Event], *, pipeline: str, ttl_ms: int, id_field: str,
                 with_changes: bool, transform: Transform | None = None,
@@ -343,6 +347,9 @@ def orders_lane(step_id: str, up: Stream[Event], *, pipeline: str, ttl_ms: int, 
     table = op.branch("table", out, _is_table_change)
     if not with_changes:
         return OrdersOutputs(table.trues, None, cast(Stream[DeadLetter], table.falses))
+    if transform is None:  # no dead letters without a hook: the rest are Changes
+        none = cast(Stream[DeadLetter], op.flat_map_batch("no_dlq", table.falses, _nothing))
+        return OrdersOutputs(table.trues, table.falses, none)
     rest = op.branch("changes", table.falses, _is_change)
     return OrdersOutputs(table.trues, rest.trues, cast(Stream[DeadLetter], rest.falses))
 
