@@ -23,6 +23,7 @@ from recovery.compact import compact
 from recovery.partitions import (
     copy_sealed,
     digest_matches,
+    has_epoch_index,
     init_partitions,
     logical_digest,
     partition_files,
@@ -152,6 +153,12 @@ def test_incremental_of_a_running_flow_reads_only_the_changes(
     assert (result.chosen, result.id, result.notes) == ("checkpoint", inc.id, [])
     assert all(digest_matches(p, e.digest) for p, e in
                zip(partition_files(rd2), inc.partitions, strict=True))
+    for p in [*partition_files(rd), *partition_files(rd2)]:  # created with it, restored with it
+        conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        try:
+            assert has_epoch_index(conn)
+        finally:
+            conn.close()
     items = segments(BUILD + CHANGE)
     tail = items + segments([["k", 20, 20, 1], ["new", 2, 2, 1]])
     out: list = []
