@@ -3,6 +3,7 @@
     .venv/bin/python scripts/chaos.py --runs 100 --seed 1 [--json]
     .venv/bin/python scripts/chaos.py --seed 1 --run 17                 # re-run exactly run 17
     .venv/bin/python scripts/chaos.py --replay-schedule '{"seed": ...}' # re-run a printed schedule
+    .venv/bin/python scripts/chaos.py --workloads cluster-exactly-once --runs 10 --seed 1 --json
 
 Each run draws a fault schedule from `random.Random(seed + run)`
 (scripts/chaoslib/schedule.py: kills of the Bytewax child at any moment, also
@@ -13,7 +14,10 @@ slow, through a fault-injecting HTTP proxy in front of moto; restarts with
 the clock 2 h ahead; `streamforge checkpoint create`, `savepoint create` and
 `upgrade` while it runs) and runs one workload (orders Kafka -> Kafka
 exactly-once with 2 workers and 4 output partitions; the same at-least-once
-through the Deduplicator; file -> file) under `streamforge run`. The output
+through the Deduplicator; file -> file) under `streamforge run`; opt-in with
+`--workloads`, `cluster-exactly-once`: the first on `--processes 2` (kills of
+one process's child, of the supervisor, inside a coordinated checkpoint),
+checked against the one-process fault-free output. The output
 (read_committed for Kafka) and the DLQ are compared with a fault-free run of
 the same input (once per workload and invocation): lost, duplicated and
 divergent records, and runs that do not end within their deadline (stuck).
@@ -41,9 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.chaoslib.checker import check  # noqa: E402
 from scripts.chaoslib.runner import RunOutcome, ScheduleRunner  # noqa: E402
-from scripts.chaoslib.schedule import Schedule, draw_schedule  # noqa: E402
+from scripts.chaoslib.schedule import WORKLOADS, Schedule, draw_schedule, parse_workloads  # noqa: E402
 from scripts.chaoslib.services import Services  # noqa: E402
-from scripts.chaoslib.workloads import REPO, Workload, WorkloadInput, make_input  # noqa: E402
+from scripts.chaoslib.workloads import REPO, Workload, WorkloadInput, input_of, make_input  # noqa: E402
 
 
 def _where_lost(base: RunOutcome, out: RunOutcome) -> str:
@@ -78,13 +82,13 @@ class Chaos:
     def _workload(self, schedule: Schedule, tag: str) -> Workload:
         """The run's workload; runs that restart the broker use the durable one (services.py)."""
         assert self.services is not None
-        name, durable = schedule.workload, "broker-restart" in schedule.kinds()
+        name, durable = input_of(schedule.workload), "broker-restart" in schedule.kinds()
         broker = None if name == "file" else self.services.broker(durable=durable)
         if (name, durable) not in self.inputs:
             self.inputs[name, durable] = make_input(name, broker, self.work / ("s3" if durable else "mem"),
                                                     self.args.records, self.args.seed, self.args.input)
         return Workload(self.inputs[name, durable], self.services, broker, self.work / tag,
-                        f"{tag}-{uuid.uuid4().hex[:6]}", self.args.pipeline_config)
+                        f"{tag}-{uuid.uuid4().hex[:6]}", self.args.pipeline_config, schedule.workload)
 
     def _run(self, schedule: Schedule, tag: str, total_progress: int = 0) -> RunOutcome:
         runner = ScheduleRunner(schedule, self._workload(schedule, tag),
@@ -103,7 +107,7 @@ class Chaos:
         return self.baselines[workload]
 
     def run_one(self, schedule: Schedule) -> None:
-        base = self.baseline(schedule.workload)
+        base = self.baseline(input_of(schedule.workload))  # the cluster's: the one-process output
         out = self._run(schedule, f"run{schedule.run}", base.progress) if base.error is None else \
             RunOutcome(error=f"the fault-free run of {schedule.workload} failed: {base.error}")
         r = self.report
@@ -133,6 +137,8 @@ class Chaos:
             f"(landed: {' '.join(out.landed) or '-'}) {out.seconds}s: {status}{'' if what is None else ': ' + what}")
         if what is not None:
             replay = f"python scripts/chaos.py --seed {schedule.seed} --run {schedule.run}"
+            if self.args.workloads != WORKLOADS:
+                replay += f" --workloads {','.join(self.args.workloads)}"
             r["failures"].append({"seed": schedule.seed, "run": schedule.run, "schedule": json.loads(schedule.to_json()),
                                   "what": what, "replay": replay, "notes": out.notes[-12:],
                                   "workdir": str(self.work / f"run{schedule.run}")})
@@ -160,6 +166,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=1, help="seed of the fault schedules (default 1)")
     ap.add_argument("--run", type=int, metavar="K", help="run only run K of this seed (a failure's replay)")
     ap.add_argument("--replay-schedule", metavar="JSON", help="run exactly this schedule (as printed)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), metavar="A,B,...",
+                    help=f"the workloads runs are drawn over (default {','.join(WORKLOADS)}; opt-in: "
+                         "cluster-exactly-once, the orders pipeline Kafka -> Kafka on --processes 2)")
     ap.add_argument("--records", type=int, default=800, help="input records per workload (default 800)")
     ap.add_argument("--deadline", type=float, default=150.0, help="seconds a run may take (default 150)")
     ap.add_argument("--pipeline-config", type=Path, default=REPO / "config" / "orders.yaml", metavar="YAML",
@@ -171,6 +180,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", metavar="FILE", help="also write the summary to FILE after every run")
     ap.add_argument("--keep", action="store_true", help="keep the work directory even when every run passed")
     args = ap.parse_args(argv)
+    try:
+        args.workloads = parse_workloads(args.workloads)
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.runs < 1 or args.records < 10 or args.deadline <= 0:
         ap.error("--runs must be >= 1, --records >= 10 and --deadline > 0")
     for flag, path in (("--pipeline-config", args.pipeline_config), ("--input", args.input)):
@@ -186,8 +199,8 @@ def schedules_of(args: argparse.Namespace) -> list[Schedule]:
         except (ValueError, KeyError, TypeError) as exc:
             raise SystemExit(f"chaos.py: error: --replay-schedule: not a schedule ({exc})") from None
     if args.run is not None:
-        return [draw_schedule(args.seed, args.run)]
-    return [draw_schedule(args.seed, run) for run in range(args.runs)]
+        return [draw_schedule(args.seed, args.run, args.workloads)]
+    return [draw_schedule(args.seed, run, args.workloads) for run in range(args.runs)]
 
 
 def main(argv: list[str] | None = None) -> int:

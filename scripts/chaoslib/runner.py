@@ -6,7 +6,10 @@ every fault becomes one or more timed actions (a kill, a pause and its
 resume, a store fault window and its end, an operator command). Fault-point
 faults (`child-kill-checkpoint-*`, `supervisor-kill-checkpoint-upload`,
 `kafka-commit-kill`, `restore-swap-kill`) arm `STREAMFORGE_FAULT_POINT`
-(dataflows/faults.py); a mark file records which of them fired.
+(dataflows/faults.py); a mark file records which of them fired. On a
+cluster workload (`--processes 2`) `process-kill` SIGKILLs one process's child
+(from the status's `child_pids`), `kill-children` points kill every process
+of the cluster, and `kafka-commit-kill` the process that commits.
 
 Like Kubernetes (restartPolicy Always), the runner starts the supervisor
 again whenever it exits non-zero: at once after a SIGKILL, and at most
@@ -130,7 +133,7 @@ class ScheduleRunner:
             self.reap.remove(self.sup)
             self.outcome.notes.append(f"supervisor {self.sup.pid} (the old version) still runs the job")
             return
-        self.sup = self._spawn(["run"], "supervisor", armed=True)
+        self.sup = self._spawn(["run", *self.w.run_flags], "supervisor", armed=True)
         self.restart_points = []
         self._expect_state[self.sup.pid] = self.published
 
@@ -155,12 +158,17 @@ class ScheduleRunner:
         except (OSError, ValueError):
             return {}
 
-    def _child_pid(self) -> int | None:
+    def _child_pids(self) -> list[int]:
+        """The current supervisor's live dataflow children, by process id (one, or a cluster's)."""
         st = self.status()
-        pid = st.get("child_pid")
-        if self.sup is None or st.get("pid") != self.sup.pid or not pid:
-            return None
-        return int(pid) if _alive(int(pid)) else None
+        pids = st.get("child_pids") or ([st["child_pid"]] if st.get("child_pid") else [])
+        if self.sup is None or st.get("pid") != self.sup.pid:
+            return []
+        return [int(p) for p in pids if _alive(int(p))]
+
+    def _child_pid(self) -> int | None:
+        pids = self._child_pids()
+        return pids[0] if pids else None
 
     def _kill_supervisor(self, *, node: bool = False) -> bool:
         """SIGKILL the supervisor (`node`: every supervisor of the job, as a lost node does) and
@@ -193,6 +201,8 @@ class ScheduleRunner:
         svc = self.w.services
         if f.kind == "child-kill":
             return [_Action(at, f.kind, self._kill_child, kind=f.kind)]
+        if f.kind == "process-kill":
+            return [_Action(at, f.kind, lambda: self._kill_child(p["process"]), kind=f.kind)]
         if f.kind in ("supervisor-kill", "long-restart", "restore-swap-kill", "restore-store-503"):
             return [_Action(at, f.kind, lambda: self._restart_supervisor(f), kind=f.kind)]
         broker = self.w.broker
@@ -214,11 +224,13 @@ class ScheduleRunner:
             return [_Action(at, f.kind, lambda: self._upgrade(p["mode"]), kind=f.kind)]
         return []  # fault-point kinds: armed in the environment
 
-    def _kill_child(self) -> bool:
-        pid = self._child_pid()
-        if pid is None:
+    def _kill_child(self, process: int = 0) -> bool:
+        """SIGKILL the child of process `process` (False while the cluster is not all up)."""
+        pids = self._child_pids()
+        if len(pids) != self.w.processes:
             return False
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pids[process], signal.SIGKILL)
+        self.outcome.notes.append(f"killed process {process}'s child {pids[process]}")
         return True
 
     def _restart_supervisor(self, f: Fault) -> bool:
@@ -378,13 +390,13 @@ class ScheduleRunner:
                 self.outcome.notes.append(f"{label} did not end within 60s (killed)")
 
     def _cleanup(self) -> None:
-        child = self._child_pid()
+        kids = self._child_pids()
         for proc in [*([self.sup] if self.sup else []), *self.reap, *(p for _, p, _ in self.ops)]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        if child:
-            _wait_dead(child)
+        for kid in kids:
+            _wait_dead(kid)
 
 
 def _true(fn: Callable[[], Any]) -> Callable[[], bool]:

@@ -9,7 +9,11 @@ so the Deduplicator and the DLQ have work), slowed by the `throttle` hook:
 - `kafka-at-least-once`: the same with `sink.mode: at-least-once`: the
   output may hold copies, never a loss or a different record;
 - `file`: the embedded default, JSONL file -> JSONL table and DLQ, 1 worker,
-  `file://` checkpoint store.
+  `file://` checkpoint store;
+- `cluster-exactly-once` (opt-in, `--workloads`): `kafka-exactly-once`'s
+  input and sinks on `streamforge run --processes 2` (one Bytewax cluster of
+  2 processes, 1 worker each, one supervisor): its output must be identical
+  to the one-process fault-free run of `kafka-exactly-once`.
 
 `--pipeline-config` / `--input` (scripts/chaos.py) replace the orders config
 and the generated input: the harness then keeps the pipeline's flow, parse
@@ -33,14 +37,22 @@ import yaml
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from scripts.chaoslib.checker import Record
+from scripts.chaoslib.schedule import CLUSTER
 from scripts.chaoslib.services import BUCKET, Services
 from tests.fixtures.kafka import KafkaBroker, create_topic, read_topic
 
-__all__ = ["Workload", "WorkloadInput", "make_input"]
+__all__ = ["Workload", "WorkloadInput", "input_of", "make_input"]
 
 REPO = Path(__file__).resolve().parents[2]
 IN_PARTITIONS = 2
 OUT_PARTITIONS = 4
+PROCESSES = {CLUSTER: 2}  # workload -> `streamforge run --processes N` (others: one process)
+
+
+def input_of(workload: str) -> str:
+    """The workload whose input (and fault-free output) `workload` shares: the cluster
+    workload runs kafka-exactly-once's, so its output must be the one-process output."""
+    return "kafka-exactly-once" if workload == CLUSTER else workload
 
 
 @dataclass(frozen=True)
@@ -120,11 +132,21 @@ class Workload:
     root: Path
     tag: str
     base_config: Path = REPO / "config" / "orders.yaml"
+    workload: str = ""  # the run's workload when it is not its input's (`input_of`)
     _watcher: Consumer | None = None
 
     @property
     def name(self) -> str:
-        return self.inp.workload
+        return self.workload or self.inp.workload
+
+    @property
+    def processes(self) -> int:
+        return PROCESSES.get(self.name, 1)
+
+    @property
+    def run_flags(self) -> list[str]:
+        """Extra `streamforge run` flags of the workload (`--processes N` for a cluster)."""
+        return ["--processes", str(self.processes)] if self.processes > 1 else []
 
     @property
     def kafka(self) -> bool:
@@ -142,7 +164,7 @@ class Workload:
         """Create the run's topics and write its config; the path."""
         cfg: dict[str, Any] = yaml.safe_load(self.base_config.read_text())
         out = self.root / "out"
-        cfg["pipeline"].update({"workers": 2 if self.kafka else 1})
+        cfg["pipeline"].update({"workers": 2 if self.kafka and self.processes == 1 else 1})  # per process
         for section in ("patterns", "recovery", "checkpoints", "savepoints"):
             cfg.setdefault(section, {})
         cfg["patterns"].setdefault("enrich", "scripts.chaoslib.hooks:throttle")  # keep a pipeline's own hook
