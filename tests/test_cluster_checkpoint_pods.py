@@ -106,8 +106,8 @@ def test_a_pod_that_is_down_fails_the_cluster_checkpoint(tmp_path: Path) -> None
     addrs, cfgs = _pods(ws, tmp_path, checkpoints={"timeout": "2s", "interval": "1s"},
                         savepoints={"on-cancel": False})
     p0 = ws.start("--process-id", "0", "--addresses", addrs, config=cfgs[0])
-    wait_for(lambda: (_status(tmp_path, 0).get("checkpoint_failures") or 0) >= 2,
-             what="two failed cluster checkpoints", timeout=60)
+    wait_for(lambda: (_status(tmp_path, 0).get("checkpoint_failures") or 0) >= 1,
+             what="a failed cluster checkpoint", timeout=60)
     assert list_checkpoints(store, "sup") == []
     code, _, err = ws.stop(p0)
     assert code == 0, err
