@@ -59,6 +59,20 @@ def test_readyz_needs_restore_and_running_child() -> None:
     assert ready and body == {"ready": True, "restored": True, "restore": "checkpoint", "child_pid": 1234}
 
 
+def test_unreachable_peers_fail_readiness_not_liveness() -> None:
+    """A pod whose peer supervisors are down is alive (restarting it cannot bring them back:
+    a liveness failure would only restart healthy pods while one peer is away), but not ready;
+    both bodies name the peers."""
+    h = HealthState(unhealthy_after=10.0)
+    h.update(restored=True, child_pid=123, peers_unreachable=["process 1 (10.0.0.2:9100)"])
+    healthy, body = h.health()
+    assert healthy and body["peers_unreachable"] == ["process 1 (10.0.0.2:9100)"]
+    ready, rbody = h.readiness()
+    assert not ready and rbody["peers_unreachable"] == ["process 1 (10.0.0.2:9100)"]
+    h.update(peers_unreachable=[])
+    assert h.readiness()[0]
+
+
 def test_http_endpoints_on_a_random_port() -> None:
     h = HealthState(unhealthy_after=10.0)
     server = HealthServer(h, "127.0.0.1", 0).start()
