@@ -5,10 +5,12 @@
 - `/healthz`: 200 while checkpoints progress and the child is not
   crash-looping; 503 when the last checkpoint (or the start, before the first
   one) is older than `unhealthy_after` seconds, or when the child restarted
-  `crash_loop_restarts` times within `crash_loop_window` seconds, or when it
-  cannot reach the other supervisors of its cluster (`peers_unreachable`, one
-  process of a pod cluster: `streamforge_ops.cluster.PeerWatch`).
-- `/readyz`: 200 once state was restored and the child runs; 503 otherwise.
+  `crash_loop_restarts` times within `crash_loop_window` seconds. Its body
+  also lists the peer supervisors of a pod cluster it cannot reach
+  (`peers_unreachable`, `streamforge_ops.cluster.PeerWatch`), without failing:
+  restarting this pod cannot bring them back.
+- `/readyz`: 200 once state was restored, the child runs and every peer
+  supervisor answers; 503 otherwise (with `peers_unreachable`).
 
 Both health bodies are JSON with the reason, so an operator (or a test) can
 see why. `HealthState` is the plain, thread-safe record the supervisor
@@ -83,8 +85,6 @@ class HealthState:
                 problems.append(
                     f"crash loop: {len(recent)} restarts in the last {self.crash_loop_window:.0f}s"
                 )
-            if self.peers_unreachable:
-                problems.append(f"cannot reach peer supervisor(s): {', '.join(self.peers_unreachable)}")
             return not problems, {
                 "healthy": not problems,
                 "problems": problems,
@@ -97,13 +97,17 @@ class HealthState:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """(ready, details): ready = restored and the child runs."""
         with self.lock:
-            ready = self.restored and self.child_pid is not None
-            return ready, {
+            ready = self.restored and self.child_pid is not None and not self.peers_unreachable
+            body: dict[str, Any] = {
                 "ready": ready,
                 "restored": self.restored,
                 "restore": self.restore_choice,
                 "child_pid": self.child_pid,
             }
+            if self.peers_unreachable:  # a pod: alive (a restart cannot bring its peers back), not ready
+                body["peers_unreachable"] = list(self.peers_unreachable)
+                body["problems"] = [f"cannot reach peer supervisor(s): {', '.join(self.peers_unreachable)}"]
+            return ready, body
 
 
 class _Handler(BaseHTTPRequestHandler):
