@@ -26,8 +26,9 @@ COPY --chown=10001:10001 data/ data/
 COPY --chown=10001:10001 deploy/ deploy/
 RUN mkdir -p /var/lib/streamforge && chown 10001:10001 /app /var/lib/streamforge
 USER 10001:10001
-# 9464: supervisor /metrics /healthz /readyz; 3030: Bytewax dataflow API (/metrics of the flow)
-EXPOSE 9464 3030
+# 9464: supervisor /metrics /healthz /readyz; 3030: Bytewax dataflow API (/metrics of the flow);
+# 2101: the Bytewax cluster port between pods (deploy render --replicas N)
+EXPOSE 9464 3030 2101
 VOLUME ["/var/lib/streamforge"]
 ENTRYPOINT ["streamforge"]
 CMD ["--help"]
