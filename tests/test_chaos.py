@@ -87,6 +87,18 @@ def test_cluster_draws_cover_its_kinds_and_kill_one_process() -> None:
     assert mixed == set(ALL_WORKLOADS)
 
 
+def test_child_fault_points_count_per_process_on_a_cluster() -> None:
+    """kafka.commit fires in a Bytewax child, which counts its own hits: on 2 processes the
+    cluster's N-th commit is each process's ceil(N/2)-th (run 7 of the cluster 10-run drew
+    nth 7 and never reached it per process); supervisor points and one process: unchanged."""
+    from scripts.chaoslib.runner import _armed
+    from scripts.chaoslib.schedule import Fault
+
+    commit, upload = Fault("kafka-commit-kill", 0.3, {"nth": 7}), Fault("child-kill-checkpoint-upload", 0.3, {"nth": 7})
+    assert _armed(commit, 1) == "kafka.commit@7=kill" and _armed(commit, 2) == "kafka.commit@4=kill"
+    assert _armed(upload, 1) == _armed(upload, 2) == "checkpoint.upload@7=kill-children"
+
+
 def test_workloads_flag_is_checked() -> None:
     assert parse_workloads(f" {CLUSTER},file ") == ("file", CLUSTER)
     for bad in ("nope", ",", "file,nope"):

@@ -101,7 +101,7 @@ class ScheduleRunner:
         self._pending: list[_Action] = []  # actions added by actions
         self._expect_state: dict[int, bool] = {}  # supervisor pid -> published when it started
         self._seen_decisions: set[int] = set()
-        self.points = [POINT_OF[f.kind].format(**f.params) for f in schedule.faults if f.kind in POINT_OF]
+        self.points = [_armed(f, workload.processes) for f in schedule.faults if f.kind in POINT_OF]
 
     # -- processes ---------------------------------------------------------------
 
@@ -397,6 +397,17 @@ class ScheduleRunner:
                 proc.wait()
         for kid in kids:
             _wait_dead(kid)
+
+
+def _armed(f: Fault, processes: int) -> str:
+    """The fault point spec of a fault-point fault. A point in the Bytewax child
+    (`kafka.commit`) counts its hits per process: on N processes each sees about 1/N of the
+    commits, so the N-th commit of the cluster is each process's ceil(nth / N)-th (the
+    supervisor's points count every checkpoint of the cluster, as on one process)."""
+    nth = int(f.params["nth"])
+    if f.kind == "kafka-commit-kill":
+        nth = -(-nth // processes)
+    return POINT_OF[f.kind].format(nth=nth)
 
 
 def _true(fn: Callable[[], Any]) -> Callable[[], bool]:

@@ -273,9 +273,10 @@ def _open_tails(bootstrap: str, topic: str) -> str:
             continue
         writers: dict[str, list[int]] = {}
         for m in read_topic(bootstrap, topic, partitions=OUT_PARTITIONS, read_committed=False, timeout_s=30):
-            if m.partition() == p and m.offset() >= lso:
-                span = writers.setdefault(_header(m, "sf-writer"), [m.offset(), m.offset()])
-                span[1] = m.offset()
+            off = m.offset()
+            if m.partition() == p and off is not None and off >= lso:
+                span = writers.setdefault(_header(m, "sf-writer"), [off, off])
+                span[1] = off
         parts.append(f"partition {p}: last stable offset {lso}, high watermark {hw}, beyond it: {writers}")
     return "; ".join(parts) or "every partition's last stable offset is at its high watermark"
 
