@@ -63,6 +63,15 @@ def _where_lost(base: RunOutcome, out: RunOutcome) -> str:
             f"{': ' + sample if sample else ''}]")
 
 
+def replay_command(schedule: Schedule, workloads: tuple[str, ...], *, drawn: bool) -> str:
+    """The command that re-runs `schedule`: `--run K` (with `--workloads` when not the default)
+    for a drawn one, `--replay-schedule` for one given as JSON (its `run` is not a draw's)."""
+    if not drawn:
+        return f"python scripts/chaos.py --replay-schedule '{schedule.to_json()}'"
+    replay = f"python scripts/chaos.py --seed {schedule.seed} --run {schedule.run}"
+    return replay if workloads == WORKLOADS else f"{replay} --workloads {','.join(workloads)}"
+
+
 def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -136,9 +145,7 @@ class Chaos:
         log(f"run {schedule.run} [{schedule.workload}] {' '.join(schedule.kinds())} "
             f"(landed: {' '.join(out.landed) or '-'}) {out.seconds}s: {status}{'' if what is None else ': ' + what}")
         if what is not None:
-            replay = f"python scripts/chaos.py --seed {schedule.seed} --run {schedule.run}"
-            if self.args.workloads != WORKLOADS:
-                replay += f" --workloads {','.join(self.args.workloads)}"
+            replay = replay_command(schedule, self.args.workloads, drawn=not self.args.replay_schedule)
             r["failures"].append({"seed": schedule.seed, "run": schedule.run, "schedule": json.loads(schedule.to_json()),
                                   "what": what, "replay": replay, "notes": out.notes[-12:],
                                   "workdir": str(self.work / f"run{schedule.run}")})

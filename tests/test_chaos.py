@@ -99,6 +99,21 @@ def test_child_fault_points_count_per_process_on_a_cluster() -> None:
     assert _armed(upload, 1) == _armed(upload, 2) == "checkpoint.upload@7=kill-children"
 
 
+def test_replay_command_reproduces_the_schedule() -> None:
+    """A failure's replay: `--run K` draws the same schedule only with the same --workloads, and
+    a --replay-schedule run is replayed by its JSON (it printed `--run 9` before: another draw)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from chaos import parse_args, replay_command, schedules_of
+
+    for workloads in (WORKLOADS, (CLUSTER,)):
+        cmd = replay_command(draw_schedule(1, 9, workloads), workloads, drawn=True)
+        assert schedules_of(parse_args(cmd.split()[2:])) == [draw_schedule(1, 9, workloads)], cmd
+    edited = Schedule(1, 9, "kafka-exactly-once", ())
+    cmd = replay_command(edited, WORKLOADS, drawn=False)
+    assert schedules_of(parse_args(["--replay-schedule", edited.to_json()])) == [edited]
+    assert cmd == f"python scripts/chaos.py --replay-schedule '{edited.to_json()}'"
+
+
 def test_workloads_flag_is_checked() -> None:
     assert parse_workloads(f" {CLUSTER},file ") == ("file", CLUSTER)
     for bad in ("nope", ",", "file,nope"):
