@@ -323,12 +323,17 @@ DIGEST_PREFIX = "ms1:"
 _MOD = 1 << 256
 
 
-def small_tables_sha(conn: sqlite3.Connection) -> str:
-    h = hashlib.sha256()
+def _hash_small_tables(h: hashlib._Hash, conn: sqlite3.Connection) -> None:
     for sql in _SMALL_ROWS:
         h.update(sql.encode())
         for row in conn.execute(sql):
             h.update(_frame(*row))
+
+
+def small_tables_sha(conn: sqlite3.Connection) -> str:
+    """sha256 of the partition's small tables (parts, exs, fronts, commits), in order."""
+    h = hashlib.sha256()
+    _hash_small_tables(h, conn)
     return h.hexdigest()
 
 
@@ -387,10 +392,7 @@ def legacy_digest(path: Path) -> str:
     h = hashlib.sha256()
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        for sql in _SMALL_ROWS:
-            h.update(sql.encode())
-            for row in conn.execute(sql):
-                h.update(_frame(*row))
+        _hash_small_tables(h, conn)
         h.update(b"snaps")
         conn.text_factory = bytes  # the frame is built by SQLite, byte-identical to _frame
         update = h.update
