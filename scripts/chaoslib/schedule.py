@@ -50,7 +50,7 @@ FAULT_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "restore-store-503": (_KAFKA, "lose the node, then restore while every object GET answers 503"),
     "kafka-commit-kill": (_EXACTLY_ONCE_KAFKA, "SIGKILL the child inside commit_transaction"),
     "broker-pause": (_KAFKA, "SIGSTOP the broker longer than the client timeouts, then SIGCONT"),
-    "broker-restart": (_KAFKA, "kill the broker and start it again (durable storage)"),
+    "broker-restart": (_KAFKA, "restart the broker (controlled: SIGTERM; durable storage)"),
     "store-503": (_KAFKA, "the object store answers 503 SlowDown for a while"),
     "store-reset": (_KAFKA, "the object store resets connections for a while"),
     "store-slow": (_KAFKA, "the object store answers slowly for a while"),

@@ -97,8 +97,16 @@ class Services:
         self._paused.discard(broker.port)
 
     def stop_broker(self, broker: KafkaBroker) -> None:
+        """A broker restart is a controlled one (SIGTERM: Tansu finishes the requests in flight).
+        A kill -9 of Tansu's S3 storage is not crash-consistent (its produce writes the watermark,
+        the `meta.json` producer and transaction records and the batch object to S3 separately,
+        tansu-storage/src/dynostore.rs), and the harness saw it leave transactions no client can
+        end, holding a partition's last stable offset for ever. Kafka's log recovery truncates a
+        torn batch and its transaction state is a log too, so that kill would test Tansu, not
+        StreamForge. Abrupt broker loss is what `broker-pause` (SIGSTOP longer than every client
+        timeout) models."""
         self.resume(broker)
-        broker.stop()
+        broker.stop(graceful=True)
 
     def start_broker(self, broker: KafkaBroker) -> None:
         if broker.proc is None:
