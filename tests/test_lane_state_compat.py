@@ -92,3 +92,30 @@ def test_state_of_the_old_steps_restores_into_the_lane(pipeline: str, old_tree: 
     kinds = {"orders": "Change(kind='updated'", "sessions": "revision=1"}
     assert any(kinds[pipeline] in line for line in second) or pipeline == "sessions"
     assert any(k[0] == "sink" for k in by_sink(second))
+
+
+def test_every_restore_fuses_the_old_steps_before_the_step_check(old_tree: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step check of a restore or local resume (`restore_steps.apply_step_check`) fuses
+    state of the pre-lane steps when the flow has the lane step; before, it refused the old
+    steps as unclaimed state (or dropped them with --allow-non-restored-state)."""
+    from types import SimpleNamespace
+
+    from dataflows.config import Config
+    from streamforge_ops import restore_steps
+
+    rec = tmp_path / "recovery"
+    rec.mkdir()
+    init_db_dir(rec, 2)
+    run(old_tree, "orders", tmp_path, CUT, "first.txt", rec)
+    old = {"orders.dedup.stateful_batch", "orders.materialize.materialize.stateful_batch",
+           "orders.merge.merge.stateful_batch"}
+    lane = LANE_STEP.format(flow="orders")
+    new_flow = {lane} | (set(snapshot_steps(rec)) - old)
+    monkeypatch.setattr(restore_steps, "stateful_steps", lambda *a: new_flow)
+    job = SimpleNamespace(cfg=Config({}, "test"), config_path=tmp_path / "orders.yaml",
+                          settings=SimpleNamespace(flow="dataflows.pipelines.orders:flow",
+                                                   savepoints=SimpleNamespace(allow_non_restored_state=False)))
+    check = restore_steps.apply_step_check(job, rec, "checkpoint test")  # type: ignore[arg-type]
+    assert not check.unclaimed
+    assert set(snapshot_steps(rec)) == new_flow
