@@ -11,7 +11,10 @@ job's flow (`recovery.steps.check_steps`):
   of those steps, unless `--allow-non-restored-state` or
   `savepoints.allow-non-restored-state: true` says to drop it (Flink's
   `--allowNonRestoredState` / `execution.savepoint.ignore-unclaimed-state`);
-- a stateful step with no state is reported: it starts empty.
+- a stateful step with no state is reported: it starts empty;
+- state written before the keyed lanes (issue 11: separate dedup, merge,
+  materialize / sessions steps), restored into a flow that has the lane step,
+  is first fused into the lane's state (`dataflows.flow.legacy`).
 
 A flow that cannot be built because of its config fails the restore (exit
 2); one that cannot be built because a service did not answer (Kafka
@@ -27,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dataflows.flow.legacy import LANE_STEP, fuse_legacy_steps, legacy_lane_steps
 from recovery.steps import (
     NonRestoredStateError,
     StepCheck,
@@ -111,6 +115,10 @@ def apply_step_check(job: Job, directory: Path, what: str) -> StepCheck:
         flow = stateful_steps(job.settings.flow, job.config_path)
     except FlowUnavailable as exc:  # e.g. Kafka down: the child cannot run either; said loudly
         return StepCheck(skipped=str(exc))
+    legacy = legacy_lane_steps(set(saved))
+    if any(LANE_STEP.format(flow=f) in flow for f in legacy):  # state from before the keyed lanes
+        fuse_legacy_steps(directory)
+        saved = snapshot_steps(directory)
     check = check_steps(saved, flow, step_renames(job))
     if check.unclaimed and not job.settings.savepoints.allow_non_restored_state:
         raise NonRestoredStateError(check.refusal(what))
