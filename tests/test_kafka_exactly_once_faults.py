@@ -287,7 +287,8 @@ def test_commit_the_broker_does_not_apply_is_not_recorded_as_written(
     dead: list[Any] = []
     durable = _writer(kafka_bootstrap, out, "lost-commit", dead).build_part("step", "00000", None).snapshot()
     inject["lose_commits"] = True
-    part = _writer(kafka_bootstrap, out, "lost-commit", dead).build_part("step", "00000", durable)
+    part = _writer(kafka_bootstrap, out, "lost-commit", dead, transaction_timeout_s=6.0).build_part(
+        "step", "00000", durable)
     part.write_batch(_events(range(0, 4)))
     with pytest.raises(transactional.CommitNotVisibleError, match="not visible"):
         part.snapshot()
@@ -319,10 +320,11 @@ def test_commit_hidden_behind_an_open_transaction_is_not_recorded(
 ) -> None:
     """Real broker behaviour: a transaction left open before this writer's records (a dangling
     one the broker never ends, or a foreign producer's) holds the last stable offset below them,
-    so read_committed consumers do not see the commit. The writer waits `commit-timeout` for it,
-    then raises `CommitNotVisibleError` instead of recording it as written."""
+    so read_committed consumers do not see the commit. The writer waits `transaction-timeout`
+    for it, then raises `CommitNotVisibleError` instead of recording it as written."""
     out = make_topic(1, "eo-hidden-commit")
-    part = _writer(kafka_bootstrap, out, "hidden-commit", [], commit_timeout_s=1.0).build_part("step", "00000", None)
+    part = _writer(kafka_bootstrap, out, "hidden-commit", [], commit_timeout_s=1.0,
+                   transaction_timeout_s=6.0).build_part("step", "00000", None)
     foreign = _open_foreign_transaction(kafka_bootstrap, out)
     try:
         part.write_batch(_events(range(0, 3)))
@@ -411,7 +413,7 @@ def test_scan_does_not_stop_at_a_foreign_open_transaction(kafka_bootstrap: str,
     (bounded by `scan-timeout`) and then fails with a clean restart instead of counting too little;
     once the foreign transaction ends, it counts every record committed after the snapshot."""
     out = make_topic(1, "eo-lso")
-    first = _writer(kafka_bootstrap, out, "lso-test", []).build_part("step", "00000", None)
+    first = _writer(kafka_bootstrap, out, "lso-test", [], transaction_timeout_s=6.0).build_part("step", "00000", None)
     first.write_batch(_events(range(0, 3)))
     durable = first.snapshot()
     foreign = _open_foreign_transaction(kafka_bootstrap, out)

@@ -71,7 +71,9 @@ commit the broker acknowledged but does not show: after each commit the
 writer reads the transaction's records back read_committed
 (`transactional_scan.CommitCheck`, `sink.verify-commits`, on by default) and
 raises `CommitNotVisibleError` if any is missing (read as aborted, or never
-stored) or they stay behind the last stable offset for `commit-timeout`. Dead
+stored) or they stay behind the last stable offset for `transaction-timeout`
+(a broker slow to write its markers is waited for: a restart would only
+wait for the same last stable offset, from a longer way back). Dead
 letters are written after the transaction committed (outside it, at least
 once), so a fenced or restarting writer never writes any.
 
@@ -367,7 +369,7 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
                 self._needs_abort = self._needs_abort or err.txn_requires_abort()
                 continue
             if self._check is not None:
-                self._check.verify(self._s.commit_timeout_s)
+                self._check.verify(self._s.transaction_timeout_s)
             self._end = self._written_end
             self._records.clear()
             self._failed.clear()
