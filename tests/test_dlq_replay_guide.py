@@ -150,8 +150,8 @@ def test_replay_line_round_trip() -> None:
 
 def test_replay_any_dlq_to_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--file DLQ --to-file PATH`: envelope lines a file source reads back with the ids."""
-    from dataflows.connectors.files import JsonlSource
     from dataflows.connectors.dlq import JsonlDeadLetterAppender
+    from dataflows.connectors.files import JsonlSource
     from dataflows.dead_letter import dead_letter
     from dataflows.events import RawRecord
 
