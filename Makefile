@@ -25,7 +25,7 @@ run-sessions:
 	$(MAKE) run PIPELINE=sessions
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check dataflows recovery streamforge_ops tests bench
