@@ -43,8 +43,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from dataflows.connectors.kafka_common import EVENT_ID_HEADER, WRITER_HEADER, header_value
 
-__all__ = ["CommitCheck", "CommitNotVisibleError", "SkipSet", "TailScanError", "WriterRestartError", "exactly_once_writer", "scan_own_records",
-           "scan_writers"]
+__all__ = ["CommitCheck", "CommitNotVisibleError", "SkipSet", "TailScanError", "WriterRestartError",
+           "exactly_once_writer", "scan_own_records", "scan_writers"]
 
 log = logging.getLogger(__name__)
 

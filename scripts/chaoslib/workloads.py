@@ -28,6 +28,7 @@ store prefix and transactional ids.
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,30 +263,39 @@ def log_positions(bootstrap: str, topic: str) -> dict[str, list[str]]:
 
 
 def _open_tails(bootstrap: str, topic: str) -> str:
-    """Where read_committed stops on each output partition (its last stable offset) against the
-    high watermark, and which writers wrote the records beyond it: what a stuck read waits for."""
-    parts = []
-    for p in range(OUT_PARTITIONS):
-        tp = TopicPartition(topic, p)
-        lso = _query_end(bootstrap, tp, "read_committed")
-        hw = _query_end(bootstrap, tp, "read_uncommitted")
-        if lso == hw:
-            continue
-        writers: dict[str, list[int]] = {}
-        for m in read_topic(bootstrap, topic, partitions=OUT_PARTITIONS, read_committed=False, timeout_s=30):
-            off = m.offset()
-            if m.partition() == p and off is not None and off >= lso:
-                span = writers.setdefault(_header(m, "sf-writer"), [off, off])
-                span[1] = off
-        parts.append(f"partition {p}: last stable offset {lso}, high watermark {hw}, beyond it: {writers}")
-    return "; ".join(parts) or "every partition's last stable offset is at its high watermark"
+    """Where read_committed stops on each output partition against the end of its log, and which
+    writers wrote the records beyond that point: what a stuck read waits for. Measured by reading
+    (Tansu 0.6.0's ListOffsets ignores the isolation level, so it cannot tell the last stable
+    offset); one read_uncommitted pass for every partition."""
+    stops = _committed_stops(bootstrap, topic)
+    beyond: dict[int, dict[str, list[int]]] = {}
+    ends: dict[int, int] = {}
+    for m in read_topic(bootstrap, topic, partitions=OUT_PARTITIONS, read_committed=False, timeout_s=30):
+        p, offset = int(m.partition() or 0), int(m.offset() or 0)
+        ends[p] = max(ends.get(p, 0), offset + 1)
+        if offset >= stops.get(p, 0):
+            span = beyond.setdefault(p, {}).setdefault(_header(m, "sf-writer"), [offset, offset])
+            span[1] = offset
+    parts = [f"partition {p}: read_committed stops at {stops.get(p, 0)}, log end {ends[p]}, beyond it: {beyond[p]}"
+             for p in sorted(beyond)]
+    return "; ".join(parts) or "read_committed reaches the end of every partition's log now"
 
 
-def _query_end(bootstrap: str, tp: TopicPartition, isolation: str) -> int:
-    """The end a consumer of this isolation level sees (ListOffsets: LSO for read_committed)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-diagnose", "isolation.level": isolation})
+def _committed_stops(bootstrap: str, topic: str, idle_s: float = 3.0) -> dict[int, int]:
+    """Per partition, the offset after the last record a read_committed consumer returns before
+    it goes idle for `idle_s`."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-diagnose",
+                  "isolation.level": "read_committed", "enable.auto.commit": False})
+    stops: dict[int, int] = {}
     try:
-        return int(c.get_watermark_offsets(tp, timeout=10, cached=False)[1])
+        c.assign([TopicPartition(topic, p, 0) for p in range(OUT_PARTITIONS)])
+        idle_until = time.monotonic() + idle_s
+        while time.monotonic() < idle_until:
+            for m in c.consume(1000, 0.2):
+                if m.error() is None:
+                    stops[int(m.partition() or 0)] = int(m.offset() or 0) + 1
+                    idle_until = time.monotonic() + idle_s
+        return stops
     finally:
         c.close()
 
