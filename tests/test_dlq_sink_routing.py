@@ -113,6 +113,38 @@ def test_the_file_dlq_keeps_sink_letters_written_after_its_snapshot_on_resume(tm
     assert len(lines) == 3
 
 
+def test_a_crash_inside_the_resume_loses_no_sink_letter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resume truncates the file and writes the sink's letters back: a process killed between
+    the two must not lose them (the next resume finds them again)."""
+    from dataflows.connectors import files
+    from dataflows.connectors.dlq import sink_dead_letters
+
+    path = tmp_path / "dlq.jsonl"
+    sink = JsonlDeadLetterSink(path)
+    part = sink.build_part("dlq", str(path), None)
+    part.write_batch([_letter(0)])
+    offset = part.snapshot()
+    cfg = Config({"sink": {}, "dlq": {"type": "file", "path": str(path)}}, "t.yaml").section("sink")
+    sink_dead_letters(cfg, "p")([_letter(100)])
+    part.write_batch([_letter(1)])
+    part.close()
+
+    real = files.JsonlSinkPartition.resume_at
+
+    def truncate_then_die(self: files.JsonlSinkPartition, at: int) -> None:
+        real(self, at)
+        raise SystemExit("killed after the truncate")
+
+    monkeypatch.setattr(files.JsonlSinkPartition, "resume_at", truncate_then_die)
+    with pytest.raises(SystemExit):
+        sink.build_part("dlq", str(path), offset)
+    monkeypatch.setattr(files.JsonlSinkPartition, "resume_at", real)
+    resumed = sink.build_part("dlq", str(path), offset)
+    resumed.write_batch([_letter(1)])
+    resumed.close()
+    assert sorted(d.event_id for d in read_dead_letters(path)) == ["e0", "e1", "e100"]
+
+
 def test_a_fresh_file_dlq_drops_its_own_old_lines(tmp_path: Path) -> None:
     path = tmp_path / "dlq.jsonl"
     sink = JsonlDeadLetterSink(path)
