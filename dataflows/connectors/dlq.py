@@ -70,15 +70,23 @@ class _DeadLetterFilePartition(JsonlSinkPartition):
     a sink appended after the snapshot offset (`JsonlDeadLetterAppender`)."""
 
     def resume_at(self, offset: int) -> None:
+        """Truncate to `offset`, keeping the sink's lines after it. They are saved first in
+        `<path>.sink-kept` (fsync'ed, removed last), so a process killed between the
+        truncate and their rewrite finds them there at its next resume."""
+        side = Path(self._f.name + ".sink-kept")
         fcntl.flock(self._f.fileno(), fcntl.LOCK_EX)
         try:
             self._f.seek(offset)
-            kept = [line for line in self._f.read().split(b"\n") if line.strip() and _is_sink_line(line)]
+            tail = self._f.read().split(b"\n") + (side.read_bytes().split(b"\n") if side.exists() else [])
+            kept = list(dict.fromkeys(line for line in tail if line.strip() and _is_sink_line(line)))
+            if kept:
+                _write_synced(side, b"".join(line + b"\n" for line in kept))
             super().resume_at(offset)
             if kept:
                 self._f.write(b"".join(line + b"\n" for line in kept))
                 self._f.flush()
                 os.fsync(self._f.fileno())
+            side.unlink(missing_ok=True)
         finally:
             fcntl.flock(self._f.fileno(), fcntl.LOCK_UN)
 
@@ -88,6 +96,13 @@ class _DeadLetterFilePartition(JsonlSinkPartition):
             super().write_batch(values)
         finally:
             fcntl.flock(self._f.fileno(), fcntl.LOCK_UN)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class JsonlDeadLetterSink(JsonlSink):
