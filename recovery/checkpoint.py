@@ -86,12 +86,14 @@ __all__ = [
     "CACHE_META",
     "CheckpointError",
     "CheckpointTimeout",
+    "Deadline",
     "apply_retention",
     "default_cache_dir",
     "delete_snapshot",
     "list_checkpoints",
     "record_completed",
     "take_checkpoint",
+    "upload_copies",
 ]
 
 CACHE_META = "cache.json"
@@ -134,7 +136,10 @@ def _executions(conns: Iterable[Any]) -> list[list[int]]:
     return [list(r) for r in sorted(rows)]
 
 
-class _Deadline:
+class Deadline:
+    """The end of a checkpoint's `timeout_s` (None: unbounded); `check` raises
+    `CheckpointTimeout` past it."""
+
     def __init__(self, timeout_s: float | None) -> None:
         self.timeout_s = timeout_s
         self.end = None if timeout_s is None else time.monotonic() + timeout_s
@@ -187,7 +192,7 @@ def _check_sealed(files: list[Path], epoch: int | None) -> None:
 
 
 def _sealed_copies(
-    recovery_dir: Path, work: Path, deadline: _Deadline
+    recovery_dir: Path, work: Path, deadline: Deadline
 ) -> tuple[list[Path], int | None]:
     files, epoch, _ = _live_state(recovery_dir)
     copies = [work / f.name for f in files]
@@ -289,7 +294,7 @@ def _live_delta_ok(parent: _Parent, epoch: int | None, executions: list[list[int
 
 
 def _live_deltas(
-    files: list[Path], parent: _Parent, epoch: int, work: Path, deadline: _Deadline
+    files: list[Path], parent: _Parent, epoch: int, work: Path, deadline: Deadline
 ) -> tuple[list[Path], list[LiveDelta]]:
     """Per live partition, its delta since `parent` (`live_delta`: only the rows written
     since the parent's epoch are read), checked to resume at `epoch`."""
@@ -357,7 +362,7 @@ def take_checkpoint(
     store lease (`recovery.lease`), waiting for them at most `timeout_s`;
     `CheckpointError` if another checkpoint holds them that long."""
     started = time.monotonic()
-    deadline = _Deadline(timeout_s)
+    deadline = Deadline(timeout_s)
     recovery_dir = Path(recovery_dir)
     if kind != "checkpoint":
         return _take(recovery_dir, store, None, started, deadline, pipeline=pipeline,
@@ -386,7 +391,7 @@ def _store_packs(
     work: Path,
     store: ObjectStore,
     where: tuple[str, Kind, str],
-    deadline: _Deadline,
+    deadline: Deadline,
 ) -> tuple[list[str], list[Chunk]]:
     """Pack `sources` (partition `indexes`) and upload the packs: their keys, the chunks."""
     pipeline, kind, snap_id = where
@@ -405,7 +410,7 @@ def _upload_live(
     work: Path,
     store: ObjectStore,
     where: tuple[str, Kind, str],
-    deadline: _Deadline,
+    deadline: Deadline,
 ) -> list[PartitionEntry]:
     """Pack and upload the deltas of `_live_deltas`; the partitions' entries (digest and
     key count updated from the parent's, see `live_delta`)."""
@@ -423,13 +428,13 @@ def _upload_live(
     return entries
 
 
-def _upload(
+def upload_copies(
     copies: list[Path],
     parent: _Parent | None,
     work: Path,
     store: ObjectStore,
     where: tuple[str, Kind, str],
-    deadline: _Deadline,
+    deadline: Deadline,
 ) -> list[PartitionEntry]:
     """Pack every sealed copy (full, or its delta against `parent`) into a few objects
     (`recovery.pack`), upload them (`recovery.transfer`); the partitions' entries.
@@ -476,17 +481,17 @@ def _copied(
     work: Path,
     store: ObjectStore,
     where: tuple[str, Kind, str],
-    deadline: _Deadline,
+    deadline: Deadline,
     input_steps: Iterable[str] | None,
 ) -> tuple[list[Path], int | None, list[PartitionEntry], dict[str, Any], dict[str, int]]:
-    """Sealed copies of every partition, uploaded (`_upload`: full, or deltas against
+    """Sealed copies of every partition, uploaded (`upload_copies`: full, or deltas against
     `parent`); their epoch, entries, source positions and state bytes per step (read
     from the copies while they are packed and uploaded)."""
     copies, epoch = _sealed_copies(recovery_dir, work, deadline)
     with _Pool(1) as pool:
         positions = pool.submit(source_positions, copies, input_steps)
         state_bytes = pool.submit(state_bytes_by_step, copies)
-        entries = _upload(copies, parent, work, store, where, deadline)
+        entries = upload_copies(copies, parent, work, store, where, deadline)
         return copies, epoch, entries, positions.result(), state_bytes.result()
 
 
@@ -495,7 +500,7 @@ def _take(
     store: ObjectStore,
     lease: StoreLease | None,
     started: float,
-    deadline: _Deadline,
+    deadline: Deadline,
     *,
     pipeline: str,
     code_version: str,

@@ -52,11 +52,11 @@ from typing import Any
 from recovery.checkpoint import (
     CheckpointError,
     CheckpointTimeout,
-    _Deadline,
-    _upload,
     default_cache_dir,
     record_completed,
 )
+from recovery.checkpoint import Deadline as _Deadline
+from recovery.checkpoint import upload_copies as _upload
 from recovery.lease import CheckpointBusy, StoreLease, local_lock
 from recovery.manifest import Kind, Manifest, PartitionEntry, manifest_key, new_id, snapshot_prefix
 from recovery.partitions import (
