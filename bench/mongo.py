@@ -39,7 +39,7 @@ from pymongo import DeleteOne, MongoClient, ReplaceOne, UpdateOne  # noqa: E402
 
 from dataflows.config import Config  # noqa: E402
 from dataflows.connectors.mongo import mongo_source_settings  # noqa: E402
-from dataflows.connectors.mongo_source import MongoChangeSource  # noqa: E402
+from dataflows.connectors.mongo.source import MongoChangeSource  # noqa: E402
 from dataflows.pipelines.customers_cdc import build_flow  # noqa: E402
 
 IDLE_EOF_S = 0.5

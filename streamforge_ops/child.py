@@ -99,7 +99,7 @@ def _exit_2_on_config_error_at_run() -> None:
     sys.excepthook = hook
 
 
-_UNREACHABLE = "did not answer metadata"  # dataflows.connectors.kafka_common.check_cluster
+_UNREACHABLE = "did not answer metadata"  # dataflows.connectors.kafka.common.check_cluster
 
 
 def _unreachable(exc: Exception) -> bool:

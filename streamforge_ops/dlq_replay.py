@@ -1,7 +1,7 @@
 """DLQ inspection and replay (the logic behind `streamforge dlq`).
 
 A DLQ is a Kafka topic (value = `DeadLetter.to_json()`, see
-dataflows/connectors/kafka_dlq.py) or a JSONL file of the same envelopes.
+dataflows/connectors/kafka/dlq.py) or a JSONL file of the same envelopes.
 
 - `summarize(letters, flt)`: counts by error code and stage, samples.
 - `replay(letters, ...)`: re-produce each matching dead letter's ORIGINAL key
@@ -12,7 +12,7 @@ dataflows/connectors/kafka_dlq.py) or a JSONL file of the same envelopes.
   the event id of its `sf-event-id` header, so a Deduplicator keyed on event
   ids makes a second replay of the same letters harmless. `FileTarget`
   appends envelope lines to a JSONL file a file source reads; that source
-  gives them their original event id (dataflows/connectors/replay_lines.py).
+  gives them their original event id (dataflows/connectors/files/replay_lines.py).
 - `plan_from_config(cfg)`: `dlq replay --config PIPELINE.yaml`: the DLQ is
   the pipeline's `dlq` section, the target its input (the source topics, or
   the one JSONL file of a file source); its exactly-once output topics are
@@ -34,8 +34,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from dataflows.config import Config
-from dataflows.connectors.kafka_common import EVENT_ID_HEADER, REPLAY_HEADER
-from dataflows.connectors.replay_lines import replay_line
+from dataflows.connectors.files.replay_lines import replay_line
+from dataflows.connectors.kafka.common import EVENT_ID_HEADER, REPLAY_HEADER
 from dataflows.dead_letter import DeadLetter
 
 _QUIET = logging.getLogger("streamforge.dlq.librdkafka")
@@ -301,7 +301,7 @@ class KafkaTarget:
 
 class FileTarget:
     """Replays into a JSONL file a file source reads: one envelope line per letter
-    (dataflows/connectors/replay_lines.py: the source gives it the original event id),
+    (dataflows/connectors/files/replay_lines.py: the source gives it the original event id),
     appended, flushed and fsynced at the end."""
 
     def __init__(self, path: str) -> None:

@@ -52,7 +52,7 @@ def flow_added() -> Dataflow:
 
 
 def flow_unreachable() -> Dataflow:
-    """As built while Kafka is down (the message of dataflows.connectors.kafka_common.check_cluster)."""
+    """As built while Kafka is down (the message of dataflows.connectors.kafka.common.check_cluster)."""
     from dataflows.config import ConfigError
 
     raise ConfigError("source.brokers: 127.0.0.1:1 did not answer metadata within 5s")

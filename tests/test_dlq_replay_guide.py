@@ -138,7 +138,7 @@ def test_replay_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_replay_line_round_trip() -> None:
     """Text and non-UTF-8 payloads come back byte for byte with their event id; other lines
     (data that merely looks similar) are left alone."""
-    from dataflows.connectors.replay_lines import replay_line, unwrap_replay_line
+    from dataflows.connectors.files.replay_lines import replay_line, unwrap_replay_line
 
     for payload in (b'{"a": 1}', b"\xff\xfe broken", b"line\nbreak", "€ \u2028".encode()):
         line = replay_line(payload, "kafka:t:0:7", "tag")

@@ -116,8 +116,8 @@ def test_the_file_dlq_keeps_sink_letters_written_after_its_snapshot_on_resume(tm
 def test_a_crash_inside_the_resume_loses_no_sink_letter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The resume truncates the file and writes the sink's letters back: a process killed between
     the two must not lose them (the next resume finds them again)."""
-    from dataflows.connectors import files
     from dataflows.connectors.dlq import sink_dead_letters
+    from dataflows.connectors.files import jsonl as files
 
     path = tmp_path / "dlq.jsonl"
     sink = JsonlDeadLetterSink(path)

@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 
 from dataflows.config import Config, ConfigError
 from dataflows.connectors.kafka import kafka_sink_from_config, kafka_source_from_config
-from dataflows.connectors.kafka_common import KafkaStartError
+from dataflows.connectors.kafka.common import KafkaStartError
 from dataflows.dead_letter import DeadLetter
 from dataflows.events import Event
 from dataflows.retry import RetryExhausted, RetryPolicy, retry_policy_from_config

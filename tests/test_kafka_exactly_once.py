@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from dataflows.connectors.kafka_common import to_out_message
-from dataflows.connectors.kafka_sink import KafkaSinkSettings
-from dataflows.connectors.transactional import (
+from dataflows.connectors.kafka.common import to_out_message
+from dataflows.connectors.kafka.sink import KafkaSinkSettings
+from dataflows.connectors.kafka.transactional import (
     ProducerFencedError,
     TransactionalSettings,
     TransactionalWriter,

@@ -26,11 +26,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient
 
 from dataflows.config import Config, ConfigError
-from dataflows.connectors import transactional
-from dataflows.connectors.kafka import kafka_sink_from_config
-from dataflows.connectors.kafka_common import KafkaStartError
-from dataflows.connectors.kafka_sink import KafkaSinkSettings
-from dataflows.connectors.transactional import (
+from dataflows.connectors.kafka import kafka_sink_from_config, transactional
+from dataflows.connectors.kafka.common import KafkaStartError
+from dataflows.connectors.kafka.sink import KafkaSinkSettings
+from dataflows.connectors.kafka.transactional import (
     ProducerFencedError,
     TransactionalSettings,
     TransactionalWriter,
@@ -610,7 +609,7 @@ def test_prescan_of_a_partition_that_never_ends_does_not_stop_the_start(
     there, before the `init_transactions()` that unblocks it (the chaos harness's run 97 restarted
     15 times). It returns the position it reached instead and the build's scan reads on from
     there. Seam: `_NoEndConsumer` (Kafka always reports the end at the last stable offset)."""
-    from dataflows.connectors import transactional_scan
+    from dataflows.connectors.kafka import transactional_scan
 
     out = make_topic(1, "eo-noend")
     first = _writer(kafka_bootstrap, out, "noend-test", []).build_part("step", "00000", None)

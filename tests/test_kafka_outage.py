@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from dataflows import metrics
-from dataflows.connectors.kafka_sink import KafkaSinkSettings, ReliableKafkaSink
+from dataflows.connectors.kafka.sink import KafkaSinkSettings, ReliableKafkaSink
 from dataflows.dead_letter import DeadLetter
 from dataflows.events import Event
 from dataflows.retry import RetryPolicy

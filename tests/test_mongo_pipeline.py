@@ -22,7 +22,7 @@ from bytewax.testing import TestingSink, run_main
 
 from dataflows.config import Config, ConfigError
 from dataflows.connectors.mongo import mongo_source_settings
-from dataflows.connectors.mongo_source import MongoChangeSource
+from dataflows.connectors.mongo.source import MongoChangeSource
 from dataflows.dead_letter import DeadLetter, ErrorCode
 from dataflows.pipelines.customers_cdc import build_flow
 from tests.fixtures.mongo import MongoHandle

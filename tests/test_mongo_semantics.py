@@ -18,8 +18,8 @@ import pytest
 from bson import ObjectId, Timestamp
 
 from dataflows import metrics
-from dataflows.connectors.mongo_sink import MongoSinkSettings, MongoWriter
-from dataflows.connectors.mongo_source import MongoSourceError, NamespaceState
+from dataflows.connectors.mongo.sink import MongoSinkSettings, MongoWriter
+from dataflows.connectors.mongo.source import MongoSourceError, NamespaceState
 from dataflows.dead_letter import DeadLetter, ErrorCode
 from dataflows.events import Event
 from dataflows.patterns.materializer import ShardMaterializer
@@ -368,7 +368,7 @@ def test_fresh_stream_with_events_in_its_first_batch(mongo: MongoHandle) -> None
 
 
 def test_no_private_pymongo_api(mongo: MongoHandle) -> None:
-    from dataflows.connectors import mongo_source
+    from dataflows.connectors.mongo import source as mongo_source
 
     assert "._cursor" not in inspect.getsource(mongo_source)  # ChangeStream._cursor._has_next() was used
     coll = mongo.db().customers

@@ -15,8 +15,8 @@ from bson import ObjectId
 from dataflows.config import Config
 from dataflows.connectors.dlq import JsonlDeadLetterAppender
 from dataflows.connectors.mongo import mongo_sink_from_config
-from dataflows.connectors.mongo_codec import encode_key
-from dataflows.connectors.mongo_sink import MongoSinkSettings, MongoWriter
+from dataflows.connectors.mongo.codec import encode_key
+from dataflows.connectors.mongo.sink import MongoSinkSettings, MongoWriter
 from dataflows.dead_letter import ErrorCode
 from dataflows.events import Event
 from dataflows.retry import RetryPolicy

@@ -17,7 +17,7 @@ from bson import Regex
 from dataflows import metrics
 from dataflows.config import Config, ConfigError
 from dataflows.connectors.mongo import GENERATION_KEY, mongo_source_from_config
-from dataflows.connectors.mongo_source import (
+from dataflows.connectors.mongo.source import (
     MongoChangeSource,
     MongoSourceError,
     MongoSourceSettings,

@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from dataflows.connectors.kafka_common import partition_for
+from dataflows.connectors.kafka.common import partition_for
 from dataflows.shard import shard_of
 
 KEYS = ["", "order-1", "ünïcode", "a" * 300]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dataflows.connectors.files import JsonlSink
-from dataflows.connectors.kafka_common import to_out_message
+from dataflows.connectors.kafka.common import to_out_message
 from dataflows.events import Event
 from dataflows.json_codec import dumps
 

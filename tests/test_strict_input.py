@@ -133,7 +133,7 @@ def test_the_file_sink_writes_strict_json_for_any_value(tmp_path: Any) -> None:
 
 
 def test_kafka_and_file_sinks_encode_a_record_the_same_way() -> None:
-    from dataflows.connectors.kafka_common import to_out_message
+    from dataflows.connectors.kafka.common import to_out_message
 
     item = Event("k", {"a": 1.5, "lone": "\udc00", "nan": float("nan")}, 1, "e1", "src",
                  headers=(("h", b"\xff"),))

@@ -165,8 +165,8 @@ def sink_dead_letters(sink: Config, pipeline: str) -> DeadLetters:
     if dlq.choice("type", ("file", "kafka"), "file") == "file":
         return JsonlDeadLetterAppender(dlq.str("path"))
     from dataflows.connectors.kafka import brokers_from_config  # only for Kafka DLQs
-    from dataflows.connectors.kafka_common import check_cluster
-    from dataflows.connectors.kafka_dlq import KafkaDeadLetterWriter
+    from dataflows.connectors.kafka.common import check_cluster
+    from dataflows.connectors.kafka.dlq import KafkaDeadLetterWriter
     from dataflows.retry import retry_policy_from_config
 
     brokers, topic = brokers_from_config(dlq), dlq.str("topic")

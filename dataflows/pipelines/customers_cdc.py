@@ -4,7 +4,7 @@
                                           \\-> materialize (sweep) -> MongoDB target collection
     every dead letter (source: unsupported / oversized documents; sink writes) -> one DLQ sink
 
-- source (`source.*`, see dataflows/connectors/mongo.py): change events and,
+- source (`source.*`, see dataflows/connectors/mongo/from_config.py): change events and,
   on first start or after a lost or rejected position (286 / 280 / 136 / a
   refused or foreign token), a re-sync: snapshot events of a new generation,
   then a generation marker, emitted only when the scan walked the whole `_id`
@@ -40,8 +40,8 @@ from bytewax.outputs import Sink
 
 from dataflows.config import Config, ConfigError
 from dataflows.connectors.mongo import mongo_sink_settings, mongo_source_settings
-from dataflows.connectors.mongo_sink import write_to_mongo
-from dataflows.connectors.mongo_source import MongoChangeSource
+from dataflows.connectors.mongo.sink import write_to_mongo
+from dataflows.connectors.mongo.source import MongoChangeSource
 from dataflows.dead_letter import DeadLetter
 from dataflows.events import Event
 from dataflows.flow import materialize, merge_changes

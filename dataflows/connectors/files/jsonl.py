@@ -52,7 +52,7 @@ from typing import Any, TypedDict
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from dataflows.connectors.replay_lines import unwrap_replay_line
+from dataflows.connectors.files.replay_lines import unwrap_replay_line
 from dataflows.events import RawRecord, file_event_id
 from dataflows.json_codec import dumps, to_jsonable
 

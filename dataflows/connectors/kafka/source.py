@@ -26,7 +26,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING
 
 from dataflows import metrics
-from dataflows.connectors.kafka_common import EVENT_ID_HEADER, REPLAY_HEADER, header_value
+from dataflows.connectors.kafka.common import EVENT_ID_HEADER, REPLAY_HEADER, header_value
 from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import RawRecord, kafka_event_id, now_ms
 

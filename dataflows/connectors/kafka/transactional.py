@@ -107,7 +107,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from dataflows import metrics
 from dataflows.config import ConfigError
-from dataflows.connectors.kafka_common import (
+from dataflows.connectors.kafka.common import (
     WRITER_HEADER,
     OutMessage,
     is_fenced,
@@ -115,13 +115,13 @@ from dataflows.connectors.kafka_common import (
     is_transient,
     partition_for,
 )
-from dataflows.connectors.kafka_sink import (
+from dataflows.connectors.kafka.sink import (
     DeadLetters,
     KafkaSinkSettings,
     encode_batch,
     sink_dead_letter,
 )
-from dataflows.connectors.transactional_scan import (
+from dataflows.connectors.kafka.transactional_scan import (
     CommitCheck,
     CommitNotVisibleError,
     SkipSet,

@@ -54,8 +54,8 @@ from pymongo import DeleteOne, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from dataflows import metrics
-from dataflows.connectors.mongo_codec import decode_key, encode_key
-from dataflows.connectors.mongo_errors import is_transient
+from dataflows.connectors.mongo.codec import decode_key, encode_key
+from dataflows.connectors.mongo.errors import is_transient
 from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import Event, now_ms
 from dataflows.retry import RetryPolicy

@@ -36,7 +36,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from dataflows import metrics
 from dataflows.connectors.dlq import DeadLetters
-from dataflows.connectors.kafka_common import (
+from dataflows.connectors.kafka.common import (
     OutMessage,
     is_transient,
     partition_for,

@@ -66,11 +66,11 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from dataflows.config import Config, ConfigError
 from dataflows.connectors.dlq import sink_dead_letters
-from dataflows.connectors.kafka_common import KafkaStartError, check_cluster, topic_config
-from dataflows.connectors.kafka_dlq import KafkaDlqSink
-from dataflows.connectors.kafka_sink import KafkaSinkSettings, ReliableKafkaSink
-from dataflows.connectors.kafka_source import RawRecordKafkaSource
-from dataflows.connectors.transactional import TransactionalSettings, TransactionalWriter
+from dataflows.connectors.kafka.common import KafkaStartError, check_cluster, topic_config
+from dataflows.connectors.kafka.dlq import KafkaDlqSink
+from dataflows.connectors.kafka.sink import KafkaSinkSettings, ReliableKafkaSink
+from dataflows.connectors.kafka.source import RawRecordKafkaSource
+from dataflows.connectors.kafka.transactional import TransactionalSettings, TransactionalWriter
 from dataflows.retry import retry_policy_from_config
 
 __all__ = [

@@ -24,8 +24,8 @@ from typing import Any
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from dataflows.connectors.kafka_common import OutMessage, is_transient
-from dataflows.connectors.kafka_sink import InFlight, KafkaSinkSettings, unwrap_item
+from dataflows.connectors.kafka.common import OutMessage, is_transient
+from dataflows.connectors.kafka.sink import InFlight, KafkaSinkSettings, unwrap_item
 from dataflows.dead_letter import DeadLetter
 from dataflows.retry import RetryPolicy
 

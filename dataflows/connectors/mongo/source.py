@@ -86,14 +86,14 @@ from pymongo.read_concern import ReadConcern
 from pymongo.uri_parser import parse_uri
 
 from dataflows import metrics
-from dataflows.connectors.mongo_codec import (
+from dataflows.connectors.mongo.codec import (
     RAW_OPTIONS,
     UnsupportedDocument,
     check_document,
     encode_key,
     token_time_ms,
 )
-from dataflows.connectors.mongo_errors import (
+from dataflows.connectors.mongo.errors import (
     NOT_A_REPLICA_SET,
     error_name,
     is_position_lost,

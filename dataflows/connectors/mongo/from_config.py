@@ -39,29 +39,21 @@ from pymongo.uri_parser import parse_uri
 
 from dataflows.config import Config, ConfigError
 from dataflows.connectors.dlq import sink_dead_letters
-from dataflows.connectors.mongo_sink import (
+from dataflows.connectors.mongo.sink import (
     DEFAULT_SINK_RETRY,
     MongoSink,
     MongoSinkSettings,
-    MongoWriter,
 )
-from dataflows.connectors.mongo_source import (
-    GENERATION_KEY,
+from dataflows.connectors.mongo.source import (
     NAMESPACE_GONE_MODES,
     OVERSIZE_MODES,
     SNAPSHOT_MODES,
     MongoChangeSource,
-    MongoSourceError,
     MongoSourceSettings,
 )
 from dataflows.retry import retry_policy_from_config
 
 __all__ = [
-    "GENERATION_KEY",
-    "MongoChangeSource",
-    "MongoSink",
-    "MongoSourceError",
-    "MongoWriter",
     "mongo_sink_from_config",
     "mongo_sink_settings",
     "mongo_source_from_config",
