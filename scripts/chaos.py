@@ -85,7 +85,7 @@ class Chaos:
         self.inputs: dict[tuple[str, bool], WorkloadInput] = {}
         self.baselines: dict[str, RunOutcome] = {}
         self.report: dict[str, Any] = {"runs": 0, "faults": Counter(), "landed": Counter(), "lost": 0,
-                                       "duplicated": 0, "divergent": 0, "stuck": 0, "state_lost": 0,
+                                       "duplicated": 0, "divergent": 0, "stuck": 0, "stuck_torn_commit": 0, "state_lost": 0,
                                        "failures": []}
 
     def _workload(self, schedule: Schedule, tag: str) -> Workload:
@@ -103,6 +103,16 @@ class Chaos:
         runner = ScheduleRunner(schedule, self._workload(schedule, tag),
                                 deadline_s=self.args.deadline, total_progress=total_progress, log=log)
         return runner.run()
+
+    def _torn_commits(self, schedule: Schedule, out: RunOutcome) -> list[str]:
+        """For a stuck run on the durable broker: its output's commits that Tansu left torn."""
+        if self.services is None or "broker-restart" not in schedule.kinds() or not out.out_topic:
+            return []
+        try:
+            return self.services.torn_commits(out.out_topic)
+        except Exception as exc:  # noqa: BLE001 - a diagnostic: never hides the run's own failure
+            log(f"  (could not read the broker's transaction state: {exc})")
+            return []
 
     def baseline(self, workload: str) -> RunOutcome:
         if workload not in self.baselines:
@@ -127,6 +137,10 @@ class Chaos:
         if out.stuck:
             r["stuck"] += 1
             what = out.error
+            torn = self._torn_commits(schedule, out)
+            if torn:
+                r["stuck_torn_commit"] += 1
+                what = f"{what} [broker: a restart left {len(torn)} commit(s) torn: {'; '.join(torn[:3])}]"
         elif out.error:
             what = out.error
         else:

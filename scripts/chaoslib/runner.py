@@ -68,6 +68,7 @@ class RunOutcome:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     log_positions: dict[str, list[str]] = field(default_factory=dict)  # Kafka: every record, committed or not
+    out_topic: str = ""  # Kafka: the run's output topic
 
 
 @dataclass(order=True)
@@ -268,6 +269,7 @@ class ScheduleRunner:
         started = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
         self.cfg = self.w.write_config()
+        self.outcome.out_topic = self.w.out_topic
         deadline = started + self.deadline_s
         try:
             self._start_supervisor()

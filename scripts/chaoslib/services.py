@@ -16,18 +16,20 @@ Every port is a free loopback port; `stop()` ends every process it started.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.fixtures.fault_proxy import FaultProxy
 from tests.fixtures.kafka import KafkaBroker, free_port
 from tests.fixtures.s3 import MotoS3, make_bucket
 
-__all__ = ["AWS_ENV", "BUCKET", "Services"]
+__all__ = ["AWS_ENV", "BUCKET", "TANSU_META", "Services", "torn_commits"]
 
 AWS_ENV = {  # moto accepts any credentials; never real ones
     "AWS_ACCESS_KEY_ID": "chaos-access-key",
@@ -38,6 +40,27 @@ AWS_ENV = {  # moto accepts any credentials; never real ones
 BUCKET = "chaos"
 
 
+TANSU_META = "clusters/tansu_cluster/meta.json"  # tansu-storage/src/dynostore.rs, default cluster id
+
+
+def torn_commits(meta: dict[str, Any], topic: str) -> list[str]:
+    """Commits to `topic` that a broker restart left torn, from Tansu's `meta.json`
+    (tansu-storage/src/dynostore.rs `Meta.transactions`: id -> producer, epochs -> state,
+    produces): an epoch still `PrepareCommit` / `PrepareAbort` although its transactional id
+    has a later epoch. Tansu's `init_producer` rolls back only an epoch in `Begin`, so such a
+    transaction holds the partition's last stable offset until another transaction on that
+    partition ends; on Kafka, InitProducerId completes it first."""
+    torn = []
+    for txn_id, txn in (meta.get("transactions") or {}).items():
+        epochs = {int(e): d for e, d in (txn.get("epochs") or {}).items()}
+        for epoch, detail in sorted(epochs.items()):
+            ranges = (detail.get("produces") or {}).get(topic) or {}
+            if detail.get("state") in ("PrepareCommit", "PrepareAbort") and epoch < max(epochs) and ranges:
+                spans = ", ".join(f"p{p} {r['offset_start']}..{r['offset_end']}" for p, r in sorted(ranges.items()) if r)
+                torn.append(f"{txn_id} epoch {epoch} {detail['state']} ({spans})")
+    return torn
+
+
 class Services:
     def __init__(self, work: Path, *, kafka: bool, seed: int) -> None:
         self.work, self.kafka, self.seed = work, kafka, seed
@@ -45,6 +68,7 @@ class Services:
         self.proxy = FaultProxy("http://127.0.0.1:1", seed=seed)
         self.brokers: dict[bool, KafkaBroker] = {}  # durable? -> broker
         self._broker_store: subprocess.Popen[bytes] | None = None
+        self._broker_store_url: str | None = None
         self._paused: set[int] = set()
 
     def start(self) -> Services:
@@ -78,6 +102,7 @@ class Services:
         while True:
             try:
                 make_bucket(url, "tansu")
+                self._broker_store_url = url
                 return {**AWS_ENV, "AWS_ENDPOINT": url, "AWS_ALLOW_HTTP": "true"}
             except Exception:  # noqa: BLE001 - not up yet
                 if time.monotonic() > deadline or self._broker_store.poll() is not None:
@@ -97,20 +122,32 @@ class Services:
         self._paused.discard(broker.port)
 
     def stop_broker(self, broker: KafkaBroker) -> None:
-        """A broker restart is a controlled one (SIGTERM: Tansu finishes the requests in flight).
-        A kill -9 of Tansu's S3 storage is not crash-consistent (its produce writes the watermark,
-        the `meta.json` producer and transaction records and the batch object to S3 separately,
-        tansu-storage/src/dynostore.rs), and the harness saw it leave transactions no client can
-        end, holding a partition's last stable offset for ever. Kafka's log recovery truncates a
-        torn batch and its transaction state is a log too, so that kill would test Tansu, not
-        StreamForge. Abrupt broker loss is what `broker-pause` (SIGSTOP longer than every client
-        timeout) models."""
+        """A broker restart: SIGTERM, then (`start_broker`) the same storage again. Tansu's
+        SIGTERM is no barrier between the steps of a request: its accept loop breaks and the
+        connection tasks' JoinSet is dropped, aborting whatever is in flight
+        (tansu-broker/src/broker.rs `listen`); its S3 storage writes a commit as separate
+        objects (tansu-storage/src/dynostore.rs `txn_end`), so a restart can leave a commit torn
+        (see `torn_commits`; reproduced deterministically by tests/test_tansu_torn_commit.py).
+        A kill -9 adds torn produces (watermark, `meta.json` and batch object written
+        separately). Kafka's log recovery and its `__transaction_state` log make both safe, so
+        a kill -9 of Tansu would test Tansu, not StreamForge; abrupt broker loss is what
+        `broker-pause` (SIGSTOP longer than every client timeout) models."""
         self.resume(broker)
         broker.stop(graceful=True)
 
     def start_broker(self, broker: KafkaBroker) -> None:
         if broker.proc is None:
             broker.start()
+
+    def torn_commits(self, topic: str) -> list[str]:
+        """`torn_commits` of the durable broker's `meta.json`, for `topic`."""
+        if self._broker_store_url is None:
+            return []
+        import boto3  # the harness's own moto: no credentials beyond AWS_ENV
+
+        body = boto3.client("s3", endpoint_url=self._broker_store_url, region_name="us-east-1").get_object(
+            Bucket="tansu", Key=TANSU_META)["Body"].read()
+        return torn_commits(json.loads(body), topic)
 
     def heal(self) -> None:
         """Every fault off: store healthy, brokers running and not paused."""

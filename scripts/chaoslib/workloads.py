@@ -135,6 +135,7 @@ class Workload:
     base_config: Path = REPO / "config" / "orders.yaml"
     workload: str = ""  # the run's workload when it is not its input's (`input_of`)
     _watcher: Consumer | None = None
+    out_topic: str = ""  # Kafka: set by write_config
 
     @property
     def name(self) -> str:
