@@ -70,6 +70,7 @@ from recovery.manifest import (
 from recovery.pack import CODEC, Chunk, pack_key, write_packs
 from recovery.partitions import (
     PartitionError,
+    SealInfo,
     connect,
     copy_sealed,
     digest_rows_sum,
@@ -108,7 +109,7 @@ class CheckpointTimeout(CheckpointError):
 
 
 _LEASE_MARGIN_S = 60.0
-_WORKERS = 2  # partitions copied at once
+_WORKERS = 4  # partitions copied (or read for a delta) at once
 _UNBOUNDED_WAIT_S = 600.0
 
 
@@ -191,22 +192,59 @@ def _check_sealed(files: list[Path], epoch: int | None) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A sealed copy ready to pack: the file packed (the copy, or its delta against the
+    parent) and what its manifest entry records (the copy's digest, keys, commit epoch)."""
+
+    copy: Path
+    source: Path
+    digest: str
+    keys: int
+    commit_epoch: int | None
+
+
+def _prepare(copy: Path, parent: _Parent | None, work: Path,
+             seal: SealInfo | None = None) -> _Prepared:
+    """`copy`'s delta against `parent` (if any) and its logical digest; its key count and
+    commit epoch from `seal` (what `copy_sealed` found) or read from the copy."""
+    source = copy if parent is None else _delta_file(copy, parent, work)
+    if seal is None:
+        conn = connect(copy, readonly=True)
+        try:
+            keys = conn.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
+            row = conn.execute("SELECT commit_epoch FROM commits").fetchone()
+        finally:
+            conn.close()
+        commit = row[0] if row else None
+    else:
+        keys, commit = seal.keys, seal.commit_epoch
+    return _Prepared(copy, source, logical_digest(copy), keys, commit)
+
+
+def _copy_and_prepare(src: Path, dst: Path, epoch: int | None, parent: _Parent | None,
+                      work: Path) -> _Prepared:
+    return _prepare(dst, parent, work, copy_sealed(src, dst, epoch))
+
+
 def _sealed_copies(
-    recovery_dir: Path, work: Path, deadline: Deadline
-) -> tuple[list[Path], int | None]:
+    recovery_dir: Path, parent: _Parent | None, work: Path, deadline: Deadline
+) -> tuple[list[_Prepared], int | None]:
+    """Every live partition copied and sealed at the resume epoch (`copy_sealed`: only the
+    kept rows), then its delta against `parent` and its digest, `_WORKERS` partitions at
+    a time (SQLite and hashlib run without the GIL: a copy overlaps another's digest)."""
     files, epoch, _ = _live_state(recovery_dir)
     copies = [work / f.name for f in files]
-    # each copy sealed as it is taken (`copy_sealed`: only the kept rows), `_WORKERS` at a
-    # time (SQLite runs without the GIL)
+    prepared = []
     with _Pool(_WORKERS) as pool:
-        futures = [pool.submit(copy_sealed, f, dst, epoch) for f, dst in zip(files, copies,
-                                                                              strict=True)]
+        futures = [pool.submit(_copy_and_prepare, f, dst, epoch, parent, work)
+                   for f, dst in zip(files, copies, strict=True)]
         for f, future in zip(files, futures, strict=True):
-            future.result()
+            prepared.append(future.result())
             fault_point("checkpoint.copy")
             deadline.check(f"copying {f.name}")
     _check_sealed(copies, epoch)
-    return copies, epoch
+    return prepared, epoch
 
 
 def _load_parent(cache_dir: Path, store: ObjectStore, pipeline: str, count: int) -> _Parent | None:
@@ -257,8 +295,10 @@ def _save_parent(
     (cache_dir / CACHE_META).unlink(missing_ok=True)
     current = cache_dir / "current"
     if deltas is not None:
-        for delta in deltas:
-            apply_delta(current / f"{delta.stem}.sqlite3", delta)
+        with _Pool(_WORKERS) as pool:
+            for future in [pool.submit(apply_delta, current / f"{delta.stem}.sqlite3", delta)
+                           for delta in deltas]:
+                future.result()
     else:
         shutil.rmtree(current, ignore_errors=True)
         current.mkdir(parents=True)
@@ -299,16 +339,22 @@ def _live_deltas(
     """Per live partition, its delta since `parent` (`live_delta`: only the rows written
     since the parent's epoch are read), checked to resume at `epoch`."""
     assert parent.manifest is not None and parent.epoch is not None
+    since = parent.epoch
     entries = {e.index: e for e in parent.manifest.partitions}
-    deltas, results = [], []
-    for f in files:
+    deltas = [work / f"{f.stem}.delta" for f in files]
+
+    def one(f: Path, out: Path) -> LiveDelta:
         entry = entries[part_index(f)]
-        out = work / f"{f.stem}.delta"
-        results.append(live_delta(f, parent.dir / f.name, out, since=parent.epoch, epoch=epoch,
-                                  parent_digest=entry.digest, parent_keys=entry.keys))
-        fault_point("checkpoint.copy")
-        deltas.append(out)
-        deadline.check(f"reading {f.name}")
+        return live_delta(f, parent.dir / f.name, out, since=since, epoch=epoch,
+                          parent_digest=entry.digest, parent_keys=entry.keys)
+
+    results = []
+    with _Pool(_WORKERS) as pool:  # SQLite runs without the GIL: partitions at once
+        futures = [pool.submit(one, f, out) for f, out in zip(files, deltas, strict=True)]
+        for f, future in zip(files, futures, strict=True):
+            results.append(future.result())
+            fault_point("checkpoint.copy")
+            deadline.check(f"reading {f.name}")
     _check_sealed(deltas, epoch)
     return deltas, results
 
@@ -437,37 +483,41 @@ def upload_copies(
     deadline: Deadline,
 ) -> list[PartitionEntry]:
     """Pack every sealed copy (full, or its delta against `parent`) into a few objects
-    (`recovery.pack`), upload them (`recovery.transfer`); the partitions' entries.
+    (`recovery.pack`), upload them (`recovery.transfer`); the partitions' entries."""
+    with _Pool(_WORKERS) as pool:
+        prepared = list(pool.map(lambda c: _prepare(c, parent, work), copies))
+    return _upload_prepared(prepared, parent is not None, work, store, where, deadline)
+
+
+def _upload_prepared(
+    prepared: list[_Prepared],
+    delta: bool,
+    work: Path,
+    store: ObjectStore,
+    where: tuple[str, Kind, str],
+    deadline: Deadline,
+) -> list[PartitionEntry]:
+    """Pack and upload `prepared` copies (or their deltas); the partitions' entries.
 
     ``checkpoint.upload`` fault point: once per partition, after the packs are
     stored and before the manifest (the window a kill must not publish)."""
-    sources = [copy if parent is None else _delta_file(copy, parent, work) for copy in copies]
-    with _Pool(1) as pool:  # digests while packing and uploading
-        pending = [pool.submit(logical_digest, copy) for copy in copies]
-        keys, chunks = _store_packs([part_index(c) for c in copies], sources, work, store, where,
-                                    deadline)
-        digests = [f.result() for f in pending]
+    keys, chunks = _store_packs([part_index(p.copy) for p in prepared],
+                                [p.source for p in prepared], work, store, where, deadline)
     entries = []
-    for copy, source, chunk, digest in zip(copies, sources, chunks, digests, strict=True):
-        if source != copy:
-            source.unlink()
+    for p, chunk in zip(prepared, chunks, strict=True):
+        if p.source != p.copy:
+            p.source.unlink()
         fault_point("checkpoint.upload")
-        conn = connect(copy, readonly=True)
-        try:
-            n = conn.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
-            commit = conn.execute("SELECT commit_epoch FROM commits").fetchone()
-        finally:
-            conn.close()
         entries.append(
             PartitionEntry(
                 index=chunk.index,
                 object=keys[chunk.pack],
                 sha256=chunk.sha256,
                 size=chunk.size,
-                delta=parent is not None,
-                digest=digest,
-                keys=n,
-                commit_epoch=commit[0] if commit else None,
+                delta=delta,
+                digest=p.digest,
+                keys=p.keys,
+                commit_epoch=p.commit_epoch,
                 offset=chunk.offset,
                 codec=CODEC,
             )
@@ -484,14 +534,15 @@ def _copied(
     deadline: Deadline,
     input_steps: Iterable[str] | None,
 ) -> tuple[list[Path], int | None, list[PartitionEntry], dict[str, Any], dict[str, int]]:
-    """Sealed copies of every partition, uploaded (`upload_copies`: full, or deltas against
-    `parent`); their epoch, entries, source positions and state bytes per step (read
-    from the copies while they are packed and uploaded)."""
-    copies, epoch = _sealed_copies(recovery_dir, work, deadline)
-    with _Pool(1) as pool:
+    """Sealed copies of every partition (`_sealed_copies`), uploaded full or as deltas
+    against `parent`; their epoch, entries, source positions and state bytes per step
+    (read from the copies while they are packed and uploaded)."""
+    prepared, epoch = _sealed_copies(recovery_dir, parent, work, deadline)
+    copies = [p.copy for p in prepared]
+    with _Pool(2) as pool:
         positions = pool.submit(source_positions, copies, input_steps)
         state_bytes = pool.submit(state_bytes_by_step, copies)
-        entries = upload_copies(copies, parent, work, store, where, deadline)
+        entries = _upload_prepared(prepared, parent is not None, work, store, where, deadline)
         return copies, epoch, entries, positions.result(), state_bytes.result()
 
 

@@ -100,20 +100,15 @@ SELECT n.step_id, n.state_key FROM temp.changed AS n
 JOIN p.snaps AS o ON o.step_id = n.step_id AND o.state_key = n.state_key
 WHERE n.ser_change IS NULL
 """
-# The parent's rows the delta replaces or deletes (digest and state bytes to subtract).
+# The parent's rows the delta replaces or deletes (digest and state bytes to subtract),
+# read once into a temp table (in memory).
 _REPLACED = """
-(SELECT o.step_id, o.state_key, o.ser_change FROM
+CREATE TEMP TABLE replaced AS
+SELECT o.step_id, o.state_key, o.ser_change FROM
   (SELECT step_id, state_key FROM main.upserts UNION ALL SELECT step_id, state_key
    FROM main.deletes) AS k
- JOIN p.snaps AS o ON o.step_id = k.step_id AND o.state_key = k.state_key)
+ JOIN p.snaps AS o ON o.step_id = k.step_id AND o.state_key = k.state_key
 """
-
-
-def _bytes_by_step(conn: sqlite3.Connection, source: str, sign: int, out: dict[str, int]) -> None:
-    for step, n in conn.execute(
-        f"SELECT step_id, COALESCE(SUM(LENGTH(ser_change)), 0) FROM {source} GROUP BY step_id"
-    ):
-        out[step] = out.get(step, 0) + sign * int(n)
 
 
 def live_delta(
@@ -141,6 +136,7 @@ def live_delta(
         conn.execute("PRAGMA page_size = 1024")  # small deltas stay small
         conn.execute("PRAGMA journal_mode = OFF")  # a new scratch file: no journal, no fsync
         conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("PRAGMA temp_store = MEMORY")  # `changed`, `replaced`: no temp files
         conn.execute("ATTACH DATABASE ? AS live", (f"file:{live}?mode=ro",))
         conn.execute("ATTACH DATABASE ? AS p", (f"file:{parent}?mode=ro",))
         conn.execute("BEGIN")
@@ -160,16 +156,19 @@ def live_delta(
         conn.execute(_LIVE_DELETES)
         conn.execute("CREATE VIEW snaps AS SELECT * FROM upserts")  # source positions read it
         conn.execute("COMMIT")
+        conn.execute(_REPLACED)
         upserts = conn.execute("SELECT COUNT(*) FROM upserts").fetchone()[0]
         deletes = conn.execute("SELECT COUNT(*) FROM deletes").fetchone()[0]
-        replaced = conn.execute(f"SELECT COUNT(*) FROM {_REPLACED}").fetchone()[0]
+        replaced = conn.execute("SELECT COUNT(*) FROM temp.replaced").fetchone()[0]
         rows = digest_rows_sum(parent_digest)
         if rows is None:
             raise ValueError(f"{parent}: the parent's digest is of the older kind, not updatable")
-        rows += rows_hash_sum(conn, "main.upserts") - rows_hash_sum(conn, _REPLACED)
-        state_bytes: dict[str, int] = {}
-        _bytes_by_step(conn, "main.upserts", 1, state_bytes)
-        _bytes_by_step(conn, _REPLACED, -1, state_bytes)
+        added: dict[str, int] = {}
+        removed: dict[str, int] = {}
+        rows += rows_hash_sum(conn, "main.upserts", sizes=added) - rows_hash_sum(
+            conn, "temp.replaced", sizes=removed)
+        state_bytes = {step: added.get(step, 0) - removed.get(step, 0)
+                       for step in sorted(added.keys() | removed.keys())}
         digest = format_digest(small_tables_sha(conn), rows)
         conn.execute("DETACH DATABASE p")
     finally:
@@ -228,8 +227,11 @@ def apply_delta(target: Path, delta: Path) -> DeltaStats:
     """Apply `delta` to the partition file `target` in one transaction."""
     conn = sqlite3.connect(target)
     try:
-        # restore applies deltas to staged files, fsynced by recovery.swap before they count
+        # restore applies deltas to staged files, fsynced by recovery.swap before they count;
+        # the checkpoint cache drops its meta before applying (a crash leaves no parent): so
+        # no fsync, and the rollback journal in memory (no journal file per partition)
         conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("PRAGMA journal_mode = MEMORY")
         conn.execute("ATTACH DATABASE ? AS d", (f"file:{delta}?mode=ro",))
         with conn:
             conn.execute(  # by rowid through the primary key: no scan of the partition

@@ -345,14 +345,30 @@ def row_hash(frame: bytes, ser_change: bytes | None) -> int:
     return int.from_bytes(digest.digest(), "little")
 
 
-def rows_hash_sum(conn: sqlite3.Connection, source: str, params: tuple[object, ...] = ()) -> int:
+def rows_hash_sum(
+    conn: sqlite3.Connection,
+    source: str,
+    params: tuple[object, ...] = (),
+    sizes: dict[str, int] | None = None,
+) -> int:
     """Sum (mod 2**256) of `row_hash` over the rows of `source` (a table or a FROM clause
-    whose rows have step_id, state_key and ser_change)."""
+    whose rows have step_id, state_key and ser_change); with `sizes`, the state bytes of
+    those rows are added to it per step id in the same pass (a step whose rows are all
+    NULL adds 0, as ``SUM(LENGTH(ser_change))`` would)."""
     conn.text_factory = bytes
     try:
         total = 0
-        for frame, blob in conn.execute(f"SELECT {_ROW_FRAME}, ser_change FROM {source}", params):
+        if sizes is None:
+            for frame, blob in conn.execute(f"SELECT {_ROW_FRAME}, ser_change FROM {source}",
+                                            params):
+                total += row_hash(frame, blob)
+            return total % _MOD
+        for step, frame, blob in conn.execute(
+            f"SELECT step_id, {_ROW_FRAME}, ser_change FROM {source}", params
+        ):
             total += row_hash(frame, blob)
+            name = step.decode()
+            sizes[name] = sizes.get(name, 0) + (0 if blob is None else len(blob))
         return total % _MOD
     finally:
         conn.text_factory = str
