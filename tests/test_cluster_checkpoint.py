@@ -19,13 +19,14 @@ import pytest
 from recovery.checkpoint import CheckpointTimeout, list_checkpoints, take_checkpoint
 from recovery.cluster_checkpoint import (
     PeerFailed,
+    answer,
     follow,
     local_answers,
     pending_request,
     restore_process,
     take_cluster_snapshot,
 )
-from recovery.manifest import Manifest, manifest_key
+from recovery.manifest import Manifest, manifest_key, snapshot_ids
 from recovery.partitions import logical_digest, part_index, partition_files
 from recovery.placement import owned
 from recovery.store import ObjectStore, open_store
@@ -82,6 +83,28 @@ def test_a_process_that_does_not_answer_fails_the_checkpoint_and_publishes_nothi
     req = pending_request(store, "sup")
     assert req is not None and not store.exists(manifest_key("sup", "checkpoint", req.id))
     assert list_checkpoints(store, "sup") == []
+
+
+def test_a_failed_cluster_savepoint_leaves_nothing_to_list_or_restore(ws: Workspace, tmp_path: Path) -> None:
+    """Process 1 is down: the coordinator's own share (its objects, front-0 and part-0) is
+    removed when the savepoint fails, and a process that answers after the coordinator gave
+    up removes what it wrote: `savepoint list` has no "incomplete" note, restore sees nothing
+    (was: the share of process 0 stayed, listed as an incomplete savepoint)."""
+    store = open_store(str(tmp_path / "store"))
+    dirs = split(ws.recovery, tmp_path / "cluster", 2)
+    with pytest.raises(CheckpointTimeout, match=r"process\(es\) \[1\]"):
+        take_cluster_snapshot(dirs[0], store, pipeline="sup", processes=2, partition_count=PARTS,
+                              kind="savepoint", name="sp", timeout_s=1.5)
+    assert store.list("sup/savepoints/") == []
+    assert snapshot_ids(store, "sup", "savepoint") == ([], [])
+    req = pending_request(store, "sup")
+    assert req is not None and req.kind == "savepoint"
+    with pytest.raises(CheckpointTimeout):  # the late process: process 0's front is gone
+        answer(dirs[1], store, req, 1)
+    assert store.list("sup/savepoints/") == []
+    restored = restore_process(tmp_path / "new", process_id=0, processes=1, checkpoint_store=store,
+                               savepoint_store=store, pipeline="sup", partition_count=PARTS)
+    assert restored.chosen == "fresh"
 
 
 def test_a_process_holding_the_wrong_partitions_fails_it_at_once(ws: Workspace, tmp_path: Path) -> None:
