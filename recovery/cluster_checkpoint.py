@@ -26,7 +26,14 @@ the union of every process's rows can. The protocol, one snapshot id at a time:
 A process that is down or slow makes the snapshot fail (`CheckpointTimeout`
 after the request's timeout, nothing published; the caller counts it in
 ``checkpoint_failure_count``): there is never a partial snapshot, since the
-manifest is what makes a snapshot visible (`recovery.manifest`). The global
+manifest is what makes a snapshot visible (`recovery.manifest`). A failed snapshot
+leaves nothing behind either (an "incomplete" note in `savepoint list`, objects
+that retention must find): the coordinator marks the request abandoned
+(``{pipeline}/cluster/abandoned/{id}``, outside every snapshot directory) and
+deletes the snapshot's directory; a process that answers later checks the
+mark after it wrote and deletes what it wrote (the mark is written before the
+coordinator's delete, so one of the two always sees the other's keys). Marks
+older than an hour are pruned by the next abandon. The global
 manifest is a normal one, so `recovery.restore`, verification, listing,
 retention and savepoint pinning work unchanged; `restore_process` restores a
 process's share of it onto any process count (rescale).
@@ -37,6 +44,7 @@ one-directory cache (`recovery.checkpoint`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sqlite3
@@ -76,6 +84,8 @@ from recovery.store import ObjectStore, StoreError, StoreNotFound
 __all__ = [
     "PeerFailed",
     "Request",
+    "abandon",
+    "abandoned",
     "answer",
     "follow",
     "issue",
@@ -136,6 +146,39 @@ def issue(
                   time.time())
     store.put(request_key(pipeline), json.dumps(asdict(req)).encode())
     return req
+
+
+def _abandoned_key(pipeline: str, snap_id: str) -> str:
+    return f"{pipeline}/cluster/abandoned/{snap_id}"
+
+
+def abandoned(store: ObjectStore, req: Request) -> bool:
+    """True once the coordinator gave `req` up (`abandon`): whatever is written for it is garbage."""
+    return store.exists(_abandoned_key(req.pipeline, req.id))
+
+
+def _discard(store: ObjectStore, req: Request) -> None:
+    """Delete every key of `req`'s snapshot directory (its manifest was never written)."""
+    for key in store.list(snapshot_prefix(req.pipeline, req.kind, req.id)):
+        store.delete(key)
+
+
+_MARK_KEEP_S = 3600.0
+
+
+def abandon(store: ObjectStore, req: Request, now: float | None = None) -> None:
+    """The coordinator gave `req` up: mark it (first), delete its snapshot directory (then),
+    prune marks older than an hour (no answer outlives its request's timeout by that much)."""
+    store.put(_abandoned_key(req.pipeline, req.id), b"")
+    _discard(store, req)
+    now = time.time() if now is None else now
+    for key in store.list(_abandoned_key(req.pipeline, "")):
+        try:
+            stamp = datetime.strptime(key.rsplit("/", 1)[1].split("-")[1], "%Y%m%dT%H%M%S.%fZ")
+        except (IndexError, ValueError):
+            continue
+        if stamp.replace(tzinfo=UTC).timestamp() < now - _MARK_KEEP_S:
+            store.delete(key)
 
 
 def pending_request(store: ObjectStore, pipeline: str) -> Request | None:
@@ -227,13 +270,17 @@ def answer(
 
     Raises `CheckpointError` (`CheckpointTimeout` past the request's timeout); a
     failure of its own (not a peer's) is also published as ``cluster/error-K.json``,
-    so the others give up at once instead of at the timeout."""
+    so the others give up at once instead of at the timeout. Whatever it wrote is
+    deleted again if the coordinator abandoned `req` meanwhile (module doc)."""
     try:
         return _answer(Path(recovery_dir), store, req, process_id, cache_dir, input_steps)
     except CheckpointError as exc:
         if not isinstance(exc, PeerFailed):  # a peer's failure is that peer's report
             store.put(req.key(f"cluster/error-{process_id}.json"), f"process {process_id}: {exc}".encode())
         raise
+    finally:
+        if process_id != 0 and abandoned(store, req):  # process 0 is the coordinator: `abandon`
+            _discard(store, req)
 
 
 def _answer(
@@ -298,7 +345,8 @@ def follow(
         req = None
         try:
             req = pending_request(store, pipeline)
-            if req is None or req.id in answered or req.expired() or req.processes != processes:
+            if req is None or req.id in answered or req.expired() or req.processes != processes \
+                    or abandoned(store, req):
                 continue
             answered.add(req.id)
             epoch = answer(recovery_dir, store, req, process_id, input_steps=input_steps)
@@ -432,9 +480,14 @@ def take_cluster_snapshot(
         lease.claim(req.id, [])
         if answer_others is not None:
             answer_others(req)
-        answer(recovery_dir, store, req, 0, input_steps=input_steps)
-        manifest = publish(store, req, code_version=code_version, signing_key=signing_key,
-                           timeout_s=max(0.0, timeout_s - (time.monotonic() - started)))
+        try:
+            answer(recovery_dir, store, req, 0, input_steps=input_steps)
+            manifest = publish(store, req, code_version=code_version, signing_key=signing_key,
+                               timeout_s=max(0.0, timeout_s - (time.monotonic() - started)))
+        except BaseException:
+            with contextlib.suppress(StoreError):  # the original error is the one to report
+                abandon(store, req)  # nothing of a failed snapshot stays (module doc)
+            raise
     finally:
         lease.release()
     if kind == "savepoint":
