@@ -91,7 +91,7 @@ LAST_CHECKPOINT_TIMESTAMP = Gauge(
 )
 SOURCE_LATENCY = Histogram(
     "streamforge_source_latency_ms",
-    "Now minus the source timestamp of each record read, in milliseconds.",
+    "Now minus the source timestamp of each record read (Kafka: of each batch's oldest record, once per batch), in ms.",
     ["pipeline", "source"],
     buckets=_MS_BUCKETS,
 )

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, is_dataclass
-from typing import Any
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -87,9 +87,8 @@ class KafkaStartError(ConfigError):
     """The brokers or topics of a Kafka section cannot be used (checked at start)."""
 
 
-@dataclass(frozen=True, slots=True)
-class OutMessage:
-    """One record ready to produce."""
+class OutMessage(NamedTuple):
+    """One record ready to produce (a tuple: built once per output record, cheaply)."""
 
     key: bytes | None
     value: bytes
@@ -141,29 +140,55 @@ def _as_key(key: Any) -> bytes | None:
     return str(key).encode()
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What `to_out_message` reads from a dataclass type (found once per type)."""
+
+    event_id: bool
+    key: bool
+    headers: bool
+
+
+_SHAPES: dict[type, _Shape] = {}
+
+
+def _shape(cls: type) -> _Shape:
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        names = {f.name for f in fields(cls)}
+        shape = _SHAPES[cls] = _Shape(*(n in names or hasattr(cls, n) for n in ("event_id", "key", "headers")))
+    return shape
+
+
 def to_out_message(item: Any) -> OutMessage:
-    """Serialise a sink item (see module docstring); TypeError if impossible."""
-    event_id = str(getattr(item, "event_id", "") or "")
-    key = _as_key(getattr(item, "key", None))
+    """Serialise a sink item (see module docstring); TypeError if impossible. The message's
+    headers are the item's own (never `sf-event-id` / `sf-writer`: the sinks set those)
+    followed by `sf-event-id`."""
+    extra: Any = ()
     if isinstance(item, bytes):
-        value = item
+        value, event_id, key = item, "", None
     elif is_dataclass(item) and not isinstance(item, type):
-        value = dumps(item)  # the one JSON encoding of every sink (dataflows.json_codec)
+        obj: Any = item
+        shape = _shape(type(obj))
+        value = dumps(obj)  # the one JSON encoding of every sink (dataflows.json_codec)
+        event_id = str(obj.event_id or "") if shape.event_id else ""
+        key = _as_key(obj.key) if shape.key else None
+        if shape.headers:
+            extra = obj.headers
     elif isinstance(item, Mapping):
         value = dumps(item)
-        event_id = event_id or str(item.get("event_id", "") or "")
-        key = key if key is not None else _as_key(item.get("key"))
+        event_id = str(item.get("event_id", "") or "")
+        key = _as_key(item.get("key"))
     else:
         raise TypeError(f"cannot serialise a {type(item).__name__} for Kafka")
     if not event_id:  # e.g. a Session: a content id, the same when a replay re-emits it
         event_id = "content:" + hashlib.blake2b((key or b"") + b"\0" + value, digest_size=16).hexdigest()
     headers: list[tuple[str, bytes]] = []
-    for pair in getattr(item, "headers", ()) or ():
+    for pair in extra or ():
         if isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], bytes):
             if pair[0] not in (EVENT_ID_HEADER, WRITER_HEADER):  # set by the sinks, never copied
                 headers.append((str(pair[0]), pair[1]))
-    if event_id:
-        headers.append((EVENT_ID_HEADER, event_id.encode()))
+    headers.append((EVENT_ID_HEADER, event_id.encode()))
     return OutMessage(key, value, tuple(headers), event_id)
 
 

@@ -100,6 +100,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -283,21 +284,23 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
         else:  # _STATE (abortable transaction), or the transaction is otherwise unusable
             self._needs_abort = True
 
+    def _delivered(self, generation: int, index: int, err: KafkaError | None, m: Any) -> None:
+        """The delivery report of record `index` produced in attempt `generation`."""
+        if generation != self._generation:
+            return  # a report of an aborted attempt
+        if err is not None:
+            self._failed[index] = err
+        elif m.offset() is not None:
+            offset = m.offset()
+            if offset >= self._written_end:
+                self._written_end = offset + 1
+            if self._check is not None:
+                self._check.delivered(offset)
+
     def _produce(self, index: int, msg: OutMessage) -> KafkaException | None:
-        generation = self._generation
-
-        def on_delivery(err: KafkaError | None, m: Any) -> None:
-            if generation != self._generation:
-                return  # a report of an aborted attempt
-            if err is not None:
-                self._failed[index] = err
-            elif m.offset() is not None:
-                self._written_end = max(self._written_end, m.offset() + 1)
-                if self._check is not None:
-                    self._check.delivered(m.offset())
-
-        headers: list[tuple[str, str | bytes | None]] = [h for h in msg.headers if h[0] != WRITER_HEADER]
-        headers.append(self._writer_header)
+        # to_out_message never copies an item's sf-writer header: this writer's is the one
+        headers: list[tuple[str, str | bytes | None]] = [*msg.headers, self._writer_header]
+        on_delivery = partial(self._delivered, self._generation, index)
         while True:
             try:
                 self._producer.produce(

@@ -217,6 +217,7 @@ class CommitCheck:
     def __init__(self, brokers: tuple[str, ...] | list[str], topic: str, partition: int, writer_id: str) -> None:
         self._brokers, self._topic, self._partition = brokers, topic, partition
         self._writer = writer_id.encode()
+        self._mine = (WRITER_HEADER, self._writer)  # the header of this writer's records
         self._consumer: Consumer | None = None
         self.reset()
 
@@ -255,7 +256,7 @@ class CommitCheck:
                         if err.retriable() or err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
                             continue
                         raise CommitNotVisibleError(f"{where}: reading back the commit failed: {err.str()}")
-                    if err is None and offset <= last and header_value(msg.headers(), WRITER_HEADER) == self._writer:
+                    if err is None and offset <= last and self._mine in (msg.headers() or ()):
                         seen += 1
                     if (err is None and offset >= last) or (err is not None and offset > last):
                         if seen == want:
