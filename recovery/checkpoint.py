@@ -70,6 +70,7 @@ from recovery.manifest import (
 from recovery.pack import CODEC, Chunk, pack_key, write_packs
 from recovery.partitions import (
     PartitionError,
+    Progress,
     SealInfo,
     connect,
     copy_sealed,
@@ -77,9 +78,10 @@ from recovery.partitions import (
     logical_digest,
     part_index,
     partition_files,
-    resume_epoch,
+    progress_rows,
+    resume_epoch_of,
 )
-from recovery.positions import source_positions, state_bytes_by_step
+from recovery.positions import PositionRows, source_positions, state_bytes_by_step
 from recovery.store import ObjectStore, StoreError
 from recovery.transfer import put_file
 
@@ -129,12 +131,19 @@ class _Parent:
     manifest: Manifest | None = None
 
 
-def _executions(conns: Iterable[Any]) -> list[list[int]]:
-    """Every ``exs`` row (ex_num, worker_count, resume_epoch) of these partitions, sorted:
-    a new row means the flow (re)started, from these partitions or from others."""
-    rows = {tuple(r) for c in conns for r in c.execute(
-        "SELECT ex_num, worker_count, resume_epoch FROM exs")}
+def _executions(progress: Iterable[Progress]) -> list[list[int]]:
+    """Every ``exs`` row (ex_num, worker_count, resume_epoch) of these partitions' progress
+    rows, sorted: a new row means the flow (re)started, from these partitions or others."""
+    rows = {tuple(r) for exs, _ in progress for r in exs}
     return [list(r) for r in sorted(rows)]
+
+
+def _progress(path: Path) -> Progress:
+    conn = connect(path, readonly=True)
+    try:
+        return progress_rows(conn)
+    finally:
+        conn.close()
 
 
 class Deadline:
@@ -169,22 +178,14 @@ def _live_state(recovery_dir: Path) -> tuple[list[Path], int | None, list[list[i
     files = partition_files(recovery_dir)
     if not files:
         raise CheckpointError(f"{recovery_dir}: no recovery partitions to checkpoint")
-    conns = [connect(f, readonly=True) for f in files]
-    try:
-        return files, resume_epoch(conns), _executions(conns)
-    finally:
-        for c in conns:
-            c.close()
+    progress = [_progress(f) for f in files]
+    return files, resume_epoch_of(progress), _executions(progress)
 
 
-def _check_sealed(files: list[Path], epoch: int | None) -> None:
-    """CheckpointError unless the copies (or deltas) `files` resume at `epoch`."""
-    conns = [connect(f, readonly=True) for f in files]
-    try:
-        sealed = resume_epoch(conns)
-    finally:
-        for c in conns:
-            c.close()
+def _check_sealed(progress: list[Progress], epoch: int | None) -> None:
+    """CheckpointError unless the copies (or deltas) with these `progress_rows` resume at
+    `epoch`."""
+    sealed = resume_epoch_of(progress)
     if sealed != epoch:
         raise CheckpointError(
             f"the flow (re)started while the partitions were copied (epoch {epoch} -> {sealed}); "
@@ -202,6 +203,7 @@ class _Prepared:
     digest: str
     keys: int
     commit_epoch: int | None
+    progress: Progress
 
 
 def _prepare(copy: Path, parent: _Parent | None, work: Path,
@@ -209,17 +211,18 @@ def _prepare(copy: Path, parent: _Parent | None, work: Path,
     """`copy`'s delta against `parent` (if any) and its logical digest; its key count and
     commit epoch from `seal` (what `copy_sealed` found) or read from the copy."""
     source = copy if parent is None else _delta_file(copy, parent, work)
-    if seal is None:
-        conn = connect(copy, readonly=True)
-        try:
+    conn = connect(copy, readonly=True)
+    try:
+        progress = progress_rows(conn)
+        if seal is None:
             keys = conn.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
             row = conn.execute("SELECT commit_epoch FROM commits").fetchone()
-        finally:
-            conn.close()
-        commit = row[0] if row else None
-    else:
-        keys, commit = seal.keys, seal.commit_epoch
-    return _Prepared(copy, source, logical_digest(copy), keys, commit)
+            commit = row[0] if row else None
+        else:
+            keys, commit = seal.keys, seal.commit_epoch
+    finally:
+        conn.close()
+    return _Prepared(copy, source, logical_digest(copy), keys, commit, progress)
 
 
 def _copy_and_prepare(src: Path, dst: Path, epoch: int | None, parent: _Parent | None,
@@ -243,7 +246,7 @@ def _sealed_copies(
             prepared.append(future.result())
             fault_point("checkpoint.copy")
             deadline.check(f"copying {f.name}")
-    _check_sealed(copies, epoch)
+    _check_sealed([p.progress for p in prepared], epoch)
     return prepared, epoch
 
 
@@ -333,50 +336,71 @@ def _live_delta_ok(parent: _Parent, epoch: int | None, executions: list[list[int
     )
 
 
+@dataclass(frozen=True)
+class _DeltaRead:
+    """One live delta: what `live_delta` wrote, and what the checkpoint reads back from the
+    delta file (its progress rows, source-position rows, deleted keys) in the same job."""
+
+    result: LiveDelta
+    progress: Progress
+    positions: PositionRows
+    deletes: list[tuple[str, str]]
+
+
 def _live_deltas(
-    files: list[Path], parent: _Parent, epoch: int, work: Path, deadline: Deadline
-) -> tuple[list[Path], list[LiveDelta]]:
+    files: list[Path], parent: _Parent, epoch: int, work: Path, deadline: Deadline,
+    input_steps: Iterable[str] | None,
+) -> tuple[list[Path], list[_DeltaRead]]:
     """Per live partition, its delta since `parent` (`live_delta`: only the rows written
-    since the parent's epoch are read), checked to resume at `epoch`."""
+    since the parent's epoch are read), `_WORKERS` partitions at a time (SQLite runs
+    without the GIL), checked to resume at `epoch`."""
     assert parent.manifest is not None and parent.epoch is not None
     since = parent.epoch
     entries = {e.index: e for e in parent.manifest.partitions}
     deltas = [work / f"{f.stem}.delta" for f in files]
+    wanted = list(input_steps) if input_steps is not None else None
 
-    def one(f: Path, out: Path) -> LiveDelta:
+    def one(f: Path, out: Path) -> _DeltaRead:
         entry = entries[part_index(f)]
-        return live_delta(f, parent.dir / f.name, out, since=since, epoch=epoch,
-                          parent_digest=entry.digest, parent_keys=entry.keys)
+        result = live_delta(f, parent.dir / f.name, out, since=since, epoch=epoch,
+                            parent_digest=entry.digest, parent_keys=entry.keys)
+        conn = connect(out, readonly=True)
+        try:
+            positions = PositionRows(wanted)
+            positions.add(conn, "upserts")
+            deletes = conn.execute("SELECT step_id, state_key FROM deletes").fetchall()
+            return _DeltaRead(result, progress_rows(conn), positions, deletes)
+        finally:
+            conn.close()
 
-    results = []
-    with _Pool(_WORKERS) as pool:  # SQLite runs without the GIL: partitions at once
+    reads = []
+    with _Pool(_WORKERS) as pool:
         futures = [pool.submit(one, f, out) for f, out in zip(files, deltas, strict=True)]
         for f, future in zip(files, futures, strict=True):
-            results.append(future.result())
+            reads.append(future.result())
             fault_point("checkpoint.copy")
             deadline.check(f"reading {f.name}")
-    _check_sealed(deltas, epoch)
-    return deltas, results
+    _check_sealed([r.progress for r in reads], epoch)
+    return deltas, reads
 
 
 def _delta_metadata(
-    parent: Manifest, deltas: list[Path], results: list[LiveDelta], input_steps: Iterable[str] | None
+    parent: Manifest, reads: list[_DeltaRead], input_steps: Iterable[str] | None
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """Source positions and state bytes per step of parent + `deltas`: the parent's,
-    updated by the deltas' rows (a delta file reads as ``snaps``: its upserts)."""
+    """Source positions and state bytes per step of parent + the deltas: the parent's,
+    updated by the deltas' rows (upserts, then deleted keys)."""
+    rows = PositionRows(input_steps)
+    for r in reads:
+        rows.merge(r.positions)
     positions = {step: dict(keys) for step, keys in parent.source_positions.items()}
-    for step, keys in source_positions(deltas, input_steps).items():
+    for step, keys in rows.positions().items():
         positions.setdefault(step, {}).update(keys)
-    for delta in deltas:
-        conn = connect(delta, readonly=True)
-        try:
-            for step, key in conn.execute("SELECT step_id, state_key FROM deletes"):
-                positions.get(step, {}).pop(key, None)
-        finally:
-            conn.close()
+    for r in reads:
+        for step, key in r.deletes:
+            positions.get(step, {}).pop(key, None)
     state = dict(parent.state_bytes_by_step)
-    for r in results:
-        for step, n in r.state_bytes.items():
+    for r in reads:
+        for step, n in r.result.state_bytes.items():
             state[step] = state.get(step, 0) + n
     return positions, dict(sorted(state.items()))
 
@@ -533,17 +557,18 @@ def _copied(
     where: tuple[str, Kind, str],
     deadline: Deadline,
     input_steps: Iterable[str] | None,
-) -> tuple[list[Path], int | None, list[PartitionEntry], dict[str, Any], dict[str, int]]:
+) -> tuple[int | None, list[PartitionEntry], dict[str, Any], dict[str, int], list[Progress]]:
     """Sealed copies of every partition (`_sealed_copies`), uploaded full or as deltas
     against `parent`; their epoch, entries, source positions and state bytes per step
-    (read from the copies while they are packed and uploaded)."""
+    (read from the copies while they are packed and uploaded), progress rows."""
     prepared, epoch = _sealed_copies(recovery_dir, parent, work, deadline)
     copies = [p.copy for p in prepared]
     with _Pool(2) as pool:
         positions = pool.submit(source_positions, copies, input_steps)
         state_bytes = pool.submit(state_bytes_by_step, copies)
         entries = _upload_prepared(prepared, parent is not None, work, store, where, deadline)
-        return copies, epoch, entries, positions.result(), state_bytes.result()
+        return (epoch, entries, positions.result(), state_bytes.result(),
+                [p.progress for p in prepared])
 
 
 def _take(
@@ -582,27 +607,22 @@ def _take(
         try:
             if parent is not None and epoch is not None and _live_delta_ok(parent, epoch,
                                                                            executions):
-                deltas, results = _live_deltas(files, parent, epoch, work, deadline)
-                entries = _upload_live(deltas, results, work, store, where, deadline)
+                deltas, reads = _live_deltas(files, parent, epoch, work, deadline, input_steps)
+                entries = _upload_live(deltas, [r.result for r in reads], work, store, where,
+                                       deadline)
                 assert parent.manifest is not None
-                positions, state_bytes = _delta_metadata(parent.manifest, deltas, results,
-                                                         input_steps)
+                positions, state_bytes = _delta_metadata(parent.manifest, reads, input_steps)
+                progress = [r.progress for r in reads]
             else:
-                copies, epoch, entries, positions, state_bytes = _copied(
+                epoch, entries, positions, state_bytes, progress = _copied(
                     recovery_dir, parent, work, store, where, deadline, input_steps)
             if parent is not None and not _chain_intact(store, pipeline, parent):
                 parent = deltas = None  # its objects went away while we uploaded: a full one
-                copies, epoch, entries, positions, state_bytes = _copied(
+                epoch, entries, positions, state_bytes, progress = _copied(
                     recovery_dir, None, work, store, where, deadline, input_steps)
         except PartitionError as exc:
             raise CheckpointError(str(exc)) from None
-        sealed = deltas if deltas is not None else copies
-        conns = [connect(f, readonly=True) for f in sealed]
-        try:
-            executions = _executions(conns)  # of what was sealed, for the next checkpoint
-        finally:
-            for c in conns:
-                c.close()
+        executions = _executions(progress)  # of what was sealed, for the next checkpoint
         missing = [o for o in sorted({e.object for e in entries}) if not store.exists(o)]
         if missing:
             raise CheckpointError(f"{kind} {snap_id}: uploaded objects vanished before publishing: "

@@ -54,9 +54,12 @@ __all__ = [
     "init_partitions",
     "legacy_digest",
     "logical_digest",
+    "Progress",
     "part_index",
     "partition_files",
+    "progress_rows",
     "resume_epoch",
+    "resume_epoch_of",
     "row_hash",
     "rows_hash_sum",
     "seal_copy",
@@ -146,15 +149,30 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+Progress = tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]
+
+
+def progress_rows(conn: sqlite3.Connection) -> Progress:
+    """A partition's ``exs`` (ex_num, worker_count, resume_epoch) and ``fronts`` (ex_num,
+    worker_index, worker_frontier) rows."""
+    exs = conn.execute("SELECT ex_num, worker_count, resume_epoch FROM exs").fetchall()
+    fronts = conn.execute("SELECT ex_num, worker_index, worker_frontier FROM fronts").fetchall()
+    return exs, fronts
+
+
 def resume_epoch(conns: Iterable[sqlite3.Connection]) -> int | None:
     """Bytewax's resume epoch over these partitions; None if no execution ran yet."""
+    return resume_epoch_of([progress_rows(c) for c in conns])
+
+
+def resume_epoch_of(progress: Iterable[Progress]) -> int | None:
+    """Bytewax's resume epoch over these partitions' `progress_rows`; None if no execution
+    ran yet."""
     exs: list[tuple[int, int, int]] = []
     fronts: list[tuple[int, int, int]] = []
-    for conn in conns:
-        exs += conn.execute("SELECT ex_num, worker_count, resume_epoch FROM exs").fetchall()
-        fronts += conn.execute(
-            "SELECT ex_num, worker_index, worker_frontier FROM fronts"
-        ).fetchall()
+    for e, f in progress:
+        exs += e
+        fronts += f
     if not exs:
         return None
     ex_num, worker_count, default = max(exs)

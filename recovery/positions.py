@@ -24,7 +24,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_KEYS", "is_operator_step", "jsonable", "source_positions", "state_bytes_by_step"]
+__all__ = [
+    "MAX_KEYS",
+    "PositionRows",
+    "is_operator_step",
+    "jsonable",
+    "source_positions",
+    "state_bytes_by_step",
+]
 
 MAX_KEYS = 4096
 
@@ -67,6 +74,43 @@ def _decode(blob: bytes) -> Any:
         return {"undecodable": f"{type(exc).__name__}: {exc}", "bytes": len(blob)}
 
 
+class PositionRows:
+    """The raw rows `source_positions` reads, gathered partition by partition (`add`), then
+    decoded once (`positions`)."""
+
+    def __init__(self, input_steps: Iterable[str] | None = None) -> None:
+        self.wanted = list(input_steps) if input_steps is not None else None
+        self.counts: dict[str, int] = {}
+        self.rows: dict[str, dict[str, bytes]] = {}
+
+    def add(self, conn: sqlite3.Connection, table: str = "snaps") -> None:
+        """Read one partition's (or delta's) rows of `table` through `conn`."""
+        for step_id, n in conn.execute(f"SELECT step_id, COUNT(*) FROM {table} GROUP BY step_id"):
+            self.counts[step_id] = self.counts.get(step_id, 0) + n
+        for step_id, key, blob in conn.execute(
+            f"SELECT step_id, state_key, ser_change FROM {table} WHERE ser_change IS NOT NULL "
+            "AND step_id NOT LIKE '%.stateful_batch' ORDER BY step_id, state_key"
+        ):
+            if self.wanted is not None and not any(step_id.endswith(w) for w in self.wanted):
+                continue
+            self.rows.setdefault(step_id, {})[key] = blob
+
+    def merge(self, other: PositionRows) -> None:
+        """Add the rows `other` gathered (partitions read apart, in other threads)."""
+        for step_id, n in other.counts.items():
+            self.counts[step_id] = self.counts.get(step_id, 0) + n
+        for step_id, keys in other.rows.items():
+            self.rows.setdefault(step_id, {}).update(keys)
+
+    def positions(self) -> dict[str, Any]:
+        """``{step_id: {partition_key: position}}`` of every partition added."""
+        return {
+            step: {key: _decode(blob) for key, blob in keys.items()}
+            for step, keys in sorted(self.rows.items())
+            if self.wanted is not None or self.counts.get(step, 0) <= MAX_KEYS
+        }
+
+
 def source_positions(
     paths: Iterable[Path], input_steps: Iterable[str] | None = None
 ) -> dict[str, Any]:
@@ -75,28 +119,14 @@ def source_positions(
     `input_steps` (step ids or id suffixes such as ``.inp``) overrides the
     heuristic of the module docstring.
     """
-    wanted = list(input_steps) if input_steps is not None else None
-    out: dict[str, dict[str, Any]] = {}
-    counts: dict[str, int] = {}
+    rows = PositionRows(input_steps)
     for path in paths:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            for step_id, n in conn.execute("SELECT step_id, COUNT(*) FROM snaps GROUP BY step_id"):
-                counts[step_id] = counts.get(step_id, 0) + n
-            for step_id, key, blob in conn.execute(
-                "SELECT step_id, state_key, ser_change FROM snaps WHERE ser_change IS NOT NULL "
-                "AND step_id NOT LIKE '%.stateful_batch' ORDER BY step_id, state_key"
-            ):
-                if wanted is not None and not any(step_id.endswith(w) for w in wanted):
-                    continue
-                out.setdefault(step_id, {})[key] = blob
+            rows.add(conn)
         finally:
             conn.close()
-    return {
-        step: {key: _decode(blob) for key, blob in keys.items()}
-        for step, keys in sorted(out.items())
-        if wanted is not None or counts.get(step, 0) <= MAX_KEYS
-    }
+    return rows.positions()
 
 
 def state_bytes_by_step(paths: Iterable[Path]) -> dict[str, int]:
