@@ -37,8 +37,25 @@ def slack_for(period_ms: int) -> int:
     return max(1, min(period_ms, max(1000, period_ms // 16)))
 
 
+_last_wake: tuple[int, datetime] = (0, datetime.fromtimestamp(0, UTC))
+
+
+def _wake_time(due_ms: int) -> datetime:
+    """The `datetime` of `due_ms`; the last one is reused (keys due together ask for the same)."""
+    global _last_wake
+    ms, at = _last_wake
+    if ms != due_ms:
+        at = datetime.fromtimestamp(due_ms / 1000, UTC)
+        _last_wake = (due_ms, at)
+    return at
+
+
 class Alarm:
-    """The wake-up time of one key: `due_ms` (ms since the epoch) and its `datetime`."""
+    """The wake-up time of one key: `due_ms` (ms since the epoch) and its `datetime`.
+
+    The patterns' logics *are* Alarms (a base class: no extra object per key
+    for the garbage collector to walk); `at` is None while none is pending.
+    """
 
     __slots__ = ("due_ms", "at")
 
@@ -47,11 +64,15 @@ class Alarm:
         self.at: datetime | None = None
 
     def schedule(self, want_ms: int, slack_ms: int) -> datetime:
-        """Always a time in `[want_ms, want_ms + slack_ms]` (the `StatefulLogic` contract), cached."""
+        """Always a time in `[want_ms, want_ms + slack_ms]` (the `StatefulLogic` contract), cached.
+
+        The time is the last multiple of `slack_ms` in that window, so keys
+        that want times close together share one `datetime` (`_wake_time`).
+        """
         at = self.at
         if at is None or not want_ms <= self.due_ms <= want_ms + slack_ms:
-            self.due_ms = due = want_ms + slack_ms
-            self.at = at = datetime.fromtimestamp(due / 1000, UTC)
+            self.due_ms = due = (want_ms + slack_ms) // slack_ms * slack_ms
+            self.at = at = _wake_time(due)
         return at
 
     def request(self, want_ms: int, slack_ms: int) -> datetime | None:

@@ -54,6 +54,7 @@ from typing import Any
 from dataflows.clock import PipelineClock, Wall, as_pipeline_clock, setstate_with_defaults
 from dataflows.events import Event
 from dataflows.patterns.alarm import Alarm, slack_for
+from dataflows.patterns.records import frozen_factory
 
 __all__ = [
     "DedupConfig",
@@ -166,7 +167,7 @@ def restore_seen(state: Any) -> tuple[dict[str, tuple[int, int]], int | None]:
     return seen, (next(reversed(seen.values()))[1] if seen else None)
 
 
-class Deduplicator:
+class Deduplicator(Alarm):
     """The dedup state machine of one Bytewax key (a `StatefulBatchLogic` by shape).
 
     `identity`: `Event -> str` for a key holding several identities (a shard,
@@ -177,13 +178,19 @@ class Deduplicator:
     """
 
     STATE_VERSION = 2
-    __slots__ = ("cfg", "identity", "seen", "alarm")
+    __slots__ = ("cfg", "identity", "seen")
+
+    def __new__(cls, cfg: DedupConfig, state: Any = None,
+                identity: Callable[[Event], str] | None = None) -> Deduplicator:
+        if cls is Deduplicator and identity is None and (state is None or type(state) is DedupState):
+            cls = _KeyDeduplicator  # the key is the identity: two ints instead of a dict
+        return object.__new__(cls)
 
     def __init__(self, cfg: DedupConfig, state: Any = None,
                  identity: Callable[[Event], str] | None = None) -> None:
         self.cfg = cfg
         self.identity = identity
-        self.alarm: Alarm | None = None
+        self.due_ms, self.at = 0, None  # no wake-up pending (Alarm)
         # identity -> (anchor_ms, last_seen pipeline ms), in last-sighting order
         self.seen: dict[str, tuple[int, int]] = {}
         if state is not None:
@@ -246,8 +253,7 @@ class Deduplicator:
                 evict()
 
     def on_notify(self) -> tuple[tuple[()], bool]:
-        if self.alarm is not None:
-            self.alarm.fired()
+        self.fired()
         self.expire(self.cfg.clock.now())
         return _EMPTY, not self.seen
 
@@ -262,25 +268,105 @@ class Deduplicator:
         return next(iter(self.seen.values()))[1] + cfg.ttl_ms + cfg.clock.real_delta_ms
 
     def notify_at(self) -> datetime | None:
-        alarm = self.alarm
         sparse = self.cfg.sparse_wakeups
-        if sparse and alarm is not None and alarm.at is not None:
+        if sparse and self.at is not None:
             return None  # pending, and never later than wanted: the oldest sighting only moves on
         want = self.wake_wall_ms()
         if want is None:
             return None
-        if alarm is None:
-            self.alarm = alarm = Alarm()
         if sparse:
-            return alarm.request(want, self.cfg.slack_ms)
-        return alarm.schedule(want, self.cfg.slack_ms)
+            return self.request(want, self.cfg.slack_ms)
+        return self.schedule(want, self.cfg.slack_ms)
 
     def snapshot(self) -> DedupState | ShardDedupState:
         now = self.cfg.clock.now()
         if self.identity is None:
             anchor, last = self.seen[_ONE]
-            return DedupState(anchor, last, self.STATE_VERSION, now)
+            return _dedup_state(anchor, last, self.STATE_VERSION, now)
         return ShardDedupState(dict(self.seen), self.STATE_VERSION, now)
+
+
+_dedup_state = frozen_factory(DedupState)
+
+
+class _KeyDeduplicator(Deduplicator):
+    """A Deduplicator whose Bytewax key is the identity (`Deduplicator(cfg)` builds one).
+
+    Same rule (`judge`) and state (`DedupState`); the anchor and the last
+    sighting are two slots instead of a one-entry dict (one per key at 100k
+    keys: less Python per event and fewer objects for the garbage collector).
+    """
+
+    __slots__ = ("anchor", "last")
+
+    def __init__(self, cfg: DedupConfig, state: DedupState | None = None,
+                 identity: None = None) -> None:
+        self.cfg = cfg
+        self.identity = None
+        self.due_ms, self.at = 0, None
+        self.anchor: int | None = None
+        self.last = 0
+        if state is not None:
+            self.anchor, self.last = state.anchor_ms, state.last_seen_wall_ms
+            cfg.clock.restored(state.last_seen_wall_ms if state.clock_ms is None else state.clock_ms)
+
+    @property  # type: ignore[override]
+    def seen(self) -> dict[str, tuple[int, int]]:
+        """The base class's view (`{"": (anchor_ms, last_seen_ms)}` or empty); not the hot path."""
+        return {} if self.anchor is None else {_ONE: (self.anchor, self.last)}
+
+    @property
+    def anchor_ms(self) -> int | None:
+        return self.anchor
+
+    def on_batch(self, events: list[Event]) -> tuple[list[Event], bool]:
+        cfg = self.cfg
+        now = cfg.clock.now()
+        anchor = self.anchor
+        if anchor is not None and now - self.last >= cfg.idle_ms:  # expired (see admit)
+            if cfg.on_evict is not None:
+                cfg.on_evict()
+            anchor = None
+        ttl = cfg.ttl_ms
+        out = []
+        for e in events:
+            new = judge(anchor, e.event_time_ms, ttl)
+            if new is not None:
+                anchor = new
+                out.append(e)
+        self.anchor, self.last = anchor, now
+        return out, False
+
+    def on_item(self, event: Event) -> tuple[tuple[Event, ...], bool]:
+        return tuple(self.on_batch([event])[0]), False
+
+    def admit(self, ident: str, t: int, now: int) -> bool:
+        raise TypeError("a Deduplicator without identity= admits only its own key's events")
+
+    def expire(self, now: int) -> None:
+        if self.anchor is not None and now - self.last >= self.cfg.idle_ms:
+            self.anchor = None
+            if self.cfg.on_evict is not None:
+                self.cfg.on_evict()
+
+    def on_notify(self) -> tuple[tuple[()], bool]:
+        self.fired()
+        self.expire(self.cfg.clock.now())
+        return _EMPTY, self.anchor is None
+
+    def on_eof(self) -> tuple[tuple[()], bool]:
+        return _EMPTY, self.anchor is None
+
+    def wake_wall_ms(self) -> int | None:
+        cfg = self.cfg
+        if not cfg.expire_idle or self.anchor is None:
+            return None
+        return self.last + cfg.ttl_ms + cfg.clock.real_delta_ms
+
+    def snapshot(self) -> DedupState:
+        anchor = self.anchor
+        assert anchor is not None, "an empty key is discarded, never snapshotted"
+        return _dedup_state(anchor, self.last, self.STATE_VERSION, self.cfg.clock.now())
 
 
 class identity_of:  # noqa: N801 - used like a function

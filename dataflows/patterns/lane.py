@@ -128,15 +128,15 @@ class OrdersLaneConfig:
         self.on_delete = on_delete
 
 
-class OrdersLane:
+class OrdersLane(Alarm):
     """Dedup, enrich, merge and materialize of one order key (a `StatefulBatchLogic` by shape)."""
 
     STATE_VERSION = 1
-    __slots__ = ("cfg", "dedup", "value", "known", "alarm")
+    __slots__ = ("cfg", "dedup", "value", "known")
 
     def __init__(self, cfg: OrdersLaneConfig, state: OrdersLaneState | None = None) -> None:
         self.cfg = cfg
-        self.alarm: Alarm | None = None
+        self.due_ms, self.at = 0, None  # no wake-up pending (Alarm)
         self.dedup = Deduplicator(cfg.dedup, None, cfg.identity)
         self.known = False
         self.value: Any = None
@@ -196,8 +196,7 @@ class OrdersLane:
         return out, False
 
     def on_notify(self) -> tuple[tuple[()], bool]:
-        if self.alarm is not None:
-            self.alarm.fired()
+        self.fired()
         self.dedup.expire(self.cfg.dedup.clock.now())
         return _EMPTY, not self.known and not self.dedup.seen
 
@@ -210,15 +209,12 @@ class OrdersLane:
         (`on_batch`), so it costs Bytewax no pending timer."""
         if self.known:
             return None
-        alarm = self.alarm
-        if alarm is not None and alarm.at is not None:
+        if self.at is not None:
             return None  # pending, never later than wanted (the oldest sighting only moves on)
         want = self.dedup.wake_wall_ms()
         if want is None:
             return None
-        if alarm is None:
-            self.alarm = alarm = Alarm()
-        return alarm.request(want, self.cfg.dedup.slack_ms)
+        return self.request(want, self.cfg.dedup.slack_ms)
 
     def snapshot(self) -> OrdersLaneState:
         self.dedup.expire(self.cfg.clock.now())  # the expired identities are absent anyway
@@ -226,15 +222,15 @@ class OrdersLane:
                              self.cfg.dedup.clock.now())
 
 
-class SessionsLane:
+class SessionsLane(Alarm):
     """Dedup (optional) and sessions of one user key (a `StatefulBatchLogic` by shape)."""
 
     STATE_VERSION = 1
-    __slots__ = ("dedup", "sessions", "alarm", "slack_ms")
+    __slots__ = ("dedup", "sessions", "slack_ms")
 
     def __init__(self, dedup: tuple[DedupConfig, str] | None, sessions: SessionConfig,
                  state: SessionsLaneState | None = None) -> None:
-        self.alarm: Alarm | None = None
+        self.due_ms, self.at = 0, None  # no wake-up pending (Alarm)
         self.dedup: Deduplicator | None = None
         self.slack_ms = sessions.slack_ms
         if dedup is not None:
@@ -255,8 +251,7 @@ class SessionsLane:
         return out, self._empty()
 
     def on_notify(self) -> tuple[Any, bool]:
-        if self.alarm is not None:
-            self.alarm.fired()
+        self.fired()
         if self.dedup is not None:
             self.dedup.expire(self.dedup.cfg.clock.now())
         out, gone = self.sessions.on_notify()
@@ -273,9 +268,7 @@ class SessionsLane:
                              None if self.dedup is None else self.dedup.wake_wall_ms()) if w is not None]
         if not wants:
             return None
-        if self.alarm is None:
-            self.alarm = Alarm()
-        return self.alarm.request(min(wants), self.slack_ms)
+        return self.request(min(wants), self.slack_ms)
 
     def snapshot(self) -> SessionsLaneState:
         dedup = None

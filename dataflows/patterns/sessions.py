@@ -193,15 +193,15 @@ class _Span:
         self.dirty = dirty
 
 
-class SessionAnalyzer:
+class SessionAnalyzer(Alarm):
     """The sessions of one key (a Bytewax `StatefulLogic` by shape)."""
 
     STATE_VERSION = 2
-    __slots__ = ("cfg", "key", "spans", "wm", "wall_ms", "next_ms", "wake_ms", "alarm")
+    __slots__ = ("cfg", "key", "spans", "wm", "wall_ms", "next_ms", "wake_ms")
 
     def __init__(self, cfg: SessionConfig, state: SessionState | None = None) -> None:
         self.cfg = cfg
-        self.alarm: Alarm | None = None
+        self.due_ms, self.at = 0, None  # no wake-up pending (Alarm)
         self.spans: list[_Span] = []
         self.key: str | None = None
         self.wm: int | None = None
@@ -417,8 +417,7 @@ class SessionAnalyzer:
 
     # -- lifecycle ---------------------------------------------------------------
     def on_notify(self) -> tuple[Any, bool]:
-        if self.alarm is not None:
-            self.alarm.fired()
+        self.fired()
         clock = self.cfg.clock
         if clock is None or self.wm is None:
             return _EMPTY, False
@@ -438,12 +437,9 @@ class SessionAnalyzer:
         want = self.wake_wall_ms()
         if want is None:
             return None
-        alarm = self.alarm
-        if alarm is None:
-            self.alarm = alarm = Alarm()
         if self.cfg.sparse_wakeups:
-            return alarm.request(want, self.cfg.slack_ms)
-        return alarm.schedule(want, self.cfg.slack_ms)
+            return self.request(want, self.cfg.slack_ms)
+        return self.schedule(want, self.cfg.slack_ms)
 
     def snapshot(self) -> SessionState:
         assert self.key is not None and self.wm is not None
