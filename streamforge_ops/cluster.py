@@ -31,12 +31,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,6 +46,7 @@ from pathlib import Path
 from recovery.placement import owned, process_dir
 from streamforge_ops.child import Child
 from streamforge_ops.cli import CliError
+from streamforge_ops.cluster_child import ERROR_FILE_ENV
 
 __all__ = [
     "ChildGroup",
@@ -222,18 +225,44 @@ def prepare_own_dir(recovery_dir: Path, cluster: Cluster, partition_count: int) 
 # -- processes --------------------------------------------------------------------------------
 
 
+def _keeping_errors(argv: list[str]) -> list[str]:
+    """`python -m bytewax.run ...` -> `python -m streamforge_ops.cluster_child ...` (its doc)."""
+    i = argv.index("bytewax.run")
+    return [*argv[:i], "streamforge_ops.cluster_child", *argv[i + 1:]]
+
+
+def _error_report(path: Path) -> tuple[str, str] | None:
+    """(kind, line) a process wrote to its error file (`cluster_child`), or None."""
+    try:
+        kind, _, line = path.read_text().strip().partition("\t")
+    except OSError:
+        return None
+    return kind, line
+
+
 class ChildGroup:
     """The Bytewax processes of one supervisor, started, polled and stopped together
-    (the `Child` interface). `argv_for(process_id, cluster)` builds each command line."""
+    (the `Child` interface). `argv_for(process_id, cluster)` builds each command line;
+    each runs under `streamforge_ops.cluster_child`, so when the group fails, `poll` logs
+    which process failed and its own first error line (`failure`)."""
 
     def __init__(self, cluster: Cluster, argv_for: Callable[[int, Cluster], list[str]],
-                 env: Mapping[str, str], stop_grace_s: float) -> None:
+                 env: Mapping[str, str], stop_grace_s: float,
+                 log: Callable[[str], None] | None = None) -> None:
+        from streamforge_ops.snapshots import stderr_log
+
         self.cluster = cluster
         self.argv_for = argv_for
         self.env = dict(env)
         self.stop_grace_s = stop_grace_s
+        self.log = log or stderr_log
         self.children: list[Child] = []
         self.started_at = 0.0
+        self._errors = Path(tempfile.mkdtemp(prefix="streamforge-cluster-errors-"))
+        weakref.finalize(self, shutil.rmtree, self._errors, True)
+
+    def _error_file(self, process_id: int) -> Path:
+        return self._errors / f"process-{process_id}"
 
     @property
     def pid(self) -> int | None:
@@ -247,7 +276,11 @@ class ChildGroup:
     def start(self) -> int:
         """Start every local process (a loopback cluster on fresh ports); the first pid."""
         self.cluster = self.cluster.renewed()
-        self.children = [Child(self.argv_for(k, self.cluster), self.env) for k in self.cluster.local]
+        for k in self.cluster.local:
+            self._error_file(k).unlink(missing_ok=True)
+        self.children = [Child(_keeping_errors(self.argv_for(k, self.cluster)),
+                               {**self.env, ERROR_FILE_ENV: str(self._error_file(k))})
+                         for k in self.cluster.local]
         pids = [c.start() for c in self.children]
         self.started_at = time.monotonic()
         return pids[0]
@@ -258,11 +291,33 @@ class ChildGroup:
         codes = [c.poll() for c in self.children]
         failed = [c for c in codes if c not in (None, 0)]
         if failed:
+            seen = {k for k, code in zip(self.cluster.local, codes, strict=True) if code not in (None, 0)}
             self.stop(self.stop_grace_s)
+            self.log(self.failure(seen))
             return failed[0]
         if codes and all(c == 0 for c in codes):
             return 0
         return None
+
+    def failure(self, seen_first: set[int]) -> str:
+        """`process K of N failed: LINE` for the process that failed first, once all exited:
+        one whose worker raised (its own error, `cluster_child`), else one of `seen_first` (the
+        processes seen exited when the failure was noticed, before `stop`) killed by a signal
+        (a kill -9 leaves the others only the panic), else one of `seen_first`, lowest id first."""
+        ranked = []
+        for k, child in zip(self.cluster.local, self.children, strict=True):
+            code = child.poll()
+            report = _error_report(self._error_file(k))
+            if report is not None and report[0] == "worker":
+                rank, line = 0, report[1]
+            elif k in seen_first and code is not None and code < 0:  # not by our own stop
+                rank, line = 1, f"killed by {_signal_name(-code)}"
+            else:
+                rank = 2 if k in seen_first else 3
+                line = report[1] if report else f"exit code {code}"
+            ranked.append((rank, k, line))
+        _, k, line = min(ranked)
+        return f"process {k} of {self.cluster.processes} failed: {line}"
 
     def stop(self, grace_s: float) -> int | None:
         """Stop every process (SIGINT to all at once, SIGKILL after the grace); the first
@@ -272,6 +327,13 @@ class ChildGroup:
         deadline = time.monotonic() + grace_s
         codes = [c.wait_or_kill(max(0.0, deadline - time.monotonic())) for c in self.children]
         return next((c for c in codes if c), codes[0] if codes else None)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 # -- peers --------------------------------------------------------------------------------

@@ -206,6 +206,7 @@ def test_kill_9_of_one_process_restarts_the_whole_cluster(tmp_path: Path) -> Non
     code, out, err = ws.stop(proc, signal.SIGTERM)
     assert code == 0, err
     assert err.count("as process(es) [0, 1] of 2") == 2, err
+    assert "streamforge: process 1 of 2 failed: killed by SIGKILL" in err, "not process 0's panic"
     assert_exactly_once(read_rows(ws.output), 240)
 
 

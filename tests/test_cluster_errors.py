@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from streamforge_ops.cluster_child import BytewaxRuntimeError, error_line
 from tests.supervisor_harness import Workspace, wait_for
 
 
@@ -35,3 +36,14 @@ def test_a_failing_process_is_logged_with_its_own_error_not_the_peers_panic(tmp_
     assert line.startswith("RuntimeError: source.crash: crashing as configured"), line
     assert "build_part" in line, "the Bytewax context of the error (which call failed) is kept"
     assert err.index("failed: RuntimeError") < err.index("dataflow exited with 1")
+
+
+def test_error_line_is_the_users_error_then_what_bytewax_was_calling() -> None:
+    try:
+        try:
+            raise ValueError("bad record\nsecond line")
+        except ValueError as exc:
+            raise BytewaxRuntimeError('(src/outputs.rs:10:5): error calling `write_batch` in step "s"') from exc
+    except BytewaxRuntimeError as exc:
+        assert error_line(exc) == 'ValueError: bad record (error calling `write_batch` in step "s")'
+    assert error_line(KeyError()) == "KeyError"
