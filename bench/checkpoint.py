@@ -84,6 +84,8 @@ class Phases:
         "state_bytes": ("recovery.checkpoint", "state_bytes_by_step"),
         "digest": ("recovery.checkpoint", "logical_digest"),
         "pack": ("recovery.checkpoint", "write_packs"),
+        "compress": ("recovery.checkpoint", "compress"),
+        "pack_frames": ("recovery.checkpoint", "pack_frames"),
         "upload": ("recovery.checkpoint", "put_file"),
         "download": ("recovery.restore", "get_file"),
         "apply_delta": ("recovery.restore", "apply_delta"),

@@ -67,7 +67,7 @@ from recovery.manifest import (
     scan,
     snapshot_prefix,
 )
-from recovery.pack import CODEC, Chunk, pack_key, write_packs
+from recovery.pack import CODEC, Chunk, compress, pack_frames, pack_key, write_packs
 from recovery.partitions import (
     PartitionError,
     Progress,
@@ -195,21 +195,22 @@ def _check_sealed(progress: list[Progress], epoch: int | None) -> None:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A sealed copy ready to pack: the file packed (the copy, or its delta against the
-    parent) and what its manifest entry records (the copy's digest, keys, commit epoch)."""
+    """A sealed copy ready to pack: its frame (the copy, or its delta against the parent,
+    compressed) and what its manifest entry records (the copy's digest, keys, commit
+    epoch; its progress rows)."""
 
     copy: Path
-    source: Path
     digest: str
     keys: int
     commit_epoch: int | None
     progress: Progress
+    frame: bytes  # `recovery.pack.compress`
 
 
 def _prepare(copy: Path, parent: _Parent | None, work: Path,
              seal: SealInfo | None = None) -> _Prepared:
-    """`copy`'s delta against `parent` (if any) and its logical digest; its key count and
-    commit epoch from `seal` (what `copy_sealed` found) or read from the copy."""
+    """`copy` (or its delta against `parent`) compressed, and its logical digest; its key
+    count and commit epoch from `seal` (what `copy_sealed` found) or read from the copy."""
     source = copy if parent is None else _delta_file(copy, parent, work)
     conn = connect(copy, readonly=True)
     try:
@@ -222,7 +223,10 @@ def _prepare(copy: Path, parent: _Parent | None, work: Path,
             keys, commit = seal.keys, seal.commit_epoch
     finally:
         conn.close()
-    return _Prepared(copy, source, logical_digest(copy), keys, commit, progress)
+    frame = compress(source)
+    if source != copy:
+        source.unlink()
+    return _Prepared(copy, logical_digest(copy), keys, commit, progress, frame)
 
 
 def _copy_and_prepare(src: Path, dst: Path, epoch: int | None, parent: _Parent | None,
@@ -464,14 +468,20 @@ def _store_packs(
     deadline: Deadline,
 ) -> tuple[list[str], list[Chunk]]:
     """Pack `sources` (partition `indexes`) and upload the packs: their keys, the chunks."""
-    pipeline, kind, snap_id = where
     chunks, packs = write_packs(zip(indexes, sources, strict=True), work)
+    return _put_packs(packs, store, where, deadline), chunks
+
+
+def _put_packs(packs: list[Path], store: ObjectStore, where: tuple[str, Kind, str],
+               deadline: Deadline) -> list[str]:
+    """Upload the pack files (removed once stored); their keys."""
+    pipeline, kind, snap_id = where
     keys = [pack_key(pipeline, kind, snap_id, n) for n in range(len(packs))]
     for key, path in zip(keys, packs, strict=True):
         put_file(store, key, path)
         path.unlink()
         deadline.check(f"uploading {key}")
-    return keys, chunks
+    return keys
 
 
 def _upload_live(
@@ -525,12 +535,10 @@ def _upload_prepared(
 
     ``checkpoint.upload`` fault point: once per partition, after the packs are
     stored and before the manifest (the window a kill must not publish)."""
-    keys, chunks = _store_packs([part_index(p.copy) for p in prepared],
-                                [p.source for p in prepared], work, store, where, deadline)
+    chunks, packs = pack_frames([(part_index(p.copy), p.frame) for p in prepared], work)
+    keys = _put_packs(packs, store, where, deadline)
     entries = []
     for p, chunk in zip(prepared, chunks, strict=True):
-        if p.source != p.copy:
-            p.source.unlink()
         fault_point("checkpoint.upload")
         entries.append(
             PartitionEntry(

@@ -18,7 +18,8 @@ whole (`read_chunk` handles both).
 Writing (`write_packs`): each file is compressed with zstd (`LEVEL`) in a
 small thread pool (zstd and hashlib release the GIL) and appended to the pack
 in partition order, its sha256 computed over the compressed bytes as they are
-written. Reading (`Packs`): every distinct object is downloaded once, in
+written (`pack_frames`; a full checkpoint compresses each copy in the job that
+copies and digests it, and only appends the frames). Reading (`Packs`): every distinct object is downloaded once, in
 parallel, into a local directory; `chunk` slices one partition out, checks
 its length (a truncated object is detected) and sha256, and decompresses it.
 """
@@ -42,6 +43,8 @@ __all__ = [
     "Chunk",
     "PackError",
     "Packs",
+    "compress",
+    "pack_frames",
     "pack_key",
     "read_chunk",
     "write_packs",
@@ -72,7 +75,8 @@ def pack_key(pipeline: str, kind: Kind, snap_id: str, pack: int) -> str:
     return snapshot_prefix(pipeline, kind, snap_id) + f"pack-{pack}.sfpk"
 
 
-def _compress(path: Path) -> bytes:
+def compress(path: Path) -> bytes:
+    """The file at `path` as one zstd frame (`LEVEL`): what a pack stores for it."""
     return zstandard.ZstdCompressor(level=LEVEL).compress(path.read_bytes())
 
 
@@ -81,23 +85,34 @@ def write_packs(files: Iterable[tuple[int, Path]], out_dir: Path) -> tuple[list[
 
     Returns the chunk of every index (in the given order) and the pack files."""
     items = list(files)
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        frames = pool.map(compress, [p for _, p in items])
+        return pack_frames(zip([i for i, _ in items], frames, strict=True), out_dir)
+
+
+def pack_frames(
+    frames: Iterable[tuple[int, bytes]], out_dir: Path
+) -> tuple[list[Chunk], list[Path]]:
+    """Append `(index, compressed bytes)` pairs (`compress`) to ``pack-N.sfpk`` files in
+    `out_dir`, each chunk's sha256 computed as it is written.
+
+    Returns the chunk of every index (in the given order) and the pack files."""
     chunks: list[Chunk] = []
     packs: list[Path] = []
     out = None
     offset = 0
     try:
-        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-            for (index, _), data in zip(items, pool.map(_compress, [p for _, p in items]), strict=True):
-                if out is None or (offset and offset + len(data) > PACK_LIMIT):
-                    if out is not None:
-                        out.close()
-                    packs.append(Path(out_dir) / f"pack-{len(packs)}.sfpk")
-                    out = open(packs[-1], "wb")
-                    offset = 0
-                out.write(data)
-                digest = hashlib.sha256(data).hexdigest()
-                chunks.append(Chunk(index, len(packs) - 1, offset, len(data), digest))
-                offset += len(data)
+        for index, data in frames:
+            if out is None or (offset and offset + len(data) > PACK_LIMIT):
+                if out is not None:
+                    out.close()
+                packs.append(Path(out_dir) / f"pack-{len(packs)}.sfpk")
+                out = open(packs[-1], "wb")
+                offset = 0
+            out.write(data)
+            digest = hashlib.sha256(data).hexdigest()
+            chunks.append(Chunk(index, len(packs) - 1, offset, len(data), digest))
+            offset += len(data)
     finally:
         if out is not None:
             out.close()
