@@ -14,15 +14,26 @@ from pathlib import Path
 
 from recovery.checkpoint import list_checkpoints
 from recovery.store import open_store
+from streamforge_ops.epochs import cluster_frontier
 from tests.supervisor_harness import Workspace, assert_exactly_once, read_rows, wait_for
 
 
 def _cancel(ws: Workspace, proc) -> str:  # type: ignore[no-untyped-def]
-    """Let the run add >= 30 rows and two checkpoints, SIGTERM it; the savepoint id."""
+    """Let the run add >= 30 rows and make them durable, SIGTERM it; the savepoint id.
+
+    Durable means the epoch that wrote them has closed: rows seen in the output while the
+    recorded cluster frontier is F were written in an epoch <= F + 1 (the open epoch, or the one
+    after it if the record lags), so once the frontier passes F + 1 the cancel savepoint (taken at
+    the last closed epoch) covers them. Checkpoints alone do not show it: on
+    a loaded machine two checkpoints can seal the same early epoch."""
     ws.running(proc)
     min_rows = len(read_rows(ws.output)) + 30
-    wait_for(lambda: len(read_rows(ws.output)) >= min_rows and ws.status().get("checkpoints", 0) >= 2,
-             what=f"{min_rows} output rows and two checkpoints (durable progress)")
+    wait_for(lambda: len(read_rows(ws.output)) >= min_rows and cluster_frontier(ws.recovery) is not None,
+             what=f"{min_rows} output rows")
+    seen_at = cluster_frontier(ws.recovery)
+    assert seen_at is not None
+    wait_for(lambda: (cluster_frontier(ws.recovery) or 0) > seen_at + 1 and ws.status().get("checkpoints", 0) >= 2,
+             what=f"the frontier past epoch {seen_at + 1} and two checkpoints (durable progress)")
     code, out, err = ws.stop(proc, signal.SIGTERM)
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
