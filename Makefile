@@ -24,11 +24,14 @@ run: $(VENV)/.installed
 run-sessions:
 	$(MAKE) run PIPELINE=sessions
 
+# The suite runs on both cores (pytest-xdist): most tests wait on subprocesses, brokers and
+# stores. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal --durations=15 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check dataflows recovery streamforge_ops tests bench
+	$(BIN)/ruff check dataflows recovery streamforge_ops tests bench scripts
 	$(BIN)/mypy dataflows recovery streamforge_ops
 
 bench: $(VENV)/.installed-test
