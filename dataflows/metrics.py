@@ -21,7 +21,6 @@ A label naming a dataflow step is `step`, with the full Bytewax step id
 
 from __future__ import annotations
 
-from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
@@ -45,21 +44,6 @@ __all__ = [
     "SOURCE_LATENCY",
     "STATE_EVICTIONS",
 ]
-
-class _StepCounter(Counter):
-    """A Counter labelled by `step` (the full Bytewax step id, e.g. `orders.parse`).
-
-    Transitional: `.labels(stage=...)` / `.labels(sink=...)`, the names before issue
-    11, are still accepted as `step` until every caller is switched; new code uses
-    `step=` (or `dataflows.dead_letter.counted_dead_letter`, which counts for you).
-    """
-
-    def labels(self, *values: Any, **labels: Any) -> Any:
-        for old in ("stage", "sink"):
-            if old in labels:
-                labels["step"] = labels.pop(old)
-        return super().labels(*values, **labels)
-
 
 _MS_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000)
 
@@ -95,7 +79,7 @@ SOURCE_LATENCY = Histogram(
     ["pipeline", "source"],
     buckets=_MS_BUCKETS,
 )
-DLQ_EVENTS = _StepCounter(
+DLQ_EVENTS = Counter(
     "streamforge_dlq_event_count",
     "Records sent to the dead-letter queue, by the step that failed them (the dead letter's stage).",
     ["pipeline", "step", "error_code"],
@@ -136,7 +120,7 @@ SAVEPOINTS = Gauge(
     "Savepoints in the store, by state (completed, failed, in_progress).",
     ["pipeline", "state"],
 )
-SINK_RETRIES = _StepCounter(
+SINK_RETRIES = Counter(
     "streamforge_sink_retries",
     "Retried sink writes (transient failures), by the sink's step.",
     ["pipeline", "step"],

@@ -478,13 +478,11 @@ class BatchParser:
         return _to_dead_letter(item, exc, self.stage, self.pipeline)
 
     def _unsupported(self, item: Any) -> DeadLetter:
-        from dataflows import metrics
-        from dataflows.dead_letter import dead_letter
+        from dataflows.dead_letter import counted_dead_letter
 
-        code = ErrorCode.UNSUPPORTED_TYPE
-        metrics.DLQ_EVENTS.labels(pipeline=self.pipeline, stage=self.source_stage, error_code=code).inc()
-        return dead_letter(item, code=code, stage=self.source_stage, pipeline=self.pipeline,
-                           message=f"a source yielded a {type(item).__name__}, not a RawRecord or Event")
+        return counted_dead_letter(item, code=ErrorCode.UNSUPPORTED_TYPE, stage=self.source_stage,
+                                   pipeline=self.pipeline,
+                                   message=f"a source yielded a {type(item).__name__}, not a RawRecord or Event")
 
 
 def __getattr__(name: str) -> Any:

@@ -41,7 +41,7 @@ def _write(part: Any, events: list[Event]) -> None:
 
 
 def _retries(pipeline: str) -> float:
-    return metrics.SINK_RETRIES.labels(pipeline=pipeline, sink="outage.sink")._value.get()
+    return metrics.SINK_RETRIES.labels(pipeline=pipeline, step="outage.sink")._value.get()
 
 
 def test_sink_retries_through_an_outage_and_delivers_after_return(private_kafka_broker: KafkaBroker) -> None:

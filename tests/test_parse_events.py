@@ -86,7 +86,7 @@ def test_parse_step_sends_every_bad_record_to_the_dlq_and_keeps_going() -> None:
     good = [json.dumps({"id": f"k{i}", "ts": i, "event_id": f"e{i}"}).encode() for i in range(3)]
     payloads = [good[0], *(c[0] for c in CASES), good[1], good[2]]
     records = [raw(p, i + 1) for i, p in enumerate(payloads)]
-    before = metrics.DLQ_EVENTS.labels(pipeline="p", stage="t.parse", error_code=ErrorCode.SCHEMA)._value.get()
+    before = metrics.DLQ_EVENTS.labels(pipeline="p", step="t.parse", error_code=ErrorCode.SCHEMA)._value.get()
 
     flow = Dataflow("t")
     s = op.input("in", flow, TestingSource(records))
@@ -106,7 +106,7 @@ def test_parse_step_sends_every_bad_record_to_the_dlq_and_keeps_going() -> None:
         assert letter.event_id == record.event_id and letter.coords == record.coords
         assert letter.exception_class == "ParseError" and "Traceback" in letter.stacktrace
         assert DeadLetter.from_json(letter.to_json()) == letter
-    after = metrics.DLQ_EVENTS.labels(pipeline="p", stage="t.parse", error_code=ErrorCode.SCHEMA)._value.get()
+    after = metrics.DLQ_EVENTS.labels(pipeline="p", step="t.parse", error_code=ErrorCode.SCHEMA)._value.get()
     assert after - before == sum(1 for c in CASES if c[1] == ErrorCode.SCHEMA)
 
 
