@@ -21,7 +21,6 @@ A label naming a dataflow step is `step`, with the full Bytewax step id
 
 from __future__ import annotations
 
-
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 __all__ = [
