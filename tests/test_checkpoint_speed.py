@@ -203,3 +203,24 @@ def test_compaction_keeps_null_rows_a_delta_still_needs(tmp_path: Path) -> None:
     (cache / CACHE_META).unlink()  # no parent: nothing to keep
     compact(rd)
     assert _null_rows(rd) == []
+
+
+def private_imports(source: str) -> list[str]:
+    """Names starting with ``_`` that `source` imports from a ``recovery.*`` module."""
+    import ast
+
+    return [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("recovery")
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
+
+
+def test_recovery_modules_import_no_private_helpers() -> None:
+    """recovery/cluster_checkpoint.py imported `_Deadline` and `_upload` from
+    recovery.checkpoint: helpers another module needs are public there (one name each)."""
+    root = Path(__file__).resolve().parents[1] / "recovery"
+    found = {p.name: private_imports(p.read_text()) for p in sorted(root.glob("*.py"))}
+    assert {name: names for name, names in found.items() if names} == {}
