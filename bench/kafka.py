@@ -107,6 +107,17 @@ def raw_loop(b: str, src: str, out: str, partitions: int, n: int, epoch_s: float
 
 
 def pipeline_run(b: str, src: str, partitions: int, n: int, mode: str, epoch_s: float) -> float:
+    """The orders pipeline Kafka -> Kafka; events/s."""
+    return n / pipeline_seconds(b, src, partitions, mode, epoch_s)
+
+
+def pipeline_seconds(b: str, src: str, partitions: int, mode: str, epoch_s: float,
+                     recovery_dir: Path | None = None) -> float:
+    """Wall seconds of one run of the orders pipeline over topic `src` (read to its end) into a
+    new output topic; with `recovery_dir` (a fresh directory) with Bytewax recovery on, one
+    SQLite partition, a snapshot every epoch."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
     out, dlq = f"bench-out-{uuid.uuid4().hex[:8]}", f"bench-dlq-{uuid.uuid4().hex[:8]}"
     create_topic(b, out, partitions)
     create_topic(b, dlq, 1)
@@ -119,10 +130,14 @@ def pipeline_run(b: str, src: str, partitions: int, n: int, mode: str, epoch_s: 
         "limits": {"max-record-bytes": "16KiB"},
         "patterns": {"dedup": {"ttl": "1h"}},
     })
+    recovery = None
+    if recovery_dir is not None:
+        init_db_dir(recovery_dir, 1)
+        recovery = RecoveryConfig(str(recovery_dir))
     flow = build_flow(cfg)  # imports and start checks are not throughput
     t0 = time.perf_counter()
-    run_main(flow, epoch_interval=timedelta(seconds=epoch_s))
-    return n / (time.perf_counter() - t0)
+    run_main(flow, epoch_interval=timedelta(seconds=epoch_s), recovery_config=recovery)
+    return time.perf_counter() - t0
 
 
 def _records(lines: list[bytes]) -> list[Any]:
