@@ -68,6 +68,7 @@ __all__ = [
     "orders_lane",
     "parse_events",
     "sessions_lane",
+    "split_by_type",
     "split_types",
     "unkey_batch",
 ]
@@ -106,8 +107,30 @@ def _stateful(step_id: str, up: op.KeyedStream[Any], builder: Builder) -> op.Key
     return op.stateful_batch("stateful_batch", up, builder)
 
 
-def _is_event(item: Any) -> bool:
-    return type(item) is Event
+class _OfType:
+    """`batch -> the items of exactly type cls` (or of any other type, `keep=False`)."""
+
+    __slots__ = ("cls", "keep")
+
+    def __init__(self, cls: type, keep: bool) -> None:
+        self.cls, self.keep = cls, keep
+
+    def __call__(self, batch: list[Any]) -> list[Any]:
+        cls = self.cls
+        if self.keep:
+            return [x for x in batch if type(x) is cls]
+        return [x for x in batch if type(x) is not cls]
+
+
+@operator
+def split_by_type(step_id: str, up: Stream[Any], cls: type) -> op.BranchOut[Any, Any]:
+    """`trues`: the items of exactly type `cls`; `falses`: the rest (order kept in each).
+
+    `op.branch` with a `type(x) is cls` predicate, one Python call per batch
+    instead of one per item (two list comprehensions).
+    """
+    return op.BranchOut(op.flat_map_batch("trues", up, _OfType(cls, True)),
+                        op.flat_map_batch("falses", up, _OfType(cls, False)))
 
 
 @operator
@@ -131,7 +154,7 @@ def parse_events(step_id: str, up: Stream[Any], *, pipeline: str, key_field: str
 @operator
 def split_types(step_id: str, up: Stream[Any]) -> Guarded:
     """Events (`ok`) apart from everything else (`dlq`: DeadLetters)."""
-    b = op.branch("events", up, _is_event)
+    b = split_by_type("events", up, Event)
     return Guarded(b.trues, cast(Stream[DeadLetter], b.falses))
 
 
@@ -258,10 +281,6 @@ class SessionOutputs:
         return iter((self.sessions, self.late))
 
 
-def _is_session_output(item: Any) -> bool:
-    return type(item) is not LateEvent
-
-
 def _session_config(step_id: str, pipeline: str, gap_ms: int, allowed_lateness_ms: int,
                     aggregate: Callable[[Any, Event], Any] | None, initial: Callable[[], Any] | None,
                     merge: Callable[[Any, Any], Any] | None, advance_on_idle: bool,
@@ -296,8 +315,8 @@ def analyze_sessions(step_id: str, up: Stream[Event], *, gap_ms: int, allowed_la
         return SessionAnalyzer(cfg, state)
 
     out = unkey_batch("unkey", _stateful("sessions", key_batch("key", up), build))
-    split = op.branch("split", out, _is_session_output)
-    return SessionOutputs(split.trues, split.falses)
+    split = split_by_type("split", out, LateEvent)
+    return SessionOutputs(split.falses, split.trues)
 
 
 @dataclass(frozen=True)
@@ -307,14 +326,6 @@ class OrdersOutputs:
     table: Stream[TableChange]
     changes: Stream[Change] | None
     dlq: Stream[DeadLetter]
-
-
-def _is_table_change(item: Any) -> bool:
-    return type(item) is TableChange
-
-
-def _is_change(item: Any) -> bool:
-    return type(item) is Change
 
 
 def _nothing(_batch: list[Any]) -> list[Any]:
@@ -344,13 +355,13 @@ def orders_lane(step_id: str, up: Stream[Event], *, pipeline: str, ttl_ms: int, 
         return OrdersLane(cfg, state)
 
     out = unkey_batch("unkey", _stateful("lane", key_batch("key", up), build))
-    table = op.branch("table", out, _is_table_change)
+    table = split_by_type("table", out, TableChange)
     if not with_changes:
         return OrdersOutputs(table.trues, None, cast(Stream[DeadLetter], table.falses))
     if transform is None:  # no dead letters without a hook: the rest are Changes
         none = cast(Stream[DeadLetter], op.flat_map_batch("no_dlq", table.falses, _nothing))
         return OrdersOutputs(table.trues, table.falses, none)
-    rest = op.branch("changes", table.falses, _is_change)
+    rest = split_by_type("changes", table.falses, Change)
     return OrdersOutputs(table.trues, rest.trues, cast(Stream[DeadLetter], rest.falses))
 
 
@@ -377,5 +388,5 @@ def sessions_lane(step_id: str, up: Stream[Event], *, pipeline: str, gap_ms: int
         return SessionsLane(dedup, scfg, state)
 
     out = unkey_batch("unkey", _stateful("lane", key_batch("key", up), build))
-    split = op.branch("split", out, _is_session_output)
-    return SessionOutputs(split.trues, split.falses)
+    split = split_by_type("split", out, LateEvent)
+    return SessionOutputs(split.falses, split.trues)

@@ -310,8 +310,8 @@ class _KeyDeduplicator(Deduplicator):
             self.anchor, self.last = state.anchor_ms, state.last_seen_wall_ms
             cfg.clock.restored(state.last_seen_wall_ms if state.clock_ms is None else state.clock_ms)
 
-    @property  # type: ignore[override]
-    def seen(self) -> dict[str, tuple[int, int]]:
+    @property
+    def seen(self) -> dict[str, tuple[int, int]]:  # type: ignore[override]
         """The base class's view (`{"": (anchor_ms, last_seen_ms)}` or empty); not the hot path."""
         return {} if self.anchor is None else {_ONE: (self.anchor, self.last)}
 
