@@ -24,6 +24,10 @@ Two ways to run it, one supervisor code path (`Supervisor` runs the `local` proc
   process creates exactly its share). The supervisor notices a peer crash by its own child
   exiting (the panic above) and restarts it; it probes its peers' supervisors (`/healthz` on
   the same `metrics.port`, the peer's host) and reports the unreachable ones in `/healthz`.
+
+Each process runs as `python -m streamforge_ops.cluster_child` (`bytewax.run` keeping the
+worker's own error, which Bytewax's cluster mode replaces by the panic above); when the
+group fails, `ChildGroup.poll` logs `process K of N failed: <its first error line>`.
 """
 
 from __future__ import annotations
