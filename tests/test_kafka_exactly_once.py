@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,31 @@ def test_fresh_start_skips_ids_already_committed(kafka_bootstrap: str, make_topi
     again.close()
     counts = event_id_counts(read_topic(kafka_bootstrap, out, partitions=1))
     assert counts == Counter({f"test:{i}": 1 for i in range(4)})
+
+
+def test_a_snapshot_commits_the_workers_other_open_partitions_with_it(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    """Bytewax snapshots every partition of a worker at one epoch close: the first `snapshot()`
+    commits the worker's other open transactions too, concurrently (their commit and read-back
+    round trips overlap instead of queueing), and their own `snapshot()` reports the end.
+
+    Broker behaviour proved: transactions of two producers commit independently and each is
+    visible read_committed once committed."""
+    out = make_topic(2, "eo-worker")
+    dead: list[Any] = []
+    sink = TransactionalWriter(replace(_writer(kafka_bootstrap, out, "worker-test", dead).settings, partitions=2),
+                               dead.extend)
+    p0, p1 = sink.build_part("step", "00000", None), sink.build_part("step", "00001", None)
+    p0.write_batch([_event(i) for i in range(3)])
+    p1.write_batch([_event(i) for i in range(3, 5)])
+    s0 = p0.snapshot()
+    assert len(read_topic(kafka_bootstrap, out, partitions=2, timeout_s=5)) == 5  # p1's records too
+    s1 = p1.snapshot()
+    assert (s0["committed_end"], s1["committed_end"]) == ({0: 3}, {1: 2})
+    p0.close()
+    p1.close()
+    assert not dead
 
 
 def test_message_keeps_key_value_and_event_id_header() -> None:

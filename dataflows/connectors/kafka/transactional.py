@@ -15,7 +15,9 @@ recovery rows are written after it returns). The writer (DESIGN.md §4):
    highest offset written;
 3. `snapshot()` commits the transaction and returns
    `{"committed_end": {p: next_offset}, "pending_skip": {p: {event_id: [n, expires_at]}},
-   "partitions": {p: n}}` (n: the sink's partition count);
+   "partitions": {p: n}}` (n: the sink's partition count); the first partition of a worker
+   to snapshot at an epoch close commits the worker's other open partitions with it,
+   concurrently (`_commit_with_worker`), so their round trips overlap;
 4. `build_part(resume_state)`: refuses a resume state written for another
    partition count (`OutputPartitionsChanged`: records are routed by
    crc32(key) mod n, a replay would reach partitions whose skip sets do not
@@ -99,6 +101,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -211,6 +214,8 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
     ) -> None:
         """`prescan`: (ids, end) of this writer's fresh-window scan made at start, without a
         resume state: only what arrived after `end` is read now."""
+        # this sink's partitions built on the same worker thread, by partition (see `_commit_with_worker`)
+        self.worker_partitions: dict[int, _TxPartition] = {partition: self}
         self._s = s
         self._k = s.sink
         self._dead_letters = dead_letters
@@ -317,7 +322,7 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
     def snapshot(self) -> State:
         if self._open:
             try:
-                self._commit()
+                self._commit_with_worker()
             except WriterRestartError as exc:
                 # Bytewax 0.21.1 aborts the process on an exception out of `snapshot()` ("thread
                 # caused non-unwinding panic") without printing it: say why before it does.
@@ -332,6 +337,23 @@ class _TxPartition(StatefulSinkPartition[Any, State]):
             "pending_skip": {self._partition: self._skip.to_state()},
             "partitions": {self._partition: self._s.partitions},
         }
+
+    def _commit_with_worker(self) -> None:
+        """Commit this transaction and, concurrently, the open ones of this sink's other
+        partitions on the same worker (thread): Bytewax snapshots every partition of a worker at
+        the same epoch close, so they are due now, and each waits on its broker round trips
+        (commit, then the read-back) while the others do. A partition committed before its own
+        `snapshot()` is the case a crash between two snapshots makes anyway: its records are
+        committed but not yet in the durable state, and the next build's scan skips them."""
+        others = [p for p in self.worker_partitions.values() if p is not self and p._open]
+        if not others or self.worker_partitions.get(self._partition) is not self:  # alone, or replaced
+            self._commit()
+            return
+        with ThreadPoolExecutor(max_workers=len(others) + 1, thread_name_prefix="sf-commit") as pool:
+            futures = [pool.submit(p._commit) for p in (self, *others)]
+        errors = [exc for exc in (f.exception() for f in futures) if exc is not None]
+        if errors:
+            raise errors[0]
 
     def _flush_dead(self) -> None:
         if self._dead:
@@ -430,6 +452,7 @@ class TransactionalWriter(FixedPartitionedSink[Any, State]):
         self.dead_letters = dead_letters
         self._lock = threading.Lock()
         self._prescanned: dict[int, tuple[dict[str, Counter[str]], int]] | None = None
+        self._by_worker: dict[int, dict[int, _TxPartition]] = {}  # thread id -> its partitions
 
     def list_parts(self) -> list[str]:
         """All partitions; first (once per process, at the flow's start) scans every partition's
@@ -480,4 +503,9 @@ class TransactionalWriter(FixedPartitionedSink[Any, State]):
         prescan = self._take_prescan(step_id, partition)  # taken (and dropped) either way
         if start is not None:
             prescan = None
-        return _TxPartition(self.settings, self.dead_letters, step_id, partition, start, pending, prescan)
+        part = _TxPartition(self.settings, self.dead_letters, step_id, partition, start, pending, prescan)
+        with self._lock:  # a rebuild of a partition on the same worker (a zombie's successor) replaces it
+            worker = self._by_worker.setdefault(threading.get_ident(), {})
+            worker[partition] = part
+        part.worker_partitions = worker
+        return part
