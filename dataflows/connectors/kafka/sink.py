@@ -3,7 +3,7 @@
 Bytewax's `KafkaSink` flushes but never looks at delivery reports (an async
 delivery failure is lost) and ignores `KafkaSinkMessage.partition`. This sink:
 
-1. serialises each item (`kafka_common.to_out_message`: key = item.key,
+1. serialises each item (`common.to_out_message`: key = item.key,
    value = JSON, header `sf-event-id`); an item that cannot be serialised is a
    dead letter `UNSUPPORTED_TYPE`;
 2. is a `FixedPartitionedSink` with one partition per output Kafka partition

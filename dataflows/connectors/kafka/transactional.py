@@ -52,13 +52,13 @@ from the recovery directory, as long as:
   restart after a crash before the first durable snapshot must come within
   that window;
 - the output topic keeps what the scan needs: not compacted, retention
-  above the restore window (checked at start by `kafka.py`);
+  above the restore window (checked at start by `from_config.py`);
 - `transaction.timeout.ms` (`transaction-timeout`) is well above the epoch
   interval plus the restart time, so a transaction is not aborted by the
   broker before `snapshot()` commits it; consumers read `read_committed`.
 
 Failures: only a record that cannot be serialised or is refused for good
-(too large, invalid: `kafka_common.is_per_record`) becomes a dead letter.
+(too large, invalid: `common.is_per_record`) becomes a dead letter.
 After an abortable error (a delivery timeout, a broker refusal mid-epoch)
 librdkafka fails every later `produce()` of the transaction with `_STATE`
 until `abort_transaction()`: those records stay in the transaction; at the

@@ -142,7 +142,7 @@ class _Lost(Exception):
 
 @dataclass(frozen=True)
 class MongoSourceSettings:
-    """Everything a source partition needs (built from config by `mongo.py`)."""
+    """Everything a source partition needs (built from config by `from_config.py`)."""
 
     uri: str
     database: str
