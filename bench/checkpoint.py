@@ -85,7 +85,6 @@ class Phases:
         "digest": ("recovery.checkpoint", "logical_digest"),
         "pack": ("recovery.checkpoint", "write_packs"),
         "compress": ("recovery.checkpoint", "compress"),
-        "pack_frames": ("recovery.checkpoint", "pack_frames"),
         "upload": ("recovery.checkpoint", "put_file"),
         "download": ("recovery.restore", "get_file"),
         "apply_delta": ("recovery.restore", "apply_delta"),

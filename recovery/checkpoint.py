@@ -67,7 +67,7 @@ from recovery.manifest import (
     scan,
     snapshot_prefix,
 )
-from recovery.pack import CODEC, Chunk, compress, pack_frames, pack_key, write_packs
+from recovery.pack import CODEC, Chunk, PackWriter, compress, pack_key, write_packs
 from recovery.partitions import (
     PartitionError,
     Progress,
@@ -195,7 +195,7 @@ def _check_sealed(progress: list[Progress], epoch: int | None) -> None:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A sealed copy ready to pack: its frame (the copy, or its delta against the parent,
+    """A sealed copy, packed: its chunk (the copy, or its delta against the parent,
     compressed) and what its manifest entry records (the copy's digest, keys, commit
     epoch; its progress rows)."""
 
@@ -204,13 +204,14 @@ class _Prepared:
     keys: int
     commit_epoch: int | None
     progress: Progress
-    frame: bytes  # `recovery.pack.compress`
+    chunk: Chunk
 
 
-def _prepare(copy: Path, parent: _Parent | None, work: Path,
+def _prepare(copy: Path, parent: _Parent | None, work: Path, writer: PackWriter,
              seal: SealInfo | None = None) -> _Prepared:
-    """`copy` (or its delta against `parent`) compressed, and its logical digest; its key
-    count and commit epoch from `seal` (what `copy_sealed` found) or read from the copy."""
+    """`copy` (or its delta against `parent`) compressed into `writer`'s pack, and its
+    logical digest; its key count and commit epoch from `seal` (what `copy_sealed`
+    found) or read from the copy."""
     source = copy if parent is None else _delta_file(copy, parent, work)
     conn = connect(copy, readonly=True)
     try:
@@ -223,35 +224,40 @@ def _prepare(copy: Path, parent: _Parent | None, work: Path,
             keys, commit = seal.keys, seal.commit_epoch
     finally:
         conn.close()
-    frame = compress(source)
+    chunk = writer.add(part_index(copy), compress(source))
     if source != copy:
         source.unlink()
-    return _Prepared(copy, logical_digest(copy), keys, commit, progress, frame)
+    return _Prepared(copy, logical_digest(copy), keys, commit, progress, chunk)
 
 
 def _copy_and_prepare(src: Path, dst: Path, epoch: int | None, parent: _Parent | None,
-                      work: Path) -> _Prepared:
-    return _prepare(dst, parent, work, copy_sealed(src, dst, epoch))
+                      work: Path, writer: PackWriter) -> _Prepared:
+    return _prepare(dst, parent, work, writer, copy_sealed(src, dst, epoch))
 
 
 def _sealed_copies(
     recovery_dir: Path, parent: _Parent | None, work: Path, deadline: Deadline
-) -> tuple[list[_Prepared], int | None]:
+) -> tuple[list[_Prepared], list[Path], int | None]:
     """Every live partition copied and sealed at the resume epoch (`copy_sealed`: only the
-    kept rows), then its delta against `parent` and its digest, `_WORKERS` partitions at
-    a time (SQLite and hashlib run without the GIL: a copy overlaps another's digest)."""
+    kept rows), then its delta against `parent`, its digest and its packed frame,
+    `_WORKERS` partitions at a time (SQLite, zstd and hashlib run without the GIL: a
+    copy overlaps another's digest); the packs, the epoch."""
     files, epoch, _ = _live_state(recovery_dir)
     copies = [work / f.name for f in files]
     prepared = []
-    with _Pool(_WORKERS) as pool:
-        futures = [pool.submit(_copy_and_prepare, f, dst, epoch, parent, work)
-                   for f, dst in zip(files, copies, strict=True)]
-        for f, future in zip(files, futures, strict=True):
-            prepared.append(future.result())
-            fault_point("checkpoint.copy")
-            deadline.check(f"copying {f.name}")
+    writer = PackWriter(work)
+    try:
+        with _Pool(_WORKERS) as pool:
+            futures = [pool.submit(_copy_and_prepare, f, dst, epoch, parent, work, writer)
+                       for f, dst in zip(files, copies, strict=True)]
+            for f, future in zip(files, futures, strict=True):
+                prepared.append(future.result())
+                fault_point("checkpoint.copy")
+                deadline.check(f"copying {f.name}")
+    finally:
+        packs = writer.close()
     _check_sealed([p.progress for p in prepared], epoch)
-    return prepared, epoch
+    return prepared, packs, epoch
 
 
 def _load_parent(cache_dir: Path, store: ObjectStore, pipeline: str, count: int) -> _Parent | None:
@@ -518,27 +524,31 @@ def upload_copies(
 ) -> list[PartitionEntry]:
     """Pack every sealed copy (full, or its delta against `parent`) into a few objects
     (`recovery.pack`), upload them (`recovery.transfer`); the partitions' entries."""
-    with _Pool(_WORKERS) as pool:
-        prepared = list(pool.map(lambda c: _prepare(c, parent, work), copies))
-    return _upload_prepared(prepared, parent is not None, work, store, where, deadline)
+    writer = PackWriter(work)
+    try:
+        with _Pool(_WORKERS) as pool:
+            prepared = list(pool.map(lambda c: _prepare(c, parent, work, writer), copies))
+    finally:
+        packs = writer.close()
+    return _upload_prepared(prepared, packs, parent is not None, store, where, deadline)
 
 
 def _upload_prepared(
     prepared: list[_Prepared],
+    packs: list[Path],
     delta: bool,
-    work: Path,
     store: ObjectStore,
     where: tuple[str, Kind, str],
     deadline: Deadline,
 ) -> list[PartitionEntry]:
-    """Pack and upload `prepared` copies (or their deltas); the partitions' entries.
+    """Upload the `packs` of `prepared` copies (or their deltas); the partitions' entries.
 
     ``checkpoint.upload`` fault point: once per partition, after the packs are
     stored and before the manifest (the window a kill must not publish)."""
-    chunks, packs = pack_frames([(part_index(p.copy), p.frame) for p in prepared], work)
     keys = _put_packs(packs, store, where, deadline)
     entries = []
-    for p, chunk in zip(prepared, chunks, strict=True):
+    for p in prepared:
+        chunk = p.chunk
         fault_point("checkpoint.upload")
         entries.append(
             PartitionEntry(
@@ -569,12 +579,12 @@ def _copied(
     """Sealed copies of every partition (`_sealed_copies`), uploaded full or as deltas
     against `parent`; their epoch, entries, source positions and state bytes per step
     (read from the copies while they are packed and uploaded), progress rows."""
-    prepared, epoch = _sealed_copies(recovery_dir, parent, work, deadline)
+    prepared, packs, epoch = _sealed_copies(recovery_dir, parent, work, deadline)
     copies = [p.copy for p in prepared]
     with _Pool(2) as pool:
         positions = pool.submit(source_positions, copies, input_steps)
         state_bytes = pool.submit(state_bytes_by_step, copies)
-        entries = _upload_prepared(prepared, parent is not None, work, store, where, deadline)
+        entries = _upload_prepared(prepared, packs, parent is not None, store, where, deadline)
         return (epoch, entries, positions.result(), state_bytes.result(),
                 [p.progress for p in prepared])
 

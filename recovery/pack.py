@@ -18,8 +18,8 @@ whole (`read_chunk` handles both).
 Writing (`write_packs`): each file is compressed with zstd (`LEVEL`) in a
 small thread pool (zstd and hashlib release the GIL) and appended to the pack
 in partition order, its sha256 computed over the compressed bytes as they are
-written (`pack_frames`; a full checkpoint compresses each copy in the job that
-copies and digests it, and only appends the frames). Reading (`Packs`): every distinct object is downloaded once, in
+written (`PackWriter`; a full checkpoint compresses each copy in the job that
+copies and digests it and appends it to the pack right away, in any order). Reading (`Packs`): every distinct object is downloaded once, in
 parallel, into a local directory; `chunk` slices one partition out, checks
 its length (a truncated object is detected) and sha256, and decompresses it.
 """
@@ -27,11 +27,13 @@ its length (a truncated object is detected) and sha256, and decompresses it.
 from __future__ import annotations
 
 import hashlib
+import threading
 import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import zstandard
 
@@ -43,8 +45,8 @@ __all__ = [
     "Chunk",
     "PackError",
     "Packs",
+    "PackWriter",
     "compress",
-    "pack_frames",
     "pack_key",
     "read_chunk",
     "write_packs",
@@ -85,38 +87,51 @@ def write_packs(files: Iterable[tuple[int, Path]], out_dir: Path) -> tuple[list[
 
     Returns the chunk of every index (in the given order) and the pack files."""
     items = list(files)
-    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-        frames = pool.map(compress, [p for _, p in items])
-        return pack_frames(zip([i for i, _ in items], frames, strict=True), out_dir)
-
-
-def pack_frames(
-    frames: Iterable[tuple[int, bytes]], out_dir: Path
-) -> tuple[list[Chunk], list[Path]]:
-    """Append `(index, compressed bytes)` pairs (`compress`) to ``pack-N.sfpk`` files in
-    `out_dir`, each chunk's sha256 computed as it is written.
-
-    Returns the chunk of every index (in the given order) and the pack files."""
-    chunks: list[Chunk] = []
-    packs: list[Path] = []
-    out = None
-    offset = 0
+    writer = PackWriter(out_dir)
     try:
-        for index, data in frames:
-            if out is None or (offset and offset + len(data) > PACK_LIMIT):
-                if out is not None:
-                    out.close()
-                packs.append(Path(out_dir) / f"pack-{len(packs)}.sfpk")
-                out = open(packs[-1], "wb")
-                offset = 0
-            out.write(data)
-            digest = hashlib.sha256(data).hexdigest()
-            chunks.append(Chunk(index, len(packs) - 1, offset, len(data), digest))
-            offset += len(data)
+        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+            frames = pool.map(compress, [p for _, p in items])
+            chunks = [writer.add(i, data) for (i, _), data in zip(items, frames, strict=True)]
     finally:
-        if out is not None:
-            out.close()
+        packs = writer.close()
     return chunks, packs
+
+
+class PackWriter:
+    """``pack-N.sfpk`` files in `out_dir` that compressed frames (`compress`) are appended
+    to, from any thread (`add` holds a lock), in whatever order they come: each chunk
+    records its own offset, so a frame is written as soon as it is ready and none is
+    kept in memory. A new pack starts past `PACK_LIMIT` bytes."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self._dir = Path(out_dir)
+        self._lock = threading.Lock()
+        self._packs: list[Path] = []
+        self._out: BinaryIO | None = None
+        self._offset = 0
+
+    def add(self, index: int, data: bytes) -> Chunk:
+        """Append partition `index`'s frame; its chunk (sha256 over the written bytes)."""
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            if self._out is None or (self._offset and self._offset + len(data) > PACK_LIMIT):
+                if self._out is not None:
+                    self._out.close()
+                self._packs.append(self._dir / f"pack-{len(self._packs)}.sfpk")
+                self._out = open(self._packs[-1], "wb")
+                self._offset = 0
+            self._out.write(data)
+            chunk = Chunk(index, len(self._packs) - 1, self._offset, len(data), digest)
+            self._offset += len(data)
+            return chunk
+
+    def close(self) -> list[Path]:
+        """Close the current pack; every pack file, in order."""
+        with self._lock:
+            if self._out is not None:
+                self._out.close()
+                self._out = None
+            return list(self._packs)
 
 
 def read_chunk(raw: bytes, entry: PartitionEntry) -> bytes:
