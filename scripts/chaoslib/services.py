@@ -5,8 +5,10 @@
   HTTP to the proxy; bucket `chaos`, one prefix per run;
 - for the Kafka workloads, a Tansu broker with its default `memory://`
   storage, and (started the first time a run draws `broker-restart`) a second
-  Tansu whose storage is a moto server of its own (bucket `tansu`), so that a
-  restart keeps topics and records as a real broker's log does. Only runs that
+  Tansu whose storage is a moto server of its own (bucket `tansu`; with S3's
+  atomic conditional writes, `tests.fixtures.s3.atomic_conditional_writes`, which
+  Tansu's `meta.json` updates rely on), so that a restart keeps topics and
+  records as a real broker's log does. Only runs that
   restart the broker use the durable one: Tansu's S3 storage is several times
   slower (and slower to release a killed producer's open transaction), which
   would make every run slow.
@@ -38,6 +40,7 @@ AWS_ENV = {  # moto accepts any credentials; never real ones
     "AWS_REGION": "us-east-1",
 }
 BUCKET = "chaos"
+REPO = Path(__file__).resolve().parents[2]
 
 
 TANSU_META = "clusters/tansu_cluster/meta.json"  # tansu-storage/src/dynostore.rs, default cluster id
@@ -93,9 +96,11 @@ class Services:
     def _start_broker_store(self) -> dict[str, str]:
         port = free_port()
         log = (self.work / "broker-store.log").open("ab")
+        # moto with S3's atomic conditional writes: Tansu updates its meta.json by If-Match
         self._broker_store = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [sys.executable, "-m", "tests.fixtures.s3", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)})
         log.close()
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
