@@ -66,19 +66,18 @@ def _walk(a: Any, b: Any, path: str, out: list[str]) -> None:
         out.append(path)
     elif kind is dict:
         prefix = path + "." if path else ""
-        get = b.get
-        append = out.append
         matched = 0
-        for k, va in a.items():
-            vb = get(k, _MISSING)
+        for k in a:  # plain method calls below: no bound-method objects per level
+            va = a[k]
+            vb = b.get(k, _MISSING)
             if vb is _MISSING:
-                append(prefix + k if type(k) is str else f"{prefix}{k}")
+                out.append(prefix + k if type(k) is str else f"{prefix}{k}")
                 continue
             matched += 1
             if va is not vb and va != vb:
                 tv = type(va)
                 if tv in _SCALARS or type(vb) in _SCALARS:
-                    append(prefix + k if type(k) is str else f"{prefix}{k}")
+                    out.append(prefix + k if type(k) is str else f"{prefix}{k}")
                 else:
                     _walk(va, vb, prefix + k if type(k) is str else f"{prefix}{k}", out)
         if matched < len(b):
@@ -92,4 +91,5 @@ def _walk(a: Any, b: Any, path: str, out: list[str]) -> None:
                     out.append(f"{path}[{i}]")
                 else:
                     _walk(va, vb, f"{path}[{i}]", out)
-        out.extend(f"{path}[{i}]" for i in range(n, max(len(a), len(b))))
+        if n < len(a) or n < len(b):
+            out.extend(f"{path}[{i}]" for i in range(n, max(len(a), len(b))))

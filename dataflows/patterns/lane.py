@@ -128,36 +128,40 @@ class OrdersLaneConfig:
         self.on_delete = on_delete
 
 
-class OrdersLane(Alarm):
-    """Dedup, enrich, merge and materialize of one order key (a `StatefulBatchLogic` by shape)."""
+class OrdersLane(Deduplicator):
+    """Dedup, enrich, merge and materialize of one order key (a `StatefulBatchLogic` by shape).
+
+    The lane *is* the key's Deduplicator (of its event ids; `cfg` is the
+    `DedupConfig`, `lane` the `OrdersLaneConfig`) plus the document: one
+    object per key.
+    """
 
     STATE_VERSION = 1
-    __slots__ = ("cfg", "dedup", "value", "known")
+    __slots__ = ("lane", "value", "known")
 
     def __init__(self, cfg: OrdersLaneConfig, state: OrdersLaneState | None = None) -> None:
-        self.cfg = cfg
-        self.due_ms, self.at = 0, None  # no wake-up pending (Alarm)
-        self.dedup = Deduplicator(cfg.dedup, None, cfg.identity)
+        super().__init__(cfg.dedup, None, cfg.identity)
+        self.lane = cfg
         self.known = False
         self.value: Any = None
         if state is not None:
-            self.dedup.seen = dict(state.seen)
+            self.seen = dict(state.seen)
             self.known, self.value = state.known, state.value
             if state.clock_ms is not None:
-                cfg.dedup.clock.restored(state.clock_ms)
+                cfg.clock.restored(state.clock_ms)
 
     def on_batch(self, events: list[Event]) -> tuple[list[Any], bool]:
-        cfg = self.cfg
-        dedup = self.dedup
+        cfg = self.lane
         now = cfg.clock.now()
-        if len(dedup.seen) >= _EXPIRE_AT:  # instead of a wake-up while the key has a document
-            dedup.expire(now)
+        if len(self.seen) >= _EXPIRE_AT:  # instead of a wake-up while the key has a document
+            self.expire(now)
+        admit, identity = self.admit, cfg.identity
         transform = cfg.transform
         merge, mat = cfg.merge_suffix, cfg.materialize_suffix
         out: list[Any] = []
         append = out.append
         for event in events:
-            if not dedup.admit(cfg.identity(event), event.event_time_ms, now):
+            if not admit(identity(event), event.event_time_ms, now):
                 continue
             if transform is not None:
                 event = transform(event)
@@ -197,29 +201,27 @@ class OrdersLane(Alarm):
 
     def on_notify(self) -> tuple[tuple[()], bool]:
         self.fired()
-        self.dedup.expire(self.cfg.dedup.clock.now())
-        return _EMPTY, not self.known and not self.dedup.seen
+        self.expire(self.cfg.clock.now())
+        return _EMPTY, not self.known and not self.seen
 
     def on_eof(self) -> tuple[tuple[()], bool]:
-        return _EMPTY, not self.known and not self.dedup.seen
+        return _EMPTY, not self.known and not self.seen
 
     def notify_at(self) -> datetime | None:
         """A wake-up only for a deleted key with identities left (to discard the key): a key
         with a document stays anyway, and its expired identities go at its next batch
         (`on_batch`), so it costs Bytewax no pending timer."""
-        if self.known:
-            return None
-        if self.at is not None:
+        if self.known or self.at is not None:
             return None  # pending, never later than wanted (the oldest sighting only moves on)
-        want = self.dedup.wake_wall_ms()
+        want = self.wake_wall_ms()
         if want is None:
             return None
-        return self.request(want, self.cfg.dedup.slack_ms)
+        return self.request(want, self.cfg.slack_ms)
 
-    def snapshot(self) -> OrdersLaneState:
-        self.dedup.expire(self.cfg.clock.now())  # the expired identities are absent anyway
-        return _orders_state(dict(self.dedup.seen), self.value, self.known, self.STATE_VERSION,
-                             self.cfg.dedup.clock.now())
+    def snapshot(self) -> OrdersLaneState:  # type: ignore[override]
+        now = self.cfg.clock.now()
+        self.expire(now)  # the expired identities are absent anyway
+        return _orders_state(dict(self.seen), self.value, self.known, self.STATE_VERSION, now)
 
 
 class SessionsLane(Alarm):
