@@ -321,7 +321,7 @@ class ChildGroup:
                 line = report[1] if report else f"exit code {code}"
             ranked.append((rank, k, line))
         _, k, line = min(ranked)
-        return f"process {k} of {self.cluster.processes} failed: {line}"
+        return f"process {k} of {self.cluster.processes} failed: {_explained(line)}"
 
     def stop(self, grace_s: float) -> int | None:
         """Stop every process (SIGINT to all at once, SIGKILL after the grace); the first
@@ -331,6 +331,16 @@ class ChildGroup:
         deadline = time.monotonic() + grace_s
         codes = [c.wait_or_kill(max(0.0, deadline - time.monotonic())) for c in self.children]
         return next((c for c in codes if c), codes[0] if codes else None)
+
+
+_PEER_PANIC = "Send thread panic"  # Timely's comms guard when a peer's connection broke
+
+
+def _explained(line: str) -> str:
+    """A process's error line, saying so when it is only the panic of a peer's failure."""
+    if _PEER_PANIC in line:
+        return f"{line} (its connection to a peer broke: the process that failed runs elsewhere)"
+    return line
 
 
 def _signal_name(number: int) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from streamforge_ops.cluster import _explained
 from streamforge_ops.cluster_child import BytewaxRuntimeError, error_line
 from tests.supervisor_harness import Workspace, wait_for
 
@@ -47,3 +48,10 @@ def test_error_line_is_the_users_error_then_what_bytewax_was_calling() -> None:
     except BytewaxRuntimeError as exc:
         assert error_line(exc) == 'ValueError: bad record (error calling `write_batch` in step "s")'
     assert error_line(KeyError()) == "KeyError"
+
+
+def test_a_pod_whose_process_only_saw_the_peer_panic_says_so() -> None:
+    """A pod runs one process: when another pod's process failed, its own only panicked."""
+    line = "PanicException: Send thread panic: Any { .. }"
+    assert _explained(line) == f"{line} (its connection to a peer broke: the process that failed runs elsewhere)"
+    assert _explained("RuntimeError: boom") == "RuntimeError: boom"
