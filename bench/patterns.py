@@ -16,10 +16,15 @@ bench events carry no `event_id` field, so each event's own id is its identity).
 `expire_idle=False`, sessions `advance_on_idle=False`), sharded dedup and the
 sharded sweep materializer: the difference to the defaults is Bytewax's cost of pending
 `notify_at` wake-ups (its Rust core scans every key's pending wake-up on each
-activation, so at 100k keys the scan, not the pattern logic, dominates).
+activation, so at 100k keys the scan, not the pattern logic, dominates). It
+also adds the floor of any keyed batch logic: `bare_batch` (count and pass
+through, the same wiring as the patterns) and `bare_timer` (the same, holding
+one far-away pending wake-up per key, as dedup and sessions must for their
+idle expiry): no pattern with a wake-up per key can beat `bare_timer`.
 
     .venv/bin/python bench/patterns.py --json
     .venv/bin/python bench/patterns.py --events 50000 --keys 10000
+    .venv/bin/python bench/patterns.py --json --only bare_batch --only bare_timer
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +51,11 @@ from dataflows.events import Event  # noqa: E402
 from dataflows.flow import (  # noqa: E402
     analyze_sessions,
     deduplicate,
+    key_batch,
     materialize,
     merge_changes,
     orders_lane,
+    unkey_batch,
 )
 
 PIPELINE = "bench"
@@ -155,6 +163,52 @@ def _materializer_sweep(up: Stream[Event]) -> Stream[Any]:
     return materialize("materialize", up, pipeline=PIPELINE, sweep=True)
 
 
+_FAR = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+class _BareLogic(op.StatefulBatchLogic[Event, Event, int]):
+    """The least a keyed `stateful_batch` logic does: count, pass the events through.
+
+    With `timer=True` it also holds one pending wake-up (far away, asked for
+    once) like the TTL / idle-session patterns do: the difference between
+    `bare_batch` and `bare_timer` is what Bytewax's per-key timers cost alone.
+    """
+
+    __slots__ = ("n", "armed", "timer")
+
+    def __init__(self, timer: bool) -> None:
+        self.n, self.armed, self.timer = 0, False, timer
+
+    def on_batch(self, events: list[Event]) -> tuple[list[Event], bool]:  # type: ignore[override]
+        self.n += len(events)
+        return events, False
+
+    def on_notify(self) -> tuple[tuple[()], bool]:
+        return (), False
+
+    def on_eof(self) -> tuple[tuple[()], bool]:
+        return (), False
+
+    def notify_at(self) -> datetime | None:
+        if self.timer and not self.armed:
+            self.armed = True
+            return _FAR
+        return None
+
+    def snapshot(self) -> int:
+        return self.n
+
+
+def _bare(timer: bool) -> Callable[[Stream[Event]], Stream[Any]]:
+    def body(up: Stream[Event]) -> Stream[Any]:
+        def build(_state: int | None) -> _BareLogic:
+            return _BareLogic(timer)
+
+        return unkey_batch("unkey", op.stateful_batch("bare", key_batch("key", up), build))
+
+    return body
+
+
 # Same patterns without wall-clock wake-ups (each key with a pending wake-up costs a scan
 # step per activation inside Bytewax), sharded dedup (64 wake-ups) and the sharded
 # generation-sweep materializer.
@@ -163,6 +217,8 @@ VARIANTS: dict[str, Callable[[Stream[Event]], Stream[Any]]] = {
     "dedup_sharded": _dedup_sharded,
     "sessions_no_idle_close": _sessions_no_idle,
     "materializer_sweep": _materializer_sweep,
+    "bare_batch": _bare(False),
+    "bare_timer": _bare(True),
 }
 
 PATTERNS: dict[str, Callable[[Stream[Event]], Stream[Any]]] = {
@@ -215,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=500_000, help="events per run (default 500000)")
     p.add_argument("--keys", type=int, default=100_000, help="distinct keys (default 100000)")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, best counts (default 2)")
-    p.add_argument("--only", action="append", choices=sorted(PATTERNS), help="bench only these")
+    p.add_argument("--only", action="append", choices=sorted({**PATTERNS, **VARIANTS}),
+                   help="bench only these (patterns or variants)")
     p.add_argument("--variants", action="store_true",
                    help="also bench variants without wake-ups and the sweep materializer")
     p.add_argument("--json", action="store_true", help="print JSON only")
@@ -233,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     events = build_events(args.events, args.keys)
     gc.collect()
     gc.freeze()
-    results = bench(events, {n: PATTERNS[n] for n in names}, args.repeats, progress)
+    results = bench(events, {n: {**PATTERNS, **VARIANTS}[n] for n in names}, args.repeats, progress)
     doc: dict[str, Any] = {"events": args.events, "keys": args.keys, "batch_size": 1000,
                            "workers": 1, "rate": "events per CPU second", "patterns": results}
     if args.variants:
