@@ -223,6 +223,8 @@ class SessionAnalyzer(Alarm):
     # -- events ----------------------------------------------------------------
     def on_batch(self, events: list[Event]) -> tuple[list[Any], bool]:
         """`on_item` over a batch; a key discarded mid-batch starts afresh with the next event."""
+        if len(events) == 1:  # the common case at many keys: no list to build
+            return self.on_item(events[0])
         out: list[Any] = []
         discard = False
         for event in events:
