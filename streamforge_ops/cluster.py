@@ -235,6 +235,30 @@ def _keeping_errors(argv: list[str]) -> list[str]:
     return [*argv[:i], "streamforge_ops.cluster_child", *argv[i + 1:]]
 
 
+_ERRORS_PREFIX = "streamforge-cluster-errors-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _errors_dir() -> Path:
+    """A fresh temporary directory for the processes' error files, named after this
+    supervisor's pid; those of supervisors that died without cleaning up (kill -9) go."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{_ERRORS_PREFIX}*-*"):
+        pid = old.name[len(_ERRORS_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{_ERRORS_PREFIX}{os.getpid()}-"))
+
+
 def _error_report(path: Path) -> tuple[str, str] | None:
     """(kind, line) a process wrote to its error file (`cluster_child`), or None."""
     try:
@@ -262,7 +286,7 @@ class ChildGroup:
         self.log = log or stderr_log
         self.children: list[Child] = []
         self.started_at = 0.0
-        self._errors = Path(tempfile.mkdtemp(prefix="streamforge-cluster-errors-"))
+        self._errors = _errors_dir()
         weakref.finalize(self, shutil.rmtree, self._errors, True)
 
     def _error_file(self, process_id: int) -> Path:

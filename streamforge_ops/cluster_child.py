@@ -75,7 +75,10 @@ def error_line(exc: BaseException) -> str:
 def _write(kind: str, line: str) -> None:
     path = os.environ.get(ERROR_FILE_ENV)
     if path:
-        Path(path).write_text(f"{kind}\t{line}\n")
+        try:
+            Path(path).write_text(f"{kind}\t{line}\n")
+        except OSError:
+            pass  # the supervisor then says less; the traceback still shows the error
 
 
 def main(argv: list[str]) -> None:
