@@ -85,7 +85,7 @@ class Chaos:
         self.inputs: dict[tuple[str, bool], WorkloadInput] = {}
         self.baselines: dict[str, RunOutcome] = {}
         self.report: dict[str, Any] = {"runs": 0, "faults": Counter(), "landed": Counter(), "lost": 0,
-                                       "duplicated": 0, "divergent": 0, "stuck": 0, "stuck_torn_commit": 0, "state_lost": 0,
+                                       "duplicated": 0, "divergent": 0, "stuck": 0, "stuck_torn_commit": 0, "stuck_complete_late": 0, "state_lost": 0,
                                        "failures": []}
 
     def _workload(self, schedule: Schedule, tag: str) -> Workload:
@@ -141,6 +141,12 @@ class Chaos:
             if torn:
                 r["stuck_torn_commit"] += 1
                 what = f"{what} [broker: a restart left {len(torn)} commit(s) torn: {'; '.join(torn[:3])}]"
+            if out.late_records is not None:
+                late = check(base.records, out.late_records, exactly_once=schedule.workload != "kafka-at-least-once")
+                if late.ok:
+                    r["stuck_complete_late"] += 1
+                what = f"{what} [its output after the deadline: " + ("complete, exactly once]" if late.ok else
+                    f"{late.lost} not written, {late.duplicated} duplicated, {late.divergent} divergent]")
         elif out.error:
             what = out.error
         else:

@@ -54,6 +54,13 @@ POINT_OF = {  # fault kind -> armed fault point spec (nth filled in)
 }
 
 
+# The durable broker's runs (workloads.DURABLE_SINK_TIMEOUTS: 30 s delivery and commit timeouts):
+# a pause 30 s longer still outlasts the client timeouts, and the deadline grows by what the
+# longer pause and timeouts can cost (a few restarts, each waiting out a 20-30 s timeout).
+DURABLE_PAUSE_EXTRA_S = 30.0
+DURABLE_DEADLINE_EXTRA_S = 300.0
+
+
 @dataclass
 class RunOutcome:
     records: list[Record] = field(default_factory=list)
@@ -69,6 +76,7 @@ class RunOutcome:
     seconds: float = 0.0
     log_positions: dict[str, list[str]] = field(default_factory=dict)  # Kafka: every record, committed or not
     out_topic: str = ""  # Kafka: the run's output topic
+    late_records: list[Record] | None = None  # a stuck Kafka run: its output read after the deadline
 
 
 @dataclass(order=True)
@@ -84,7 +92,8 @@ class _Action:
 class ScheduleRunner:
     def __init__(self, schedule: Schedule, workload: Workload, *, deadline_s: float, total_progress: int,
                  log: Callable[[str], None]) -> None:
-        self.schedule, self.w, self.deadline_s, self.log = schedule, workload, deadline_s, log
+        self.schedule, self.w, self.log = schedule, workload, log
+        self.deadline_s = deadline_s + (DURABLE_DEADLINE_EXTRA_S if workload.durable else 0.0)
         self.total = total_progress  # the fault-free run's final output progress: `Fault.at` is a fraction
         self.root = workload.root
         self.mark = self.root / "faults.fired"
@@ -208,8 +217,9 @@ class ScheduleRunner:
             return [_Action(at, f.kind, lambda: self._restart_supervisor(f), kind=f.kind)]
         broker = self.w.broker
         if f.kind == "broker-pause" and broker is not None:
+            paused_s = p["for_s"] + (DURABLE_PAUSE_EXTRA_S if self.w.durable else 0.0)  # > the client timeouts
             return [_Action(at, "broker-pause", _true(lambda: svc.pause(broker)), kind=f.kind),
-                    _Action(at + p["for_s"], "broker-resume", _true(lambda: svc.resume(broker)))]
+                    _Action(at + paused_s, "broker-resume", _true(lambda: svc.resume(broker)))]
         if f.kind == "broker-restart" and broker is not None:
             return [_Action(at, "broker-stop", _true(lambda: svc.stop_broker(broker)), kind=f.kind),
                     _Action(at + p["down_s"], "broker-start", _true(lambda: svc.start_broker(broker)))]
@@ -294,8 +304,19 @@ class ScheduleRunner:
             except Exception as exc:  # noqa: BLE001 - e.g. a read_committed read that never ends
                 self.outcome.stuck = True
                 self.outcome.error = f"reading the output: {type(exc).__name__}: {exc}"
+        if self.outcome.stuck and self.w.kafka:
+            self._read_late()
         self.outcome.seconds = round(time.monotonic() - started, 1)
         return self.outcome
+
+    def _read_late(self) -> None:
+        """A stuck Kafka run, for the report only (the verdict stays stuck): its output read once
+        more after the deadline, with every process stopped and every fault healed. Tells a broker
+        that makes the committed output visible late from one that never does."""
+        try:
+            self.outcome.late_records, _ = self.w.read_output()
+        except Exception as exc:  # noqa: BLE001 - a diagnostic
+            self.outcome.notes.append(f"late read: {type(exc).__name__}: {str(exc)[:300]}")
 
     def _first_child(self, deadline: float) -> float | None:
         while time.monotonic() < deadline:

@@ -123,6 +123,17 @@ def _check_input_count(bootstrap: str, topic: str, expected: int) -> None:
         raise RuntimeError(f"input topic {topic} holds {seen} records, {expected} were produced")
 
 
+# The memory broker commits in milliseconds: short client timeouts let a broker pause (6-9 s)
+# outlast them. The durable broker (Tansu on S3) keeps every transaction in one meta.json
+# that each request rewrites by If-Match: with four writers a commit took 1 to 10.5 s (load 8,
+# four transactional producers, 90 records per commit), so its runs keep StreamForge's default
+# sink timeouts (dataflows/connectors/kafka/from_config.py) and `DURABLE_PAUSE_EXTRA_S` /
+# `DURABLE_DEADLINE_EXTRA_S` (runner.py) keep a pause longer than them and the run's deadline fair.
+SINK_TIMEOUTS = {"delivery-timeout": "5s", "commit-timeout": "3s", "scan-timeout": "5s", "transaction-timeout": "10s"}
+DURABLE_SINK_TIMEOUTS = {"delivery-timeout": "30s", "commit-timeout": "30s", "scan-timeout": "20s",
+                         "transaction-timeout": "60s"}
+
+
 @dataclass
 class Workload:
     """One run's resources and config for a workload."""
@@ -149,6 +160,11 @@ class Workload:
     def run_flags(self) -> list[str]:
         """Extra `streamforge run` flags of the workload (`--processes N` for a cluster)."""
         return ["--processes", str(self.processes)] if self.processes > 1 else []
+
+    @property
+    def durable(self) -> bool:
+        """On the durable broker (Tansu on S3: the runs that restart the broker)."""
+        return self.broker is not None and bool(self.broker.storage_engine)
 
     @property
     def kafka(self) -> bool:
@@ -184,9 +200,8 @@ class Workload:
                              "batch-size": 100, "starting-offset": "earliest"}
             cfg["sink"] = {"type": "kafka", "brokers": [b], "topic": self.out_topic,
                            "mode": "exactly-once" if self.exactly_once else "at-least-once",
-                           "transactional-id-prefix": f"chaos-{self.tag}", "delivery-timeout": "5s",
-                           "commit-timeout": "3s", "scan-timeout": "5s",
-                           "transaction-timeout": "10s"}
+                           "transactional-id-prefix": f"chaos-{self.tag}",
+                           **(DURABLE_SINK_TIMEOUTS if self.durable else SINK_TIMEOUTS)}
             cfg["dlq"] = {"type": "kafka", "brokers": [b], "topic": self.dlq_topic}
             store = {"dir": f"s3://{BUCKET}/{self.tag}", "endpoint-url": self.services.proxy.endpoint_url}
         else:
