@@ -35,6 +35,12 @@ before/after table in docs/operations.md, "Checkpoint and restore cost"):
   (local backup 7.7 s in the same run); incremental 12.9 s = `live_delta` 6.7 (an
   index range of the rows since the parent, 256 small files) + cache brought forward
   3.9, 255 KB (fraction 0.0127); restore to first output 47.9 s vs local resume 80.8 s.
+- one job per partition in 4 threads (copy+seal, digest, zstd, appended to the pack at
+  once; live deltas and the cache update likewise), load 8-10 (the machine ~8x slower
+  than the run before it): full 42.7 s = 7.1x the local backup in the same run (was
+  12.9x), incremental 13.0 s = 0.31x the full (was 0.56x), restore 109.7 s vs local
+  resume 171.4 s. The `snap_epoch` index costs ~3% of the flow's CPU; Bytewax's own
+  snapshots ~80% (the bound on overhead_ratio): docs/operations.md, "Session 17".
 """
 
 from __future__ import annotations
