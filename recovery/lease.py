@@ -39,7 +39,7 @@ from pathlib import Path
 
 from recovery.store import ObjectStore, StoreNotFound
 
-__all__ = ["CheckpointBusy", "Lease", "StoreLease", "lease_key", "live_lease", "local_lock"]
+__all__ = ["CheckpointBusy", "Lease", "StoreLease", "lease_key", "live_lease", "local_lock", "pid_alive"]
 
 _POLL_S = 0.05
 
@@ -105,12 +105,22 @@ class Lease:
         if self.expires_at <= (time.time() if now is None else now):
             return False
         if self.host == socket.gethostname() and self.pid is not None:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
+            return pid_alive(self.pid)
+        return True
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host and has not exited: a zombie (exited, not yet
+    reaped by its parent) is gone; a process of another user (EPERM) exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return True
 
 

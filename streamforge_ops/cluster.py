@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from recovery.lease import pid_alive
 from recovery.placement import owned, process_dir
 from streamforge_ops.child import Child
 from streamforge_ops.cli import CliError
@@ -238,23 +239,13 @@ def _keeping_errors(argv: list[str]) -> list[str]:
 _ERRORS_PREFIX = "streamforge-cluster-errors-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _errors_dir() -> Path:
     """A fresh temporary directory for the processes' error files, named after this
     supervisor's pid; those of supervisors that died without cleaning up (kill -9) go."""
     root = Path(tempfile.gettempdir())
     for old in root.glob(f"{_ERRORS_PREFIX}*-*"):
         pid = old.name[len(_ERRORS_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{_ERRORS_PREFIX}{os.getpid()}-"))
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dataflows.config import Config, ConfigError, load_config, resolve_config_path
+from recovery.lease import pid_alive
 from streamforge_ops.cli import CliError
 from streamforge_ops.settings import Settings, StoreSettings, read_settings
 
@@ -133,7 +133,6 @@ def supervisor_pid(job: Job) -> int | None:
     """Pid of the live supervisor of this job, or None."""
     try:
         pid = int(job.pid_file.read_text().strip())
-        os.kill(pid, 0)
     except (OSError, ValueError):
         return None
-    return pid
+    return pid if pid_alive(pid) else None

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dataflows.config import parse_duration
+from recovery.lease import pid_alive
 from streamforge_ops import snapshots
 from streamforge_ops.cli import CliError
 from streamforge_ops.cluster import cluster_from_args
@@ -160,19 +161,6 @@ def _savepoint(job: Job) -> Target:
     return ("savepoint", out.manifest.id)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _stop(pid: int, job: Job, timeout: float) -> None:
     progress(f"stopping the running supervisor (pid {pid}) with SIGTERM ...")
     try:
@@ -180,10 +168,10 @@ def _stop(pid: int, job: Job, timeout: float) -> None:
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
-    while _alive(pid) and job.pid_file.exists():
+    while pid_alive(pid) and job.pid_file.exists():
         if time.monotonic() > deadline:
             raise CliError(f"supervisor pid {pid} did not stop within {timeout:.0f}s")
         time.sleep(0.1)
-    while _alive(pid) and time.monotonic() < deadline:  # pid file gone: it is in its last steps
+    while pid_alive(pid) and time.monotonic() < deadline:  # pid file gone: it is in its last steps
         time.sleep(0.1)
     progress(f"supervisor pid {pid} stopped")
