@@ -15,8 +15,8 @@ import signal
 from pathlib import Path
 
 from recovery.checkpoint import list_checkpoints
+from recovery.lease import pid_alive  # alive and not a zombie
 from recovery.store import open_store
-from streamforge_ops.commands.upgrade import _alive  # alive and not a zombie
 from tests.fixtures.fault_proxy import FaultS3
 from tests.supervisor_harness import Workspace, assert_exactly_once, read_rows, wait_for
 
@@ -166,7 +166,7 @@ def test_kill_9_of_the_supervisor_takes_the_child_along_and_the_next_start_resum
              what="some output and durable progress")
     proc.kill()
     proc.wait()
-    wait_for(lambda: not _alive(child), what="the orphaned child to die")
+    wait_for(lambda: not pid_alive(child), what="the orphaned child to die")
     assert (tmp_path / "supervisor.pid").exists(), "kill -9 leaves the pid file behind"
     code, out, err = ws.finish(ws.start("--json"))
     assert code == 0, err
