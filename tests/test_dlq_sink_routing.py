@@ -91,20 +91,27 @@ def _letter(i: int) -> DeadLetter:
     return DeadLetter("SCHEMA", "bad", "E", "p.parse", "p", b"x", f"e{i}", "s")
 
 
-def test_the_file_dlq_keeps_sink_letters_written_after_its_snapshot_on_resume(tmp_path: Path) -> None:
-    """The DLQ file sink truncates its own replayed tail on resume; a sink's dead letters
-    appended to the same file after that snapshot are kept (their epoch may have committed)."""
-    path = tmp_path / "dlq.jsonl"
+def _sink_letter_after_a_snapshot(path: Path) -> tuple[JsonlDeadLetterSink, int]:
+    """A file DLQ holding e0 (snapshotted), then a sink's own letter e100, then e1 (not
+    snapshotted: replayed after a crash); the sink and the snapshot's offset."""
+    from dataflows.connectors.dlq import sink_dead_letters
+
     sink = JsonlDeadLetterSink(path)
     part = sink.build_part("dlq", str(path), None)
     part.write_batch([_letter(0)])
     offset = part.snapshot()
-    from dataflows.connectors.dlq import sink_dead_letters
-
     cfg = Config({"sink": {}, "dlq": {"type": "file", "path": str(path)}}, "t.yaml").section("sink")
     sink_dead_letters(cfg, "p")([_letter(100)])  # the sink's own letter, after the snapshot
-    part.write_batch([_letter(1)])  # not snapshotted: replayed after the crash
+    part.write_batch([_letter(1)])
     part.close()
+    return sink, offset
+
+
+def test_the_file_dlq_keeps_sink_letters_written_after_its_snapshot_on_resume(tmp_path: Path) -> None:
+    """The DLQ file sink truncates its own replayed tail on resume; a sink's dead letters
+    appended to the same file after that snapshot are kept (their epoch may have committed)."""
+    path = tmp_path / "dlq.jsonl"
+    sink, offset = _sink_letter_after_a_snapshot(path)
     resumed = sink.build_part("dlq", str(path), offset)
     resumed.write_batch([_letter(1)])  # the replay
     resumed.close()
@@ -116,19 +123,10 @@ def test_the_file_dlq_keeps_sink_letters_written_after_its_snapshot_on_resume(tm
 def test_a_crash_inside_the_resume_loses_no_sink_letter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The resume truncates the file and writes the sink's letters back: a process killed between
     the two must not lose them (the next resume finds them again)."""
-    from dataflows.connectors.dlq import sink_dead_letters
     from dataflows.connectors.files import jsonl as files
 
     path = tmp_path / "dlq.jsonl"
-    sink = JsonlDeadLetterSink(path)
-    part = sink.build_part("dlq", str(path), None)
-    part.write_batch([_letter(0)])
-    offset = part.snapshot()
-    cfg = Config({"sink": {}, "dlq": {"type": "file", "path": str(path)}}, "t.yaml").section("sink")
-    sink_dead_letters(cfg, "p")([_letter(100)])
-    part.write_batch([_letter(1)])
-    part.close()
-
+    sink, offset = _sink_letter_after_a_snapshot(path)
     real = files.JsonlSinkPartition.resume_at
 
     def truncate_then_die(self: files.JsonlSinkPartition, at: int) -> None:
