@@ -54,6 +54,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from dataflows.connectors.files.replay_lines import unwrap_replay_line
 from dataflows.events import RawRecord, file_event_id
+from dataflows.flow.threads import pin_thread_state
 from dataflows.json_codec import dumps, to_jsonable
 
 __all__ = [
@@ -220,6 +221,7 @@ class JsonlSource(FixedPartitionedSource[RawRecord, FilePosition]):
         self._poll = poll_interval
 
     def list_parts(self) -> list[str]:
+        pin_thread_state()
         return expand_paths(self._paths, keep_missing=self._tail)
 
     def build_part(
@@ -285,6 +287,7 @@ class JsonlSink(FixedPartitionedSink[Any, int]):
         return self._path
 
     def list_parts(self) -> list[str]:
+        pin_thread_state()
         return [str(self._path)]
 
     def part_fn(self, item_key: str) -> int:

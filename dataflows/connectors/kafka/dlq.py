@@ -27,6 +27,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from dataflows.connectors.kafka.common import OutMessage, is_transient
 from dataflows.connectors.kafka.sink import InFlight, KafkaSinkSettings, unwrap_item
 from dataflows.dead_letter import DeadLetter
+from dataflows.flow.threads import pin_thread_state
 from dataflows.retry import RetryPolicy
 
 __all__ = ["DlqWriteError", "KafkaDeadLetterWriter", "KafkaDlqSink", "dlq_message"]
@@ -126,6 +127,7 @@ class KafkaDlqSink(FixedPartitionedSink[DeadLetter, None]):
         self.retry = retry
 
     def list_parts(self) -> list[str]:
+        pin_thread_state()
         return ["dlq"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DlqPartition:

@@ -44,6 +44,7 @@ from dataflows.connectors.kafka.common import (
 )
 from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import now_ms
+from dataflows.flow.threads import pin_thread_state
 from dataflows.retry import RetryPolicy
 
 __all__ = ["DeadLetters", "InFlight", "KafkaSinkSettings", "ReliableKafkaSink", "encode_batch", "sink_dead_letter", "unwrap_item"]
@@ -268,6 +269,7 @@ class ReliableKafkaSink(FixedPartitionedSink[Any, None]):
         self.partitions = partitions
 
     def list_parts(self) -> list[str]:
+        pin_thread_state()
         return [f"{p:05d}" for p in range(self.partitions or 1)]
 
     def part_fn(self, item_key: str) -> int:

@@ -35,6 +35,7 @@ from dataflows import metrics
 from dataflows.connectors.kafka.common import EVENT_ID_HEADER, REPLAY_HEADER, header_value
 from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import RawRecord, kafka_event_id, now_ms
+from dataflows.flow.threads import pin_thread_state
 
 __all__ = ["RawRecordKafkaSource", "to_dead_letter", "to_raw_record"]
 
@@ -148,6 +149,7 @@ class RawRecordKafkaSource(FixedPartitionedSource[Item, int]):
         self._lister = KafkaSource(self.brokers, self.topics, add_config=add_config)
 
     def list_parts(self) -> list[str]:
+        pin_thread_state()
         return self._lister.list_parts()
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _RawRecordPartition:

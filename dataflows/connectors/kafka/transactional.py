@@ -137,6 +137,7 @@ from dataflows.connectors.kafka.transactional_scan import (
 )
 from dataflows.dead_letter import DeadLetter
 from dataflows.faults import fault_point
+from dataflows.flow.threads import pin_thread_state
 
 __all__ = [
     "CommitNotVisibleError",
@@ -457,6 +458,7 @@ class TransactionalWriter(FixedPartitionedSink[Any, State]):
     def list_parts(self) -> list[str]:
         """All partitions; first (once per process, at the flow's start) scans every partition's
         fresh window for this writer's records (`prescan`)."""
+        pin_thread_state()
         self.prescan()
         return [f"{p:05d}" for p in range(self.settings.partitions)]
 

@@ -58,6 +58,7 @@ from dataflows.connectors.mongo.codec import decode_key, encode_key
 from dataflows.connectors.mongo.errors import is_transient
 from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import Event, now_ms
+from dataflows.flow.threads import pin_thread_state
 from dataflows.retry import RetryPolicy
 
 __all__ = [
@@ -384,5 +385,6 @@ class MongoSink(DynamicSink[Any]):
         self.settings, self.on_dead_letters = settings, on_dead_letters
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _MongoSinkPartition:
+        pin_thread_state()
         # dead letters and retries are labelled with the step Bytewax built this sink for
         return _MongoSinkPartition(MongoWriter(replace(self.settings, stage=step_id)), self.on_dead_letters)

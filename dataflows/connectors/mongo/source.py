@@ -102,6 +102,7 @@ from dataflows.connectors.mongo.errors import (
 )
 from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import Event, RawRecord, mongo_event_id, now_ms, snapshot_event_id
+from dataflows.flow.threads import pin_thread_state
 from dataflows.retry import RetryPolicy
 
 __all__ = [
@@ -766,6 +767,7 @@ class MongoChangeSource(FixedPartitionedSource[SourceItem, NamespaceState]):
         self.settings = settings
 
     def list_parts(self) -> list[str]:
+        pin_thread_state()
         return [f"{self.settings.database}.{c}" for c in self.settings.collections]
 
     def build_part(self, step_id: str, for_part: str, resume_state: NamespaceState | None) -> _NamespacePartition:
