@@ -76,13 +76,22 @@ PIPE = "bench"
 
 
 class Phases:
-    """Wall time spent in named recovery functions (patched in place while active).
+    """Wall time and CPU time spent in named recovery functions (patched in place while
+    active).
 
     The breakdown of a checkpoint or a restore: which of copy, seal, delta,
-    digest, pack (compress + hash), upload, download, verify, swap took the time."""
+    digest, pack (compress + hash), upload, download, verify, swap took the time.
+    `seconds` is wall time summed over the threads that ran a phase; `cpu` is the CPU
+    time of those threads in it (``time.thread_time``: a phase's own cost, whatever
+    the neighbours' load), both in thread-seconds."""
 
     WATCH = {
+        "partition_job": ("recovery.checkpoint", "_prepare"),
         "copy_and_seal": ("recovery.checkpoint", "copy_sealed"),
+        "live_state": ("recovery.checkpoint", "_live_state"),
+        "load_parent": ("recovery.checkpoint", "_load_parent"),
+        "chain_intact": ("recovery.checkpoint", "_chain_intact"),
+        "save_parent": ("recovery.checkpoint", "_save_parent"),
         "delta": ("recovery.checkpoint", "make_delta"),
         "live_delta": ("recovery.checkpoint", "live_delta"),
         "apply_to_cache": ("recovery.checkpoint", "apply_delta"),
@@ -100,6 +109,7 @@ class Phases:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
         self._saved: list[tuple[object, str, object]] = []
         self._lock = threading.Lock()
 
@@ -115,12 +125,14 @@ class Phases:
 
     def _timed(self, phase: str, fn):  # type: ignore[no-untyped-def]
         def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
+                wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
                 with self._lock:
-                    self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+                    self.seconds[phase] = self.seconds.get(phase, 0.0) + wall
+                    self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu
 
         return timed
 
@@ -130,6 +142,9 @@ class Phases:
 
     def rounded(self) -> dict[str, float]:
         return {k: round(v, 2) for k, v in self.seconds.items()}
+
+    def rounded_cpu(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self.cpu.items()}
 
 
 class Items:
@@ -357,8 +372,12 @@ def _resume_epoch(rd: Path) -> int | None:
             c.close()
 
 
-def bench_big(tmp: Path, big_keys: int, partitions: int, store: ObjectStore) -> dict:
-    """Full and incremental checkpoints of a running flow (steady state), then a restore."""
+def bench_big(
+    tmp: Path, big_keys: int, partitions: int, store: ObjectStore, with_restore: bool = True
+) -> dict:
+    """Full and incremental checkpoints of a running flow (steady state), then (unless not
+    `with_restore`) a restore. ``*_cpu_seconds``: CPU time of the whole process during the
+    checkpoint (the moto server runs in it too)."""
     rd = tmp / "big"
     init_partitions(rd, partitions)
     first = f"{big_keys}:{big_keys}:0"
@@ -371,15 +390,15 @@ def bench_big(tmp: Path, big_keys: int, partitions: int, store: ObjectStore) -> 
         build_s = _until_durable(proc, rd, 1)
         backup_s = _local_backup(rd, tmp / "backup")
         with Phases() as full_phases:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             full = take_checkpoint(rd, store, pipeline=PIPE, incremental=True)
-            full_s = time.perf_counter() - t0
+            full_s, full_cpu = time.perf_counter() - t0, time.process_time() - c0
         (gate / "go-1").touch()
         _until_durable(proc, rd, 2)
         with Phases() as inc_phases:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             inc = take_checkpoint(rd, store, pipeline=PIPE, incremental=True)
-            inc_s = time.perf_counter() - t0
+            inc_s, inc_cpu = time.perf_counter() - t0, time.process_time() - c0
         (gate / "go-2").touch()
         _elapsed(proc)
     finally:
@@ -388,6 +407,30 @@ def bench_big(tmp: Path, big_keys: int, partitions: int, store: ObjectStore) -> 
             proc.wait()
     assert inc.parent_id == full.id
     raw_put_s, raw_get_s = _raw_transfer(store, full.total_bytes)
+    result = {
+        "keys": big_keys,
+        "partitions": partitions,
+        "build_seconds": round(build_s, 2),
+        "local_backup_seconds": round(backup_s, 2),
+        "raw_upload_seconds": round(raw_put_s, 2),
+        "raw_download_seconds": round(raw_get_s, 2),
+        "full_bytes": full.total_bytes,
+        "full_objects": len({e.object for e in full.partitions}),
+        "full_seconds": round(full_s, 2),
+        "full_cpu_seconds": round(full_cpu, 2),
+        "full_phases": full_phases.rounded(),
+        "full_phases_cpu": full_phases.rounded_cpu(),
+        "full_target_seconds": round(1.5 * (backup_s + raw_put_s), 2),
+        "incremental_bytes": inc.total_bytes,
+        "incremental_seconds": round(inc_s, 2),
+        "incremental_cpu_seconds": round(inc_cpu, 2),
+        "incremental_phases": inc_phases.rounded(),
+        "incremental_phases_cpu": inc_phases.rounded_cpu(),
+        "incremental_target_seconds": round(0.2 * full_s, 2),
+        "incremental_fraction": round(inc.total_bytes / full.total_bytes, 4),
+    }
+    if not with_restore:
+        return result
 
     target = tmp / "restored"
     with Phases() as restore_phases:
@@ -405,22 +448,7 @@ def bench_big(tmp: Path, big_keys: int, partitions: int, store: ObjectStore) -> 
     _local_backup(rd, local)
     local_resume_s = _first_output_after(f"{second},1:1:0", local, time.time())
     return {
-        "keys": big_keys,
-        "partitions": partitions,
-        "build_seconds": round(build_s, 2),
-        "local_backup_seconds": round(backup_s, 2),
-        "raw_upload_seconds": round(raw_put_s, 2),
-        "raw_download_seconds": round(raw_get_s, 2),
-        "full_bytes": full.total_bytes,
-        "full_objects": len({e.object for e in full.partitions}),
-        "full_seconds": round(full_s, 2),
-        "full_phases": full_phases.rounded(),
-        "full_target_seconds": round(1.5 * (backup_s + raw_put_s), 2),
-        "incremental_bytes": inc.total_bytes,
-        "incremental_seconds": round(inc_s, 2),
-        "incremental_phases": inc_phases.rounded(),
-        "incremental_target_seconds": round(0.2 * full_s, 2),
-        "incremental_fraction": round(inc.total_bytes / full.total_bytes, 4),
+        **result,
         "restored": f"{result.chosen} {result.id}",
         "restore_download_seconds": round(restored_s, 2),
         "restore_phases_thread_seconds": restore_phases.rounded(),
@@ -461,6 +489,9 @@ def main() -> None:
         "the square of the keys per partition, so keep them ~<= 20k)",
     )
     parser.add_argument("--only", choices=["overhead", "big"], help="run one part only")
+    parser.add_argument(
+        "--no-restore", action="store_true", help="big: the checkpoints only (no restore, no resume)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--segments", help=argparse.SUPPRESS)
     parser.add_argument("--recovery-dir", help=argparse.SUPPRESS)
@@ -491,7 +522,9 @@ def main() -> None:
             try:
                 url = f"s3://{bucket}/bench"
                 store = open_store(url, endpoint_url=server.endpoint_url)  # type: ignore[attr-defined]
-                result.update(bench_big(tmp, args.big_keys, args.partitions, store))
+                result.update(
+                    bench_big(tmp, args.big_keys, args.partitions, store, not args.no_restore)
+                )
             finally:
                 server.stop()  # type: ignore[attr-defined]
     if args.json:
