@@ -95,8 +95,7 @@ class Phases:
         "delta": ("recovery.checkpoint", "make_delta"),
         "live_delta": ("recovery.checkpoint", "live_delta"),
         "apply_to_cache": ("recovery.checkpoint", "apply_delta"),
-        "positions": ("recovery.checkpoint", "source_positions"),
-        "state_bytes": ("recovery.checkpoint", "state_bytes_by_step"),
+        "positions": ("recovery.checkpoint", "PositionRows.add"),
         "digest": ("recovery.checkpoint", "logical_digest"),
         "pack": ("recovery.checkpoint", "write_packs"),
         "compress": ("recovery.checkpoint", "compress"),
@@ -116,11 +115,16 @@ class Phases:
     def __enter__(self) -> Phases:
         import importlib
 
-        for phase, (mod_name, attr) in self.WATCH.items():
-            mod = importlib.import_module(mod_name)
-            fn = getattr(mod, attr)
-            self._saved.append((mod, attr, fn))
-            setattr(mod, attr, self._timed(phase, fn))
+        for phase, (mod_name, path) in self.WATCH.items():
+            owner: object = importlib.import_module(mod_name)
+            *outer, attr = path.split(".")  # "Class.method" patches the class
+            for name in outer:
+                owner = getattr(owner, name)
+            fn = getattr(owner, attr, None)
+            if fn is None:  # not in this version of the code
+                continue
+            self._saved.append((owner, attr, fn))
+            setattr(owner, attr, self._timed(phase, fn))
         return self
 
     def _timed(self, phase: str, fn):  # type: ignore[no-untyped-def]

@@ -81,7 +81,7 @@ from recovery.partitions import (
     progress_rows,
     resume_epoch_of,
 )
-from recovery.positions import PositionRows, source_positions, state_bytes_by_step
+from recovery.positions import PositionRows
 from recovery.store import ObjectStore, StoreError
 from recovery.transfer import put_file
 
@@ -197,7 +197,8 @@ def _check_sealed(progress: list[Progress], epoch: int | None) -> None:
 class _Prepared:
     """A sealed copy, packed: its chunk (the copy, or its delta against the parent,
     compressed) and what its manifest entry records (the copy's digest, keys, commit
-    epoch; its progress rows)."""
+    epoch; its progress rows), and what the manifest gathers over every copy (its
+    source-position rows, its state bytes per step), read in the same job."""
 
     copy: Path
     digest: str
@@ -205,17 +206,23 @@ class _Prepared:
     commit_epoch: int | None
     progress: Progress
     chunk: Chunk
+    positions: PositionRows
+    state_bytes: dict[str, int]
 
 
 def _prepare(copy: Path, parent: _Parent | None, work: Path, writer: PackWriter,
-             seal: SealInfo | None = None) -> _Prepared:
+             seal: SealInfo | None = None, input_steps: Iterable[str] | None = None
+             ) -> _Prepared:
     """`copy` (or its delta against `parent`) compressed into `writer`'s pack, and its
-    logical digest; its key count and commit epoch from `seal` (what `copy_sealed`
-    found) or read from the copy."""
+    logical digest (state bytes per step summed in the same pass over the rows) and
+    source-position rows; its key count and commit epoch from `seal` (what
+    `copy_sealed` found) or read from the copy."""
     source = copy if parent is None else _delta_file(copy, parent, work)
+    positions = PositionRows(input_steps)
     conn = connect(copy, readonly=True)
     try:
         progress = progress_rows(conn)
+        positions.add(conn)
         if seal is None:
             keys = conn.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
             row = conn.execute("SELECT commit_epoch FROM commits").fetchone()
@@ -227,16 +234,20 @@ def _prepare(copy: Path, parent: _Parent | None, work: Path, writer: PackWriter,
     chunk = writer.add(part_index(copy), compress(source))
     if source != copy:
         source.unlink()
-    return _Prepared(copy, logical_digest(copy), keys, commit, progress, chunk)
+    sizes: dict[str, int] = {}
+    digest = logical_digest(copy, sizes)
+    return _Prepared(copy, digest, keys, commit, progress, chunk, positions, sizes)
 
 
 def _copy_and_prepare(src: Path, dst: Path, epoch: int | None, parent: _Parent | None,
-                      work: Path, writer: PackWriter) -> _Prepared:
-    return _prepare(dst, parent, work, writer, copy_sealed(src, dst, epoch))
+                      work: Path, writer: PackWriter, input_steps: Iterable[str] | None
+                      ) -> _Prepared:
+    return _prepare(dst, parent, work, writer, copy_sealed(src, dst, epoch), input_steps)
 
 
 def _sealed_copies(
-    recovery_dir: Path, parent: _Parent | None, work: Path, deadline: Deadline
+    recovery_dir: Path, parent: _Parent | None, work: Path, deadline: Deadline,
+    input_steps: Iterable[str] | None = None,
 ) -> tuple[list[_Prepared], list[Path], int | None]:
     """Every live partition copied and sealed at the resume epoch (`copy_sealed`: only the
     kept rows), then its delta against `parent`, its digest and its packed frame,
@@ -248,7 +259,8 @@ def _sealed_copies(
     writer = PackWriter(work)
     try:
         with _Pool(_WORKERS) as pool:
-            futures = [pool.submit(_copy_and_prepare, f, dst, epoch, parent, work, writer)
+            futures = [pool.submit(_copy_and_prepare, f, dst, epoch, parent, work, writer,
+                                   input_steps)
                        for f, dst in zip(files, copies, strict=True)]
             for f, future in zip(files, futures, strict=True):
                 prepared.append(future.result())
@@ -578,15 +590,17 @@ def _copied(
 ) -> tuple[int | None, list[PartitionEntry], dict[str, Any], dict[str, int], list[Progress]]:
     """Sealed copies of every partition (`_sealed_copies`), uploaded full or as deltas
     against `parent`; their epoch, entries, source positions and state bytes per step
-    (read from the copies while they are packed and uploaded), progress rows."""
-    prepared, packs, epoch = _sealed_copies(recovery_dir, parent, work, deadline)
-    copies = [p.copy for p in prepared]
-    with _Pool(2) as pool:
-        positions = pool.submit(source_positions, copies, input_steps)
-        state_bytes = pool.submit(state_bytes_by_step, copies)
-        entries = _upload_prepared(prepared, packs, parent is not None, store, where, deadline)
-        return (epoch, entries, positions.result(), state_bytes.result(),
-                [p.progress for p in prepared])
+    (gathered by each partition's job), progress rows."""
+    prepared, packs, epoch = _sealed_copies(recovery_dir, parent, work, deadline, input_steps)
+    entries = _upload_prepared(prepared, packs, parent is not None, store, where, deadline)
+    positions = PositionRows(input_steps)
+    state_bytes: dict[str, int] = {}
+    for p in prepared:
+        positions.merge(p.positions)
+        for step, n in p.state_bytes.items():
+            state_bytes[step] = state_bytes.get(step, 0) + n
+    return (epoch, entries, positions.positions(), dict(sorted(state_bytes.items())),
+            [p.progress for p in prepared])
 
 
 def _take(

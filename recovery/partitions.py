@@ -218,19 +218,6 @@ def _refuse_committed(index: int, commit: int | None, epoch: int | None) -> None
         )
 
 
-_SMALL = ("parts", "exs", "fronts", "commits")
-# The row Bytewax loads at the resume epoch, per key: SQLite's bare columns of a
-# MAX() aggregate come from the row holding the max (documented, "Bare columns
-# in an aggregate query"); a NULL one (discarded key) is dropped.
-_SEALED_ROWS = """
-INSERT INTO main.snaps (created_at, step_id, state_key, snap_epoch, ser_change)
-SELECT created_at, step_id, state_key, snap_epoch, ser_change FROM (
-  SELECT created_at, step_id, state_key, MAX(snap_epoch) AS snap_epoch, ser_change
-  FROM live.snaps WHERE ?1 IS NULL OR snap_epoch < ?1 GROUP BY step_id, state_key)
-WHERE ser_change IS NOT NULL
-"""
-
-
 def sealable(conn: sqlite3.Connection, schema: str, path: Path, epoch: int | None) -> tuple[int, int | None]:
     """The partition's index and commit epoch (tables under `schema`, "" or "live."); raises
     PartitionError if it is not initialised or its commit epoch reached `epoch`."""
@@ -243,48 +230,52 @@ def sealable(conn: sqlite3.Connection, schema: str, path: Path, epoch: int | Non
     return index[0], commit
 
 
-def copy_sealed(src: Path, dst: Path, epoch: int | None) -> SealInfo:
-    """`copy_partition` + `seal_copy` in one pass over the live partition: same rows,
-    same refusal, but only the rows the seal keeps are written.
+# Every row of a key but its newest: keys with more than one row are found in the primary
+# key's index alone (a covering scan, no table row read), their older rows by rowid.
+_SUPERSEDED = """
+DELETE FROM snaps WHERE rowid IN (
+  SELECT s.rowid FROM (SELECT step_id, state_key, MAX(snap_epoch) AS newest FROM snaps
+                       GROUP BY step_id, state_key HAVING COUNT(*) > 1) AS k
+  JOIN snaps AS s ON s.step_id = k.step_id AND s.state_key = k.state_key
+   AND s.snap_epoch < k.newest)
+"""
 
-    One read transaction on `src` (a consistent snapshot, as the backup API
-    gives): Bytewax's schema and ``user_version``, the small tables (frontiers
-    clamped to `epoch`), and per key the row a resume at `epoch` loads."""
-    dst.unlink(missing_ok=True)
-    conn = sqlite3.connect(f"file:{dst}", uri=True, isolation_level=None)
+
+def copy_sealed(src: Path, dst: Path, epoch: int | None) -> SealInfo:
+    """`copy_partition` + `seal_copy`: the same rows and the same refusal, at the cost of
+    a page copy plus the rows the seal drops.
+
+    The backup API copies the pages of one consistent snapshot of `src` (Bytewax's
+    schema, ``user_version`` and indexes included); then, in the copy, the frontiers
+    are clamped to `epoch` and only the rows a resume at `epoch` does not load are
+    deleted: those at or above `epoch` (a range of the ``snap_epoch`` index), every
+    row of a key but its newest (keys with several rows found in the primary key's
+    index alone) and discarded keys' NULL rows. No row is rewritten: a live partition
+    holds few rows besides one per key (Bytewax's GC keeps one per key at or below
+    its commit epoch). Freed space is zeroed (``secure_delete``): it compresses away."""
+    copy_partition(src, dst)
+    conn = sqlite3.connect(dst, isolation_level=None)
     try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA synchronous = OFF")  # a scratch copy, as in copy_partition
-        conn.execute("ATTACH DATABASE ? AS live", (f"file:{src}?mode=ro",))
+        conn.execute("PRAGMA journal_mode = OFF")  # a failed seal discards the copy
+        conn.execute("PRAGMA secure_delete = ON")
         conn.execute("BEGIN")
-        index, commit = sealable(conn, "live.", src, epoch)
-        version = conn.execute("PRAGMA live.user_version").fetchone()[0]
-        tables = conn.execute(
-            "SELECT sql FROM live.sqlite_master WHERE type = 'table' AND sql IS NOT NULL "
-            "ORDER BY rowid"
-        ).fetchall()
-        for (sql,) in tables:
-            conn.execute(sql)
-        for table in _SMALL:
-            conn.execute(f"INSERT INTO main.{table} SELECT * FROM live.{table}")
-        indexed = has_epoch_index(conn, "live")
+        index, commit = sealable(conn, "", src, epoch)
+        rows = conn.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
         if epoch is not None:
             conn.execute(
-                "UPDATE main.fronts SET worker_frontier = ?1 WHERE worker_frontier > ?1", (epoch,)
+                "UPDATE fronts SET worker_frontier = ?1 WHERE worker_frontier > ?1", (epoch,)
             )
-        live_rows = conn.execute("SELECT COUNT(*) FROM live.snaps").fetchone()[0]
-        conn.execute(_SEALED_ROWS, (epoch,))
-        if indexed:  # built after the rows: one sorted pass
-            conn.execute(f"CREATE INDEX main.{EPOCH_INDEX} ON snaps (snap_epoch)")
+            conn.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (epoch,))
+        conn.execute(_SUPERSEDED)
+        conn.execute("DELETE FROM snaps WHERE ser_change IS NULL")
         conn.execute("COMMIT")
-        conn.execute(f"PRAGMA main.user_version = {int(version)}")
-        conn.execute("DETACH DATABASE live")
-        keys = conn.execute("SELECT COUNT(*) FROM main.snaps").fetchone()[0]
+        keys = conn.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
     except sqlite3.Error as exc:
         raise PartitionError(f"cannot copy {src}: {exc}") from None
     finally:
         conn.close()
-    return SealInfo(index=index, commit_epoch=commit, keys=keys, dropped_rows=live_rows - keys)
+    return SealInfo(index=index, commit_epoch=commit, keys=keys, dropped_rows=rows - keys)
 
 
 def seal_copy(path: Path, epoch: int | None) -> SealInfo:
@@ -403,8 +394,9 @@ def digest_rows_sum(digest: str) -> int | None:
     return int(digest.rsplit(":", 1)[1], 16)
 
 
-def logical_digest(path: Path) -> str:
-    """Digest of a partition's rows (not its page layout), for verification.
+def logical_digest(path: Path, sizes: dict[str, int] | None = None) -> str:
+    """Digest of a partition's rows (not its page layout), for verification; with
+    `sizes`, the partition's state bytes per step id are added to it in the same pass.
 
     ``ms1:<sha256 of the small tables>:<sum of row hashes>``: the rows part is a
     multiset hash (the sum mod 2**256 of a 256-bit BLAKE2b per ``snaps`` row), so it
@@ -416,7 +408,7 @@ def logical_digest(path: Path) -> str:
     """
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return format_digest(small_tables_sha(conn), rows_hash_sum(conn, "snaps"))
+        return format_digest(small_tables_sha(conn), rows_hash_sum(conn, "snaps", sizes=sizes))
     finally:
         conn.close()
 

@@ -84,16 +84,23 @@ class PositionRows:
         self.rows: dict[str, dict[str, bytes]] = {}
 
     def add(self, conn: sqlite3.Connection, table: str = "snaps") -> None:
-        """Read one partition's (or delta's) rows of `table` through `conn`."""
-        for step_id, n in conn.execute(f"SELECT step_id, COUNT(*) FROM {table} GROUP BY step_id"):
+        """Read one partition's (or delta's) rows of `table` through `conn`: only the rows
+        of input/output steps (`is_operator_step` False). On a partition's ``snaps`` (its
+        primary key starts with the step id) the step ids are found by one index seek
+        each and only those steps' rows are read: never the operators' data rows."""
+        for step_id in _step_ids(conn, table):
+            if is_operator_step(step_id):
+                continue
+            n = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE step_id = ?",
+                             (step_id,)).fetchone()[0]
             self.counts[step_id] = self.counts.get(step_id, 0) + n
-        for step_id, key, blob in conn.execute(
-            f"SELECT step_id, state_key, ser_change FROM {table} WHERE ser_change IS NOT NULL "
-            "AND step_id NOT LIKE '%.stateful_batch' ORDER BY step_id, state_key"
-        ):
             if self.wanted is not None and not any(step_id.endswith(w) for w in self.wanted):
                 continue
-            self.rows.setdefault(step_id, {})[key] = blob
+            for key, blob in conn.execute(
+                f"SELECT state_key, ser_change FROM {table} WHERE step_id = ? "
+                "AND ser_change IS NOT NULL ORDER BY state_key", (step_id,)
+            ):
+                self.rows.setdefault(step_id, {})[key] = blob
 
     def merge(self, other: PositionRows) -> None:
         """Add the rows `other` gathered (partitions read apart, in other threads)."""
@@ -109,6 +116,17 @@ class PositionRows:
             for step, keys in sorted(self.rows.items())
             if self.wanted is not None or self.counts.get(step, 0) <= MAX_KEYS
         }
+
+
+def _step_ids(conn: sqlite3.Connection, table: str) -> list[str]:
+    """The distinct step ids of `table`, in order, one ``MIN(step_id) > previous`` each."""
+    ids: list[str] = []
+    row = conn.execute(f"SELECT MIN(step_id) FROM {table}").fetchone()
+    while row[0] is not None:
+        ids.append(row[0])
+        row = conn.execute(f"SELECT MIN(step_id) FROM {table} WHERE step_id > ?",
+                           (ids[-1],)).fetchone()
+    return ids
 
 
 def source_positions(

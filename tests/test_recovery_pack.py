@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import sqlite3
 import threading
 import zlib
 from dataclasses import replace
@@ -41,6 +43,7 @@ from recovery.partitions import (
     partition_files,
     seal_copy,
 )
+from recovery.positions import PositionRows
 from recovery.restore import restore
 from recovery.store import ObjectStore, StoreNotFound, open_store
 from tests.fixtures.s3 import S3Target
@@ -93,6 +96,93 @@ def test_copy_sealed_refuses_a_copy_committed_at_r(tmp_path: Path, live: Path) -
     run(counting_flow(ITEMS, []), live, backup_s=0)  # resumes at R, commits epoch R
     with pytest.raises(PartitionError, match=f"committed epoch {r} .*consistent epoch {r}"):
         copy_sealed(partition_files(live)[0], tmp_path / "part-0.sqlite3", r)
+
+
+def _rows(path: Path) -> list:
+    conn = connect(path, readonly=True)
+    try:
+        return conn.execute(
+            "SELECT rowid, step_id, state_key, snap_epoch, ser_change FROM snaps ORDER BY rowid"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def test_copy_sealed_rewrites_no_row(tmp_path: Path, live: Path) -> None:
+    """The sealed copy is the page copy minus the dropped rows: every kept row is the live
+    row itself (same rowid), so sealing costs the rows it drops, not the state. The
+    one-pass copy that re-inserted the kept rows gave them new rowids (fails there)."""
+    r = live_resume_epoch(live)
+    part = partition_files(live)[0]
+    info = copy_sealed(part, tmp_path / part.name, r)
+    live_rows = {row[0]: row for row in _rows(part)}
+    kept = _rows(tmp_path / part.name)
+    assert info.keys == len(kept) > 0 and info.dropped_rows > 0
+    assert all(live_rows[row[0]] == row for row in kept)
+
+
+def _scans(conn: sqlite3.Connection, statements: list[str]) -> list[str]:
+    """The statements among `statements` whose query plan scans ``snaps`` whole."""
+    out = []
+    for sql in statements:
+        if not sql.lstrip().upper().startswith("SELECT"):
+            continue
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+        if any(str(row[-1]).startswith("SCAN snaps") for row in plan):
+            out.append(sql)
+    return out
+
+
+def test_source_positions_read_only_the_input_steps_rows(tmp_path: Path) -> None:
+    """A checkpoint reads the input steps' positions in each partition's job: the step ids
+    come from index seeks and only those steps' rows are read, never a scan of the
+    operators' data rows (the GROUP BY step_id and LIKE filter scanned every row)."""
+    rd = tmp_path / "rec"
+    init_partitions(rd, 1)
+    path = partition_files(rd)[0]
+    conn = connect(path)
+    with conn:
+        conn.executemany(
+            "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, 1, ?)",
+            [("f.sum.stateful_batch", f"k{i}", pickle.dumps(i)) for i in range(300)]
+            + [("f.inp", "topic-0", pickle.dumps(7)), ("f.inp", "topic-1", pickle.dumps(9)),
+               ("f.out", "sink", None)],
+        )
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    rows = PositionRows()
+    rows.add(conn)
+    conn.set_trace_callback(None)
+    try:
+        assert rows.positions() == {"f.inp": {"topic-0": 7, "topic-1": 9}}
+        assert statements and _scans(conn, statements) == []
+    finally:
+        conn.close()
+
+
+def test_a_full_checkpoint_gathers_positions_and_state_bytes_in_its_jobs(
+    tmp_path: Path, live: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Source positions and state bytes per step come from each partition's job (one open
+    of each copy): the same figures as reading every sealed copy again afterwards, which
+    the checkpoint no longer does."""
+    from recovery import checkpoint, positions
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a full checkpoint read every copy again")
+
+    for name in ("source_positions", "state_bytes_by_step"):
+        monkeypatch.setattr(checkpoint, name, never, raising=False)
+    store = open_store(f"file://{tmp_path}/store")
+    m = take_checkpoint(live, store, pipeline=PIPE)
+    monkeypatch.undo()
+    r = live_resume_epoch(live)
+    copies = []
+    for part in partition_files(live):
+        copy_sealed(part, tmp_path / part.name, r)
+        copies.append(tmp_path / part.name)
+    assert m.source_positions == positions.source_positions(copies) != {}
+    assert m.state_bytes_by_step == positions.state_bytes_by_step(copies) != {}
 
 
 def _files(tmp_path: Path, sizes: list[int]) -> list[tuple[int, Path]]:
