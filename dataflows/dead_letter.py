@@ -19,7 +19,7 @@ import json
 import linecache
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec
 
 from dataflows import metrics
@@ -71,8 +71,10 @@ class DeadLetter:
 
     def to_json(self, *, written_by: str | None = None) -> str:
         """The JSON envelope; `written_by` marks a line a sink appended to a file DLQ
-        (`dataflows.connectors.dlq`), ignored by `from_json`."""
-        d = asdict(self)
+        (`dataflows.connectors.dlq`), ignored by `from_json`. The fields as they are (not
+        `dataclasses.asdict`, which deep-copies each value: slow, and it raised for a
+        coordinate that cannot be copied); `dumps` writes what JSON cannot hold as its str."""
+        d = dict(self.__dict__)  # a plain (not slotted) dataclass: exactly its fields
         if written_by is not None:
             d["written_by"] = written_by
         d["payload"] = base64.b64encode(self.payload).decode()
@@ -113,14 +115,33 @@ _CAUSE = "\nThe above exception was the direct cause of the following exception:
 _CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 
 
-def _format_one(exc: BaseException) -> list[str]:
-    lines = ["Traceback (most recent call last):\n"] if exc.__traceback__ is not None else []
-    for frame, lineno in traceback.walk_tb(exc.__traceback__):
-        code = frame.f_code
-        lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}\n')
+_FRAME_TEXTS: dict[tuple[str, int, str], str] = {}
+_FRAME_TEXTS_MAX = 4096  # distinct frame lines kept (a bad record class fails at the same few)
+
+
+def _frame_text(frame: Any, lineno: int) -> str:
+    """A frame's lines of a traceback (file, line, function; its source line), looked up once
+    per place: a bad record class fails at the same frames thousands of times."""
+    code = frame.f_code
+    where = (code.co_filename, lineno, code.co_name)
+    text = _FRAME_TEXTS.get(where)
+    if text is None:
+        text = f'  File "{code.co_filename}", line {lineno}, in {code.co_name}\n'
         source = linecache.getline(code.co_filename, lineno, frame.f_globals).strip()
         if source:
-            lines.append(f"    {source}\n")
+            text += f"    {source}\n"
+        if len(_FRAME_TEXTS) >= _FRAME_TEXTS_MAX:
+            _FRAME_TEXTS.clear()
+        _FRAME_TEXTS[where] = text
+    return text
+
+
+def _format_one(exc: BaseException) -> list[str]:
+    lines = ["Traceback (most recent call last):\n"] if exc.__traceback__ is not None else []
+    tb = exc.__traceback__
+    while tb is not None:  # traceback.walk_tb's walk, without its generator
+        lines.append(_frame_text(tb.tb_frame, tb.tb_lineno))
+        tb = tb.tb_next
     lines.extend(_exception_only(exc))
     return lines
 

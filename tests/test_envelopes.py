@@ -123,3 +123,32 @@ def test_dead_letter_stack_trace_is_complete_without_parsing_source(monkeypatch:
     assert "json.decoder.JSONDecodeError: Expecting property name" in text  # the cause
     assert "direct cause of the following exception" in text
     assert text.rstrip().endswith("ValueError: outer failure")
+
+
+def test_stack_traces_of_a_repeated_failure_read_each_source_line_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same failure at the same place (a bad record class, thousands of times) formats the
+    same frames: each frame's text (file, line, function, source line) is looked up once, and the
+    text equals `traceback.format_exception`'s without 3.11's caret lines."""
+    import linecache
+    import traceback
+
+    lookups: list[tuple[str, int]] = []
+    real_getline = linecache.getline
+
+    def counting_getline(filename: str, lineno: int, *args: object) -> str:
+        lookups.append((filename, lineno))
+        return real_getline(filename, lineno, *args)  # type: ignore[arg-type]
+
+    texts, expected = [], []
+    for _ in range(3):
+        try:
+            _fail_deep(2)
+        except ValueError as exc:
+            with monkeypatch.context() as patch:
+                patch.setattr(linecache, "getline", counting_getline)
+                texts.append(dead_letter("x", code=ErrorCode.USER_FUNCTION, stage="s", pipeline="p", exc=exc).stacktrace)
+            expected.append("".join(line for line in "".join(traceback.format_exception(exc)).splitlines(True)
+                                    if line.strip(" ^~\n") or not line.strip()))
+    assert texts[0] == texts[1] == texts[2]
+    assert texts == expected
+    assert len(lookups) == len(set(lookups)), lookups  # the 2nd and 3rd letter looked up nothing
