@@ -20,8 +20,11 @@ from typing import Any
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Stream
+from bytewax.recovery import init_db_dir
+from bytewax.testing import TestingSource
 
 from dataflows.events import Event
+from dataflows.flow.legacy import shard_per_key_rows
 from dataflows.patterns import analyze_sessions, deduplicate, materialize, merge_changes
 from tests.test_patterns_harness import by_id, ev, frozen_clock, run_pattern, run_with_abort
 
@@ -58,6 +61,10 @@ def _dedup_sharded(s: Stream[Event]) -> Stream[Any]:
     return deduplicate("dedup", s, ttl_ms=45, pipeline="t", clock=frozen_clock, shards=3)
 
 
+def _dedup_per_key(s: Stream[Event]) -> Stream[Any]:
+    return deduplicate("dedup", s, ttl_ms=45, pipeline="t", clock=frozen_clock, shards=None)
+
+
 def _merger(s: Stream[Event]) -> Stream[Any]:
     return merge_changes("merge", s, pipeline="t")
 
@@ -65,6 +72,12 @@ def _merger(s: Stream[Event]) -> Stream[Any]:
 def _sessions(s: Stream[Event]) -> Stream[Any]:
     sessions, late = analyze_sessions("sessions", s, gap_ms=40, allowed_lateness_ms=15,
                                       pipeline="t", advance_on_idle=False)
+    return op.merge("all", sessions, late)
+
+
+def _sessions_per_key(s: Stream[Event]) -> Stream[Any]:
+    sessions, late = analyze_sessions("sessions", s, gap_ms=40, allowed_lateness_ms=15,
+                                      pipeline="t", advance_on_idle=False, shards=None)
     return op.merge("all", sessions, late)
 
 
@@ -79,8 +92,10 @@ def _materializer_sweep(s: Stream[Event]) -> Stream[Any]:
 PATTERNS: dict[str, Callable[[Stream[Event]], Stream[Any]]] = {
     "dedup": _dedup,
     "dedup_sharded": _dedup_sharded,
+    "dedup_per_key": _dedup_per_key,
     "merger": _merger,
     "sessions": _sessions,
+    "sessions_per_key": _sessions_per_key,
     "materializer": _materializer,
     "materializer_sweep": _materializer_sweep,
 }
@@ -94,7 +109,8 @@ def uninterrupted() -> dict[str, dict[str, Any]]:
 def test_workload_exercises_every_kind_of_output(uninterrupted: dict[str, dict[str, Any]]) -> None:
     """Guard against a vacuous comparison: the workload produces each kind of record."""
     assert 0 < len(uninterrupted["dedup"]) < len(workload())
-    assert uninterrupted["dedup_sharded"] == uninterrupted["dedup"]
+    assert uninterrupted["dedup_sharded"] == uninterrupted["dedup"] == uninterrupted["dedup_per_key"]
+    assert uninterrupted["sessions"] == uninterrupted["sessions_per_key"]  # shards (default) = per key
     kinds = {c.kind for c in uninterrupted["merger"].values()}
     assert kinds == {"created", "updated", "deleted"}
     names = {type(x).__name__ for x in uninterrupted["sessions"].values()}
@@ -118,3 +134,25 @@ def test_two_workers_equal_one(name: str, uninterrupted: dict[str, dict[str, Any
     out = run_pattern(PATTERNS[name], workload(), workers=2)
     assert len(out) == len(by_id(out))  # no duplicates without failures
     assert by_id(out) == uninterrupted[name]
+
+
+@pytest.mark.parametrize(("per_key", "sharded", "step"), [
+    ("dedup_per_key", "dedup", "patterns_test.dedup.dedup.stateful_batch"),
+    ("sessions_per_key", "sessions", "patterns_test.sessions.sessions.stateful_batch"),
+])
+def test_per_key_checkpoint_re_keyed_into_shards_resumes_identically(
+        per_key: str, sharded: str, step: str, tmp_path: Path,
+        uninterrupted: dict[str, dict[str, Any]]) -> None:
+    """State written with shards=None (before shards became the default), re-keyed by
+    `shard_per_key_rows`, resumes in the sharded step: together the same output as one run."""
+    rec = tmp_path / "recovery"
+    rec.mkdir()
+    init_db_dir(rec, 2)
+    items: list[Any] = list(workload())
+    items.insert(45, TestingSource.ABORT())
+    out: list[Any] = []
+    run_pattern(PATTERNS[per_key], items, recovery_dir=rec, out=out)
+    assert shard_per_key_rows(rec, step, 64) > 0
+    assert shard_per_key_rows(rec, step, 64) == 0  # already sharded: nothing to do
+    run_pattern(PATTERNS[sharded], items, recovery_dir=rec, out=out)
+    assert by_id(out) == uninterrupted[sharded]

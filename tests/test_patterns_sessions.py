@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from dataflows import metrics
 from dataflows.events import Event
+from dataflows.patterns.session_shard import SessionShard
 from dataflows.patterns.sessions import (
     LateEvent,
     Session,
@@ -221,3 +222,41 @@ def test_dataflow_idle_keys_close_and_are_discarded() -> None:
     assert sum(s.count for s in out) == len(items)
     assert {s.key for s in out} == {"a", "b", "c"}
     assert evictions._value.get() - before >= 2
+
+
+def test_shard_asks_one_wake_up_for_its_earliest_key_and_drops_closed_keys() -> None:
+    """A SessionShard holds many keys' analyzers and asks Bytewax for one wake-up: the earliest
+    wanted by any of its keys; when it fires, only the due keys close; an empty shard is discarded."""
+    now = [1_000_000]
+    cfg = SessionConfig(10_000, 0, clock=lambda: now[0])
+    shard = SessionShard(cfg)
+    assert shard.on_batch([ev("a", 50_000)]) == ([], False)
+    now[0] += 4_000
+    assert shard.on_batch([ev("b", 60_000)]) == ([], False)
+    at = shard.notify_at()  # a's: idle for a gap from 1_000_000 (+ slack), not b's later one
+    assert at is not None and 1_010_000 <= at.timestamp() * 1000 <= 1_011_000
+    now[0] = 1_010_000
+    out, discard = shard.on_notify()
+    assert spans(out) == [(50_000, 50_000, 1, 0, "a:50000")] and not discard
+    assert set(shard.keys) == {"b"}  # a closed and (lateness 0) dropped at once; b untouched
+    state = pickle.loads(pickle.dumps(shard.snapshot()))
+    assert set(state.keys) == {"b"} and state.keys["b"].watermark_ms == 60_000
+    shard = SessionShard(cfg, state)  # restored: b's wake-up is asked for again
+    now[0] = 1_030_000
+    out, discard = shard.on_notify()
+    assert spans(out) == [(60_000, 60_000, 1, 0, "b:60000")]
+    now[0] = 1_060_000
+    while shard.keys:
+        _, discard = shard.on_notify()
+    assert discard and shard.notify_at() is None
+
+
+def test_sharded_step_refuses_a_per_key_state_row() -> None:
+    """State written with shards=None (a SessionState per user key) is never silently dropped
+    into a sharded step: its builder refuses it, naming the step and the re-key migration."""
+    a = analyzer(gap=10)
+    feed(a, 0)
+    with pytest.raises(TypeError, match="shard_per_key_rows"):
+        from dataflows.flow import _refuse_per_key_state
+
+        _refuse_per_key_state("sessions.sessions", a.snapshot())

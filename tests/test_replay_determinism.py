@@ -47,8 +47,9 @@ from hypothesis import strategies as st
 
 from dataflows.events import Event, now_ms
 from dataflows.flow import dedup_by_key
-from dataflows.patterns.dedup import DedupConfig, Deduplicator, deduplicate, identity_of
-from dataflows.patterns.sessions import SessionAnalyzer, SessionConfig, analyze_sessions
+from dataflows.patterns.dedup import DedupConfig, Deduplicator, deduplicate, identity_of, shard_of
+from dataflows.patterns.session_shard import SessionShard
+from dataflows.patterns.sessions import LateEvent, SessionAnalyzer, SessionConfig, analyze_sessions
 from tests.test_patterns_harness import by_id, run_pattern
 
 # Far above the real time a test run takes (the uninterrupted runs through Bytewax must not
@@ -141,6 +142,20 @@ def lane_driver() -> Driver:
 def sessions_driver() -> Driver:
     return Driver(lambda wall: SessionConfig(GAP, LATENESS, clock=wall), SessionAnalyzer,
                   lambda e: (e.key, e))
+
+
+def session_shard_driver() -> Driver:
+    """The keys' sessions in 2 shards (`SessionShard`: one wake-up per shard)."""
+    return Driver(lambda wall: SessionConfig(GAP, LATENESS, clock=wall), SessionShard,
+                  lambda e: (str(shard_of(e.key, 2)), e))
+
+
+def by_event_key(out: list[tuple[str, Any]]) -> dict[str, list[Any]]:
+    """The outputs per `Event.key` (whatever Bytewax key, key or shard, emitted them)."""
+    keyed: dict[str, list[Any]] = {}
+    for _, item in out:
+        keyed.setdefault(item.event.key if isinstance(item, LateEvent) else item.key, []).append(item)
+    return keyed
 
 
 DEDUP_DRIVERS = {"per_identity": dedup_driver, "sharded": shard_driver, "key_lane": lane_driver}
@@ -265,6 +280,16 @@ def test_sessions_wake_ups_and_downtime_change_nothing(script: list[Any], downti
     wake-ups: every decision is a function of the state and the item's pipeline time."""
     expected = per_key(play(sessions_driver, script, False, 0))
     assert per_key(play(sessions_driver, script, True, downtime)) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps, st.integers(0, 50 * HOUR))
+def test_sharded_sessions_equal_per_key_sessions(script: list[Any], downtime: int) -> None:
+    """Keys sharing a shard and its one wake-up emit, per key and in order, exactly what a
+    SessionAnalyzer per key emits (run without wake-ups or downtime), whatever the shard's
+    wake-ups did and however long each restart took."""
+    expected = by_event_key(play(sessions_driver, script, False, 0))
+    assert by_event_key(play(session_shard_driver, script, True, downtime)) == expected
 
 
 @pytest.mark.parametrize("kind", sorted(DEDUP_DRIVERS))

@@ -13,7 +13,7 @@ before issue 11 (`<step>.<pattern>.stateful_batch`), so stored state loads.
 | `dedup_by_key` | `Deduplicator(identity=...)` | `ShardDedupState` |
 | `merge_changes` | `StatefulMerger` | `MergerState` |
 | `materialize` | `Materializer`, `ShardMaterializer` | `MaterializedRow`, `ShardState` |
-| `analyze_sessions` | `SessionAnalyzer` | `SessionState` |
+| `analyze_sessions` | `SessionShard` (`SessionAnalyzer`s; `shards=None`: one per key) | `SessionShardState` / `SessionState` |
 | `orders_lane` | `OrdersLane` (dedup + hook + merge + materialize) | `OrdersLaneState` |
 | `sessions_lane` | `SessionsLane` (dedup + sessions) | `SessionsLaneState` |
 
@@ -44,10 +44,11 @@ from dataflows.dead_letter import DeadLetter
 from dataflows.errors import Guarded
 from dataflows.events import Event
 from dataflows.parse import BatchParser, StrictLimits, TypeSpec
-from dataflows.patterns.dedup import DedupConfig, Deduplicator, identity_of, shard_of
+from dataflows.patterns.dedup import DedupConfig, Deduplicator, DedupState, identity_of, shard_of
 from dataflows.patterns.lane import OrdersLane, OrdersLaneConfig, SessionsLane, Transform
 from dataflows.patterns.materializer import Materializer, ShardMaterializer, TableChange
 from dataflows.patterns.merger import Change, StatefulMerger
+from dataflows.patterns.session_shard import SessionShard, SessionShardState
 from dataflows.patterns.sessions import (
     LateEvent,
     Session,
@@ -78,7 +79,7 @@ Builder = Callable[[Any], Any]
 # The pure logics are StatefulBatchLogics by shape; Bytewax checks `isinstance`, which a
 # virtual subclass (ABC registration) satisfies without the pattern modules importing Bytewax.
 for _logic in (Deduplicator, StatefulMerger, Materializer, ShardMaterializer, SessionAnalyzer,
-               OrdersLane, SessionsLane):
+               OrdersLane, SessionsLane, SessionShard):
     op.StatefulBatchLogic.register(_logic)
 _DEFAULT_LIMITS = StrictLimits()
 
@@ -99,6 +100,34 @@ def key_batch(step_id: str, up: Stream[Event]) -> op.KeyedStream[Event]:
 def unkey_batch(step_id: str, up: op.KeyedStream[Any]) -> Stream[Any]:
     """The values of a keyed stream, one Python call per batch."""
     return op.flat_map_batch(step_id, up, _unkeyed)
+
+
+class _ShardKeys:
+    """`batch -> [(shard name, event)]`: the stable shard (`shard_of`) of each event's identity."""
+
+    __slots__ = ("ident", "shards", "names")
+
+    def __init__(self, ident: Callable[[Event], str], shards: int, what: str) -> None:
+        if shards < 1:
+            raise ValueError(f"{what} shards must be >= 1, got {shards}")
+        self.ident, self.shards = ident, shards
+        self.names = [str(i) for i in range(shards)]
+
+    def __call__(self, batch: list[Event]) -> list[tuple[str, Event]]:
+        ident, n, names = self.ident, self.shards, self.names
+        return [(names[shard_of(ident(e), n)], e) for e in batch]
+
+
+def _event_key(e: Event) -> str:
+    return e.key
+
+
+def _refuse_per_key_state(step_id: str, state: Any) -> None:
+    """A per-key state row in a sharded step (written with `shards=None`): never silently dropped."""
+    raise TypeError(
+        f"step {step_id!r}: restored state {type(state).__name__} is one key's (written with "
+        f"shards=None); re-key the recovery directory first "
+        f"(dataflows.flow.legacy.shard_per_key_rows) or build the step with shards=None")
 
 
 @operator
@@ -158,34 +187,40 @@ def split_types(step_id: str, up: Stream[Any]) -> Guarded:
     return Guarded(b.trues, cast(Stream[DeadLetter], b.falses))
 
 
+DEFAULT_SHARDS = 64  # Bytewax keys of a sharded step (docs/operations.md, "Pattern wake-ups")
+
+
 @operator
 def deduplicate(step_id: str, up: Stream[Event], *, ttl_ms: int, pipeline: str,
                 key: str | Callable[[Event], str] | None = None,
                 clock: PipelineClock | Wall | None = None, expire_idle: bool = True,
-                shards: int | None = None) -> Stream[Event]:
+                shards: int | None = DEFAULT_SHARDS) -> Stream[Event]:
     """Emit the first occurrence of each identity within `ttl_ms` of event time (`Deduplicator`).
 
-    Emits: the input Events that are not duplicates, unchanged.
-    State per identity: `DedupState`; with `shards=N`, N Bytewax keys hold
-    many identities each (`ShardDedupState`; far fewer pending wake-ups, but
-    each epoch snapshots whole shards). Discarded after `ttl_ms` of
+    Emits: the input Events that are not duplicates, unchanged, in arrival
+    order per identity. State: `shards=N` (default `DEFAULT_SHARDS`): N
+    Bytewax keys hold the identities (`shard_of`), `ShardDedupState` each: one
+    pending wake-up per shard instead of one per identity (Bytewax scans every
+    pending one per activation), but each epoch snapshots every touched shard
+    whole. `shards=None`: one Bytewax key per identity (`DedupState`; the
+    layout before `shards` became the default: `legacy.shard_per_key_rows`
+    re-keys such a recovery directory). Discarded after `ttl_ms` of
     pipeline-time idleness. `clock`: the flow's `PipelineClock` (or a wall
     function, tests). `expire_idle=False` schedules no wake-ups but keeps
-    every identity forever: only for a bounded identity space.
+    every identity forever: only for a bounded identity space. `shards` is
+    fixed per recovery directory.
     """
     evict = metrics.STATE_EVICTIONS.labels(pipeline=pipeline, step=step_id, reason="ttl").inc
     cfg = DedupConfig(ttl_ms, clock=clock, on_evict=evict, expire_idle=expire_idle,
                       sparse_wakeups=True)
     ident = identity_of(key)
     if shards is not None:
-        if shards < 1:
-            raise ValueError(f"dedup shards must be >= 1, got {shards}")
-        names = [str(i) for i in range(shards)]
-
-        def route(batch: list[Event]) -> list[tuple[str, Event]]:
-            return [(names[shard_of(ident(e), shards)], e) for e in batch]
+        route = _ShardKeys(ident, shards, "dedup")
+        where = f"{step_id}.dedup"
 
         def build_shard(state: Any) -> Deduplicator:
+            if type(state) is DedupState:
+                _refuse_per_key_state(where, state)
             return Deduplicator(cfg, state, ident)
 
         routed = cast(op.KeyedStream[Event], op.flat_map_batch("shard", up, route))
@@ -301,20 +336,37 @@ def analyze_sessions(step_id: str, up: Stream[Event], *, gap_ms: int, allowed_la
                      initial: Callable[[], Any] | None = None,
                      merge: Callable[[Any, Any], Any] | None = None,
                      advance_on_idle: bool = True,
-                     clock: PipelineClock | Wall | None = None) -> SessionOutputs:
+                     clock: PipelineClock | Wall | None = None,
+                     shards: int | None = DEFAULT_SHARDS) -> SessionOutputs:
     """Sessions per `Event.key` (`SessionAnalyzer`, see `dataflows/patterns/sessions.py`).
 
     Emits `Session`s and `SessionRetraction`s (an upsert/retract stream by
-    `session_id`) on `.sessions` and `LateEvent`s on `.late`.
-    State per key: `SessionState`; discarded once all its sessions are dropped.
+    `session_id`) on `.sessions` and `LateEvent`s on `.late`, per key in the
+    key's order. State: `shards=N` (default `DEFAULT_SHARDS`): N Bytewax keys
+    (`shard_of(Event.key)`), a `SessionShard` each (`SessionShardState`: the
+    `SessionState` of each of its keys; one pending wake-up per shard).
+    `shards=None`: a `SessionState` per Bytewax key (the layout before;
+    `legacy.shard_per_key_rows` re-keys it). A key is dropped once all its
+    sessions are; `shards` is fixed per recovery directory.
     """
     cfg = _session_config(step_id, pipeline, gap_ms, allowed_lateness_ms, aggregate, initial, merge,
                           advance_on_idle, clock, sparse=True)
+    if shards is not None:
+        route = _ShardKeys(_event_key, shards, "sessions")
+        where = f"{step_id}.sessions"
 
-    def build(state: Any) -> SessionAnalyzer:
-        return SessionAnalyzer(cfg, state)
+        def build_shard(state: Any) -> SessionShard:
+            if state is not None and type(state) is not SessionShardState:
+                _refuse_per_key_state(where, state)
+            return SessionShard(cfg, state)
 
-    out = unkey_batch("unkey", _stateful("sessions", key_batch("key", up), build))
+        routed = cast(op.KeyedStream[Event], op.flat_map_batch("shard", up, route))
+        out = unkey_batch("unkey", _stateful("sessions", routed, build_shard))
+    else:
+        def build(state: Any) -> SessionAnalyzer:
+            return SessionAnalyzer(cfg, state)
+
+        out = unkey_batch("unkey", _stateful("sessions", key_batch("key", up), build))
     split = split_by_type("split", out, LateEvent)
     return SessionOutputs(split.falses, split.trues)
 

@@ -25,6 +25,17 @@ still importable (`dataflows.patterns.dedup_shards`,
 `dataflows.pipelines.common.LaneDedupState`, the pattern modules).
 
     fuse_legacy_steps(Path("recovery/orders"))  # -> number of lane rows written
+
+`shard_per_key_rows(dir, step_id, shards)` re-keys the rows of a
+`deduplicate` / `analyze_sessions` step written with `shards=None` (a
+`DedupState` / `SessionState` per identity or key; the default before
+`shards` was) into the rows of `shards` shards (`ShardDedupState` /
+`SessionShardState`, keys routed by `shard_of` like the operators route
+events): per shard and per snapshot epoch E of any of its keys' rows, the
+shard row at E holds what Bytewax would have loaded at E for each of its
+keys. Flow stopped; the same `shards` the flow is built with.
+
+    shard_per_key_rows(Path("recovery/clicks"), "clicks.sessions.sessions.stateful_batch", 64)
 """
 
 from __future__ import annotations
@@ -36,10 +47,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataflows.patterns.dedup import (
+    Deduplicator,
+    DedupState,
+    ShardDedupState,
+    restore_seen,
+    shard_of,
+)
 from dataflows.patterns.lane import orders_state_from_steps, sessions_state_from_steps
+from dataflows.patterns.session_shard import SessionShard, SessionShardState
+from dataflows.patterns.sessions import SessionState
 from recovery.partitions import connect, partition_files
 
-__all__ = ["LANE_STEP", "fuse_legacy_steps", "legacy_lane_steps"]
+__all__ = ["LANE_STEP", "fuse_legacy_steps", "legacy_lane_steps", "shard_per_key_rows"]
 
 LANE_STEP = "{flow}.lane.lane.stateful_batch"
 _KINDS: dict[str, tuple[tuple[str, ...], Callable[..., Any]]] = {
@@ -136,3 +156,75 @@ def fuse_legacy_steps(recovery_dir: Path) -> int:
                 conn.close()
             written += len(inserts[path])
     return written
+
+
+def _dedup_shard(states: dict[str, DedupState]) -> ShardDedupState:
+    """The shard state of per-identity `DedupState`s (oldest sighting first)."""
+    pairs, clocks = [], []
+    for ident, state in states.items():
+        seen, clock_ms = restore_seen(state)
+        anchor, last = seen[""]
+        pairs.append((last, ident, anchor))
+        if clock_ms is not None:
+            clocks.append(clock_ms)
+    return ShardDedupState({i: (a, last) for last, i, a in sorted(pairs)}, Deduplicator.STATE_VERSION,
+                           max(clocks, default=None))
+
+
+def _sessions_shard(states: dict[str, SessionState]) -> SessionShardState:
+    return SessionShardState(dict(sorted(states.items())), SessionShard.STATE_VERSION)
+
+
+_PER_KEY: dict[type, Callable[[dict[str, Any]], Any]] = {DedupState: _dedup_shard,
+                                                         SessionState: _sessions_shard}
+
+
+def _step_rows(parts: list[Path], step_id: str) -> dict[str, list[_Row]]:
+    rows: dict[str, list[_Row]] = {}
+    for path in parts:
+        conn = connect(path, readonly=True)
+        try:
+            for key, epoch, blob in conn.execute(
+                    "SELECT state_key, snap_epoch, ser_change FROM snaps WHERE step_id = ?", (step_id,)):
+                rows.setdefault(key, []).append(_Row(path, epoch, blob))
+        finally:
+            conn.close()
+    return rows
+
+
+def shard_per_key_rows(recovery_dir: Path, step_id: str, shards: int) -> int:
+    """Re-key `step_id`'s per-key rows into `shards` shard rows (module docstring); rows written.
+
+    0 when the step holds no per-key state (already sharded, or absent).
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    parts = partition_files(Path(recovery_dir))
+    rows = _step_rows(parts, step_id)
+    kinds = {type(pickle.loads(r.blob)) for rs in rows.values() for r in rs if r.blob is not None}
+    per_key = kinds & set(_PER_KEY)
+    if not per_key:
+        return 0
+    if len(kinds) > 1:
+        raise ValueError(f"step {step_id!r} mixes state types {sorted(k.__name__ for k in kinds)}")
+    fuse = _PER_KEY[per_key.pop()]
+    groups: dict[str, list[str]] = {}
+    for key in rows:
+        groups.setdefault(str(shard_of(key, shards)), []).append(key)
+    inserts: dict[Path, list[tuple[str, str, int, bytes | None]]] = {p: [] for p in parts}
+    for shard, keys in groups.items():
+        newest = max((r for k in keys for r in rows[k]), key=lambda r: r.epoch)
+        for epoch in sorted({r.epoch for k in keys for r in rows[k]}):
+            states = {k: s for k in keys if (s := _state_at(rows[k], epoch)) is not None}
+            blob = pickle.dumps(fuse(states)) if states else None
+            inserts[newest.part].append((step_id, shard, epoch, blob))
+    for path in parts:
+        conn = connect(path)
+        try:
+            with conn:
+                conn.execute("DELETE FROM snaps WHERE step_id = ?", (step_id,))
+                conn.executemany("INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) "
+                                 "VALUES (?, ?, ?, ?)", inserts[path])
+        finally:
+            conn.close()
+    return sum(len(v) for v in inserts.values())
