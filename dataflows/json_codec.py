@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -49,13 +49,28 @@ def _bytes(value: bytes | bytearray) -> Any:
         return {"base64": base64.b64encode(bytes(value)).decode()}
 
 
+def _dataclass_encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
+    """`obj -> {"type": <class name>, <field>: obj.<field>, ...}` for the dataclass `cls`, as one
+    generated dict display (a dict built field by field cost a third of a sink's encoding;
+    a field named `type` wins over the class name, as it did)."""
+    items = "".join(f", {name!r}: o.{name}" for name in _field_names(cls))  # fields are identifiers
+    env: dict[str, Any] = {}
+    exec(f"def encode(o):\n    return {{'type': {cls.__name__!r}{items}}}\n", env)  # noqa: S102
+    encode: Callable[[Any], dict[str, Any]] = env["encode"]
+    return encode
+
+
+_ENCODERS: dict[type, Callable[[Any], Any]] = {}  # exact type -> its one-level encoding
+
+
 def _default(obj: Any) -> Any:
     """orjson's hook for what it does not encode itself: one level (it walks the rest)."""
+    encode = _ENCODERS.get(type(obj))
+    if encode is not None:
+        return encode(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out: dict[str, Any] = {"type": type(obj).__name__}
-        for name in _field_names(type(obj)):
-            out[name] = getattr(obj, name)
-        return out
+        encode = _ENCODERS[type(obj)] = _dataclass_encoder(type(obj))
+        return encode(obj)
     if isinstance(obj, (bytes, bytearray)):
         return _bytes(obj)
     if isinstance(obj, (set, frozenset)):

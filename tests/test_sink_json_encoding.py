@@ -40,3 +40,27 @@ def test_the_file_and_kafka_sinks_write_the_same_bytes(record: object, tmp_path:
     line = path.read_bytes().rstrip(b"\n")
     assert line == to_out_message(record).value == dumps(record)
     assert b"NaN" not in line and b"\\ud800" not in line  # strict JSON whatever the value
+
+
+@dataclass
+class _Typed:
+    type: str
+    raw: bytes
+
+
+@dataclass
+class _Child(_Typed):
+    extra: int = 0
+
+
+def test_a_dataclass_encodes_as_its_fields_and_class_name_per_exact_type() -> None:
+    """The per-type encoder (built once per dataclass type) writes what the field-by-field dict
+    wrote: the exact class's name and fields (a subclass its own), a field named `type` over
+    the class name, the values encoded recursively."""
+    assert dumps(_Typed("mine", b"\xff")) == b'{"raw":{"base64":"/w=="},"type":"mine"}'
+    assert dumps([_Child("c", b"a", 2), _Typed("t", b"b")]) == \
+        b'[{"extra":2,"raw":"a","type":"c"},{"raw":"b","type":"t"}]'
+    assert dumps(Event("k", {"n": _Child("x", b"", 1)}, 1, "e", "s")) == (
+        b'{"event_id":"e","event_time_ms":1,"headers":[],"key":"k","op":null,"source":"s",'
+        b'"type":"Event","value":{"n":{"extra":1,"raw":"","type":"x"}}}'
+    )
