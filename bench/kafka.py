@@ -24,6 +24,14 @@ value, emit the new value), measured interleaved with it (best of `--repeat`,
 events per CPU second of this process: robust on a shared machine);
 `ratio_in_memory_vs_baseline` is their ratio. `--in-memory-only` runs just
 these two (no broker).
+
+Garbage collector: the whole bench process runs with the pipeline process's setting
+(`dataflows.gc_tuning.tune_gc`, what every pipeline process sets once its flow is built;
+`gc_threshold` in the JSON), the raw loop and the baseline included; `--default-gc` keeps
+CPython's default for everything instead. The baseline is measured both ways:
+`baseline_in_memory_eps` with CPython's default collector (the hand-written flow as Bytewax
+runs it; `ratio_in_memory_vs_baseline`), `baseline_same_gc_eps` with the bench's setting
+(`ratio_in_memory_vs_baseline_same_gc`).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from bytewax.testing import run_main  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
 
 from dataflows.config import Config  # noqa: E402
+from dataflows.gc_tuning import tune_gc  # noqa: E402
 from dataflows.generate import generate_orders  # noqa: E402
 from dataflows.pipelines.orders import build_flow  # noqa: E402
 from tests.fixtures.kafka import KafkaBroker, create_topic, free_port  # noqa: E402
@@ -201,14 +210,31 @@ def baseline_run(lines: list[bytes], epoch_s: float) -> float:
     return _cpu_rate(flow, len(lines), epoch_s)
 
 
+_DEFAULT_GC = (700, 10, 10)  # CPython's
+
+
+def _default_gc_run(run: Any, *args: Any) -> float:
+    """`run(*args)` with CPython's default collector thresholds, then the bench's again."""
+    current = gc.get_threshold()
+    gc.set_threshold(*_DEFAULT_GC)
+    try:
+        return float(run(*args))
+    finally:
+        gc.set_threshold(*current)
+
+
 def in_memory(lines: list[bytes], epoch_s: float, repeat: int) -> dict[str, Any]:
-    """The pipeline and the hand-written baseline, interleaved, best of `repeat` each."""
-    mem = base = 0.0
+    """The pipeline and the hand-written baseline (with CPython's default collector, and with
+    the bench's), interleaved, best of `repeat` each."""
+    mem = base = same = 0.0
     for _ in range(repeat):
-        base = max(base, baseline_run(lines, epoch_s))
+        base = max(base, _default_gc_run(baseline_run, lines, epoch_s))
+        same = max(same, baseline_run(lines, epoch_s))
         mem = max(mem, in_memory_run(lines, epoch_s))
     return {"pipeline_in_memory_eps": round(mem), "baseline_in_memory_eps": round(base),
-            "ratio_in_memory_vs_baseline": round(mem / base, 3), "in_memory_rate": "events per CPU second"}
+            "ratio_in_memory_vs_baseline": round(mem / base, 3), "baseline_same_gc_eps": round(same),
+            "ratio_in_memory_vs_baseline_same_gc": round(mem / same, 3),
+            "in_memory_rate": "events per CPU second"}
 
 
 def one_size(b: str, lines: list[bytes], partitions: int, epoch_s: float, repeat: int) -> dict[str, Any]:
@@ -248,10 +274,15 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--in-memory-only", action="store_true",
                     help="only the in-memory pipeline and its hand-written baseline (no broker)")
+    ap.add_argument("--default-gc", action="store_true",
+                    help="CPython's default collector for every run (not the pipeline process's tune_gc)")
     args = ap.parse_args()
+    if not args.default_gc:
+        tune_gc()
+    gc_info = {"gc_threshold": list(gc.get_threshold())}
     if args.in_memory_only:
         mem = in_memory(generate_orders(args.records, seed=1).lines, args.epoch_ms / 1000, args.repeat)
-        print(json.dumps({"records": args.records, **mem}, indent=2))
+        print(json.dumps({"records": args.records, **mem, **gc_info}, indent=2))
         return 0
     broker = KafkaBroker(port=free_port(), log_path=Path(tempfile.mkdtemp()) / "tansu.log")
     broker.start()
@@ -263,7 +294,7 @@ def main() -> int:
     finally:
         broker.stop()
     four = with_context(four, lines, epoch_s, args.repeat)
-    result = {**four, "one_partition": one}
+    result = {**four, "one_partition": one, **gc_info}
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -25,7 +25,7 @@
 - `lazy_flow(name, build_flow)`: the module-level `flow`, built on first access
   (so importing a pipeline module for `build_flow` never reads a config). It
   refuses the config of another flow (`check_flow_config`): one line on stderr,
-  exit 2.
+  exit 2. Once built, it sets the process's garbage collector (`dataflows.gc_tuning.tune_gc`).
 - `check_flow_config(cfg, name)`: ConfigError unless the config's flow is
   `dataflows.pipelines.<name>:flow`: `pipeline.flow`, or when it is absent
   the flow `pipeline.name` stands for (as `streamforge run` resolves it).
@@ -49,6 +49,7 @@ from dataflows.dead_letter import DeadLetter
 from dataflows.errors import Guarded, _to_dead_letter, guarded_map
 from dataflows.events import Event
 from dataflows.flow import split_types
+from dataflows.gc_tuning import tune_gc
 from dataflows.parse import INTEGER_RANGES, MAX_NESTING_DEPTH, BatchParser, StrictLimits, TypeSpec
 from dataflows.patterns.dedup import (
     LaneDedupState,  # pickled state of the lane dedup before issue 11
@@ -260,6 +261,7 @@ def lazy_flow(name: str, build_flow: Callable[[Config], Dataflow]) -> Callable[[
                 print(f"streamforge: cannot start: {exc}", file=sys.stderr, flush=True)
                 raise SystemExit(2) from None
             cache["flow"] = build_flow(cfg)
+            tune_gc()  # the one place every pipeline process sets its collector (dataflows/gc_tuning.py)
         return cache["flow"]
 
     return __getattr__
