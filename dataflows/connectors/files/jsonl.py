@@ -54,6 +54,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from dataflows.connectors.files.replay_lines import unwrap_replay_line
 from dataflows.events import RawRecord, file_event_id
+from dataflows.flow.pacing import EpochPacer
 from dataflows.flow.threads import pin_thread_state
 from dataflows.json_codec import dumps, to_jsonable
 
@@ -132,6 +133,7 @@ class _JsonlSourcePartition(StatefulSourcePartition[RawRecord, FilePosition]):
         self._poll = poll_interval
         self._f: Any = None
         self._awake: datetime | None = None
+        self._pacer = EpochPacer()  # no spinning through the epoch-boundary wait
 
     def _open(self) -> bool:
         if self._f is None:
@@ -166,6 +168,7 @@ class _JsonlSourcePartition(StatefulSourcePartition[RawRecord, FilePosition]):
         )
 
     def next_batch(self) -> list[RawRecord]:
+        self._pacer.polled()
         self._awake = None
         batch: list[RawRecord] = []
         if not self._open():
@@ -190,9 +193,10 @@ class _JsonlSourcePartition(StatefulSourcePartition[RawRecord, FilePosition]):
         return batch
 
     def next_awake(self) -> datetime | None:
-        return self._awake
+        return self._pacer.next_awake(self._awake)
 
     def snapshot(self) -> FilePosition:
+        self._pacer.advanced()
         return {"offset": self._offset, "line": self._line}
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ Parsing is not done here (the parse step gets the bytes). The stream is mixed
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from bytewax.connectors.kafka import KafkaSource
@@ -35,6 +36,7 @@ from dataflows import metrics
 from dataflows.connectors.kafka.common import EVENT_ID_HEADER, REPLAY_HEADER, header_value
 from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import RawRecord, kafka_event_id, now_ms
+from dataflows.flow.pacing import EpochPacer
 from dataflows.flow.threads import pin_thread_state
 
 __all__ = ["RawRecordKafkaSource", "to_dead_letter", "to_raw_record"]
@@ -91,8 +93,10 @@ class _RawRecordPartition(StatefulSourcePartition[Item, int]):
         self._stage = stage
         self._pipeline = pipeline
         self._latency = metrics.SOURCE_LATENCY.labels(pipeline=pipeline, source=f"kafka:{topic}")
+        self._pacer = EpochPacer()  # no spinning through the epoch-boundary wait
 
     def next_batch(self) -> list[Item]:
+        self._pacer.polled()
         if self._eof:
             raise StopIteration()
         out: list[Item] = []
@@ -118,7 +122,11 @@ class _RawRecordPartition(StatefulSourcePartition[Item, int]):
             self._latency.observe(max(0, now_ms() - oldest))
         return out
 
+    def next_awake(self) -> datetime | None:
+        return self._pacer.next_awake()
+
     def snapshot(self) -> int:
+        self._pacer.advanced()
         return self._offset
 
     def close(self) -> None:

@@ -102,6 +102,7 @@ from dataflows.connectors.mongo.errors import (
 )
 from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import Event, RawRecord, mongo_event_id, now_ms, snapshot_event_id
+from dataflows.flow.pacing import EpochPacer
 from dataflows.flow.threads import pin_thread_state
 from dataflows.retry import RetryPolicy
 
@@ -233,6 +234,7 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
         self._failures = 0
         self._last_data = time.monotonic()
         self._resync_reason: str | None = None
+        self._pacer = EpochPacer()  # no spinning through the epoch-boundary wait
         self._verified = fresh  # a restored position is checked against the server once
         self._fragments: dict[str, Any] | None = None  # a split event being reassembled
         self._one_by_one = False  # oversize skip: read single events up to the one too large
@@ -319,6 +321,7 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
 
     # -- bytewax API ----------------------------------------------------------
     def next_batch(self) -> list[SourceItem]:
+        self._pacer.polled()
         if time.monotonic() < self._wake:
             return []
         if self._state.halted is not None and not self._unhalt():
@@ -359,9 +362,10 @@ class _NamespacePartition(StatefulSourcePartition[SourceItem, NamespaceState]):
 
     def next_awake(self) -> datetime | None:
         left = self._wake - time.monotonic()
-        return datetime.now(UTC) + timedelta(seconds=left) if left > 0 else None
+        return self._pacer.next_awake(datetime.now(UTC) + timedelta(seconds=left) if left > 0 else None)
 
     def snapshot(self) -> NamespaceState:
+        self._pacer.advanced()
         return copy.deepcopy(self._state)
 
     def close(self) -> None:
