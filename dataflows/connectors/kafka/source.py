@@ -38,11 +38,13 @@ from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import RawRecord, kafka_event_id, now_ms
 from dataflows.flow.pacing import EpochPacer
 from dataflows.flow.threads import pin_thread_state
+from dataflows.patterns.records import frozen_factory
 
 __all__ = ["RawRecordKafkaSource", "to_dead_letter", "to_raw_record"]
 
 Item = RawRecord | DeadLetter
 _NO_TIMESTAMP = 0  # confluent_kafka.TIMESTAMP_NOT_AVAILABLE
+_raw_record = frozen_factory(RawRecord)  # RawRecord(...) without the frozen __init__'s per-field setattr
 
 
 def to_raw_record(msg: Message) -> RawRecord:
@@ -57,7 +59,7 @@ def to_raw_record(msg: Message) -> RawRecord:
         if header_value(headers, REPLAY_HEADER) is not None:  # a DLQ replay keeps its event id
             event_id = (header_value(headers, EVENT_ID_HEADER) or b"").decode() or event_id
     value = msg.value()
-    return RawRecord(
+    return _raw_record(
         value if value is not None else b"",
         event_id,
         "kafka:" + topic,
