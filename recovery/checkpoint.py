@@ -44,11 +44,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,7 +69,15 @@ from recovery.manifest import (
     scan,
     snapshot_prefix,
 )
-from recovery.pack import CODEC, Chunk, PackWriter, compress, pack_key, write_packs
+from recovery.pack import (
+    CODEC,
+    FRAME_DIGEST,
+    Chunk,
+    PackWriter,
+    compress,
+    pack_key,
+    write_packs,
+)
 from recovery.partitions import (
     PartitionError,
     Progress,
@@ -91,6 +101,7 @@ __all__ = [
     "CheckpointTimeout",
     "Deadline",
     "apply_retention",
+    "await_cache",
     "default_cache_dir",
     "delete_snapshot",
     "list_checkpoints",
@@ -129,6 +140,9 @@ class _Parent:
     epoch: int | None = None
     executions: list[list[int]] | None = None
     manifest: Manifest | None = None
+    # the `ms1:` digest of every cached copy, by partition index: the manifest's, or for
+    # a full (`FRAME_DIGEST` entries) those `_digest_cache` computed after publishing it
+    digests: dict[int, str] = field(default_factory=dict)
 
 
 def _executions(progress: Iterable[Progress]) -> list[list[int]]:
@@ -211,18 +225,26 @@ class _Prepared:
 
 
 def _prepare(copy: Path, parent: _Parent | None, work: Path, writer: PackWriter,
-             seal: SealInfo | None = None, input_steps: Iterable[str] | None = None
-             ) -> _Prepared:
+             seal: SealInfo | None = None, input_steps: Iterable[str] | None = None,
+             frame_digest: bool = False) -> _Prepared:
     """`copy` (or its delta against `parent`) compressed into `writer`'s pack, and its
     logical digest (state bytes per step summed in the same pass over the rows) and
     source-position rows; its key count and commit epoch from `seal` (what
-    `copy_sealed` found) or read from the copy."""
+    `copy_sealed` found) or read from the copy.
+
+    `frame_digest` (a full copy only): no pass over the rows in Python; the entry's
+    digest is `FRAME_DIGEST` (restore checks the frame's sha256 and content checksum)
+    and the state bytes are one SQL aggregate."""
+    assert not (frame_digest and parent is not None)
     source = copy if parent is None else _delta_file(copy, parent, work)
     positions = PositionRows(input_steps)
+    sizes: dict[str, int] = {}
     conn = connect(copy, readonly=True)
     try:
         progress = progress_rows(conn)
         positions.add(conn)
+        if frame_digest:
+            sizes = dict(conn.execute(_STATE_BYTES).fetchall())
         if seal is None:
             keys = conn.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
             row = conn.execute("SELECT commit_epoch FROM commits").fetchone()
@@ -234,15 +256,21 @@ def _prepare(copy: Path, parent: _Parent | None, work: Path, writer: PackWriter,
     chunk = writer.add(part_index(copy), compress(source))
     if source != copy:
         source.unlink()
-    sizes: dict[str, int] = {}
-    digest = logical_digest(copy, sizes)
+    digest = FRAME_DIGEST if frame_digest else logical_digest(copy, sizes)
     return _Prepared(copy, digest, keys, commit, progress, chunk, positions, sizes)
+
+
+# State bytes per step of a partition (a step whose rows are all NULL: 0), as
+# `rows_hash_sum` sums them.
+_STATE_BYTES = ("SELECT step_id, COALESCE(SUM(LENGTH(ser_change)), 0) FROM snaps "
+                "GROUP BY step_id")
 
 
 def _copy_and_prepare(src: Path, dst: Path, epoch: int | None, parent: _Parent | None,
                       work: Path, writer: PackWriter, input_steps: Iterable[str] | None
                       ) -> _Prepared:
-    return _prepare(dst, parent, work, writer, copy_sealed(src, dst, epoch), input_steps)
+    return _prepare(dst, parent, work, writer, copy_sealed(src, dst, epoch), input_steps,
+                    frame_digest=parent is None)
 
 
 def _sealed_copies(
@@ -288,9 +316,11 @@ def _load_parent(cache_dir: Path, store: ObjectStore, pipeline: str, count: int)
         manifest = manifest_or_error(store, pipeline, "checkpoint", meta["id"])
     except ManifestError:
         return None
+    digests = {e.index: e.digest for e in manifest.partitions}
+    digests.update({int(i): d for i, d in dict(meta.get("digests") or {}).items()})
     parent = _Parent(id=meta["id"], chain=list(meta.get("chain", [])), dir=current,
                      epoch=meta.get("epoch"), executions=meta.get("executions"),
-                     manifest=manifest)
+                     manifest=manifest, digests=digests)
     return parent if _chain_intact(store, pipeline, parent) else None
 
 
@@ -337,9 +367,60 @@ def _save_parent(
         "epoch": manifest.epoch,
         "executions": executions,
     }
+    _write_meta(cache_dir, meta)
+    if any(e.digest == FRAME_DIGEST for e in manifest.partitions):
+        _start_digest(cache_dir, manifest.id)
+
+
+def _write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
     tmp = cache_dir / f"{CACHE_META}.tmp"
     tmp.write_text(json.dumps(meta))
     tmp.replace(cache_dir / CACHE_META)
+
+
+# Background digests of the cache (`_digest_cache`), by cache directory; a checkpoint
+# waits for its cache's (`await_cache`) before it reads or changes the cache.
+_DIGESTING: dict[Path, threading.Thread] = {}
+_DIGESTING_LOCK = threading.Lock()
+
+
+def _start_digest(cache_dir: Path, snap_id: str) -> None:
+    thread = threading.Thread(target=_digest_cache, args=(cache_dir, snap_id),
+                              name=f"checkpoint-digest-{snap_id}", daemon=True)
+    with _DIGESTING_LOCK:
+        _DIGESTING[cache_dir.absolute()] = thread
+    thread.start()
+
+
+def await_cache(cache_dir: Path) -> None:
+    """Wait until the background digest of the cache in `cache_dir` (if one runs) is done."""
+    with _DIGESTING_LOCK:
+        thread = _DIGESTING.pop(Path(cache_dir).absolute(), None)
+    if thread is not None:
+        thread.join()
+
+
+def _digest_cache(cache_dir: Path, snap_id: str) -> None:
+    """The `ms1:` digest of every cached copy of the full checkpoint `snap_id`, added to
+    the cache meta (``digests``, with the thread's ``digest_cpu_seconds``): what a live
+    delta onto it updates (`recovery.delta.live_delta`). It runs after the checkpoint is
+    published, in the background (the full's manifest records `FRAME_DIGEST`: restore
+    does not need these). Its copies are the very files that were compressed and
+    uploaded, unchanged until the next checkpoint, which waits for this first
+    (`await_cache`). If it does not finish (the process ends), the meta has no digests
+    and the next incremental compares whole copies (`make_delta`) instead."""
+    started = time.thread_time()
+    try:
+        digests = {str(part_index(f)): logical_digest(f)
+                   for f in partition_files(cache_dir / "current")}
+        meta = json.loads((cache_dir / CACHE_META).read_text())
+        if meta.get("id") != snap_id:
+            return
+        meta["digests"] = digests
+        meta["digest_cpu_seconds"] = round(time.thread_time() - started, 3)
+        _write_meta(cache_dir, meta)
+    except (OSError, ValueError, sqlite3.Error):  # the cache went away: no digests
+        return
 
 
 def _live_delta_ok(parent: _Parent, epoch: int | None, executions: list[list[int]]) -> bool:
@@ -354,7 +435,8 @@ def _live_delta_ok(parent: _Parent, epoch: int | None, executions: list[list[int
         and epoch >= parent.epoch
         and parent.executions == executions
         and m is not None
-        and all(digest_rows_sum(e.digest) is not None for e in m.partitions)
+        and all(digest_rows_sum(parent.digests.get(e.index, "")) is not None
+                for e in m.partitions)
     )
 
 
@@ -385,7 +467,7 @@ def _live_deltas(
     def one(f: Path, out: Path) -> _DeltaRead:
         entry = entries[part_index(f)]
         result = live_delta(f, parent.dir / f.name, out, since=since, epoch=epoch,
-                            parent_digest=entry.digest, parent_keys=entry.keys)
+                            parent_digest=parent.digests[entry.index], parent_keys=entry.keys)
         conn = connect(out, readonly=True)
         try:
             positions = PositionRows(wanted)
@@ -623,6 +705,7 @@ def _take(
     """The checkpoint itself (under the lock and `lease` for a checkpoint, see take_checkpoint)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(recovery_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    await_cache(cache_dir)
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=cache_dir))
     try:
         files, epoch, executions = _live_state(recovery_dir)

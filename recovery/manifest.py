@@ -47,7 +47,11 @@ __all__ = [
     "snapshot_prefix",
 ]
 
-FORMAT = 1
+# 1: every entry's `digest` is a logical digest (``ms1:`` or the older ordered sha256).
+# 2: a full checkpoint's (and a savepoint's) entries may carry `recovery.pack.FRAME_DIGEST`
+#    (the partition is the zstd frame's content, checked by sha256 and the frame checksum;
+#    StreamForge before format 2 rejects those as digest mismatches).
+FORMAT = 2
 MANIFEST_NAME = "manifest.json"
 Kind = Literal["checkpoint", "savepoint"]
 
@@ -73,7 +77,8 @@ class PartitionEntry:
     """One stored partition object.
 
     `sha256`/`size` are those of the stored (compressed) object; `digest` is
-    the logical digest of the partition once restored (base plus deltas).
+    the logical digest of the partition once restored (base plus deltas), or for a
+    full partition `recovery.pack.FRAME_DIGEST` (format 2: the bytes are the check).
     """
 
     index: int

@@ -41,6 +41,7 @@ from recovery.manifest import Kind, PartitionEntry, snapshot_prefix
 
 __all__ = [
     "CODEC",
+    "FRAME_DIGEST",
     "PACK_LIMIT",
     "Chunk",
     "PackError",
@@ -54,6 +55,10 @@ __all__ = [
 
 CODEC = "zstd"
 LEVEL = 3
+# The `PartitionEntry.digest` of a full partition stored as one zstd frame whose content
+# checksum (XXH64, written by `compress`) the decompressor checks: the partition restored
+# is exactly the file the checkpoint compressed (its bytes checked by the chunk's sha256).
+FRAME_DIGEST = "zstd-frame"
 PACK_LIMIT = 512 * 1024 * 1024
 _WORKERS = 2
 
@@ -78,8 +83,9 @@ def pack_key(pipeline: str, kind: Kind, snap_id: str, pack: int) -> str:
 
 
 def compress(path: Path) -> bytes:
-    """The file at `path` as one zstd frame (`LEVEL`): what a pack stores for it."""
-    return zstandard.ZstdCompressor(level=LEVEL).compress(path.read_bytes())
+    """The file at `path` as one zstd frame (`LEVEL`, with the content checksum that
+    `read_chunk` checks): what a pack stores for it."""
+    return zstandard.ZstdCompressor(level=LEVEL, write_checksum=True).compress(path.read_bytes())
 
 
 def write_packs(files: Iterable[tuple[int, Path]], out_dir: Path) -> tuple[list[Chunk], list[Path]]:

@@ -6,7 +6,9 @@ checked against its signature (when a signing key is set) before any of its
 fields is read; then it is downloaded into a stage inside the recovery
 directory and verified: the sha256 of every object (base and deltas of an
 incremental checkpoint), that it decompresses, and the logical digest of
-every assembled partition. The first candidate that passes replaces the
+every assembled partition (a full checkpoint's partition, stored as one zstd
+frame with `recovery.pack.FRAME_DIGEST`, is checked by its sha256 and the
+frame's content checksum: it is the very file the checkpoint compressed). The first candidate that passes replaces the
 local partitions with the crash-safe swap of `recovery.swap` (old or new,
 never a mix); each rejected one is listed in `RestoreResult.notes`.
 
@@ -56,7 +58,7 @@ from recovery.manifest import (
     parse_manifest,
     scan,
 )
-from recovery.pack import PackError, Packs
+from recovery.pack import FRAME_DIGEST, PackError, Packs
 from recovery.partitions import digest_matches, init_partitions, part_index, partition_files
 from recovery.store import ObjectStore, StoreError, StoreNotFound
 from recovery.swap import settle, stage_dir, swap_in
@@ -208,6 +210,10 @@ def _assemble(entry: PartitionEntry, links: list[Manifest], packs: Packs, out: P
                 delta.unlink()
         except sqlite3.DatabaseError as exc:
             raise _Rejected(f"partition {entry.index} of {link.id} is unreadable: {exc}") from None
+    if entry.digest == FRAME_DIGEST:  # a full copy, as compressed: `read_chunk` checked it
+        if len(links) != 1 or entry.delta:
+            raise _Rejected(f"partition {entry.index}: a frame digest on a delta chain")
+        return
     try:
         matches = digest_matches(target, entry.digest)  # either digest kind (older checkpoints)
     except sqlite3.DatabaseError as exc:

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from dataflows import metrics
-from recovery.checkpoint import CheckpointError, apply_retention, list_checkpoints, take_checkpoint
+from recovery.checkpoint import (
+    CACHE_META,
+    CheckpointError,
+    apply_retention,
+    await_cache,
+    default_cache_dir,
+    list_checkpoints,
+    take_checkpoint,
+)
 from recovery.manifest import manifest_key
+from recovery.pack import FRAME_DIGEST
 from recovery.partitions import init_partitions, logical_digest, partition_files
 from recovery.restore import restore
 from recovery.store import ObjectStore, open_store
 from tests.fixtures.s3 import S3Target
-from tests.test_recovery_support import counting_flow, final_sums, run, run_in_subprocess, segments
+from tests.test_recovery_support import (
+    counting_flow,
+    final_sums,
+    run,
+    run_in_subprocess,
+    segments,
+    uploaded_digests,
+)
 
 PIPE = "orders"
 
@@ -51,7 +68,14 @@ def test_full_round_trip_file_store(tmp_path: Path) -> None:
     rd2 = tmp_path / "restored"
     result = _restore(rd2, store)
     assert (result.chosen, result.id, result.notes) == ("checkpoint", m.id, [])
-    assert [logical_digest(p) for p in partition_files(rd2)] == [p.digest for p in m.partitions]
+    # a full records FRAME_DIGEST (the bytes are the check); the cache's background digests
+    # of the copies it uploaded are what the restored partitions hold
+    assert {p.digest for p in m.partitions} == {FRAME_DIGEST}
+    cache = default_cache_dir(rd)
+    await_cache(cache)
+    digests = json.loads((cache / CACHE_META).read_text())["digests"]
+    assert [logical_digest(p) for p in partition_files(rd2)] == [
+        digests[str(p.index)] for p in m.partitions]
     more = items + _items(100, 50)
     resumed: list = []
     run(counting_flow(more, resumed), rd2)
@@ -89,7 +113,7 @@ def test_incremental_round_trip_s3_with_discards(tmp_path: Path, s3_bucket: S3Ta
         rd2 = tmp_path / f"r-{m.id}"
         result = _restore(rd2, store, target=("checkpoint", m.id))
         assert result.id == m.id
-        assert [logical_digest(p) for p in partition_files(rd2)] == [p.digest for p in m.partitions]
+        assert [logical_digest(p) for p in partition_files(rd2)] == uploaded_digests(store, m)
     # The restored incremental state resumes to the same result as no crash at all.
     rd3 = tmp_path / "r3"
     _restore(rd3, store, target=("checkpoint", inc2.id))

@@ -16,6 +16,7 @@ import threading
 import zlib
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -47,7 +48,13 @@ from recovery.positions import PositionRows
 from recovery.restore import restore
 from recovery.store import ObjectStore, StoreNotFound, open_store
 from tests.fixtures.s3 import S3Target
-from tests.test_recovery_support import counting_flow, final_sums, live_resume_epoch, run
+from tests.test_recovery_support import (
+    counting_flow,
+    final_sums,
+    live_resume_epoch,
+    run,
+    uploaded_digests,
+)
 
 PIPE = "orders"
 KEY = b"pack-test-signing-key"
@@ -397,3 +404,106 @@ def test_old_format_checkpoints_still_restore(tmp_path: Path) -> None:
     expected: list = []
     run(counting_flow([*items, ("k0", 1)], expected), None)
     assert out == [("k0", (final_sums(expected)["k0"], True))]
+
+
+def _restore_strict(store: ObjectStore, m: Manifest, into: Path) -> None:
+    result = restore(into, checkpoint_store=store, savepoint_store=store, pipeline=m.pipeline,
+                     partition_count=m.partition_count, target=("checkpoint", m.id),
+                     strict=True, signing_key=KEY)
+    assert (result.chosen, result.id, result.notes) == ("checkpoint", m.id, [])
+
+
+def test_a_full_checkpoint_reads_no_row_in_python_before_publishing(
+    tmp_path: Path, live: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full checkpoint records FRAME_DIGEST (restore checks the frame's sha256 and content
+    checksum): the `ms1:` digest of its copies, what a later live delta updates, is computed
+    after publishing, in the background thread, never in the checkpoint's own jobs (the
+    per-partition jobs ran it: ~3 us per row in Python, the largest share of a full)."""
+    from recovery import checkpoint
+
+    callers: list[str] = []
+    real = checkpoint.logical_digest
+
+    def recorded(*args: Any) -> str:
+        callers.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(checkpoint, "logical_digest", recorded)
+    store = open_store(f"file://{tmp_path}/store")
+    m = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY)
+    assert all(c.startswith("checkpoint-digest-") for c in callers)  # none in the jobs
+    assert {e.digest for e in m.partitions} == {pack.FRAME_DIGEST}
+    cache = checkpoint.default_cache_dir(live)
+    checkpoint.await_cache(cache)
+    assert callers and all(c.startswith("checkpoint-digest-") for c in callers)
+    meta = json.loads((cache / checkpoint.CACHE_META).read_text())
+    _restore_strict(store, m, tmp_path / "restored")
+    assert [logical_digest(p) for p in partition_files(tmp_path / "restored")] == [
+        meta["digests"][str(e.index)] for e in m.partitions]
+
+
+def test_an_incremental_onto_a_full_without_its_background_digests_compares_copies(
+    tmp_path: Path, live: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the cache's digests (the background pass finished) an incremental is a live
+    delta; without them (the process ended first) it compares whole copies (`make_delta`):
+    both restore, verified against their `ms1:` digests."""
+    from recovery import checkpoint
+
+    store = open_store(f"file://{tmp_path}/store")
+    cache = checkpoint.default_cache_dir(live)
+    full = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the wrong kind of delta")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "make_delta", never)
+        live_inc = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY,
+                                   incremental=True)
+    assert live_inc.parent_id == full.id
+    meta = json.loads((cache / checkpoint.CACHE_META).read_text())
+    take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY)  # a new full base
+    checkpoint.await_cache(cache)
+    meta = json.loads((cache / checkpoint.CACHE_META).read_text())
+    del meta["digests"]
+    (cache / checkpoint.CACHE_META).write_text(json.dumps(meta))
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "live_delta", never)
+        copied = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
+    assert copied.parent_id == meta["id"]
+    for m in (live_inc, copied):
+        assert all(e.delta and e.digest.startswith(DIGEST_PREFIX) for e in m.partitions)
+        _restore_strict(store, m, tmp_path / f"restored-{m.id}")
+
+
+def test_a_format_1_full_restores_and_takes_live_deltas(tmp_path: Path, live: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full checkpoint as format 1 wrote it (an `ms1:` digest per entry, no FRAME_DIGEST)
+    restores, and a live delta is chained onto it with the manifest's digests."""
+    from recovery import checkpoint
+
+    store = open_store(f"file://{tmp_path}/store")
+    cache = checkpoint.default_cache_dir(live)
+    full = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
+    doc = json.loads(full.to_json())
+    for stored, digest in zip(doc["partitions"], uploaded_digests(store, full), strict=True):
+        stored["digest"] = digest
+    doc.pop("signature")
+    doc["format"] = 1
+    doc["signature"] = _hmac(KEY, doc)
+    store.put(manifest_key(PIPE, "checkpoint", full.id), json.dumps(doc).encode())
+    checkpoint.await_cache(cache)
+    meta = json.loads((cache / checkpoint.CACHE_META).read_text())
+    del meta["digests"]  # the parent's digests come from its manifest, as format 1 had them
+    (cache / checkpoint.CACHE_META).write_text(json.dumps(meta))
+    _restore_strict(store, full, tmp_path / "restored-full")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compared whole copies")
+
+    monkeypatch.setattr(checkpoint, "make_delta", never)
+    inc = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
+    assert inc.parent_id == full.id
+    _restore_strict(store, inc, tmp_path / "restored-inc")

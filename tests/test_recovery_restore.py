@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from recovery.checkpoint import take_checkpoint
+from recovery.checkpoint import CACHE_META, await_cache, default_cache_dir, take_checkpoint
 from recovery.manifest import Manifest, manifest_key
+from recovery.pack import FRAME_DIGEST
 from recovery.partitions import init_partitions, logical_digest, partition_files
 from recovery.restore import RestoreError, restore
 from recovery.savepoint import create_savepoint
@@ -37,6 +38,15 @@ def setup(tmp_path: Path) -> tuple[Path, ObjectStore, list]:
     return rd, store, taken
 
 
+def _uploaded_digests(rd: Path) -> list[str]:
+    """The `ms1:` digests of the copies the last (full) checkpoint of `rd` uploaded: its
+    manifest records FRAME_DIGEST, its cache gets them in the background."""
+    cache = default_cache_dir(rd)
+    await_cache(cache)
+    digests = json.loads((cache / CACHE_META).read_text())["digests"]
+    return [digests[str(i)] for i in sorted(map(int, digests))]
+
+
 def _restore(tmp_path: Path, store: ObjectStore, **kw):
     kw.setdefault("partition_count", 2)
     kw.setdefault("signing_key", KEY)
@@ -58,13 +68,12 @@ def _damage(store: ObjectStore, key: str, how: str) -> None:
 
 
 def test_latest_checkpoint_chosen_and_verified(tmp_path: Path, setup) -> None:
-    _, store, (_, _, ck2) = setup
+    rd, store, (_, _, ck2) = setup
     result = _restore(tmp_path, store, signing_key=KEY)
     assert (result.chosen, result.id) == ("checkpoint", ck2.id)
     assert "latest valid checkpoint" in result.reason and result.notes == []
-    assert [logical_digest(p) for p in partition_files(tmp_path / "out")] == [
-        p.digest for p in ck2.partitions
-    ]
+    assert {p.digest for p in ck2.partitions} == {FRAME_DIGEST}
+    assert [logical_digest(p) for p in partition_files(tmp_path / "out")] == _uploaded_digests(rd)
 
 
 @pytest.mark.parametrize("how", ["corrupt", "truncate"])
@@ -199,7 +208,7 @@ def test_nothing_stored_is_a_fresh_start(tmp_path: Path) -> None:
 
 def test_restore_into_a_mount_point_swaps_files(tmp_path: Path, setup, monkeypatch) -> None:
     """A mount point cannot be renamed: restore swaps the partition files instead."""
-    _, store, (_, _, ck2) = setup
+    rd, store, (_, _, ck2) = setup
     out = tmp_path / "out"
     init_partitions(out, 2)
     (out / "part-0.sqlite3-wal").write_bytes(b"stale wal of the old partition")
@@ -213,4 +222,4 @@ def test_restore_into_a_mount_point_swaps_files(tmp_path: Path, setup, monkeypat
     monkeypatch.setattr(Path, "rename", rename)
     assert _restore(tmp_path, store).id == ck2.id
     assert not (out / "part-0.sqlite3-wal").exists()
-    assert [logical_digest(p) for p in partition_files(out)] == [p.digest for p in ck2.partitions]
+    assert [logical_digest(p) for p in partition_files(out)] == _uploaded_digests(rd)

@@ -34,7 +34,7 @@ from streamforge_ops.restoring import prepare, restore_required
 from tests.fixtures.fault_proxy import FaultS3
 from tests.supervised_flow import build
 from tests.supervisor_harness import Workspace
-from tests.test_recovery_support import counting_flow, run, segments
+from tests.test_recovery_support import counting_flow, run, segments, uploaded_digests
 
 PIPE = "orders"
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
@@ -105,7 +105,7 @@ def test_a_short_outage_is_ridden_out(stored, fault_s3: FaultS3, tmp_path: Path)
     result = _restore(store, tmp_path / "out")
     assert (result.chosen, result.id, result.notes) == ("checkpoint", ck2.id, [])
     assert fault_s3.proxy.faulted == 3
-    assert _digests(tmp_path / "out") == [p.digest for p in ck2.partitions]
+    assert _digests(tmp_path / "out") == uploaded_digests(store, ck2)
 
 
 # --- the operator's view: `streamforge restore` / `run` -----------------------------------

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -122,3 +123,28 @@ def live_resume_epoch(recovery_dir: Path) -> int | None:
     finally:
         for c in conns:
             c.close()
+
+
+def uploaded_digests(store: Any, m: Any) -> list[str]:
+    """The logical digest every partition of snapshot `m` (a `Manifest` in `store`) restores
+    to: its entry's, or for a full partition recorded as `recovery.pack.FRAME_DIGEST`
+    (manifest format 2: the bytes are the check) the `ms1:` digest of the copy it stored,
+    read back from the store."""
+    import tempfile
+
+    from recovery.pack import FRAME_DIGEST, Packs
+    from recovery.partitions import logical_digest
+    from recovery.transfer import get_file
+
+    with tempfile.TemporaryDirectory() as d:
+        packs = Packs(lambda key, path: get_file(store, key, path), Path(d))
+        out = []
+        for e in m.partitions:
+            if e.digest != FRAME_DIGEST:
+                out.append(e.digest)
+                continue
+            copy = Path(d) / f"part-{e.index}.sqlite3"
+            copy.write_bytes(packs.chunk(e))
+            out.append(logical_digest(copy))
+        packs.close()
+        return out

@@ -28,7 +28,7 @@ from recovery.checkpoint import take_checkpoint
 from recovery.partitions import init_partitions, logical_digest, partition_files
 from recovery.store import open_store
 from recovery.swap import JOURNAL, STAGE, settle
-from tests.test_recovery_support import counting_flow, run, segments
+from tests.test_recovery_support import counting_flow, run, segments, uploaded_digests
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = 3
@@ -64,7 +64,7 @@ def states(tmp_path: Path) -> tuple[Path, str, list[str], list[str]]:
     old = tmp_path / "old"
     init_partitions(old, PARTS)
     run(counting_flow(segments([["j", 30, 7, 2]]), []), old)
-    new_digests = [p.digest for p in ck.partitions]
+    new_digests = uploaded_digests(open_store(url), ck)
     assert len(set(_digests(old)) & set(new_digests)) == 0
     return old, url, _digests(old), new_digests
 
