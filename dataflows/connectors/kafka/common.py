@@ -160,21 +160,31 @@ def _shape(cls: type) -> _Shape:
     return shape
 
 
+def _new_message(fields: tuple[bytes | None, bytes, tuple[tuple[str, bytes], ...], str]) -> OutMessage:
+    """`OutMessage(*fields)` without the NamedTuple's Python-level `__new__`."""
+    return tuple.__new__(OutMessage, fields)
+
+
 def to_out_message(item: Any) -> OutMessage:
     """Serialise a sink item (see module docstring); TypeError if impossible. The message's
     headers are the item's own (never `sf-event-id` / `sf-writer`: the sinks set those)
     followed by `sf-event-id`."""
     extra: Any = ()
-    if isinstance(item, bytes):
-        value, event_id, key = item, "", None
-    elif is_dataclass(item) and not isinstance(item, type):
+    shape = _SHAPES.get(type(item))  # a dataclass type met before: no is_dataclass per item
+    if shape is None and not isinstance(item, (bytes, type)) and is_dataclass(item):
+        shape = _shape(type(item))
+    if shape is not None:
         obj: Any = item
-        shape = _shape(type(obj))
         value = dumps(obj)  # the one JSON encoding of every sink (dataflows.json_codec)
-        event_id = str(obj.event_id or "") if shape.event_id else ""
-        key = _as_key(obj.key) if shape.key else None
+        event_id = obj.event_id if shape.event_id else ""
+        if type(event_id) is not str:
+            event_id = str(event_id or "")
+        raw_key = obj.key if shape.key else None
+        key = raw_key.encode() if type(raw_key) is str else _as_key(raw_key)
         if shape.headers:
             extra = obj.headers
+    elif isinstance(item, bytes):
+        value, event_id, key = item, "", None
     elif isinstance(item, Mapping):
         value = dumps(item)
         event_id = str(item.get("event_id", "") or "")
@@ -183,13 +193,16 @@ def to_out_message(item: Any) -> OutMessage:
         raise TypeError(f"cannot serialise a {type(item).__name__} for Kafka")
     if not event_id:  # e.g. a Session: a content id, the same when a replay re-emits it
         event_id = "content:" + hashlib.blake2b((key or b"") + b"\0" + value, digest_size=16).hexdigest()
+    own = (EVENT_ID_HEADER, event_id.encode())
+    if not extra:
+        return _new_message((key, value, (own,), event_id))
     headers: list[tuple[str, bytes]] = []
-    for pair in extra or ():
+    for pair in extra:
         if isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], bytes):
             if pair[0] not in (EVENT_ID_HEADER, WRITER_HEADER):  # set by the sinks, never copied
                 headers.append((str(pair[0]), pair[1]))
-    headers.append((EVENT_ID_HEADER, event_id.encode()))
-    return OutMessage(key, value, tuple(headers), event_id)
+    headers.append(own)
+    return _new_message((key, value, tuple(headers), event_id))
 
 
 def header_value(headers: Any, name: str) -> bytes | None:
