@@ -13,7 +13,11 @@ Quix job drops them).
 
 Marginal throughput: each system runs over the first N records, then over 2N (two topics);
 `marginal_eps = N / (time(2N) - time(N))`, so start-up (group join, recovery, producer init)
-cancels; each time is the best of `--repeat` interleaved runs. `ratio` = StreamForge's marginal eps / Quix's, per mode (target >= 3).
+cancels; each time is the best of `--repeat` interleaved runs. Quix's N is `--quix-records`
+(default 3N: its start-up is 27 to 30 s, so with N = 20,000 its marginal figure was the
+difference of two ~30 s timings, a few seconds apart, and swung from 0.4x to 1.9x between
+runs); both read prefixes of the same generated records. The StreamForge process runs with
+the pipeline process's collector setting (`dataflows.gc_tuning.tune_gc`); Quix as it ships. `ratio` = StreamForge's marginal eps / Quix's, per mode (target >= 3).
 
 Quix runs in a subprocess (`--quix-python`, default this interpreter): quixstreams 3.28.1 pins
 confluent-kafka < 2.13, so it may live in a venv of its own. Shim: Tansu's DescribeConfigs does
@@ -133,34 +137,37 @@ def marginal(n: int, t_n: float, t_2n: float) -> dict[str, Any]:
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
     from bench.kafka import fill, pipeline_seconds
+    from dataflows.gc_tuning import tune_gc
     from dataflows.generate import generate_orders
     from tests.fixtures.kafka import KafkaBroker, create_topic, free_port
 
+    tune_gc()  # what every StreamForge pipeline process sets once its flow is built
     n = args.records
-    lines = generate_orders(2 * n, seed=1).lines
+    nq = args.quix_records or 3 * n
+    lines = generate_orders(2 * max(n, nq), seed=1).lines
     keys = [str((order_doc(line) or {}).get("order_id", "")) for line in lines]
     broker = KafkaBroker(port=free_port(), log_path=Path(tempfile.mkdtemp()) / "tansu.log")
     broker.start()
-    result: dict[str, Any] = {"records_n": n, "partitions": PARTITIONS, "epoch_s": 1.0, "repeat": args.repeat,
-                              "load_before": os.getloadavg()[0]}
+    result: dict[str, Any] = {"records_n": n, "quix_records_n": nq, "partitions": PARTITIONS, "epoch_s": 1.0,
+                              "repeat": args.repeat, "load_before": os.getloadavg()[0]}
     try:
         b = broker.bootstrap
         topics = {}
-        for size in (n, 2 * n):
+        for size in sorted({n, 2 * n, nq, 2 * nq}):
             topics[size] = create_topic(b, f"peers-in-{size}-{uuid.uuid4().hex[:6]}", PARTITIONS)
             fill(b, topics[size], lines[:size], PARTITIONS)
         for mode in MODES:
             times: dict[str, dict[int, float]] = {"streamforge": {}, "quix": {}}
             for _ in range(args.repeat):  # interleaved, best of `--repeat`: the machine may be shared
-                for size in (n, 2 * n):
+                for size, q_size in ((n, nq), (2 * n, 2 * nq)):
                     with tempfile.TemporaryDirectory() as rdir:
                         sf_s = pipeline_seconds(b, topics[size], PARTITIONS, mode, 1.0, recovery_dir=Path(rdir))
-                    qx_s = run_quix(args.quix_python, b, topics[size], mode,
-                                    expected_outputs(lines[:size], keys[:size]))
+                    qx_s = run_quix(args.quix_python, b, topics[q_size], mode,
+                                    expected_outputs(lines[:q_size], keys[:q_size]))
                     times["streamforge"][size] = min(sf_s, times["streamforge"].get(size, sf_s))
-                    times["quix"][size] = min(qx_s, times["quix"].get(size, qx_s))
+                    times["quix"][q_size] = min(qx_s, times["quix"].get(q_size, qx_s))
             sf = marginal(n, times["streamforge"][n], times["streamforge"][2 * n])
-            qx = marginal(n, times["quix"][n], times["quix"][2 * n])
+            qx = marginal(nq, times["quix"][nq], times["quix"][2 * nq])
             ratio = (round(sf["marginal_eps"] / qx["marginal_eps"], 2)
                      if sf["marginal_eps"] and qx["marginal_eps"] else None)
             result[mode.replace("-", "_")] = {"streamforge": sf, "quix": qx, "ratio": ratio}
@@ -173,6 +180,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=20000, help="N (the second run reads 2N)")
+    ap.add_argument("--quix-records", type=int, default=None,
+                    help="Quix's N (default 3N: its ~30 s start-up would drown a small N's difference)")
     ap.add_argument("--quix-python", default=sys.executable,
                     help="interpreter with quixstreams 3.28.1 installed (default: this one)")
     ap.add_argument("--repeat", type=int, default=1, help="best of N interleaved runs per size")
@@ -189,7 +198,7 @@ def main() -> int:
         for mode in MODES:
             r = result[mode.replace("-", "_")]
             print(f"{mode}: StreamForge {r['streamforge']['marginal_eps']}/s, Quix {r['quix']['marginal_eps']}/s "
-                  f"(marginal over N={result['records_n']}), ratio {r['ratio']}")
+                  f"(marginal over N={result['records_n']} / {result['quix_records_n']}), ratio {r['ratio']}")
     return 0
 
 
