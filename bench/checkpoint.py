@@ -99,6 +99,7 @@ class Phases:
         "digest": ("recovery.checkpoint", "logical_digest"),
         "pack": ("recovery.checkpoint", "write_packs"),
         "compress": ("recovery.checkpoint", "compress"),
+        "compress_delta": ("recovery.checkpoint", "compress_bytes"),
         "upload": ("recovery.checkpoint", "put_file"),
         "download": ("recovery.restore", "get_file"),
         "apply_delta": ("recovery.restore", "apply_delta"),

@@ -57,7 +57,7 @@ from typing import Any
 
 from dataflows import metrics
 from dataflows.faults import fault_point
-from recovery.delta import LiveDelta, apply_delta, live_delta, make_delta
+from recovery.delta import LiveDelta, live_delta, make_delta
 from recovery.lease import CheckpointBusy, StoreLease, live_lease, local_lock
 from recovery.manifest import (
     Kind,
@@ -75,8 +75,8 @@ from recovery.pack import (
     Chunk,
     PackWriter,
     compress,
+    compress_bytes,
     pack_key,
-    write_packs,
 )
 from recovery.partitions import (
     PartitionError,
@@ -342,19 +342,15 @@ def _save_parent(
     manifest: Manifest,
     store: ObjectStore,
     executions: list[list[int]],
-    deltas: list[Path] | None = None,
+    advanced: bool = False,
 ) -> None:
     """Make `manifest` the cached parent: the sealed copies in `work` become the cache,
-    or (`deltas`) the deltas are applied to the cached copies; the meta goes last, so an
-    interrupted update leaves no parent (the next checkpoint is full)."""
+    or (`advanced`) the cached copies were brought forward by its deltas already
+    (`_live_deltas`); the meta goes last, so an interrupted update leaves no parent (the
+    next checkpoint is full)."""
     (cache_dir / CACHE_META).unlink(missing_ok=True)
     current = cache_dir / "current"
-    if deltas is not None:
-        with _Pool(_WORKERS) as pool:
-            for future in [pool.submit(apply_delta, current / f"{delta.stem}.sqlite3", delta)
-                           for delta in deltas]:
-                future.result()
-    else:
+    if not advanced:
         shutil.rmtree(current, ignore_errors=True)
         current.mkdir(parents=True)
         for f in partition_files(work):
@@ -442,50 +438,51 @@ def _live_delta_ok(parent: _Parent, epoch: int | None, executions: list[list[int
 
 @dataclass(frozen=True)
 class _DeltaRead:
-    """One live delta: what `live_delta` wrote, and what the checkpoint reads back from the
-    delta file (its progress rows, source-position rows, deleted keys) in the same job."""
+    """One live delta: what `live_delta` made (with its progress rows and deleted keys),
+    its source-position rows, and its chunk in the pack."""
 
     result: LiveDelta
-    progress: Progress
     positions: PositionRows
-    deletes: list[tuple[str, str]]
+    chunk: Chunk
 
 
 def _live_deltas(
     files: list[Path], parent: _Parent, epoch: int, work: Path, deadline: Deadline,
     input_steps: Iterable[str] | None,
-) -> tuple[list[Path], list[_DeltaRead]]:
+) -> tuple[list[_DeltaRead], list[Path]]:
     """Per live partition, its delta since `parent` (`live_delta`: only the rows written
-    since the parent's epoch are read), `_WORKERS` partitions at a time (SQLite runs
-    without the GIL), checked to resume at `epoch`."""
+    since the parent's epoch are read), compressed into a pack, and the cached copy
+    brought forward by it in the same job, `_WORKERS` partitions at a time (SQLite runs
+    without the GIL), checked to resume at `epoch`; the deltas, the pack files.
+
+    The caller has dropped the cache meta first: a checkpoint that fails after this
+    leaves no parent (the next one is full), never a cache ahead of its meta."""
     assert parent.manifest is not None and parent.epoch is not None
     since = parent.epoch
     entries = {e.index: e for e in parent.manifest.partitions}
-    deltas = [work / f"{f.stem}.delta" for f in files]
     wanted = list(input_steps) if input_steps is not None else None
+    writer = PackWriter(work)
 
-    def one(f: Path, out: Path) -> _DeltaRead:
+    def one(f: Path) -> _DeltaRead:
         entry = entries[part_index(f)]
-        result = live_delta(f, parent.dir / f.name, out, since=since, epoch=epoch,
-                            parent_digest=parent.digests[entry.index], parent_keys=entry.keys)
-        conn = connect(out, readonly=True)
-        try:
-            positions = PositionRows(wanted)
-            positions.add(conn, "upserts")
-            deletes = conn.execute("SELECT step_id, state_key FROM deletes").fetchall()
-            return _DeltaRead(result, progress_rows(conn), positions, deletes)
-        finally:
-            conn.close()
+        positions = PositionRows(wanted)
+        result = live_delta(f, parent.dir / f.name, since=since, epoch=epoch,
+                            parent_digest=parent.digests[entry.index], parent_keys=entry.keys,
+                            positions=positions, advance=True)
+        return _DeltaRead(result, positions, writer.add(entry.index, compress_bytes(result.data)))
 
     reads = []
-    with _Pool(_WORKERS) as pool:
-        futures = [pool.submit(one, f, out) for f, out in zip(files, deltas, strict=True)]
-        for f, future in zip(files, futures, strict=True):
-            reads.append(future.result())
-            fault_point("checkpoint.copy")
-            deadline.check(f"reading {f.name}")
-    _check_sealed([r.progress for r in reads], epoch)
-    return deltas, reads
+    try:
+        with _Pool(_WORKERS) as pool:
+            futures = [pool.submit(one, f) for f in files]
+            for f, future in zip(files, futures, strict=True):
+                reads.append(future.result())
+                fault_point("checkpoint.copy")
+                deadline.check(f"reading {f.name}")
+    finally:
+        packs = writer.close()
+    _check_sealed([r.result.progress for r in reads], epoch)
+    return reads, packs
 
 
 def _delta_metadata(
@@ -500,7 +497,7 @@ def _delta_metadata(
     for step, keys in rows.positions().items():
         positions.setdefault(step, {}).update(keys)
     for r in reads:
-        for step, key in r.deletes:
+        for step, key in r.result.deleted:
             positions.get(step, {}).pop(key, None)
     state = dict(parent.state_bytes_by_step)
     for r in reads:
@@ -559,19 +556,6 @@ def take_checkpoint(
         raise CheckpointError(str(exc)) from None
 
 
-def _store_packs(
-    indexes: list[int],
-    sources: list[Path],
-    work: Path,
-    store: ObjectStore,
-    where: tuple[str, Kind, str],
-    deadline: Deadline,
-) -> tuple[list[str], list[Chunk]]:
-    """Pack `sources` (partition `indexes`) and upload the packs: their keys, the chunks."""
-    chunks, packs = write_packs(zip(indexes, sources, strict=True), work)
-    return _put_packs(packs, store, where, deadline), chunks
-
-
 def _put_packs(packs: list[Path], store: ObjectStore, where: tuple[str, Kind, str],
                deadline: Deadline) -> list[str]:
     """Upload the pack files (removed once stored); their keys."""
@@ -585,19 +569,18 @@ def _put_packs(packs: list[Path], store: ObjectStore, where: tuple[str, Kind, st
 
 
 def _upload_live(
-    deltas: list[Path],
-    results: list[LiveDelta],
-    work: Path,
+    reads: list[_DeltaRead],
+    packs: list[Path],
     store: ObjectStore,
     where: tuple[str, Kind, str],
     deadline: Deadline,
 ) -> list[PartitionEntry]:
-    """Pack and upload the deltas of `_live_deltas`; the partitions' entries (digest and
-    key count updated from the parent's, see `live_delta`)."""
-    indexes = [r.seal.index for r in results]
-    keys, chunks = _store_packs(indexes, deltas, work, store, where, deadline)
+    """Upload the packs of `_live_deltas`; the partitions' entries (digest and key count
+    updated from the parent's, see `live_delta`)."""
+    keys = _put_packs(packs, store, where, deadline)
     entries = []
-    for result, chunk in zip(results, chunks, strict=True):
+    for r in reads:
+        result, chunk = r.result, r.chunk
         fault_point("checkpoint.upload")
         entries.append(
             PartitionEntry(index=chunk.index, object=keys[chunk.pack], sha256=chunk.sha256,
@@ -718,21 +701,22 @@ def _take(
         where: tuple[str, Kind, str] = (pipeline, kind, snap_id)
         if lease is not None:
             lease.claim(snap_id, [*parent.chain, parent.id] if parent else [])
-        deltas: list[Path] | None = None
+        advanced = False  # the cached copies brought forward by this checkpoint's deltas
         try:
             if parent is not None and epoch is not None and _live_delta_ok(parent, epoch,
                                                                            executions):
-                deltas, reads = _live_deltas(files, parent, epoch, work, deadline, input_steps)
-                entries = _upload_live(deltas, [r.result for r in reads], work, store, where,
-                                       deadline)
+                (cache_dir / CACHE_META).unlink(missing_ok=True)  # see _live_deltas
+                advanced = True
+                reads, packs = _live_deltas(files, parent, epoch, work, deadline, input_steps)
+                entries = _upload_live(reads, packs, store, where, deadline)
                 assert parent.manifest is not None
                 positions, state_bytes = _delta_metadata(parent.manifest, reads, input_steps)
-                progress = [r.progress for r in reads]
+                progress = [r.result.progress for r in reads]
             else:
                 epoch, entries, positions, state_bytes, progress = _copied(
                     recovery_dir, parent, work, store, where, deadline, input_steps)
             if parent is not None and not _chain_intact(store, pipeline, parent):
-                parent = deltas = None  # its objects went away while we uploaded: a full one
+                parent, advanced = None, False  # its objects went away while we uploaded: full
                 epoch, entries, positions, state_bytes, progress = _copied(
                     recovery_dir, None, work, store, where, deadline, input_steps)
         except PartitionError as exc:
@@ -767,7 +751,7 @@ def _take(
             lease.check()
         store.put(manifest_key(pipeline, kind, snap_id), manifest.to_json().encode())
         if kind == "checkpoint":
-            _save_parent(cache_dir, work, manifest, store, executions, deltas)
+            _save_parent(cache_dir, work, manifest, store, executions, advanced)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     record_completed(manifest, (time.monotonic() - started) * 1000)

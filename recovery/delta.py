@@ -32,20 +32,24 @@ keeps its newest row in the range.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from recovery.partitions import (
     BUSY_TIMEOUT_MS,
     EPOCH_INDEX,
+    Progress,
     SealInfo,
     digest_rows_sum,
     format_digest,
     has_epoch_index,
+    progress_rows,
     rows_hash_sum,
     sealable,
     small_tables_sha,
 )
+from recovery.positions import PositionRows
 
 __all__ = ["DeltaStats", "LiveDelta", "apply_delta", "live_delta", "make_delta"]
 
@@ -66,8 +70,9 @@ class DeltaStats:
 
 @dataclass(frozen=True)
 class LiveDelta:
-    """What `live_delta` wrote: counts, the partition's new digest and key count, and the
-    state bytes per step it added (positive) and removed (negative)."""
+    """What `live_delta` made: counts, the partition's new digest and key count, the
+    state bytes per step it added (positive) and removed (negative), and the delta
+    itself with what a checkpoint reads back from it."""
 
     seal: SealInfo
     upserts: int
@@ -75,6 +80,9 @@ class LiveDelta:
     digest: str
     keys: int
     state_bytes: dict[str, int] = field(default_factory=dict)
+    data: bytes = b""  # the delta: the bytes of its SQLite file
+    progress: Progress = field(default_factory=lambda: ([], []))  # its progress rows (the live ones, frontiers clamped)
+    deleted: list[tuple[str, str]] = field(default_factory=list)  # its deleted keys
 
 
 # Per key, the newest row Bytewax wrote in [since, epoch): the key's state at `epoch`
@@ -88,14 +96,14 @@ FROM live.snaps {hint} WHERE snap_epoch >= ?1 AND snap_epoch < ?2
 GROUP BY step_id, state_key
 """
 _LIVE_UPSERTS = f"""
-CREATE TABLE upserts AS
+INSERT INTO main.upserts ({_SNAP_COLS})
 SELECT {", ".join("n." + c.strip() for c in _SNAP_COLS.split(","))}
 FROM temp.changed AS n LEFT JOIN p.snaps AS o
   ON o.step_id = n.step_id AND o.state_key = n.state_key
 WHERE n.ser_change IS NOT NULL AND (o.step_id IS NULL OR o.ser_change IS NOT n.ser_change)
 """
 _LIVE_DELETES = """
-CREATE TABLE deletes AS
+INSERT INTO main.deletes (step_id, state_key)
 SELECT n.step_id, n.state_key FROM temp.changed AS n
 JOIN p.snaps AS o ON o.step_id = n.step_id AND o.state_key = n.state_key
 WHERE n.ser_change IS NULL
@@ -111,34 +119,59 @@ SELECT o.step_id, o.state_key, o.ser_change FROM
 """
 
 
+_TEMPLATE: list[bytes] = []  # an empty delta (its tables, no rows), serialized
+_TEMPLATE_LOCK = threading.Lock()
+
+
+def _template() -> bytes:
+    """The tables of a delta, empty, as the bytes of a SQLite file: every live delta starts
+    from a copy of it in memory (no schema written per partition)."""
+    with _TEMPLATE_LOCK:
+        if not _TEMPLATE:
+            conn = sqlite3.connect(":memory:")
+            try:
+                conn.execute("PRAGMA page_size = 1024")  # small deltas stay small
+                conn.execute(f"CREATE TABLE upserts ({_SNAP_COLS})")
+                conn.execute("CREATE TABLE deletes (step_id, state_key)")
+                for table, cols in _SMALL_TABLES.items():
+                    conn.execute(f"CREATE TABLE {table} ({cols})")
+                conn.execute("CREATE VIEW snaps AS SELECT * FROM upserts")  # positions read it
+                conn.commit()
+                _TEMPLATE.append(conn.serialize())
+            finally:
+                conn.close()
+        return _TEMPLATE[0]
+
+
 def live_delta(
     live: Path,
     parent: Path,
-    out: Path,
     *,
     since: int,
     epoch: int,
     parent_digest: str,
     parent_keys: int,
+    positions: PositionRows | None = None,
+    advance: bool = False,
 ) -> LiveDelta:
-    """Write to `out` the delta turning sealed copy `parent` (sealed at `since`, digest
-    `parent_digest`, `parent_keys` keys) into the live partition `live` sealed at
-    `epoch`, reading only the live rows of epochs ``[since, epoch)``.
+    """The delta turning sealed copy `parent` (sealed at `since`, digest `parent_digest`,
+    `parent_keys` keys) into the live partition `live` sealed at `epoch`, reading only the
+    live rows of epochs ``[since, epoch)``; built in memory (`LiveDelta.data`).
 
     One read transaction on `live`; `recovery.partitions.PartitionError` if its commit
     epoch reached `epoch` (as `copy_sealed`). The small tables are the live ones,
     frontiers clamped to `epoch`. The returned digest is the parent's updated by the
-    rows removed and added (the `logical_digest` of the partition once restored)."""
-    out.unlink(missing_ok=True)
-    conn = sqlite3.connect(out, isolation_level=None)
+    rows removed and added (the `logical_digest` of the partition once restored).
+    `positions` gets the delta's source-position rows. With `advance`, `parent` is then
+    brought forward by the delta (`apply_delta`'s statements, in the same connection):
+    the caller has dropped what names `parent` as a sealed copy at `since` first."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
+        conn.deserialize(_template())
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA page_size = 1024")  # small deltas stay small
-        conn.execute("PRAGMA journal_mode = OFF")  # a new scratch file: no journal, no fsync
-        conn.execute("PRAGMA synchronous = OFF")
         conn.execute("PRAGMA temp_store = MEMORY")  # `changed`, `replaced`: no temp files
         conn.execute("ATTACH DATABASE ? AS live", (f"file:{live}?mode=ro",))
-        conn.execute("ATTACH DATABASE ? AS p", (f"file:{parent}?mode=ro",))
+        conn.execute("ATTACH DATABASE ? AS p", (f"file:{parent}{'' if advance else '?mode=ro'}",))
         conn.execute("BEGIN")
         index, commit = sealable(conn, "live.", live, epoch)
         hint = f"INDEXED BY {EPOCH_INDEX}" if has_epoch_index(conn, "live") else "NOT INDEXED"
@@ -146,7 +179,7 @@ def live_delta(
         for table, cols in _SMALL_TABLES.items():
             select = cols.replace("worker_frontier", "min(worker_frontier, ?1) AS worker_frontier")
             conn.execute(
-                f"CREATE TABLE main.{table} AS SELECT {select} FROM live.{table}",
+                f"INSERT INTO main.{table} ({cols}) SELECT {select} FROM live.{table}",
                 (epoch,) if "?1" in select else (),
             )
         conn.execute("COMMIT")  # the live partition is read: everything else is local
@@ -154,11 +187,10 @@ def live_delta(
         conn.execute("BEGIN")
         conn.execute(_LIVE_UPSERTS)
         conn.execute(_LIVE_DELETES)
-        conn.execute("CREATE VIEW snaps AS SELECT * FROM upserts")  # source positions read it
         conn.execute("COMMIT")
         conn.execute(_REPLACED)
         upserts = conn.execute("SELECT COUNT(*) FROM upserts").fetchone()[0]
-        deletes = conn.execute("SELECT COUNT(*) FROM deletes").fetchone()[0]
+        deleted = conn.execute("SELECT step_id, state_key FROM deletes").fetchall()
         replaced = conn.execute("SELECT COUNT(*) FROM temp.replaced").fetchone()[0]
         rows = digest_rows_sum(parent_digest)
         if rows is None:
@@ -170,6 +202,16 @@ def live_delta(
         state_bytes = {step: added.get(step, 0) - removed.get(step, 0)
                        for step in sorted(added.keys() | removed.keys())}
         digest = format_digest(small_tables_sha(conn), rows)
+        if positions is not None:
+            positions.add(conn, "main.upserts")
+        progress = progress_rows(conn)
+        data = conn.serialize()
+        if advance:
+            conn.execute("PRAGMA p.synchronous = OFF")  # as apply_delta on the cache
+            conn.execute("PRAGMA p.journal_mode = MEMORY")
+            conn.execute("BEGIN")
+            _apply(conn, "p", "main")
+            conn.execute("COMMIT")
         conn.execute("DETACH DATABASE p")
     finally:
         conn.close()
@@ -177,10 +219,13 @@ def live_delta(
     return LiveDelta(
         seal=SealInfo(index=index, commit_epoch=commit, keys=keys, dropped_rows=0),
         upserts=upserts,
-        deletes=deletes,
+        deletes=len(deleted),
         digest=digest,
         keys=keys,
         state_bytes=state_bytes,
+        data=data,
+        progress=progress,
+        deleted=deleted,
     )
 
 
@@ -234,21 +279,27 @@ def apply_delta(target: Path, delta: Path) -> DeltaStats:
         conn.execute("PRAGMA journal_mode = MEMORY")
         conn.execute("ATTACH DATABASE ? AS d", (f"file:{delta}?mode=ro",))
         with conn:
-            conn.execute(  # by rowid through the primary key: no scan of the partition
-                "DELETE FROM main.snaps WHERE rowid IN (SELECT s.rowid FROM "
-                "(SELECT step_id, state_key FROM d.deletes "
-                "UNION ALL SELECT step_id, state_key FROM d.upserts) AS k "
-                "JOIN main.snaps AS s ON s.step_id = k.step_id AND s.state_key = k.state_key)"
-            )
-            conn.execute(
-                f"INSERT INTO main.snaps ({_SNAP_COLS}) SELECT {_SNAP_COLS} FROM d.upserts"
-            )
-            for table, cols in _SMALL_TABLES.items():
-                conn.execute(f"DELETE FROM main.{table}")
-                conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM d.{table}")
+            _apply(conn, "main", "d")
         upserts = conn.execute("SELECT COUNT(*) FROM d.upserts").fetchone()[0]
         deletes = conn.execute("SELECT COUNT(*) FROM d.deletes").fetchone()[0]
         conn.execute("DETACH DATABASE d")
     finally:
         conn.close()
     return DeltaStats(upserts=upserts, deletes=deletes)
+
+
+def _apply(conn: sqlite3.Connection, target: str, delta: str) -> None:
+    """The statements of `apply_delta`: the partition under schema `target` brought forward
+    by the delta under schema `delta` (inside the caller's transaction)."""
+    conn.execute(  # by rowid through the primary key: no scan of the partition
+        f"DELETE FROM {target}.snaps WHERE rowid IN (SELECT s.rowid FROM "
+        f"(SELECT step_id, state_key FROM {delta}.deletes "
+        f"UNION ALL SELECT step_id, state_key FROM {delta}.upserts) AS k "
+        f"JOIN {target}.snaps AS s ON s.step_id = k.step_id AND s.state_key = k.state_key)"
+    )
+    conn.execute(
+        f"INSERT INTO {target}.snaps ({_SNAP_COLS}) SELECT {_SNAP_COLS} FROM {delta}.upserts"
+    )
+    for table, cols in _SMALL_TABLES.items():
+        conn.execute(f"DELETE FROM {target}.{table}")
+        conn.execute(f"INSERT INTO {target}.{table} ({cols}) SELECT {cols} FROM {delta}.{table}")

@@ -48,6 +48,7 @@ __all__ = [
     "Packs",
     "PackWriter",
     "compress",
+    "compress_bytes",
     "pack_key",
     "read_chunk",
     "write_packs",
@@ -83,9 +84,13 @@ def pack_key(pipeline: str, kind: Kind, snap_id: str, pack: int) -> str:
 
 
 def compress(path: Path) -> bytes:
-    """The file at `path` as one zstd frame (`LEVEL`, with the content checksum that
-    `read_chunk` checks): what a pack stores for it."""
-    return zstandard.ZstdCompressor(level=LEVEL, write_checksum=True).compress(path.read_bytes())
+    """The file at `path` as one zstd frame: what a pack stores for it (`compress_bytes`)."""
+    return compress_bytes(path.read_bytes())
+
+
+def compress_bytes(data: bytes) -> bytes:
+    """`data` as one zstd frame (`LEVEL`, with the content checksum `read_chunk` checks)."""
+    return zstandard.ZstdCompressor(level=LEVEL, write_checksum=True).compress(data)
 
 
 def write_packs(files: Iterable[tuple[int, Path]], out_dir: Path) -> tuple[list[Chunk], list[Path]]:

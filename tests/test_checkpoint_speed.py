@@ -129,14 +129,22 @@ def test_incremental_of_a_running_flow_reads_only_the_changes(
             raise AssertionError("an incremental of a running flow compared whole copies")
 
         monkeypatch.setattr(checkpoint, "make_delta", whole_state_delta)
+        # the cached copies are brought forward in the deltas' own jobs, never by a
+        # second pass opening every delta file (apply_delta)
+        def second_pass(*args: object, **kw: object) -> None:
+            raise AssertionError("the cache was brought forward by a second pass")
+
+        monkeypatch.setattr(checkpoint, "apply_delta", second_pass, raising=False)
         inc = take_checkpoint(rd, store, pipeline=PIPE, incremental=True)
         monkeypatch.undo()
         # The updated digests and key counts are those of the whole state sealed at
-        # inc's epoch, computed from scratch.
+        # inc's epoch, computed from scratch; the cache holds that state too.
+        cache = default_cache_dir(rd) / "current"
         for f, entry in zip(partition_files(rd), inc.partitions, strict=True):
             sealed = tmp_path / f"sealed-{f.name}"
             info = copy_sealed(f, sealed, inc.epoch)
             assert (entry.digest, entry.keys) == (logical_digest(sealed), info.keys)
+            assert logical_digest(cache / f.name) == entry.digest
         flow.open(2)
         flow.finish()
     finally:

@@ -507,3 +507,30 @@ def test_a_format_1_full_restores_and_takes_live_deltas(tmp_path: Path, live: Pa
     inc = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
     assert inc.parent_id == full.id
     _restore_strict(store, inc, tmp_path / "restored-inc")
+
+
+def test_an_incremental_that_fails_after_moving_the_cache_leaves_no_parent(
+    tmp_path: Path, live: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live delta brings the cached copies forward in its own job, before its manifest is
+    published: it drops the cache meta first, so when the checkpoint fails afterwards (the
+    store fails the upload) no parent is left and the next checkpoint is a full one that
+    restores, never a delta onto a cache that is ahead of its parent."""
+    from recovery import checkpoint
+    from recovery.store import StoreError
+
+    store = open_store(f"file://{tmp_path}/store")
+    full = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
+    checkpoint.await_cache(checkpoint.default_cache_dir(live))
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise StoreError("the store failed the upload")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "_put_packs", failing)
+        with pytest.raises(StoreError):
+            take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
+    assert not (checkpoint.default_cache_dir(live) / checkpoint.CACHE_META).exists()
+    again = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
+    assert not again.incremental and again.id != full.id
+    _restore_strict(store, again, tmp_path / "restored")
