@@ -19,7 +19,11 @@ final checkpoint). `ratio_2_vs_1` = marginal events/s on 2 processes / on 1.
 partitions that discard; recovery on with the same snapshot interval (`-s`), run as
 `python -m bytewax.run` on 1 process and as a 2-process cluster (`-i K -a ...`, each with its
 own recovery directory holding partitions i % 2 == K). Its `ratio_2_vs_1` is Bytewax's own
-ceiling for this shape of flow on this machine.
+ceiling for this shape of flow on this machine. `bytewax_baseline_pinned` is the same flow
+whose source and sink call `dataflows.flow.threads.pin_thread_state` from `list_parts`, as
+StreamForge's connectors do: a Bytewax worker on a cluster's Rust thread otherwise creates and
+frees a Python thread state on every call into Python (the module docstring there has the
+mechanism), so the difference between the two is that cost.
 
 CPU, to tell a slow cluster from a busy machine: `cpu_us_per_event` is the marginal CPU time
 (user + sys) of the supervisor and its Bytewax processes per event (from `getrusage` of the
@@ -49,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.kafka import fill  # noqa: E402
+from dataflows.flow.threads import pin_thread_state  # noqa: E402
 from dataflows.generate import generate_orders  # noqa: E402
 from tests.fixtures.kafka import KafkaBroker, create_topic, free_port  # noqa: E402
 
@@ -109,8 +114,9 @@ def timed_run(b: str, src: str, processes: int, mode: str, broker_pid: int,
     return seconds, cpu, broker
 
 
-def baseline_flow() -> Any:
-    """The Bytewax-only flow of `bytewax_baseline` (module doc); input `$SCALE_BASELINE_INPUT`."""
+def baseline_flow(pinned: bool = False) -> Any:
+    """The Bytewax-only flow of `bytewax_baseline` (module doc); input `$SCALE_BASELINE_INPUT`;
+    `pinned`: its source and sink keep one thread state per worker thread (`pin_thread_state`)."""
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -135,6 +141,8 @@ def baseline_flow() -> Any:
 
     class Source(FixedPartitionedSource[bytes, int]):
         def list_parts(self) -> list[str]:
+            if pinned:
+                pin_thread_state()
             return [str(i) for i in range(PARTITIONS)]
 
         def build_part(self, step_id: str, for_part: str, resume: int | None) -> Lines:
@@ -149,6 +157,8 @@ def baseline_flow() -> Any:
 
     class Sink(FixedPartitionedSink[Any, None]):
         def list_parts(self) -> list[str]:
+            if pinned:
+                pin_thread_state()
             return [str(i) for i in range(PARTITIONS)]
 
         def part_fn(self, item_key: str) -> int:
@@ -169,16 +179,22 @@ def baseline_flow() -> Any:
             return None
         return order if isinstance(order, dict) and isinstance(order.get("order_id"), str) else None
 
-    flow = Dataflow("scale_baseline")
+    flow = Dataflow("scale_baseline_pinned" if pinned else "scale_baseline")
     orders = op.filter_map("parse", op.input("in", flow, Source()), parse)
     keyed = op.key_on("key", orders, lambda o: o["order_id"])
     op.output("out", op.stateful_map("total", keyed, total), Sink())
     return flow
 
 
-def timed_baseline(lines_path: Path, processes: int, snapshot_s: int = 1) -> tuple[float, float, float]:
-    """(seconds, CPU seconds, 0) of `baseline_flow` to the end of its input on `processes`
-    (`snapshot_s`: Bytewax's `-s`, the epoch length)."""
+def baseline_flow_pinned() -> Any:
+    """`baseline_flow` with `pin_thread_state` (`bytewax_baseline_pinned`)."""
+    return baseline_flow(pinned=True)
+
+
+def timed_baseline(lines_path: Path, processes: int, snapshot_s: int = 1,
+                   flow: str = "bench.scale:baseline_flow") -> tuple[float, float, float]:
+    """(seconds, CPU seconds, 0) of `flow` (`baseline_flow` or `baseline_flow_pinned`) to the end
+    of its input on `processes` (`snapshot_s`: Bytewax's `-s`, the epoch length)."""
     with tempfile.TemporaryDirectory(prefix="scale-baseline-") as tmp:
         env = {**os.environ, "PYTHONPATH": str(REPO), BASELINE_INPUT_ENV: str(lines_path)}
         init = Path(tmp) / "init"
@@ -192,7 +208,7 @@ def timed_baseline(lines_path: Path, processes: int, snapshot_s: int = 1) -> tup
             pdir.mkdir()
             for i in range(k, PARTITIONS, processes):
                 (init / f"part-{i}.sqlite3").replace(pdir / f"part-{i}.sqlite3")
-            argv = [sys.executable, "-m", "bytewax.run", "bench.scale:baseline_flow",
+            argv = [sys.executable, "-m", "bytewax.run", flow,
                     "-r", str(pdir), "-s", str(snapshot_s), "-b", "0"]
             argvs.append(argv + (["-i", str(k), "-a", addresses] if processes > 1 else []))
         cpu0, t0 = _cpu_children(), time.perf_counter()
@@ -240,6 +256,7 @@ def measure(b: str, broker_pid: int, small: int, large: int, repeat: int, mode: 
         files[n].write_bytes(b"\n".join(lines[:n]) + b"\n")
     best: dict[tuple[int, int], tuple[float, float, float]] = {}
     base: dict[tuple[int, int], tuple[float, float, float]] = {}
+    pinned: dict[tuple[int, int], tuple[float, float, float]] = {}
     load_before = os.getloadavg()[0]
     for _ in range(repeat):  # interleaved, so a busy moment hits every configuration alike
         for processes in (1, 2):
@@ -248,12 +265,15 @@ def measure(b: str, broker_pid: int, small: int, large: int, repeat: int, mode: 
                 best[processes, n] = min(best.get((processes, n), run), run)
                 run = timed_baseline(files[n], processes, snapshot_s)
                 base[processes, n] = min(base.get((processes, n), run), run)
+                run = timed_baseline(files[n], processes, snapshot_s, "bench.scale:baseline_flow_pinned")
+                pinned[processes, n] = min(pinned.get((processes, n), run), run)
     result: dict[str, Any] = {"partitions": PARTITIONS, "mode": mode, "small": small, "large": large,
                               "snapshot_interval_s": snapshot_s,
                               "repeat": repeat, "cpus": os.cpu_count(),
                               "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     result.update(_figures(best, small, large, broker=True))
     result["bytewax_baseline"] = _figures(base, small, large, broker=False)
+    result["bytewax_baseline_pinned"] = _figures(pinned, small, large, broker=False)
     return result
 
 
