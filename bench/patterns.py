@@ -12,19 +12,28 @@ Rates are events per CPU second of the process (robust to a busy machine).
 dedup by event id, merge and materialize in one stateful step per key; the
 bench events carry no `event_id` field, so each event's own id is its identity).
 
-`--variants` adds the same patterns without wall-clock wake-ups (dedup
-`expire_idle=False`, sessions `advance_on_idle=False`), sharded dedup and the
-sharded sweep materializer: the difference to the defaults is Bytewax's cost of pending
-`notify_at` wake-ups (its Rust core scans every key's pending wake-up on each
-activation, so at 100k keys the scan, not the pattern logic, dominates). It
+`dedup` and `sessions` run with their default `shards=64` (64 Bytewax keys,
+one pending wake-up each). `--variants` adds the same patterns without
+wall-clock wake-ups (dedup `expire_idle=False`, sessions
+`advance_on_idle=False`), with a Bytewax key and wake-up per key
+(`*_per_key`, `shards=None`) and the sharded sweep materializer: the
+difference is Bytewax's cost of pending `notify_at` wake-ups (its Rust core
+scans every key's pending wake-up on each activation, so at 100k keys the
+scan, not the pattern logic, dominates). `--shards 16,256` adds
+`dedup_shards_N` / `sessions_shards_N`; `--recovery-epoch-ms MS` runs every
+flow (the baseline too) with recovery on and an epoch (a snapshot of every
+key touched in it: whole shards) each MS ms. It
 also adds the floor of any keyed batch logic: `bare_batch` (count and pass
 through, the same wiring as the patterns) and `bare_timer` (the same, holding
 one far-away pending wake-up per key, as dedup and sessions must for their
-idle expiry): no pattern with a wake-up per key can beat `bare_timer`.
+idle expiry): no pattern with a wake-up per key can beat `bare_timer`; and
+`bare_lane` (the orders lane's wiring and output shape, a Change and a
+TableChange per event, without its logic): the floor of `lane`.
 
     .venv/bin/python bench/patterns.py --json
     .venv/bin/python bench/patterns.py --events 50000 --keys 10000
     .venv/bin/python bench/patterns.py --json --only bare_batch --only bare_timer
+    .venv/bin/python bench/patterns.py --json --only dedup --only dedup_per_key --recovery-epoch-ms 2000
 """
 
 from __future__ import annotations
@@ -34,15 +43,17 @@ import gc
 import json
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -55,8 +66,11 @@ from dataflows.flow import (  # noqa: E402
     materialize,
     merge_changes,
     orders_lane,
+    split_by_type,
     unkey_batch,
 )
+from dataflows.patterns.materializer import TableChange  # noqa: E402
+from dataflows.patterns.merger import Change  # noqa: E402
 
 PIPELINE = "bench"
 STATUSES = ("new", "paid", "packed", "shipped", "delivered")
@@ -149,14 +163,20 @@ def _dedup_no_expiry(up: Stream[Event]) -> Stream[Any]:
     return deduplicate("dedup", up, ttl_ms=600_000, pipeline=PIPELINE, expire_idle=False)
 
 
-def _dedup_sharded(up: Stream[Event]) -> Stream[Any]:
-    return deduplicate("dedup", up, ttl_ms=600_000, pipeline=PIPELINE, shards=64)
+def _dedup_shards(shards: int | None) -> Callable[[Stream[Event]], Stream[Any]]:
+    def body(up: Stream[Event]) -> Stream[Any]:
+        return deduplicate("dedup", up, ttl_ms=600_000, pipeline=PIPELINE, shards=shards)
+
+    return body
 
 
-def _sessions_no_idle(up: Stream[Event]) -> Stream[Any]:
-    out = analyze_sessions("sessions", up, gap_ms=900_000, allowed_lateness_ms=60_000,
-                           pipeline=PIPELINE, advance_on_idle=False)
-    return op.merge("both", out.sessions, out.late)
+def _sessions_shards(shards: int | None, idle: bool = True) -> Callable[[Stream[Event]], Stream[Any]]:
+    def body(up: Stream[Event]) -> Stream[Any]:
+        out = analyze_sessions("sessions", up, gap_ms=900_000, allowed_lateness_ms=60_000,
+                               pipeline=PIPELINE, advance_on_idle=idle, shards=shards)
+        return op.merge("both", out.sessions, out.late)
+
+    return body
 
 
 def _materializer_sweep(up: Stream[Event]) -> Stream[Any]:
@@ -199,6 +219,32 @@ class _BareLogic(op.StatefulBatchLogic[Event, Event, int]):
         return self.n
 
 
+_CHANGE = Change("updated", "k", {}, {}, ("x",), "e/bench.merge", 0)
+_TABLE = TableChange("upsert", "k", {}, "e/bench.materialize", 0)
+
+
+class _BareLaneLogic(_BareLogic):
+    """`bare_batch` with the orders lane's output shape: a Change and a TableChange per event
+    (the same two prebuilt records: no allocation, no pattern logic)."""
+
+    __slots__ = ()
+
+    def on_batch(self, events: list[Event]) -> tuple[list[Any], bool]:  # type: ignore[override]
+        self.n += len(events)
+        return [_CHANGE, _TABLE] * len(events), False
+
+
+def _bare_lane(up: Stream[Event]) -> Stream[Any]:
+    """The orders lane's wiring (`orders_lane`, with changes, no hook) around `_BareLaneLogic`."""
+    def build(_state: int | None) -> _BareLaneLogic:
+        return _BareLaneLogic(False)
+
+    out = unkey_batch("unkey", op.stateful_batch("bare", key_batch("key", up), build))
+    table = split_by_type("table", out, TableChange)
+    op.flat_map_batch("no_dlq", table.falses, lambda _b: [])
+    return op.merge("both", table.trues, table.falses)
+
+
 def _bare(timer: bool) -> Callable[[Stream[Event]], Stream[Any]]:
     def body(up: Stream[Event]) -> Stream[Any]:
         def build(_state: int | None) -> _BareLogic:
@@ -210,15 +256,18 @@ def _bare(timer: bool) -> Callable[[Stream[Event]], Stream[Any]]:
 
 
 # Same patterns without wall-clock wake-ups (each key with a pending wake-up costs a scan
-# step per activation inside Bytewax), sharded dedup (64 wake-ups) and the sharded
+# step per activation inside Bytewax), with a Bytewax key (and wake-up) per key
+# (shards=None, the layout before shards=64 became the default), and the sharded
 # generation-sweep materializer.
 VARIANTS: dict[str, Callable[[Stream[Event]], Stream[Any]]] = {
     "dedup_no_expiry": _dedup_no_expiry,
-    "dedup_sharded": _dedup_sharded,
-    "sessions_no_idle_close": _sessions_no_idle,
+    "dedup_per_key": _dedup_shards(None),
+    "sessions_no_idle_close": _sessions_shards(None, idle=False),
+    "sessions_per_key": _sessions_shards(None),
     "materializer_sweep": _materializer_sweep,
     "bare_batch": _bare(False),
     "bare_timer": _bare(True),
+    "bare_lane": _bare_lane,
 }
 
 PATTERNS: dict[str, Callable[[Stream[Event]], Stream[Any]]] = {
@@ -230,31 +279,50 @@ PATTERNS: dict[str, Callable[[Stream[Event]], Stream[Any]]] = {
 }
 
 
-def run_once(events: list[Event], body: Callable[[Stream[Event]], Stream[Any]]) -> tuple[float, int]:
+def shard_variants(counts: list[int]) -> dict[str, Callable[[Stream[Event]], Stream[Any]]]:
+    """`dedup_shards_N` / `sessions_shards_N` for each N of `--shards`."""
+    out: dict[str, Callable[[Stream[Event]], Stream[Any]]] = {}
+    for n in counts:
+        out[f"dedup_shards_{n}"] = _dedup_shards(n)
+        out[f"sessions_shards_{n}"] = _sessions_shards(n)
+    return out
+
+
+def run_once(events: list[Event], body: Callable[[Stream[Event]], Stream[Any]],
+             epoch_ms: int | None = None) -> tuple[float, int]:
     """(events per CPU second, output count) of one execution.
 
     CPU time of this process (`time.process_time`, all threads), not wall
-    time: the figure then holds on a shared, busy machine.
+    time: the figure then holds on a shared, busy machine. `epoch_ms`: with
+    recovery on (a fresh SQLite partition, an epoch, i.e. a snapshot of every
+    key touched in it, each `epoch_ms`); None: recovery off.
     """
     flow = Dataflow("bench")
     src = op.input("in", flow, TestingSource(events, batch_size=1000))
     sink = CountSink()
     op.output("out", body(src), sink)
     gc.collect()
-    t0 = time.process_time()
-    run_main(flow)
-    dt = time.process_time() - t0
+    with tempfile.TemporaryDirectory(prefix="bench-patterns-") as tmp:
+        kw: dict[str, Any] = {}
+        if epoch_ms is not None:
+            init_db_dir(Path(tmp), 1)
+            kw = {"epoch_interval": timedelta(milliseconds=epoch_ms),
+                  "recovery_config": RecoveryConfig(tmp)}
+        t0 = time.process_time()
+        run_main(flow, **kw)
+        dt = time.process_time() - t0
     return len(events) / dt, sink.counter[0]
 
 
 def bench(events: list[Event], bodies: dict[str, Callable[[Stream[Event]], Stream[Any]]],
-          repeats: int, progress: Callable[[str], None]) -> dict[str, dict[str, float]]:
+          repeats: int, progress: Callable[[str], None],
+          epoch_ms: int | None = None) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     for name, body in bodies.items():
         best, best_base, outputs = 0.0, 0.0, 0
         for r in range(repeats):
-            base, _ = run_once(events, lambda up: baseline(up, _event_key))
-            rate, outputs = run_once(events, body)
+            base, _ = run_once(events, lambda up: baseline(up, _event_key), epoch_ms)
+            rate, outputs = run_once(events, body, epoch_ms)
             best, best_base = max(best, rate), max(best_base, base)
             progress(f"{name} #{r + 1}: {rate:,.0f} ev/s (baseline {base:,.0f} ev/s)")
         results[name] = {
@@ -271,15 +339,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=500_000, help="events per run (default 500000)")
     p.add_argument("--keys", type=int, default=100_000, help="distinct keys (default 100000)")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, best counts (default 2)")
-    p.add_argument("--only", action="append", choices=sorted({**PATTERNS, **VARIANTS}),
-                   help="bench only these (patterns or variants)")
+    p.add_argument("--shards", default="",
+                   help="comma-separated shard counts: adds dedup_shards_N / sessions_shards_N variants")
+    p.add_argument("--recovery-epoch-ms", type=int, default=None,
+                   help="run everything (baseline too) with recovery on, an epoch each MS ms")
+    p.add_argument("--only", action="append",
+                   help="bench only these (patterns or variants, including --shards ones)")
     p.add_argument("--variants", action="store_true",
                    help="also bench variants without wake-ups and the sweep materializer")
     p.add_argument("--json", action="store_true", help="print JSON only")
     args = p.parse_args(argv)
     if args.events < 1 or args.keys < 1 or args.repeats < 1:
         p.error("--events, --keys and --repeats must be >= 1")
+    try:
+        counts = [int(x) for x in args.shards.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--shards: expected comma-separated integers, got {args.shards!r}")
+    if any(n < 1 for n in counts):
+        p.error("--shards: every count must be >= 1")
+    bodies = {**PATTERNS, **VARIANTS, **shard_variants(counts)}
     names = args.only or list(PATTERNS)
+    unknown = sorted(set(names) - set(bodies))
+    if unknown:
+        p.error(f"--only: unknown {unknown}; choose from {sorted(bodies)}")
+    if args.recovery_epoch_ms is not None and args.recovery_epoch_ms < 1:
+        p.error("--recovery-epoch-ms must be >= 1")
     if not 1 <= args.keys <= args.events:
         p.error("--keys must be between 1 and --events")
 
@@ -290,11 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     events = build_events(args.events, args.keys)
     gc.collect()
     gc.freeze()
-    results = bench(events, {n: {**PATTERNS, **VARIANTS}[n] for n in names}, args.repeats, progress)
+    epoch_ms = args.recovery_epoch_ms
+    results = bench(events, {n: bodies[n] for n in names}, args.repeats, progress, epoch_ms)
     doc: dict[str, Any] = {"events": args.events, "keys": args.keys, "batch_size": 1000,
-                           "workers": 1, "rate": "events per CPU second", "patterns": results}
+                           "workers": 1, "rate": "events per CPU second",
+                           "recovery_epoch_ms": epoch_ms, "patterns": results}
     if args.variants:
-        doc["variants"] = bench(events, VARIANTS, args.repeats, progress)
+        doc["variants"] = bench(events, {**VARIANTS, **shard_variants(counts)}, args.repeats, progress,
+                                epoch_ms)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

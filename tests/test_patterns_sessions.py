@@ -240,7 +240,7 @@ def test_shard_asks_one_wake_up_for_its_earliest_key_and_drops_closed_keys() -> 
     assert spans(out) == [(50_000, 50_000, 1, 0, "a:50000")] and not discard
     assert set(shard.keys) == {"b"}  # a closed and (lateness 0) dropped at once; b untouched
     state = pickle.loads(pickle.dumps(shard.snapshot()))
-    assert set(state.keys) == {"b"} and state.keys["b"].watermark_ms == 60_000
+    assert set(state.keys) == {"b"} and state.key_state("b").watermark_ms == 60_000
     shard = SessionShard(cfg, state)  # restored: b's wake-up is asked for again
     now[0] = 1_030_000
     out, discard = shard.on_notify()
@@ -260,3 +260,25 @@ def test_sharded_step_refuses_a_per_key_state_row() -> None:
         from dataflows.flow import _refuse_per_key_state
 
         _refuse_per_key_state("sessions.sessions", a.snapshot())
+
+
+def test_shard_snapshot_rebuilds_exactly_the_keys_touched_since_the_last_one() -> None:
+    """A shard keeps each key's snapshot tuple between epochs: a key touched since (an event,
+    a wake-up, the EOF flush) is snapshotted anew, an untouched one is the very same tuple."""
+    now = [1_000_000]
+    shard = SessionShard(SessionConfig(10, 100, clock=lambda: now[0]))
+    shard.on_batch([ev("a", 0), ev("b", 0)])
+    first = shard.snapshot()
+    shard.on_batch([ev("a", 5)])
+    second = shard.snapshot()
+    assert second.keys["b"] is first.keys["b"]
+    assert second.key_state("a").spans[0][:3] == (0, 5, 2) and first.key_state("a").spans[0][:3] == (0, 0, 1)
+    out, _ = shard.on_eof()  # emits both keys' open sessions: their spans are clean now
+    assert len(out) == 2
+    third = shard.snapshot()
+    assert all(not span[6] for k in ("a", "b") for span in third.key_state(k).spans)
+    now[0] += 1_000
+    shard.on_notify()  # idle: both close (already emitted) or drop
+    fourth = shard.snapshot()
+    restored = SessionShard(shard.cfg, pickle.loads(pickle.dumps(fourth)))
+    assert restored.snapshot().keys == fourth.keys

@@ -172,7 +172,10 @@ def _dedup_shard(states: dict[str, DedupState]) -> ShardDedupState:
 
 
 def _sessions_shard(states: dict[str, SessionState]) -> SessionShardState:
-    return SessionShardState(dict(sorted(states.items())), SessionShard.STATE_VERSION)
+    """The shard state of per-key `SessionState`s (snapshot time: the newest of theirs)."""
+    clocks = [s.clock_ms if s.clock_ms is not None else s.wall_ms for s in states.values()]
+    keys = {k: (s.key, s.spans, s.watermark_ms, s.wall_ms) for k, s in sorted(states.items())}
+    return SessionShardState(keys, max(clocks, default=None), SessionShard.STATE_VERSION)
 
 
 _PER_KEY: dict[type, Callable[[dict[str, Any]], Any]] = {DedupState: _dedup_shard,

@@ -18,9 +18,13 @@ slot, unused by Bytewax here) mirrors the entry that counts for it (0: none).
 A key re-asks only when it has none or wants one earlier than `slack_ms`
 before it; a stale entry (the key moved on, or was dropped) is skipped.
 
-State (`snapshot`): `SessionShardState(keys={key: SessionState}, version)`;
-each epoch snapshots every shard touched in it whole (a cost that grows with
-the keys per shard: see docs/operations.md, "Pattern wake-ups").
+State (`snapshot`): `SessionShardState(keys={key: (key, spans, watermark_ms,
+wall_ms)}, clock_ms, version)`: each key's `SessionState` fields as a plain
+tuple (pickled in C, no per-object Python call), and the pipeline time of the
+snapshot once. Each epoch snapshots every shard touched in it whole, so a
+shard keeps each key's tuple from its last snapshot and rebuilds only the
+keys touched since: the Python cost per epoch is that of the touched keys,
+the pickling that of the whole shard (docs/operations.md, "Shards").
 
     >>> from dataflows.events import Event
     >>> from dataflows.patterns.sessions import SessionConfig
@@ -38,19 +42,29 @@ from typing import Any
 
 from dataflows.events import Event
 from dataflows.patterns.alarm import Alarm
-from dataflows.patterns.sessions import SessionAnalyzer, SessionConfig, SessionState
+from dataflows.patterns.sessions import SessionAnalyzer, SessionConfig, SessionState, SpanTuple
 
 __all__ = ["SessionShard", "SessionShardState"]
 
 _EMPTY: tuple[()] = ()
 
 
+KeyTuple = tuple[str, tuple[SpanTuple, ...], int, int]  # SessionState's key, spans, watermark_ms, wall_ms
+
+
 @dataclass(frozen=True, slots=True)
 class SessionShardState:
-    """Snapshot of one shard: `keys[key]` the `SessionState` of each key it holds."""
+    """Snapshot of one shard: `keys[key]` = `(key, spans, watermark_ms, wall_ms)` of each key it
+    holds (the fields of its `SessionState`), `clock_ms` the pipeline time of the snapshot."""
 
-    keys: dict[str, SessionState]
+    keys: dict[str, KeyTuple]
+    clock_ms: int | None
     version: int = 1
+
+    def key_state(self, key: str) -> SessionState:
+        """The `SessionState` of one of its keys."""
+        k, spans, wm, wall = self.keys[key]
+        return SessionState(k, spans, wm, wall, SessionAnalyzer.STATE_VERSION, self.clock_ms)
 
 
 class SessionShard(Alarm):
@@ -62,16 +76,18 @@ class SessionShard(Alarm):
     """
 
     STATE_VERSION = 1
-    __slots__ = ("cfg", "keys", "heap")
+    __slots__ = ("cfg", "keys", "heap", "snaps")
 
     def __init__(self, cfg: SessionConfig, state: SessionShardState | None = None) -> None:
         self.cfg = cfg
         self.due_ms, self.at = 0, None  # the shard's own wake-up (Alarm)
         self.keys: dict[str, SessionAnalyzer] = {}
         self.heap: list[tuple[int, str]] = []
+        # key -> its tuple as of the last snapshot (absent: touched since, or new)
+        self.snaps: dict[str, KeyTuple] = {}
         if state is not None:
-            for key, s in state.keys.items():
-                a = self.keys[key] = SessionAnalyzer(cfg, s)
+            for key in state.keys:
+                a = self.keys[key] = SessionAnalyzer(cfg, state.key_state(key))
                 self._arm(key, a)
 
     def _arm(self, key: str, a: SessionAnalyzer) -> None:
@@ -95,6 +111,7 @@ class SessionShard(Alarm):
         a = keys.get(key)
         if a is None:
             a = keys[key] = SessionAnalyzer(self.cfg)
+        self.snaps.pop(key, None)
         out, gone = a.on_item(event)
         if gone:
             del keys[key]  # its heap entry goes stale; a later event starts the key afresh
@@ -126,8 +143,10 @@ class SessionShard(Alarm):
             if a is not None and a.due_ms == want:
                 a.due_ms = 0
                 due.append(key)
+        snaps = self.snaps
         for key in due:
             a = keys[key]
+            snaps.pop(key, None)
             items, gone = a.on_notify()
             if items:
                 out.extend(items)
@@ -139,6 +158,7 @@ class SessionShard(Alarm):
 
     def on_eof(self) -> tuple[list[Any], bool]:
         out: list[Any] = []
+        self.snaps.clear()  # emitting marks sessions clean: every key changes
         for a in self.keys.values():
             items, _ = a.on_eof()
             out.extend(items)
@@ -153,4 +173,16 @@ class SessionShard(Alarm):
         return self.schedule(heap[0][0], self.cfg.slack_ms)
 
     def snapshot(self) -> SessionShardState:
-        return SessionShardState({k: a.snapshot() for k, a in self.keys.items()}, self.STATE_VERSION)
+        snaps = self.snaps
+        if len(snaps) != len(self.keys):
+            for key, a in self.keys.items():
+                if key not in snaps:
+                    snaps[key] = _key_tuple(a)
+        clock = self.cfg.clock
+        return SessionShardState(dict(snaps), None if clock is None else clock.now(), self.STATE_VERSION)
+
+
+def _key_tuple(a: SessionAnalyzer) -> KeyTuple:
+    """`(key, spans, watermark_ms, wall_ms)` of a key's analyzer (its `SessionState` fields)."""
+    assert a.key is not None and a.wm is not None
+    return (a.key, a.span_tuples(), a.wm, a.wall_ms)

@@ -443,13 +443,16 @@ class SessionAnalyzer(Alarm):
             return self.request(want, self.cfg.slack_ms)
         return self.schedule(want, self.cfg.slack_ms)
 
+    def span_tuples(self) -> tuple[SpanTuple, ...]:
+        """The retained sessions as `SessionState.spans` holds them."""
+        return tuple([(s.start, s.end, s.count, s.agg, s.id_start, s.emits, s.dirty)
+                      for s in self.spans])
+
     def snapshot(self) -> SessionState:
         assert self.key is not None and self.wm is not None
-        spans = tuple([(s.start, s.end, s.count, s.agg, s.id_start, s.emits, s.dirty)
-                       for s in self.spans])
         clock = self.cfg.clock
-        return _state(self.key, spans, self.wm, self.wall_ms, self.STATE_VERSION,
-                            None if clock is None else clock.now())
+        return _state(self.key, self.span_tuples(), self.wm, self.wall_ms, self.STATE_VERSION,
+                      None if clock is None else clock.now())
 
 
 def __getattr__(name: str) -> Any:
