@@ -5,8 +5,9 @@ applying timeout / min-pause / retained itself):
 
 1. reads the resume epoch R from the live partitions;
 2. copies each partition in one consistent read and seals the copy at R
-   (`recovery.partitions.copy_sealed`, the same rows and refusal as the backup
-   API + `seal_copy`): every copy then resumes at R, with one row per live key;
+   (`recovery.partitions.copy_sealed`: the backup API's page copy, then only the
+   rows a resume at R does not load deleted): every copy then resumes at R, with
+   one row per live key;
 3. packs every copy (full), or, when `incremental` and the previous
    checkpoint's sealed copies are in the local cache, only the delta since it
    (`recovery.delta`), zstd-compressed into a few objects (`recovery.pack`,
@@ -17,10 +18,17 @@ applying timeout / min-pause / retained itself):
    (`recovery.delta.live_delta`: no copy of the state, the digest updated
    from the parent's) and the cached copies are brought forward by the
    deltas; after a restart (Bytewax then re-snapshots every key) the delta
-   compares whole sealed copies (`make_delta`);
+   compares whole sealed copies (`make_delta`). A live delta is built in memory
+   and brings the cached copy forward in the same job (the cache meta is dropped
+   first: a checkpoint that fails then leaves no parent);
 4. uploads the manifest (sha256 of every object, logical digest of every
    partition, source positions, state size per step), signed when a key is
-   given, LAST: a checkpoint without a manifest is never chosen;
+   given, LAST: a checkpoint without a manifest is never chosen. A full
+   checkpoint's partitions record `recovery.pack.FRAME_DIGEST` (manifest format
+   2: restore checks the frame's sha256 and content checksum) and no row is
+   hashed before publishing; the `ms1:` digests a live delta updates are computed
+   from the cached copies afterwards, in a background thread (`_digest_cache`)
+   that the next checkpoint waits for (`await_cache`);
 5. records the checkpoint metrics.
 
 One checkpoint at a time per pipeline (`recovery.lease`): a checkpoint (not a
