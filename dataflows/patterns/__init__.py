@@ -4,7 +4,7 @@
 |---|---|---|
 | dedup | `Deduplicator` (one identity, a shard's, a key's) | `deduplicate`, `dedup_by_key` |
 | merger | `StatefulMerger` -> `Change` | `merge_changes` |
-| sessions | `SessionAnalyzer` -> `Session`, `SessionRetraction`, `LateEvent` | `analyze_sessions` |
+| sessions | `SessionAnalyzer` -> `Session`, `SessionRetraction`, `LateEvent`; `SessionShard` (a shard's keys) | `analyze_sessions` |
 | materializer | `Materializer`, `ShardMaterializer` -> `TableChange` | `materialize` |
 | lanes | `OrdersLane`, `SessionsLane` (the above, fused per key) | `orders_lane`, `sessions_lane` |
 
@@ -26,6 +26,7 @@ from dataflows.patterns.materializer import (
     TableChange,
 )
 from dataflows.patterns.merger import Change, MergerState, StatefulMerger
+from dataflows.patterns.session_shard import SessionShard, SessionShardState
 from dataflows.patterns.sessions import (
     LateEvent,
     Session,
@@ -48,6 +49,8 @@ __all__ = [
     "OrdersLaneState",
     "Session",
     "SessionAnalyzer",
+    "SessionShard",
+    "SessionShardState",
     "SessionOutputs",
     "SessionRetraction",
     "SessionState",
