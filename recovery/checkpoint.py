@@ -56,12 +56,12 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dataflows import metrics
 from dataflows.faults import fault_point
@@ -290,22 +290,34 @@ def _sealed_copies(
     `_WORKERS` partitions at a time (SQLite, zstd and hashlib run without the GIL: a
     copy overlaps another's digest); the packs, the epoch."""
     files, epoch, _ = _live_state(recovery_dir)
-    copies = [work / f.name for f in files]
-    prepared = []
     writer = PackWriter(work)
-    try:
-        with _Pool(_WORKERS) as pool:
-            futures = [pool.submit(_copy_and_prepare, f, dst, epoch, parent, work, writer,
-                                   input_steps)
-                       for f, dst in zip(files, copies, strict=True)]
-            for f, future in zip(files, futures, strict=True):
-                prepared.append(future.result())
-                fault_point("checkpoint.copy")
-                deadline.check(f"copying {f.name}")
-    finally:
-        packs = writer.close()
+    prepared, packs = _jobs(
+        files, lambda f: _copy_and_prepare(f, work / f.name, epoch, parent, work, writer,
+                                           input_steps),
+        writer, deadline, "copying")
     _check_sealed([p.progress for p in prepared], epoch)
     return prepared, packs, epoch
+
+
+T = TypeVar("T")
+
+
+def _jobs(files: list[Path], job: Callable[[Path], T], writer: PackWriter, deadline: Deadline,
+          doing: str) -> tuple[list[T], list[Path]]:
+    """`job` of every partition file, `_WORKERS` at a time (SQLite, zstd and hashlib run
+    without the GIL), in order, with the ``checkpoint.copy`` fault point and the deadline
+    checked after each; then `writer`'s packs are closed: the results, the pack files."""
+    results = []
+    try:
+        with _Pool(_WORKERS) as pool:
+            futures = [pool.submit(job, f) for f in files]
+            for f, future in zip(files, futures, strict=True):
+                results.append(future.result())
+                fault_point("checkpoint.copy")
+                deadline.check(f"{doing} {f.name}")
+    finally:
+        packs = writer.close()
+    return results, packs
 
 
 def _load_parent(cache_dir: Path, store: ObjectStore, pipeline: str, count: int) -> _Parent | None:
@@ -479,16 +491,7 @@ def _live_deltas(
                             positions=positions, advance=True)
         return _DeltaRead(result, positions, writer.add(entry.index, compress_bytes(result.data)))
 
-    reads = []
-    try:
-        with _Pool(_WORKERS) as pool:
-            futures = [pool.submit(one, f) for f in files]
-            for f, future in zip(files, futures, strict=True):
-                reads.append(future.result())
-                fault_point("checkpoint.copy")
-                deadline.check(f"reading {f.name}")
-    finally:
-        packs = writer.close()
+    reads, packs = _jobs(files, one, writer, deadline, "reading")
     _check_sealed([r.result.progress for r in reads], epoch)
     return reads, packs
 
