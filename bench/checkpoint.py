@@ -412,7 +412,7 @@ def bench_big(
             proc.wait()
     assert inc.parent_id == full.id
     raw_put_s, raw_get_s = _raw_transfer(store, full.total_bytes)
-    result = {
+    figures = {
         "keys": big_keys,
         "partitions": partitions,
         "build_seconds": round(build_s, 2),
@@ -434,8 +434,9 @@ def bench_big(
         "incremental_target_seconds": round(0.2 * full_s, 2),
         "incremental_fraction": round(inc.total_bytes / full.total_bytes, 4),
     }
+    print(json.dumps(figures), file=sys.stderr, flush=True)  # the checkpoints' figures first
     if not with_restore:
-        return result
+        return figures
 
     target = tmp / "restored"
     with Phases() as restore_phases:
@@ -453,7 +454,7 @@ def bench_big(
     _local_backup(rd, local)
     local_resume_s = _first_output_after(f"{second},1:1:0", local, time.time())
     return {
-        **result,
+        **figures,
         "restored": f"{result.chosen} {result.id}",
         "restore_download_seconds": round(restored_s, 2),
         "restore_phases_thread_seconds": restore_phases.rounded(),
