@@ -40,7 +40,7 @@ from typing import Any
 
 from dataflows.events import Event, derive_id
 from dataflows.patterns.dedup import shard_of
-from dataflows.patterns.records import frozen_factory
+from dataflows.patterns.records import frozen_factory, tuple_pickled
 
 __all__ = [
     "MaterializedRow",
@@ -57,6 +57,7 @@ _NEVER = -(2**63)
 GENERATION_HEADER = "sf-generation"
 
 
+@tuple_pickled
 @dataclass(frozen=True, slots=True)
 class TableChange:
     """One change of the materialized table."""

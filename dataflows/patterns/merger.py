@@ -28,13 +28,14 @@ from typing import Any
 
 from dataflows.events import Event
 from dataflows.patterns.diff import differing_paths, top_level_paths
-from dataflows.patterns.records import frozen_factory
+from dataflows.patterns.records import frozen_factory, tuple_pickled
 
 __all__ = ["Change", "MergerState", "StatefulMerger"]
 
 _EMPTY: tuple[()] = ()
 
 
+@tuple_pickled
 @dataclass(frozen=True, slots=True)
 class Change:
     """One change of a key's document."""

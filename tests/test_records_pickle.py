@@ -1,0 +1,77 @@
+"""The patterns' output records pickle as the class and a plain tuple (`records.tuple_pickled`).
+
+`TableChange` (the lane's and Materializer's output) and `Change` (the merger's) cross Bytewax
+workers on their way to the sinks' partitions, and on a cluster every crossing pickles them:
+before, as slotted dataclasses, through `dataclasses._dataclass_getstate` (a `fields()` call per
+object). A pickle of that older form still loads.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from dataflows.patterns.materializer import TableChange
+from dataflows.patterns.merger import Change
+from dataflows.patterns.records import tuple_pickled
+
+UPSERT = TableChange("upsert", "o-1", {"status": "paid", "n": [1, 2.5]}, "kafka:orders:0:7/lane", 1700000000000)
+CHANGE = Change("updated", "o-1", {"status": "new"}, {"status": "paid"}, ("status",), "kafka:orders:0:7/m", 17)
+
+
+def _old_form(obj: Any, protocol: int, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """The pickle the class made before `tuple_pickled`: without its `__reduce__`, Python 3.11
+    pickles a slotted dataclass through `dataclasses._dataclass_getstate`."""
+    with monkeypatch.context() as m:
+        m.delattr(type(obj), "__reduce__")
+        data = pickle.dumps(obj, protocol=protocol)
+    assert b"__reduce__" not in data
+    return data
+
+
+@pytest.mark.parametrize("obj", [UPSERT, CHANGE, TableChange("tombstone", "k", None, "e", 0)])
+@pytest.mark.parametrize("protocol", range(2, pickle.HIGHEST_PROTOCOL + 1))
+def test_round_trip_and_the_old_form_loads(obj: Any, protocol: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = _old_form(obj, protocol, monkeypatch)
+    assert old != pickle.dumps(obj, protocol=protocol)  # the older form: copyreg and a state list
+    for again in (pickle.loads(pickle.dumps(obj, protocol=protocol)), copy.copy(obj), copy.deepcopy(obj),
+                  pickle.loads(old)):
+        assert again == obj and type(again) is type(obj)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pickle.loads(pickle.dumps(obj)).key = "x"  # type: ignore[misc]
+
+
+def test_pickling_looks_up_no_dataclass_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = dataclasses.fields
+
+    def counting(obj: Any) -> Any:
+        calls.append(type(obj).__name__)
+        return real(obj)
+
+    monkeypatch.setattr(dataclasses, "fields", counting)
+    assert pickle.loads(pickle.dumps([UPSERT, CHANGE])) == [UPSERT, CHANGE]
+    assert calls == []
+
+
+def test_tuple_pickled_refuses_what_it_cannot_rebuild() -> None:
+    @dataclass
+    class Plain:
+        a: int
+        b: int
+
+    with pytest.raises(TypeError, match="slotted"):
+        tuple_pickled(Plain)
+
+    @dataclass(slots=True)
+    class Derived:
+        a: int
+        b: int = dataclasses.field(init=False, default=0)
+
+    with pytest.raises(TypeError, match="__init__"):
+        tuple_pickled(Derived)
