@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from recovery.checkpoint import list_checkpoints
+from recovery.cluster_checkpoint import pending_request
 from recovery.savepoint import list_savepoints
 from recovery.store import open_store
 from tests.fixtures.kafka import free_port
@@ -81,6 +82,8 @@ def test_pods_checkpoint_as_one_cluster_and_cancel_with_one_savepoint(tmp_path: 
     assert "answered process 0's savepoint" in errs[1]
     assert _status(tmp_path, 0)["savepoint"] == sp.id and _status(tmp_path, 1).get("savepoint") is None
 
+    old = pending_request(store, "sup")
+    assert old is not None and old.processes == 2
     addrs3, cfgs3 = _pods(ws, tmp_path, n=3, tag="new", source={"tail": False})
     pods = [ws.start("--process-id", str(k), "--addresses", addrs3, "--restore", f"savepoint:{sp.id}",
                      config=cfgs3[k]) for k in range(3)]
@@ -92,7 +95,15 @@ def test_pods_checkpoint_as_one_cluster_and_cancel_with_one_savepoint(tmp_path: 
     assert all(f"restore: savepoint {sp.id}" in err for err in errs)
     assert all("answered process 0's checkpoint" in err for err in errs[1:])
     # the old 2-process cluster's last request is still in the store: not theirs to answer
-    assert not any("cluster snapshot: process" in err for err in errs), errs
+    # (one of the new cluster's own checkpoints may time out on a loaded machine while a
+    # pod is still restoring; that is a failed checkpoint, counted, not this)
+    # (its id is the cancel savepoint's, which every pod names once: as what it restores)
+    assert old.id == sp.id
+    answered_old = [line for err in errs for line in err.splitlines()
+                    if old.id in line and not line.startswith(f"restore: savepoint {sp.id}")]
+    assert answered_old == [], answered_old
+    failed = [line for err in errs for line in err.splitlines() if "cluster snapshot: process" in line]
+    assert all("(down or slow); nothing published" in line for line in failed), failed
     final = list_checkpoints(store, "sup")[0]
     assert {e.object.split("/")[3] for e in final.partitions} == {"proc-0", "proc-1", "proc-2"}
     assert_exactly_once(read_rows(ws.output), 200)
