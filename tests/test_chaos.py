@@ -223,7 +223,7 @@ def test_short_cluster_chaos_run_is_clean(tmp_path: Path) -> None:
     out = tmp_path / "chaos.json"
     proc = subprocess.run(
         [sys.executable, "scripts/chaos.py", "--workloads", CLUSTER, "--runs", "1", "--seed", "1",
-         "--records", "300", "--json", "--out", str(out)],
+         "--records", "1500", "--json", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     report = json.loads(proc.stdout) if proc.stdout.strip() else json.loads(out.read_text())
