@@ -56,9 +56,10 @@ class EpochPacer:
     Bytewax counts it: the poll time of the activation that advanced it), the last poll
     time, and the last boundary's wait."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._epoch_s: float | None = None
-        self._clock = clock
+        self._clock, self._wall = clock, wall
         self._polled_at = clock()
         self._epoch_started = self._polled_at  # Bytewax starts a partition's epoch when it builds it
         self._advanced_at: float | None = None  # set by advanced(), cleared by the next poll
@@ -79,7 +80,7 @@ class EpochPacer:
             return wanted
         if self._polled_at - self._epoch_started < self._epoch_s - EARLY_S:
             return wanted
-        park = datetime.now(UTC) + timedelta(seconds=min(self._wait * WAIT_SHARE, self._epoch_s * MAX_SHARE))
+        park = self._wall() + timedelta(seconds=min(self._wait * WAIT_SHARE, self._epoch_s * MAX_SHARE))
         return park if wanted is None or wanted < park else wanted
 
     def advanced(self) -> None:
