@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dataflows.json_codec import dumps
+from dataflows.records import tuple_pickled
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -64,6 +65,7 @@ def derive_id(parent_id: str, step: str) -> str:
     return f"{parent_id}/{step}"
 
 
+@tuple_pickled  # every item crossing workers and every snapshot pickles it (dataflows.records)
 @dataclass(frozen=True, slots=True)
 class RawRecord:
     """Bytes read by a source, before parsing.
@@ -81,12 +83,8 @@ class RawRecord:
     headers: Headers = ()
     coords: Mapping[str, Any] = field(default_factory=dict)
 
-    def __reduce__(self) -> tuple[type[RawRecord], tuple[Any, ...]]:
-        """Pickle as the class and a plain tuple (see `Event.__reduce__`)."""
-        return RawRecord, (self.payload, self.event_id, self.source, self.key, self.timestamp_ms, self.headers,
-                           self.coords)
 
-
+@tuple_pickled
 @dataclass(frozen=True, slots=True)
 class Event:
     """A parsed record.
@@ -104,13 +102,6 @@ class Event:
     source: str
     op: str | None = None
     headers: Headers = ()
-
-    def __reduce__(self) -> tuple[type[Event], tuple[Any, ...]]:
-        """Pickle as the class and a plain tuple of the fields: every item crossing Bytewax
-        workers and every snapshot is pickled, and the slotted dataclass default
-        (`dataclasses._dataclass_getstate`) looks up `fields()` on each. Pickles of that old
-        form still load (its `__setstate__` stays; tests/test_events_pickle.py)."""
-        return Event, (self.key, self.value, self.event_time_ms, self.event_id, self.source, self.op, self.headers)
 
     def derive(self, step: str, **changes: Any) -> Event:
         """A copy with a derived event id and the given fields replaced."""

@@ -61,7 +61,7 @@ import orjson
 
 from dataflows.dead_letter import DeadLetter, ErrorCode
 from dataflows.events import Event, RawRecord
-from dataflows.patterns.records import frozen_factory
+from dataflows.records import frozen_factory
 
 __all__ = [
     "MAX_EVENT_TIME_MS",

@@ -18,7 +18,7 @@ import pytest
 
 from dataflows.patterns.materializer import TableChange
 from dataflows.patterns.merger import Change
-from dataflows.patterns.records import tuple_pickled
+from dataflows.records import tuple_pickled
 
 UPSERT = TableChange("upsert", "o-1", {"status": "paid", "n": [1, 2.5]}, "kafka:orders:0:7/lane", 1700000000000)
 CHANGE = Change("updated", "o-1", {"status": "new"}, {"status": "paid"}, ("status",), "kafka:orders:0:7/m", 17)

@@ -54,7 +54,7 @@ from typing import Any
 from dataflows.clock import PipelineClock, Wall, as_pipeline_clock, setstate_with_defaults
 from dataflows.events import Event
 from dataflows.patterns.alarm import Alarm, slack_for
-from dataflows.patterns.records import frozen_factory
+from dataflows.records import frozen_factory
 
 __all__ = [
     "DedupConfig",

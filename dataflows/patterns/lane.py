@@ -60,8 +60,8 @@ from dataflows.patterns.dedup import (
 from dataflows.patterns.diff import differing_paths, top_level_paths
 from dataflows.patterns.materializer import TableChange
 from dataflows.patterns.merger import Change
-from dataflows.patterns.records import frozen_factory
 from dataflows.patterns.sessions import SessionAnalyzer, SessionConfig, SessionState
+from dataflows.records import frozen_factory
 
 __all__ = [
     "OrdersLane",

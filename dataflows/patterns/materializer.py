@@ -40,7 +40,7 @@ from typing import Any
 
 from dataflows.events import Event, derive_id
 from dataflows.patterns.dedup import shard_of
-from dataflows.patterns.records import frozen_factory, tuple_pickled
+from dataflows.records import frozen_factory, tuple_pickled
 
 __all__ = [
     "MaterializedRow",

@@ -28,7 +28,7 @@ from typing import Any
 
 from dataflows.events import Event
 from dataflows.patterns.diff import differing_paths, top_level_paths
-from dataflows.patterns.records import frozen_factory, tuple_pickled
+from dataflows.records import frozen_factory, tuple_pickled
 
 __all__ = ["Change", "MergerState", "StatefulMerger"]
 

@@ -38,7 +38,7 @@ from dataflows.dead_letter import DeadLetter, ErrorCode, counted_dead_letter
 from dataflows.events import RawRecord, kafka_event_id, now_ms
 from dataflows.flow.pacing import EpochPacer
 from dataflows.flow.threads import pin_thread_state
-from dataflows.patterns.records import frozen_factory
+from dataflows.records import frozen_factory
 
 __all__ = ["RawRecordKafkaSource", "to_dead_letter", "to_raw_record"]
 

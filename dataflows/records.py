@@ -1,4 +1,4 @@
-"""Fast positional construction of the patterns' frozen output records.
+"""Fast positional construction and pickling of frozen, slotted dataclass records (events, pattern outputs).
 
 A frozen dataclass's generated `__init__` sets each field through
 `object.__setattr__`, which costs about twice a plain slot store; the
