@@ -79,9 +79,11 @@ def test_a_process_that_does_not_answer_fails_the_checkpoint_and_publishes_nothi
 ) -> None:
     store = open_store(str(tmp_path / "store"))
     dirs = split(ws.recovery, tmp_path / "cluster", 3)
-    with pytest.raises(CheckpointTimeout, match=r"process\(es\) \[2\]"):
+    # process 1 answers (in a thread); on a loaded machine it may not within the timeout
+    # either, and is then named too: never process 0, always process 2
+    with pytest.raises(CheckpointTimeout, match=r"process\(es\) \[(1, )?2\] \(down or slow\)"):
         take_cluster_snapshot(dirs[0], store, pipeline="sup", processes=3, partition_count=PARTS,
-                              timeout_s=2.0, answer_others=local_answers(dirs[:2], store))
+                              timeout_s=3.0, answer_others=local_answers(dirs[:2], store))
     req = pending_request(store, "sup")
     assert req is not None and not store.exists(manifest_key("sup", "checkpoint", req.id))
     assert list_checkpoints(store, "sup") == []
