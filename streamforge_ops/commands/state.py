@@ -4,9 +4,15 @@
 partitions (`--dir`, default recovery.dir) or of a checkpoint / savepoint
 (downloaded and verified into a temporary directory). `compact` deletes the
 NULL rows discarded keys leave behind (safe while the flow runs). `migrate`
-renames steps per the config's `state.step-renames` and upgrades pickled
-pattern state to the current STATE_VERSIONs (run it on a stopped pipeline,
-after restoring a savepoint taken by older code).
+renames steps per the config's `state.step-renames`, upgrades pickled
+pattern state to the current STATE_VERSIONs and, with `--reshard STEP=N`,
+re-keys a dedup or sessions step's per-key rows (written with `shards=None`,
+before shards became the default) into the N shard rows the sharded step
+restores (`dataflows.flow.legacy.shard_per_key_rows`). Run it on a stopped
+pipeline, after restoring a savepoint taken by older code:
+
+    streamforge state migrate --config config/clicks.yaml \
+        --reshard clicks.sessions.sessions.stateful_batch=64
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     inspect.add_argument("--store", metavar="URL", help="override checkpoints.dir and savepoints.dir")
     for a in (compact, migrate):
         a.add_argument("--dir", type=Path, help="recovery directory (default: recovery.dir)")
+    migrate.add_argument("--reshard", metavar="STEP=N", action="append", type=_reshard_arg, default=[],
+                         help="re-key STEP's per-key rows into N shard rows (a dedup or sessions step "
+                              "built with shards=N, the default 64, whose state was written per key); "
+                              "repeatable")
     inspect.set_defaults(func=_inspect)
     compact.set_defaults(func=_compact)
     migrate.set_defaults(func=_migrate)
@@ -126,16 +136,43 @@ def _import_flow_module(args: argparse.Namespace) -> None:
         progress(f"warning: could not import {module} ({type(exc).__name__}: {exc})")
 
 
+def _reshard_arg(text: str) -> tuple[str, int]:
+    """`STEP=N` -> (STEP, N), N >= 1."""
+    step, sep, n = text.rpartition("=")
+    if not sep or not step or not n.isdigit() or int(n) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected STEP=N (a step id and a shard count >= 1), got {text!r}")
+    return step, int(n)
+
+
 def _migrate(args: argparse.Namespace) -> int:
+    from dataflows.flow.legacy import shard_per_key_rows
     from recovery.migrate import migrate_dir
+    from recovery.steps import snapshot_steps
 
     rdir = _local_dir(args)
     renamed = _rename_steps(args, rdir)
+    if args.reshard:  # the step ids after the renames; refused before anything else changes
+        steps = snapshot_steps(rdir)
+        for step, shards in args.reshard:
+            if step not in steps:
+                raise CliError(f"--reshard {step}={shards}: {rdir} holds no state of step {step!r} "
+                               f"(its steps: {', '.join(sorted(steps)) or 'none'})")
     _import_flow_module(args)
     progress(f"migrating state in {rdir} ...")
     changed = migrate_dir(rdir)
-    emit({"dir": str(rdir), "migrated": changed, "renamed": renamed}, as_json=args.json,
-         text=f"migrated {changed} state rows, renamed {renamed} in {rdir}")
+    resharded: dict[str, int] = {}
+    for step, shards in args.reshard:
+        progress(f"re-keying {step}'s per-key rows into {shards} shards ...")
+        try:
+            resharded[step] = shard_per_key_rows(rdir, step, shards)
+        except ValueError as exc:
+            raise CliError(f"--reshard {step}={shards}: {exc}") from None
+    text = f"migrated {changed} state rows, renamed {renamed} in {rdir}" + "".join(
+        f"; {step}: {n or 'no'} shard rows written{'' if n else ' (no per-key rows)'}"
+        for step, n in resharded.items())
+    emit({"dir": str(rdir), "migrated": changed, "renamed": renamed, "resharded": resharded},
+         as_json=args.json, text=text)
     return 0
 
 

@@ -1,0 +1,77 @@
+"""`streamforge state migrate --reshard STEP=N`: per-key dedup / sessions state (written with
+`shards=None`, before shards became the default) re-keyed through the CLI resumes in the
+sharded step with the output of one uninterrupted run; bad arguments are refused at start,
+before anything in the directory changes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bytewax.recovery import init_db_dir
+from bytewax.testing import TestingSource
+
+from streamforge_ops.cli import main
+from tests.test_patterns_harness import by_id, run_pattern
+from tests.test_patterns_recovery import PATTERNS, workload
+
+STEP = "patterns_test.sessions.sessions.stateful_batch"
+
+
+def _per_key_dir(tmp_path: Path) -> tuple[Path, list[Any], list[Any]]:
+    """A recovery directory holding the per-key sessions step's state after an abort."""
+    rec = tmp_path / "recovery"
+    rec.mkdir()
+    init_db_dir(rec, 2)
+    items: list[Any] = list(workload())
+    items.insert(45, TestingSource.ABORT())
+    out: list[Any] = []
+    run_pattern(PATTERNS["sessions_per_key"], items, recovery_dir=rec, out=out)
+    return rec, items, out
+
+
+def _rows(rec: Path) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    for part in sorted(rec.glob("part-*.sqlite3")):
+        with sqlite3.connect(part) as conn:
+            rows += conn.execute("SELECT step_id, state_key, snap_epoch, ser_change FROM snaps "
+                                 "ORDER BY 1, 2, 3").fetchall()
+    return rows
+
+
+def test_reshard_through_the_cli_resumes_identically(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rec, items, out = _per_key_dir(tmp_path)
+    assert main(["state", "migrate", "--dir", str(rec), "--reshard", f"{STEP}=64", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["resharded"][STEP] > 0
+    keys = {key for step, key, _, _ in _rows(rec) if step == STEP}
+    assert keys and all(k.isdigit() and 0 <= int(k) < 64 for k in keys)  # shard rows only
+    assert main(["state", "migrate", "--dir", str(rec), "--reshard", f"{STEP}=64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["resharded"] == {STEP: 0}  # already sharded
+    run_pattern(PATTERNS["sessions"], items, recovery_dir=rec, out=out)  # shards=64, the default
+    assert by_id(out) == by_id(run_pattern(PATTERNS["sessions"], workload()))
+
+
+def _exit_code(argv: list[str]) -> int:
+    """`main`'s return code, or the one argparse exits with for a bad argument."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+@pytest.mark.parametrize(("arg", "message"), [
+    ("nosuchstep=64", "holds no state of step 'nosuchstep'"),
+    (f"{STEP}=0", "expected STEP=N"),
+    (f"{STEP}", "expected STEP=N"),
+])
+def test_a_bad_reshard_is_refused_and_changes_nothing(
+        arg: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rec, _, _ = _per_key_dir(tmp_path)
+    before = _rows(rec)
+    assert _exit_code(["state", "migrate", "--dir", str(rec), "--reshard", arg]) == 2
+    assert message in capsys.readouterr().err
+    assert _rows(rec) == before
