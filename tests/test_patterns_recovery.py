@@ -136,6 +136,19 @@ def test_two_workers_equal_one(name: str, uninterrupted: dict[str, dict[str, Any
     assert by_id(out) == uninterrupted[name]
 
 
+def per_key_state(per_key: str, tmp_path: Path) -> tuple[Path, list[Any], list[Any]]:
+    """A recovery directory holding the per-key pattern `per_key`'s state after an abort in
+    the middle of the workload: (directory, the input with its abort, the output so far)."""
+    rec = tmp_path / "recovery"
+    rec.mkdir()
+    init_db_dir(rec, 2)
+    items: list[Any] = list(workload())
+    items.insert(45, TestingSource.ABORT())
+    out: list[Any] = []
+    run_pattern(PATTERNS[per_key], items, recovery_dir=rec, out=out)
+    return rec, items, out
+
+
 @pytest.mark.parametrize(("per_key", "sharded", "step"), [
     ("dedup_per_key", "dedup", "patterns_test.dedup.dedup.stateful_batch"),
     ("sessions_per_key", "sessions", "patterns_test.sessions.sessions.stateful_batch"),
@@ -145,13 +158,7 @@ def test_per_key_checkpoint_re_keyed_into_shards_resumes_identically(
         uninterrupted: dict[str, dict[str, Any]]) -> None:
     """State written with shards=None (before shards became the default), re-keyed by
     `shard_per_key_rows`, resumes in the sharded step: together the same output as one run."""
-    rec = tmp_path / "recovery"
-    rec.mkdir()
-    init_db_dir(rec, 2)
-    items: list[Any] = list(workload())
-    items.insert(45, TestingSource.ABORT())
-    out: list[Any] = []
-    run_pattern(PATTERNS[per_key], items, recovery_dir=rec, out=out)
+    rec, items, out = per_key_state(per_key, tmp_path)
     assert shard_per_key_rows(rec, step, 64) > 0
     assert shard_per_key_rows(rec, step, 64) == 0  # already sharded: nothing to do
     run_pattern(PATTERNS[sharded], items, recovery_dir=rec, out=out)

@@ -11,26 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bytewax.recovery import init_db_dir
-from bytewax.testing import TestingSource
 
 from streamforge_ops.cli import main
 from tests.test_patterns_harness import by_id, run_pattern
-from tests.test_patterns_recovery import PATTERNS, workload
+from tests.test_patterns_recovery import PATTERNS, per_key_state, workload
 
 STEP = "patterns_test.sessions.sessions.stateful_batch"
-
-
-def _per_key_dir(tmp_path: Path) -> tuple[Path, list[Any], list[Any]]:
-    """A recovery directory holding the per-key sessions step's state after an abort."""
-    rec = tmp_path / "recovery"
-    rec.mkdir()
-    init_db_dir(rec, 2)
-    items: list[Any] = list(workload())
-    items.insert(45, TestingSource.ABORT())
-    out: list[Any] = []
-    run_pattern(PATTERNS["sessions_per_key"], items, recovery_dir=rec, out=out)
-    return rec, items, out
 
 
 def _rows(rec: Path) -> list[tuple[Any, ...]]:
@@ -43,7 +29,7 @@ def _rows(rec: Path) -> list[tuple[Any, ...]]:
 
 
 def test_reshard_through_the_cli_resumes_identically(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rec, items, out = _per_key_dir(tmp_path)
+    rec, items, out = per_key_state("sessions_per_key", tmp_path)
     assert main(["state", "migrate", "--dir", str(rec), "--reshard", f"{STEP}=64", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["resharded"][STEP] > 0
@@ -70,7 +56,7 @@ def _exit_code(argv: list[str]) -> int:
 ])
 def test_a_bad_reshard_is_refused_and_changes_nothing(
         arg: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rec, _, _ = _per_key_dir(tmp_path)
+    rec, _, _ = per_key_state("sessions_per_key", tmp_path)
     before = _rows(rec)
     assert _exit_code(["state", "migrate", "--dir", str(rec), "--reshard", arg]) == 2
     assert message in capsys.readouterr().err
