@@ -28,7 +28,9 @@ applying timeout / min-pause / retained itself):
    2: restore checks the frame's sha256 and content checksum) and no row is
    hashed before publishing; the `ms1:` digests a live delta updates are computed
    from the cached copies afterwards, in a background thread (`_digest_cache`)
-   that the next checkpoint waits for (`await_cache`);
+   that holds the cache's lock (`recovery.lease.CacheLock`, handed over by the
+   checkpoint) until it has written them: the next checkpoint of any process waits
+   for it;
 5. records the checkpoint metrics.
 
 One checkpoint at a time per pipeline (`recovery.lease`): a checkpoint (not a
@@ -66,7 +68,7 @@ from typing import Any, TypeVar
 from dataflows import metrics
 from dataflows.faults import fault_point
 from recovery.delta import LiveDelta, live_delta, make_delta
-from recovery.lease import CheckpointBusy, StoreLease, live_lease, local_lock
+from recovery.lease import CacheLock, CheckpointBusy, StoreLease, live_lease, local_lock
 from recovery.manifest import (
     Kind,
     Manifest,
@@ -362,12 +364,14 @@ def _save_parent(
     manifest: Manifest,
     store: ObjectStore,
     executions: list[list[int]],
+    lock: CacheLock,
     advanced: bool = False,
 ) -> None:
     """Make `manifest` the cached parent: the sealed copies in `work` become the cache,
     or (`advanced`) the cached copies were brought forward by its deltas already
     (`_live_deltas`); the meta goes last, so an interrupted update leaves no parent (the
-    next checkpoint is full)."""
+    next checkpoint is full). A full's digest of the copies (`_digest_cache`) is started
+    in the background, `lock` (the cache's, held by the caller) handed over to it."""
     (cache_dir / CACHE_META).unlink(missing_ok=True)
     current = cache_dir / "current"
     if not advanced:
@@ -385,7 +389,7 @@ def _save_parent(
     }
     _write_meta(cache_dir, meta)
     if any(e.digest == FRAME_DIGEST for e in manifest.partitions):
-        _start_digest(cache_dir, manifest.id)
+        _start_digest(cache_dir, manifest.id, lock.hand_over())
 
 
 def _write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
@@ -400,30 +404,39 @@ _DIGESTING: dict[Path, threading.Thread] = {}
 _DIGESTING_LOCK = threading.Lock()
 
 
-def _start_digest(cache_dir: Path, snap_id: str) -> None:
-    thread = threading.Thread(target=_digest_cache, args=(cache_dir, snap_id),
+def _start_digest(cache_dir: Path, snap_id: str, lock: CacheLock) -> None:
+    thread = threading.Thread(target=_digest_cache, args=(cache_dir, snap_id, lock),
                               name=f"checkpoint-digest-{snap_id}", daemon=True)
     with _DIGESTING_LOCK:
         _DIGESTING[cache_dir.absolute()] = thread
     thread.start()
 
 
-def await_cache(cache_dir: Path) -> None:
-    """Wait until the background digest of the cache in `cache_dir` (if one runs) is done."""
+def await_cache(cache_dir: Path, timeout_s: float | None = None) -> None:
+    """Wait until the background digest of the cache in `cache_dir` that this process runs
+    (if any) is done, at most `timeout_s` (None: unbounded). Another process's is waited
+    for by taking the cache's lock (`CacheLock`), which that digest holds."""
     with _DIGESTING_LOCK:
-        thread = _DIGESTING.pop(Path(cache_dir).absolute(), None)
-    if thread is not None:
-        thread.join()
+        thread = _DIGESTING.get(Path(cache_dir).absolute())
+    if thread is None:
+        return
+    thread.join(timeout_s)
+    if not thread.is_alive():
+        with _DIGESTING_LOCK:
+            if _DIGESTING.get(Path(cache_dir).absolute()) is thread:
+                del _DIGESTING[Path(cache_dir).absolute()]
 
 
-def _digest_cache(cache_dir: Path, snap_id: str) -> None:
+def _digest_cache(cache_dir: Path, snap_id: str, lock: CacheLock) -> None:
     """The `ms1:` digest of every cached copy of the full checkpoint `snap_id`, added to
     the cache meta (``digests``, with the thread's ``digest_cpu_seconds``): what a live
     delta onto it updates (`recovery.delta.live_delta`). It runs after the checkpoint is
     published, in the background (the full's manifest records `FRAME_DIGEST`: restore
     does not need these). Its copies are the very files that were compressed and
-    uploaded, unchanged until the next checkpoint, which waits for this first
-    (`await_cache`). If it does not finish (the process ends), the meta has no digests
+    uploaded, unchanged until the next checkpoint: the thread holds the cache's `lock`
+    (handed over by the checkpoint before it released the recovery directory's) until
+    the meta is written, and every checkpoint of any process takes it first. If it does
+    not finish (the process ends: the kernel drops the lock), the meta has no digests
     and the next incremental compares whole copies (`make_delta`) instead."""
     started = time.thread_time()
     try:
@@ -437,6 +450,8 @@ def _digest_cache(cache_dir: Path, snap_id: str) -> None:
         _write_meta(cache_dir, meta)
     except (OSError, ValueError, sqlite3.Error):  # the cache went away: no digests
         return
+    finally:
+        lock.release()
 
 
 def _live_delta_ok(parent: _Parent, epoch: int | None, executions: list[list[int]]) -> bool:
@@ -679,6 +694,18 @@ def _copied(
             [p.progress for p in prepared])
 
 
+def _cache_lock(cache_dir: Path, kind: Kind, deadline: Deadline) -> CacheLock:
+    """What a checkpoint holds of the cache for its whole run: the cache's lock, taken within
+    the deadline once this process's background digest of it is done (`CheckpointBusy` if
+    that or another process's digest or checkpoint keeps it). A savepoint only makes its
+    work directory in the cache (no parent, no cache update): it waits for this process's
+    digest, as before, and holds no lock (`CacheLock(None)`)."""
+    await_cache(cache_dir, deadline.left())
+    if kind != "checkpoint":
+        return CacheLock(None)
+    return CacheLock.acquire(cache_dir, deadline.left())
+
+
 def _take(
     recovery_dir: Path,
     store: ObjectStore,
@@ -699,72 +726,72 @@ def _take(
     """The checkpoint itself (under the lock and `lease` for a checkpoint, see take_checkpoint)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(recovery_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    await_cache(cache_dir)
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=cache_dir))
-    try:
-        files, epoch, executions = _live_state(recovery_dir)
-        parent = None
-        if incremental and kind == "checkpoint":
-            parent = _load_parent(cache_dir, store, pipeline, len(files))
-            if parent is not None and len(parent.chain) + 1 >= max(1, full_every):
-                parent = None
-        snap_id = new_id(kind)
-        where: tuple[str, Kind, str] = (pipeline, kind, snap_id)
-        if lease is not None:
-            lease.claim(snap_id, [*parent.chain, parent.id] if parent else [])
-        advanced = False  # the cached copies brought forward by this checkpoint's deltas
+    with _cache_lock(cache_dir, kind, deadline) as lock:
+        work = Path(tempfile.mkdtemp(prefix=".work-", dir=cache_dir))
         try:
-            if parent is not None and epoch is not None and _live_delta_ok(parent, epoch,
-                                                                           executions):
-                (cache_dir / CACHE_META).unlink(missing_ok=True)  # see _live_deltas
-                advanced = True
-                reads, packs = _live_deltas(files, parent, epoch, work, deadline, input_steps)
-                entries = _upload_live(reads, packs, store, where, deadline)
-                assert parent.manifest is not None
-                positions, state_bytes = _delta_metadata(parent.manifest, reads, input_steps)
-                progress = [r.result.progress for r in reads]
-            else:
-                epoch, entries, positions, state_bytes, progress = _copied(
-                    recovery_dir, parent, work, store, where, deadline, input_steps)
-            if parent is not None and not _chain_intact(store, pipeline, parent):
-                parent, advanced = None, False  # its objects went away while we uploaded: full
-                epoch, entries, positions, state_bytes, progress = _copied(
-                    recovery_dir, None, work, store, where, deadline, input_steps)
-        except PartitionError as exc:
-            raise CheckpointError(str(exc)) from None
-        executions = _executions(progress)  # of what was sealed, for the next checkpoint
-        missing = [o for o in sorted({e.object for e in entries}) if not store.exists(o)]
-        if missing:
-            raise CheckpointError(f"{kind} {snap_id}: uploaded objects vanished before publishing: "
-                                  f"{missing}; nothing published")
-        chain = [*parent.chain, parent.id] if parent else []
-        manifest = Manifest(
-            id=snap_id,
-            kind=kind,
-            name=name,
-            pipeline=pipeline,
-            created_at=datetime.now(UTC).isoformat(),
-            code_version=code_version,
-            partition_count=len(files),
-            partitions=entries,
-            source_positions=positions,
-            state_bytes_by_step=state_bytes,
-            base_id=chain[0] if chain else None,
-            total_bytes=sum(e.size for e in entries),
-            epoch=epoch,
-            parent_id=parent.id if parent else None,
-            chain=chain,
-        )
-        if signing_key:
-            manifest.sign(signing_key)
-        deadline.check("before publishing the manifest")
-        if lease is not None:
-            lease.check()
-        store.put(manifest_key(pipeline, kind, snap_id), manifest.to_json().encode())
-        if kind == "checkpoint":
-            _save_parent(cache_dir, work, manifest, store, executions, advanced)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            files, epoch, executions = _live_state(recovery_dir)
+            parent = None
+            if incremental and kind == "checkpoint":
+                parent = _load_parent(cache_dir, store, pipeline, len(files))
+                if parent is not None and len(parent.chain) + 1 >= max(1, full_every):
+                    parent = None
+            snap_id = new_id(kind)
+            where: tuple[str, Kind, str] = (pipeline, kind, snap_id)
+            if lease is not None:
+                lease.claim(snap_id, [*parent.chain, parent.id] if parent else [])
+            advanced = False  # the cached copies brought forward by this checkpoint's deltas
+            try:
+                if parent is not None and epoch is not None and _live_delta_ok(parent, epoch,
+                                                                               executions):
+                    (cache_dir / CACHE_META).unlink(missing_ok=True)  # see _live_deltas
+                    advanced = True
+                    reads, packs = _live_deltas(files, parent, epoch, work, deadline, input_steps)
+                    entries = _upload_live(reads, packs, store, where, deadline)
+                    assert parent.manifest is not None
+                    positions, state_bytes = _delta_metadata(parent.manifest, reads, input_steps)
+                    progress = [r.result.progress for r in reads]
+                else:
+                    epoch, entries, positions, state_bytes, progress = _copied(
+                        recovery_dir, parent, work, store, where, deadline, input_steps)
+                if parent is not None and not _chain_intact(store, pipeline, parent):
+                    parent, advanced = None, False  # its objects went away while we uploaded: full
+                    epoch, entries, positions, state_bytes, progress = _copied(
+                        recovery_dir, None, work, store, where, deadline, input_steps)
+            except PartitionError as exc:
+                raise CheckpointError(str(exc)) from None
+            executions = _executions(progress)  # of what was sealed, for the next checkpoint
+            missing = [o for o in sorted({e.object for e in entries}) if not store.exists(o)]
+            if missing:
+                raise CheckpointError(f"{kind} {snap_id}: uploaded objects vanished before publishing: "
+                                      f"{missing}; nothing published")
+            chain = [*parent.chain, parent.id] if parent else []
+            manifest = Manifest(
+                id=snap_id,
+                kind=kind,
+                name=name,
+                pipeline=pipeline,
+                created_at=datetime.now(UTC).isoformat(),
+                code_version=code_version,
+                partition_count=len(files),
+                partitions=entries,
+                source_positions=positions,
+                state_bytes_by_step=state_bytes,
+                base_id=chain[0] if chain else None,
+                total_bytes=sum(e.size for e in entries),
+                epoch=epoch,
+                parent_id=parent.id if parent else None,
+                chain=chain,
+            )
+            if signing_key:
+                manifest.sign(signing_key)
+            deadline.check("before publishing the manifest")
+            if lease is not None:
+                lease.check()
+            store.put(manifest_key(pipeline, kind, snap_id), manifest.to_json().encode())
+            if kind == "checkpoint":
+                _save_parent(cache_dir, work, manifest, store, executions, lock, advanced)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     record_completed(manifest, (time.monotonic() - started) * 1000)
     return manifest
 

@@ -10,6 +10,10 @@ for what the other cannot see:
   this recovery directory on this host, supervisor and CLI alike, including their
   use of the local cache (`<recovery_dir>.checkpoint-cache`: the parent of the next
   delta). The kernel releases it when the holder dies, so a kill -9 leaves no lock.
+- `CacheLock`: the same kind of lock on `cache.lock` inside the cache, held by every
+  checkpoint for its whole run and handed over to its background digest of the cache,
+  which outlives the checkpoint (and so `local_lock`): no other process (nor the same
+  one) reads or changes the cache until that digest has written its meta.
 - `StoreLease`: the object `{pipeline}/leases/checkpoint.json` in the checkpoint
   store, `{owner, snapshot_id, needs, expires_at}`. Protects the store from a writer
   the file lock cannot see (a CLI on another host or container): written before the
@@ -36,12 +40,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 from recovery.store import ObjectStore, StoreNotFound
 
-__all__ = ["CheckpointBusy", "Lease", "StoreLease", "lease_key", "live_lease", "local_lock", "pid_alive"]
+__all__ = [
+    "CACHE_LOCK",
+    "CacheLock",
+    "CheckpointBusy",
+    "Lease",
+    "StoreLease",
+    "cache_lock_path",
+    "lease_key",
+    "live_lease",
+    "local_lock",
+    "pid_alive",
+]
 
 _POLL_S = 0.05
+CACHE_LOCK = "cache.lock"  # in the checkpoint cache directory, see CacheLock
 
 
 class CheckpointBusy(Exception):
@@ -52,28 +69,77 @@ def lock_path(recovery_dir: Path) -> Path:
     return Path(f"{Path(recovery_dir).absolute()}.checkpoint-lock")
 
 
+def _flock(path: Path, wait_s: float, busy: str) -> IO[str]:
+    """`path` opened and exclusively `fcntl.flock`-ed, polling at most `wait_s` for it;
+    `CheckpointBusy` (`busy`, the lock's path and the wait) if it stays held. The lock is
+    the returned open file (per open file description: a second open conflicts even in
+    the same process); closing it releases the lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")  # noqa: SIM115 - the open file is the lock, closed by its holder
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                f.close()
+                raise CheckpointBusy(f"{busy} (lock {path}); waited {wait_s:g}s") from None
+            time.sleep(_POLL_S)
+
+
 @contextmanager
 def local_lock(recovery_dir: Path, wait_s: float) -> Iterator[None]:
     """Hold the exclusive file lock of `recovery_dir`, waiting at most `wait_s` for it."""
-    path = lock_path(recovery_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise CheckpointBusy(
-                        f"another checkpoint of {recovery_dir} is running on this host "
-                        f"(lock {path}); waited {wait_s:g}s"
-                    ) from None
-                time.sleep(_POLL_S)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    f = _flock(lock_path(recovery_dir), wait_s,
+               f"another checkpoint of {recovery_dir} is running on this host")
+    try:
+        yield
+    finally:
+        f.close()
+
+
+def cache_lock_path(cache_dir: Path) -> Path:
+    return Path(cache_dir).absolute() / CACHE_LOCK
+
+
+class CacheLock:
+    """The exclusive lock of a checkpoint cache (`CACHE_LOCK` in it, any process): held by
+    whoever reads or changes the cache's copies or meta, from `acquire` until `release`.
+
+    Unlike `local_lock` it is not tied to a block: a checkpoint `hand_over`s it to the
+    thread that digests the cache after the recovery directory's lock is released (no
+    moment where neither holds it). The holder never waits for `local_lock` (the same
+    process's next checkpoint waits for it while holding that one: no deadlock). A dead
+    holder's lock is dropped by the kernel."""
+
+    def __init__(self, file: IO[str] | None) -> None:
+        self._file = file
+
+    @classmethod
+    def acquire(cls, cache_dir: Path, wait_s: float) -> CacheLock:
+        """The cache's lock, waiting at most `wait_s`; `CheckpointBusy` naming it if it stays
+        held (another checkpoint, or the background digest of one, in any process)."""
+        return cls(_flock(cache_lock_path(cache_dir), wait_s,
+                          f"the checkpoint cache {cache_dir} is in use (a checkpoint, or its "
+                          "background digest, in this or another process)"))
+
+    def __enter__(self) -> CacheLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def hand_over(self) -> CacheLock:
+        """The lock as a new holder (the same open file); this one no longer holds it."""
+        file, self._file = self._file, None
+        return CacheLock(file)
+
+    def release(self) -> None:
+        """Release the lock if this holder still has it (idempotent)."""
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
 
 
 def lease_key(pipeline: str) -> str:
