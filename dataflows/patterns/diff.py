@@ -36,8 +36,12 @@ def top_level_paths(doc: Any) -> tuple[str, ...]:
 def differing_paths(before: Any, after: Any) -> tuple[str, ...]:
     """`changed_paths` for values already known to differ (skips the whole-value comparison)."""
     out: list[str] = []
-    _walk(before, after, "", out)
-    out.sort()
+    if type(before) is dict and type(after) is dict:  # a document: no kind dispatch at the root
+        _walk_dict(before, after, "", out)
+    else:
+        _walk(before, after, "", out)
+    if len(out) > 1:
+        out.sort()
     return tuple(out)
 
 
@@ -54,42 +58,61 @@ def _kind(v: Any) -> type | None:
 
 
 def _walk(a: Any, b: Any, path: str, out: list[str]) -> None:
-    """Append the paths at or under `path` where `a` and `b` (known to differ) differ."""
-    ta = type(a)
-    if (ta is dict or ta is list) and type(b) is ta:
-        kind: type | None = ta  # the common case, without isinstance
-    else:
-        kind = _kind(a)
-        if kind is not _kind(b):
-            kind = None
-    if kind is None:
+    """Append the paths at or under `path` where `a` and `b` (known to differ) differ: `path`
+    itself unless both are containers of the same kind (`_kind`)."""
+    kind = _kind(a)
+    if kind is None or kind is not _kind(b):
         out.append(path)
     elif kind is dict:
-        prefix = path + "." if path else ""
-        matched = 0
-        for k in a:  # plain method calls below: no bound-method objects per level
-            va = a[k]
-            vb = b.get(k, _MISSING)
-            if vb is _MISSING:
-                out.append(prefix + k if type(k) is str else f"{prefix}{k}")
-                continue
-            matched += 1
-            if va is not vb and va != vb:
-                tv = type(va)
-                if tv in _SCALARS or type(vb) in _SCALARS:
-                    out.append(prefix + k if type(k) is str else f"{prefix}{k}")
-                else:
-                    _walk(va, vb, prefix + k if type(k) is str else f"{prefix}{k}", out)
-        if matched < len(b):
-            out.extend(f"{prefix}{k}" for k in b if k not in a)
+        _walk_dict(a, b, path + "." if path else "", out)
     else:
-        n = min(len(a), len(b))
-        for i in range(n):
-            va, vb = a[i], b[i]
-            if va is not vb and va != vb:
-                if type(va) in _SCALARS or type(vb) in _SCALARS:
-                    out.append(f"{path}[{i}]")
-                else:
-                    _walk(va, vb, f"{path}[{i}]", out)
-        if n < len(a) or n < len(b):
-            out.extend(f"{path}[{i}]" for i in range(n, max(len(a), len(b))))
+        _walk_list(a, b, path, out)
+
+
+def _walk_dict(a: Any, b: Any, prefix: str, out: list[str]) -> None:
+    """`_walk` of two mappings; `prefix` is their path plus "." ("" at the root).
+
+    Plain dicts and lists recurse directly (the common case: no `_kind` call);
+    any other pair with a scalar side is reported at its path, the rest goes
+    through `_walk`.
+    """
+    matched = 0
+    for k, va in a.items():
+        vb = b.get(k, _MISSING)
+        if vb is _MISSING:
+            out.append(prefix + k if type(k) is str else f"{prefix}{k}")
+            continue
+        matched += 1
+        if va is vb or not va != vb:
+            continue
+        name = prefix + k if type(k) is str else f"{prefix}{k}"
+        ta = type(va)
+        if ta is dict and type(vb) is dict:
+            _walk_dict(va, vb, name + "." if name else "", out)  # an "" key has no dot
+        elif ta is list and type(vb) is list:
+            _walk_list(va, vb, name, out)
+        elif ta in _SCALARS or type(vb) in _SCALARS:
+            out.append(name)
+        else:
+            _walk(va, vb, name, out)
+    if matched < len(b):
+        out.extend(f"{prefix}{k}" for k in b if k not in a)
+
+
+def _walk_list(a: Any, b: Any, path: str, out: list[str]) -> None:
+    """`_walk` of two sequences at `path`: by index, then the extra elements of the longer one."""
+    na, nb = len(a), len(b)
+    n = na if na < nb else nb
+    for i in range(n):
+        va, vb = a[i], b[i]
+        if va is vb or not va != vb:
+            continue
+        ta = type(va)
+        if ta is dict and type(vb) is dict:
+            _walk_dict(va, vb, f"{path}[{i}].", out)
+        elif ta in _SCALARS or type(vb) in _SCALARS:
+            out.append(f"{path}[{i}]")
+        else:
+            _walk(va, vb, f"{path}[{i}]", out)
+    if n < na or n < nb:
+        out.extend(f"{path}[{i}]" for i in range(n, na if na > nb else nb))
