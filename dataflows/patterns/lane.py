@@ -61,7 +61,7 @@ from dataflows.patterns.diff import differing_paths, top_level_paths
 from dataflows.patterns.materializer import TableChange
 from dataflows.patterns.merger import Change
 from dataflows.patterns.sessions import SessionAnalyzer, SessionConfig, SessionState
-from dataflows.records import frozen_factory
+from dataflows.records import frozen_factory, tuple_pickled
 
 __all__ = [
     "OrdersLane",
@@ -80,6 +80,7 @@ _table = frozen_factory(TableChange)
 Transform = Callable[[Event], Any]  # Event -> Event, or a DeadLetter (the hook failed)
 
 
+@tuple_pickled  # pickled per dirty key per epoch (and loaded at a restore or a move)
 @dataclass(frozen=True, slots=True)
 class OrdersLaneState:
     """Snapshot of one order: its dedup identities and its current document.
