@@ -8,6 +8,15 @@ the ratio is the cost of the pattern's logic over Bytewax's own per-item
 cost. Runs alternate baseline / pattern and the best of `--repeats` counts.
 Rates are events per CPU second of the process (robust to a busy machine).
 
+Garbage collector: the patterns run with the pipeline process's setting
+(`dataflows.gc_tuning.tune_gc`, what every pipeline process sets once its flow
+is built; `gc_threshold` in the JSON), as in `bench/kafka.py`. The baseline is
+measured both ways: `baseline_events_per_s` with CPython's default collector
+(the bare `stateful_map` as Bytewax runs it; `ratio`) and
+`baseline_same_gc_events_per_s` with the bench's (`ratio_same_gc`).
+`--default-gc` runs everything with CPython's default instead (then both
+baselines are the same run).
+
 `lane` is the orders pipeline's keyed lane (`dataflows.flow.orders_lane`:
 dedup by event id, merge and materialize in one stateful step per key; the
 bench events carry no `event_id` field, so each event's own id is its identity).
@@ -34,6 +43,7 @@ TableChange per event, without its logic): the floor of `lane`.
     .venv/bin/python bench/patterns.py --events 50000 --keys 10000
     .venv/bin/python bench/patterns.py --json --only bare_batch --only bare_timer
     .venv/bin/python bench/patterns.py --json --only dedup --only dedup_per_key --recovery-epoch-ms 2000
+    .venv/bin/python bench/patterns.py --json --only lane --only bare_lane --default-gc
 """
 
 from __future__ import annotations
@@ -69,6 +79,7 @@ from dataflows.flow import (  # noqa: E402
     split_by_type,
     unkey_batch,
 )
+from dataflows.gc_tuning import tune_gc  # noqa: E402
 from dataflows.patterns.materializer import TableChange  # noqa: E402
 from dataflows.patterns.merger import Change  # noqa: E402
 
@@ -314,21 +325,46 @@ def run_once(events: list[Event], body: Callable[[Stream[Event]], Stream[Any]],
     return len(events) / dt, sink.counter[0]
 
 
+_DEFAULT_GC = (700, 10, 10)  # CPython's
+
+
+def _baseline_body(up: Stream[Event]) -> Stream[Any]:
+    return baseline(up, _event_key)
+
+
+def run_default_gc(events: list[Event], body: Callable[[Stream[Event]], Stream[Any]],
+                   epoch_ms: int | None) -> tuple[float, int]:
+    """`run_once` with CPython's default collector thresholds, then the bench's again."""
+    current = gc.get_threshold()
+    gc.set_threshold(*_DEFAULT_GC)
+    try:
+        return run_once(events, body, epoch_ms)
+    finally:
+        gc.set_threshold(*current)
+
+
 def bench(events: list[Event], bodies: dict[str, Callable[[Stream[Event]], Stream[Any]]],
           repeats: int, progress: Callable[[str], None],
           epoch_ms: int | None = None) -> dict[str, dict[str, float]]:
+    """Each body and the baseline, interleaved, best of `repeats` each (module doc: the
+    baseline with CPython's collector and, when the bench's differs, with the bench's)."""
+    same_gc = gc.get_threshold() != _DEFAULT_GC
     results: dict[str, dict[str, float]] = {}
     for name, body in bodies.items():
-        best, best_base, outputs = 0.0, 0.0, 0
+        best, best_base, best_same, outputs = 0.0, 0.0, 0.0, 0
         for r in range(repeats):
-            base, _ = run_once(events, lambda up: baseline(up, _event_key), epoch_ms)
+            base, _ = run_default_gc(events, _baseline_body, epoch_ms)
+            same = run_once(events, _baseline_body, epoch_ms)[0] if same_gc else base
             rate, outputs = run_once(events, body, epoch_ms)
-            best, best_base = max(best, rate), max(best_base, base)
-            progress(f"{name} #{r + 1}: {rate:,.0f} ev/s (baseline {base:,.0f} ev/s)")
+            best, best_base, best_same = max(best, rate), max(best_base, base), max(best_same, same)
+            progress(f"{name} #{r + 1}: {rate:,.0f} ev/s (baseline {base:,.0f} ev/s,"
+                     f" same gc {same:,.0f} ev/s)")
         results[name] = {
             "events_per_s": round(best),
             "baseline_events_per_s": round(best_base),
             "ratio": round(best / best_base, 3),
+            "baseline_same_gc_events_per_s": round(best_same),
+            "ratio_same_gc": round(best / best_same, 3),
             "outputs": outputs,
         }
     return results
@@ -348,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", action="store_true",
                    help="also bench variants without wake-ups and the sweep materializer")
     p.add_argument("--json", action="store_true", help="print JSON only")
+    p.add_argument("--default-gc", action="store_true",
+                   help="CPython's default collector for every run (not the pipeline process's tune_gc)")
     args = p.parse_args(argv)
     if args.events < 1 or args.keys < 1 or args.repeats < 1:
         p.error("--events, --keys and --repeats must be >= 1")
@@ -372,13 +410,17 @@ def main(argv: list[str] | None = None) -> int:
 
     progress(f"building {args.events:,} events over {args.keys:,} keys")
     events = build_events(args.events, args.keys)
-    gc.collect()
-    gc.freeze()
+    if args.default_gc:
+        gc.collect()
+        gc.freeze()
+    else:
+        tune_gc()  # collects and freezes the events too
     epoch_ms = args.recovery_epoch_ms
     results = bench(events, {n: bodies[n] for n in names}, args.repeats, progress, epoch_ms)
     doc: dict[str, Any] = {"events": args.events, "keys": args.keys, "batch_size": 1000,
                            "workers": 1, "rate": "events per CPU second",
-                           "recovery_epoch_ms": epoch_ms, "patterns": results}
+                           "recovery_epoch_ms": epoch_ms, "gc_threshold": list(gc.get_threshold()),
+                           "patterns": results}
     if args.variants:
         doc["variants"] = bench(events, {**VARIANTS, **shard_variants(counts)}, args.repeats, progress,
                                 epoch_ms)
@@ -387,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for name, r in {**results, **doc.get("variants", {})}.items():
             print(f"{name:22s} {r['events_per_s']:>10,} ev/s  baseline {r['baseline_events_per_s']:>10,}"
-                  f" ev/s  ratio {r['ratio']:.2f}")
+                  f" ev/s  ratio {r['ratio']:.2f} (same gc {r['ratio_same_gc']:.2f})")
     return 0
 
 
