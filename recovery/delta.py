@@ -85,38 +85,37 @@ class LiveDelta:
     deleted: list[tuple[str, str]] = field(default_factory=list)  # its deleted keys
 
 
-# Per key, the newest row Bytewax wrote in [since, epoch): the key's state at `epoch`
-# (NULL = discarded). Through the epoch index when the partition has it (a range of the
-# index), else one scan of the table; never the primary-key walk with a lookup per row
-# that SQLite picks for the GROUP BY otherwise.
+# Per key whose state changed since the parent: the newest row Bytewax wrote in
+# [since, epoch) (its state at `epoch`, NULL = discarded) and the parent's row of the key
+# (rowid and state; NULL: a new key), in one lookup of the parent per key (the upserts,
+# the deletes, the replaced rows and the cache update all read this temp table, in
+# memory). A key whose state is the parent's (re-snapshotted, unchanged) or discarded
+# and absent from the parent is no change. The live rows through the epoch index when
+# the partition has it (a range of the index), else one scan of the table; never the
+# primary-key walk with a lookup per row that SQLite picks for the GROUP BY otherwise.
 _CHANGED = """
 CREATE TEMP TABLE changed AS
-SELECT created_at, step_id, state_key, MAX(snap_epoch) AS snap_epoch, ser_change
-FROM live.snaps {hint} WHERE snap_epoch >= ?1 AND snap_epoch < ?2
-GROUP BY step_id, state_key
+SELECT n.created_at, n.step_id, n.state_key, n.snap_epoch, n.ser_change,
+       o.rowid AS old_rowid, o.ser_change AS old_change
+FROM (SELECT created_at, step_id, state_key, MAX(snap_epoch) AS snap_epoch, ser_change
+      FROM live.snaps {hint} WHERE snap_epoch >= ?1 AND snap_epoch < ?2
+      GROUP BY step_id, state_key) AS n
+LEFT JOIN p.snaps AS o ON o.step_id = n.step_id AND o.state_key = n.state_key
+WHERE CASE WHEN o.rowid IS NULL THEN n.ser_change IS NOT NULL
+           ELSE o.ser_change IS NOT n.ser_change END
 """
 _LIVE_UPSERTS = f"""
 INSERT INTO main.upserts ({_SNAP_COLS})
-SELECT {", ".join("n." + c.strip() for c in _SNAP_COLS.split(","))}
-FROM temp.changed AS n LEFT JOIN p.snaps AS o
-  ON o.step_id = n.step_id AND o.state_key = n.state_key
-WHERE n.ser_change IS NOT NULL AND (o.step_id IS NULL OR o.ser_change IS NOT n.ser_change)
+SELECT {_SNAP_COLS} FROM temp.changed WHERE ser_change IS NOT NULL
 """
 _LIVE_DELETES = """
 INSERT INTO main.deletes (step_id, state_key)
-SELECT n.step_id, n.state_key FROM temp.changed AS n
-JOIN p.snaps AS o ON o.step_id = n.step_id AND o.state_key = n.state_key
-WHERE n.ser_change IS NULL
+SELECT step_id, state_key FROM temp.changed WHERE ser_change IS NULL
 """
-# The parent's rows the delta replaces or deletes (digest and state bytes to subtract),
-# read once into a temp table (in memory).
-_REPLACED = """
-CREATE TEMP TABLE replaced AS
-SELECT o.step_id, o.state_key, o.ser_change FROM
-  (SELECT step_id, state_key FROM main.upserts UNION ALL SELECT step_id, state_key
-   FROM main.deletes) AS k
- JOIN p.snaps AS o ON o.step_id = k.step_id AND o.state_key = k.state_key
-"""
+# The parent's rows the delta replaces or deletes (digest and state bytes to subtract).
+_REPLACED = ("(SELECT step_id, state_key, old_change AS ser_change FROM temp.changed "
+             "WHERE old_rowid IS NOT NULL)")
+_REPLACED_ROWIDS = "SELECT old_rowid FROM temp.changed WHERE old_rowid IS NOT NULL"
 
 
 _TEMPLATE: list[bytes] = []  # an empty delta (its tables, no rows), serialized
@@ -165,11 +164,10 @@ def live_delta(
     `positions` gets the delta's source-position rows. With `advance`, `parent` is then
     brought forward by the delta (`apply_delta`'s statements, in the same connection):
     the caller has dropped what names `parent` as a sealed copy at `since` first."""
-    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn = sqlite3.connect(":memory:", isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     try:
         conn.deserialize(_template())
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA temp_store = MEMORY")  # `changed`, `replaced`: no temp files
+        conn.execute("PRAGMA temp_store = MEMORY")  # `changed`: no temp file
         conn.execute("ATTACH DATABASE ? AS live", (f"file:{live}?mode=ro",))
         conn.execute("ATTACH DATABASE ? AS p", (f"file:{parent}{'' if advance else '?mode=ro'}",))
         conn.execute("BEGIN")
@@ -182,23 +180,19 @@ def live_delta(
                 f"INSERT INTO main.{table} ({cols}) SELECT {select} FROM live.{table}",
                 (epoch,) if "?1" in select else (),
             )
-        conn.execute("COMMIT")  # the live partition is read: everything else is local
-        conn.execute("DETACH DATABASE live")
-        conn.execute("BEGIN")
         conn.execute(_LIVE_UPSERTS)
         conn.execute(_LIVE_DELETES)
-        conn.execute("COMMIT")
-        conn.execute(_REPLACED)
-        upserts = conn.execute("SELECT COUNT(*) FROM upserts").fetchone()[0]
+        conn.execute("COMMIT")  # the live partition is read: everything else is local
+        upserts, replaced = conn.execute(
+            "SELECT COUNT(ser_change), COUNT(old_rowid) FROM temp.changed").fetchone()
         deleted = conn.execute("SELECT step_id, state_key FROM deletes").fetchall()
-        replaced = conn.execute("SELECT COUNT(*) FROM temp.replaced").fetchone()[0]
         rows = digest_rows_sum(parent_digest)
         if rows is None:
             raise ValueError(f"{parent}: the parent's digest is of the older kind, not updatable")
         added: dict[str, int] = {}
         removed: dict[str, int] = {}
         rows += rows_hash_sum(conn, "main.upserts", sizes=added) - rows_hash_sum(
-            conn, "temp.replaced", sizes=removed)
+            conn, _REPLACED, sizes=removed)
         state_bytes = {step: added.get(step, 0) - removed.get(step, 0)
                        for step in sorted(added.keys() | removed.keys())}
         digest = format_digest(small_tables_sha(conn), rows)
@@ -210,11 +204,10 @@ def live_delta(
             conn.execute("PRAGMA p.synchronous = OFF")  # as apply_delta on the cache
             conn.execute("PRAGMA p.journal_mode = MEMORY")
             conn.execute("BEGIN")
-            _apply(conn, "p", "main")
+            _apply(conn, "p", "main", _REPLACED_ROWIDS)
             conn.execute("COMMIT")
-        conn.execute("DETACH DATABASE p")
     finally:
-        conn.close()
+        conn.close()  # detaches both partitions
     keys = parent_keys + upserts - replaced
     return LiveDelta(
         seal=SealInfo(index=index, commit_epoch=commit, keys=keys, dropped_rows=0),
@@ -288,15 +281,17 @@ def apply_delta(target: Path, delta: Path) -> DeltaStats:
     return DeltaStats(upserts=upserts, deletes=deletes)
 
 
-def _apply(conn: sqlite3.Connection, target: str, delta: str) -> None:
+def _apply(conn: sqlite3.Connection, target: str, delta: str, rowids: str | None = None
+           ) -> None:
     """The statements of `apply_delta`: the partition under schema `target` brought forward
-    by the delta under schema `delta` (inside the caller's transaction)."""
-    conn.execute(  # by rowid through the primary key: no scan of the partition
-        f"DELETE FROM {target}.snaps WHERE rowid IN (SELECT s.rowid FROM "
-        f"(SELECT step_id, state_key FROM {delta}.deletes "
+    by the delta under schema `delta` (inside the caller's transaction). `rowids`: a query
+    of the target's rows the delta replaces or deletes when the caller knows them (a live
+    delta looked them up already); else they are looked up by key."""
+    replaced = rowids or (  # by rowid through the primary key: no scan of the partition
+        f"SELECT s.rowid FROM (SELECT step_id, state_key FROM {delta}.deletes "
         f"UNION ALL SELECT step_id, state_key FROM {delta}.upserts) AS k "
-        f"JOIN {target}.snaps AS s ON s.step_id = k.step_id AND s.state_key = k.state_key)"
-    )
+        f"JOIN {target}.snaps AS s ON s.step_id = k.step_id AND s.state_key = k.state_key")
+    conn.execute(f"DELETE FROM {target}.snaps WHERE rowid IN ({replaced})")
     conn.execute(
         f"INSERT INTO {target}.snaps ({_SNAP_COLS}) SELECT {_SNAP_COLS} FROM {delta}.upserts"
     )
