@@ -124,6 +124,46 @@ def test_orders_lane_wakes_up_only_a_deleted_key_with_identities() -> None:
     assert lane.on_notify() == ((), True)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 700), st.booleans(), st.booleans()), max_size=40))
+def test_orders_lane_snapshots_hold_exactly_the_identities_not_expired(
+        steps: list[tuple[int, int, bool, bool]]) -> None:
+    """Each snapshot holds the identities sighted less than the TTL of pipeline time ago, oldest
+    first, and keeps them while the lane goes on (its dict is handed over, copied on change)."""
+    now = [1_000_000]
+    cfg = OrdersLaneConfig(DedupConfig(1000, clock=lambda: now[0]), "eid", merge_suffix=None,
+                           materialize_suffix="/t")
+    lane = OrdersLane(cfg)
+    model: dict[str, int] = {}  # identity -> last sighting (pipeline time)
+    taken: list[tuple[Any, dict[str, int]]] = []
+    for eid, step, snap, restore in steps:
+        now[0] += step
+        lane.on_batch([order("a", 0, None, 1, eid)])
+        model.pop(f"x{eid}", None)
+        model[f"x{eid}"] = now[0]
+        if snap or restore:
+            state = lane.snapshot()
+            model = {i: last for i, last in model.items() if now[0] - last < 1000}
+            taken.append((state, dict(model)))
+            if restore:
+                lane = OrdersLane(cfg, pickle.loads(pickle.dumps(state)) if eid % 2 else state)
+    for state, want in taken:
+        assert {i: last for i, (_, last) in state.seen.items()} == want
+        assert list(state.seen) == list(want)
+
+
+def test_orders_lane_expires_after_a_snapshot_without_changing_it() -> None:
+    now = [1_000_000]
+    cfg = OrdersLaneConfig(DedupConfig(1000, clock=lambda: now[0]), "eid", merge_suffix=None,
+                           materialize_suffix="/t")
+    lane = OrdersLane(cfg)
+    lane.on_batch([order("a", 1, "insert", 1, 1)])
+    state = lane.snapshot()
+    now[0] += 1000
+    assert lane.on_notify() == ((), False) and not lane.seen  # expired; the document stays
+    assert state.seen == {"x1": (1, 1_000_000)}
+
+
 def test_orders_lane_runs_the_hook_after_dedup_and_keeps_its_dead_letters() -> None:
     calls: list[str] = []
 

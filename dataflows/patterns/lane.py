@@ -138,22 +138,50 @@ class OrdersLane(Deduplicator):
     """
 
     STATE_VERSION = 1
-    __slots__ = ("lane", "value", "known")
+    __slots__ = ("lane", "value", "known", "shared", "fresh_until")
 
     def __init__(self, cfg: OrdersLaneConfig, state: OrdersLaneState | None = None) -> None:
         super().__init__(cfg.dedup, None, cfg.identity)
         self.lane = cfg
         self.known = False
         self.value: Any = None
+        # `seen` is also the last snapshot's (or the restored state's): copy it before a change.
+        self.shared = False
+        # No identity is idle for the TTL before this pipeline time (the oldest sighting's
+        # expiry, or earlier); None: no identities.
+        self.fresh_until: int | None = None
         if state is not None:
-            self.seen = dict(state.seen)
+            self.seen, self.shared = state.seen, True
             self.known, self.value = state.known, state.value
+            self._fresh_from_oldest()
             if state.clock_ms is not None:
                 cfg.clock.restored(state.clock_ms)
+
+    def _fresh_from_oldest(self) -> None:
+        """`fresh_until` from the oldest sighting (the first identity of `seen`)."""
+        seen = self.seen
+        self.fresh_until = next(iter(seen.values()))[1] + self.cfg.idle_ms if seen else None
+
+    def _own_seen(self) -> None:
+        """Copy `seen` if a snapshot holds it (copy-on-write: a snapshot hands over its dict)."""
+        if self.shared:
+            self.seen = dict(self.seen)
+            self.shared = False
+
+    def expire(self, now: int) -> None:
+        """`Deduplicator.expire`, at no cost while no identity can be idle for the TTL yet."""
+        fresh = self.fresh_until
+        if fresh is not None and now < fresh:
+            return
+        self._own_seen()
+        super().expire(now)
+        self._fresh_from_oldest()
 
     def on_batch(self, events: list[Event]) -> tuple[list[Any], bool]:
         cfg = self.lane
         now = cfg.clock.now()
+        if self.shared:
+            self._own_seen()
         if len(self.seen) >= _EXPIRE_AT:  # instead of a wake-up while the key has a document
             self.expire(now)
         admit, identity = self.admit, cfg.identity
@@ -198,6 +226,8 @@ class OrdersLane(Deduplicator):
                 self.known = True
             self.value = new
             append(_table("upsert", key, new, eid + mat, t))
+        if self.fresh_until is None and self.seen:  # the first identities: all sighted now
+            self.fresh_until = now + cfg.dedup.idle_ms
         return out, False
 
     def on_notify(self) -> tuple[tuple[()], bool]:
@@ -220,9 +250,13 @@ class OrdersLane(Deduplicator):
         return self.request(want, self.cfg.slack_ms)
 
     def snapshot(self) -> OrdersLaneState:  # type: ignore[override]
+        """The identities (without the expired ones: absent anyway) and the document. The
+        state holds the lane's own `seen` dict, which the lane copies before it next changes
+        it (a key often changes no more before it is dropped or snapshotted again)."""
         now = self.cfg.clock.now()
-        self.expire(now)  # the expired identities are absent anyway
-        return _orders_state(dict(self.seen), self.value, self.known, self.STATE_VERSION, now)
+        self.expire(now)
+        self.shared = True
+        return _orders_state(self.seen, self.value, self.known, self.STATE_VERSION, now)
 
 
 class SessionsLane(Alarm):
