@@ -197,13 +197,24 @@ class _Pool(ThreadPoolExecutor):
         self.shutdown(wait=True, cancel_futures=exc_type is not None)
 
 
-def _live_state(recovery_dir: Path) -> tuple[list[Path], int | None, list[list[int]]]:
-    """The live partitions, their resume epoch and their executions."""
+@dataclass(frozen=True)
+class _Live:
+    """The live partitions, their resume epoch and their executions (`_live_state`)."""
+
+    files: list[Path]
+    epoch: int | None
+    executions: list[list[int]]
+
+
+def _live_state(recovery_dir: Path) -> _Live:
+    """The live partitions, their resume epoch and their executions: one read of every
+    partition's progress rows, which the checkpoint's copies or deltas then use (a
+    partition file is opened once more, by its job)."""
     files = partition_files(recovery_dir)
     if not files:
         raise CheckpointError(f"{recovery_dir}: no recovery partitions to checkpoint")
     progress = [_progress(f) for f in files]
-    return files, resume_epoch_of(progress), _executions(progress)
+    return _Live(files, resume_epoch_of(progress), _executions(progress))
 
 
 def _check_sealed(progress: list[Progress], epoch: int | None) -> None:
@@ -284,14 +295,14 @@ def _copy_and_prepare(src: Path, dst: Path, epoch: int | None, parent: _Parent |
 
 
 def _sealed_copies(
-    recovery_dir: Path, parent: _Parent | None, work: Path, deadline: Deadline,
+    live: _Live, parent: _Parent | None, work: Path, deadline: Deadline,
     input_steps: Iterable[str] | None = None,
 ) -> tuple[list[_Prepared], list[Path], int | None]:
-    """Every live partition copied and sealed at the resume epoch (`copy_sealed`: only the
-    kept rows), then its delta against `parent`, its digest and its packed frame,
-    `_WORKERS` partitions at a time (SQLite, zstd and hashlib run without the GIL: a
-    copy overlaps another's digest); the packs, the epoch."""
-    files, epoch, _ = _live_state(recovery_dir)
+    """Every live partition copied and sealed at the resume epoch `live` read
+    (`copy_sealed`: only the kept rows), then its delta against `parent`, its digest and
+    its packed frame, `_WORKERS` partitions at a time (SQLite, zstd and hashlib run
+    without the GIL: a copy overlaps another's digest); the packs, the epoch."""
+    files, epoch = live.files, live.epoch
     writer = PackWriter(work)
     prepared, packs = _jobs(
         files, lambda f: _copy_and_prepare(f, work / f.name, epoch, parent, work, writer,
@@ -671,7 +682,7 @@ def _upload_prepared(
 
 
 def _copied(
-    recovery_dir: Path,
+    live: _Live,
     parent: _Parent | None,
     work: Path,
     store: ObjectStore,
@@ -682,7 +693,7 @@ def _copied(
     """Sealed copies of every partition (`_sealed_copies`), uploaded full or as deltas
     against `parent`; their epoch, entries, source positions and state bytes per step
     (gathered by each partition's job), progress rows."""
-    prepared, packs, epoch = _sealed_copies(recovery_dir, parent, work, deadline, input_steps)
+    prepared, packs, epoch = _sealed_copies(live, parent, work, deadline, input_steps)
     entries = _upload_prepared(prepared, packs, parent is not None, store, where, deadline)
     positions = PositionRows(input_steps)
     state_bytes: dict[str, int] = {}
@@ -729,7 +740,8 @@ def _take(
     with _cache_lock(cache_dir, kind, deadline) as lock:
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=cache_dir))
         try:
-            files, epoch, executions = _live_state(recovery_dir)
+            live = _live_state(recovery_dir)
+            files, epoch, executions = live.files, live.epoch, live.executions
             parent = None
             if incremental and kind == "checkpoint":
                 parent = _load_parent(cache_dir, store, pipeline, len(files))
@@ -752,11 +764,12 @@ def _take(
                     progress = [r.result.progress for r in reads]
                 else:
                     epoch, entries, positions, state_bytes, progress = _copied(
-                        recovery_dir, parent, work, store, where, deadline, input_steps)
+                        live, parent, work, store, where, deadline, input_steps)
                 if parent is not None and not _chain_intact(store, pipeline, parent):
                     parent, advanced = None, False  # its objects went away while we uploaded: full
                     epoch, entries, positions, state_bytes, progress = _copied(
-                        recovery_dir, None, work, store, where, deadline, input_steps)
+                        _live_state(recovery_dir), None, work, store, where, deadline,
+                        input_steps)
             except PartitionError as exc:
                 raise CheckpointError(str(exc)) from None
             executions = _executions(progress)  # of what was sealed, for the next checkpoint
