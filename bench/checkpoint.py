@@ -46,6 +46,15 @@ before/after table in docs/operations.md, "Checkpoint and restore cost"):
   cache, load 1-3: full 4.43 s = 4.1x the local backup (6.09 CPU-s, was 11.44),
   incremental 3.10 s (1.29 CPU-s of it waiting for the full's background digest),
   restore 30.81 s vs local resume 25.94 s: docs/operations.md, "Session 18".
+- session 19, `--only big --no-restore`, interleaved with the code before (load 2.4-3.8,
+  the machine faster than session 18's): the incremental is timed after the full's
+  background digest (1.3-1.4 CPU-s, reported apart; it made session 18's incremental wait
+  1.29 s); incremental 0.60/0.60 s -> 0.55/0.52 s (live_delta 0.43 -> 0.36-0.40 CPU-s: one
+  parent lookup per changed key), full 2.60/3.41 s -> 1.90/1.98 s (each live partition's
+  progress read once, not twice; copy_and_seal's own CPU varied 0.9-1.35 s in both).
+  What is left of the incremental is ~1.5 ms of SQLite per partition: reading the ~40
+  changed rows' pages from the live WAL (~0.3 ms), the parent lookups (~0.1), the cache
+  update (~0.3) and ~40 small statements.
 """
 
 from __future__ import annotations
