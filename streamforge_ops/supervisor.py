@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataflows import metrics
+from dataflows.flow.pacing import INTERVAL_ENV
 from recovery.placement import process_dir
 from streamforge_ops import cluster_state, restoring, snapshots
 from streamforge_ops.child import EXIT_CONFIG, Child, bytewax_argv, child_env, preflight
@@ -257,7 +258,9 @@ class Supervisor:
 
     def _children(self, argv: list[str]) -> Child | ChildGroup:
         """One child, or the cluster's local processes, each `-r` its own proc-K directory."""
-        env = child_env(self.job.config_path)
+        # Bytewax's own variable for `-s`, with the same value: the sources' EpochPacer reads
+        # it to park from the first epoch boundary (dataflows.flow.pacing.configured_interval)
+        env = child_env(self.job.config_path, {INTERVAL_ENV: argv[argv.index("-s") + 1]})
         if self.cluster is None:
             return Child(argv, env)
         r = argv.index("-r")
