@@ -126,8 +126,9 @@ def _refuse_per_key_state(step_id: str, state: Any) -> None:
     """A per-key state row in a sharded step (written with `shards=None`): never silently dropped."""
     raise TypeError(
         f"step {step_id!r}: restored state {type(state).__name__} is one key's (written with "
-        f"shards=None); re-key the recovery directory first "
-        f"(dataflows.flow.legacy.shard_per_key_rows) or build the step with shards=None")
+        f"shards=None); re-key the recovery directory first (flow stopped: `streamforge state "
+        f"migrate --reshard {step_id}=SHARDS`, dataflows.flow.legacy.shard_per_key_rows) or "
+        f"build the step with shards=None")
 
 
 @operator
