@@ -3,7 +3,9 @@
 Bytewax 0.21.1 (`src/inputs.rs`) calls a partition's `next_batch`, `next_awake`, then (when the
 epoch interval has elapsed) `snapshot`, and re-activates it at its `next_awake`, at once when
 that is past, also while it waits for the probe after a boundary. These tests drive the pacer
-with that call order on a fake clock.
+with that call order on a fake clock. With the interval known up front (`interval_s`, or
+`$BYTEWAX_SNAPSHOT_INTERVAL`, which the supervisor sets to the child's `-s`) it parks from the
+first boundary on instead of learning the interval from two boundaries it spins through.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from dataflows.connectors.files import JsonlSource
-from dataflows.flow.pacing import MAX_SHARE, WAIT_SHARE, EpochPacer
+from dataflows.flow.pacing import (
+    FIRST_SHARE,
+    INTERVAL_ENV,
+    MAX_SHARE,
+    WAIT_SHARE,
+    EpochPacer,
+    configured_interval,
+)
 
 
 class Clock:
@@ -26,6 +35,12 @@ class Clock:
 
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)  # the pacers' wall clock here: a fixed instant
+
+
+@pytest.fixture(autouse=True)
+def _no_interval_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pacer learns the interval unless a test gives it (`interval_s`, `$BYTEWAX_SNAPSHOT_INTERVAL`)."""
+    monkeypatch.delenv(INTERVAL_ENV, raising=False)
 
 
 def _seconds_from_now(at: datetime | None) -> float | None:
@@ -102,3 +117,51 @@ def test_a_file_partition_asks_to_be_woken_after_the_boundary_not_at_once(tmp_pa
     part.close()
     assert awakes[:2] == [None, None]
     assert all(a is not None and a == pytest.approx(WAIT_SHARE * 0.3) for a in awakes[2:]), awakes
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", 1.0), ("10", 10.0), ("", None), ("0", None),
+                                                 ("-3", None), ("1.5", None), ("soon", None)])
+def test_the_interval_is_read_as_bytewax_reads_its_own_variable(value: str, expected: float | None) -> None:
+    assert configured_interval({INTERVAL_ENV: value}) == expected
+    assert configured_interval({}) is None
+
+
+def test_with_the_interval_in_the_environment_the_first_boundary_is_parked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(INTERVAL_ENV, "1")
+    clock = Clock()
+    pacer = EpochPacer(clock=clock, wall=lambda: NOW)
+    parks = [_epoch(pacer, clock, interval=1.0, wait=w) for w in (0.0, 0.3, 0.2)]
+    assert parks == pytest.approx([FIRST_SHARE * 1.0, WAIT_SHARE * 0.3, WAIT_SHARE * 0.2])
+
+
+def test_a_given_interval_is_kept_when_a_boundary_comes_late_and_caps_the_park() -> None:
+    clock = Clock()
+    pacer = EpochPacer(clock=clock, wall=lambda: NOW, interval_s=1.0)
+    assert _epoch(pacer, clock, interval=1.4, wait=0.0, polls=2) == pytest.approx(FIRST_SHARE)  # a late boundary
+    assert _epoch(pacer, clock, interval=1.0, wait=0.9) == pytest.approx(MAX_SHARE * 1.0)
+    assert _epoch(pacer, clock, interval=1.0, wait=0.1) == pytest.approx(WAIT_SHARE * 0.1)  # still 1 s epochs
+
+
+def test_without_an_interval_it_still_learns_it_from_two_boundaries() -> None:
+    clock = Clock()
+    pacer = EpochPacer(clock=clock, wall=lambda: NOW)
+    parks = [_epoch(pacer, clock, interval=1.0, wait=w) for w in (0.0, 0.2, 0.2)]
+    assert parks[:2] == [None, None]
+    assert parks[2] == pytest.approx(WAIT_SHARE * 0.2)
+
+
+def test_a_given_interval_that_is_not_bytewaxs_costs_one_park_then_the_pacer_learns_the_real_one() -> None:
+    clock = Clock()
+    pacer = EpochPacer(clock=clock, wall=lambda: NOW, interval_s=1.0)  # Bytewax closes epochs every 2 s here
+    awakes = []
+    for _ in range(20):  # one 2 s epoch, polled every 0.1 s; no snapshot() in it
+        pacer.polled()
+        awakes.append(pacer.next_awake())
+        clock.t += 0.1
+    assert [i for i, a in enumerate(awakes) if a is not None] == [10]  # the one park, at the wrong 1 s
+    pacer.polled()
+    pacer.next_awake()
+    pacer.advanced()  # Bytewax's real boundary, at 2 s
+    parks = [_epoch(pacer, clock, interval=2.0, wait=w) for w in (0.2, 0.2, 0.2)]
+    assert parks[:1] == [None]  # learning again: the interval from the boundaries after the first
+    assert parks[1:] == pytest.approx([WAIT_SHARE * 0.2, WAIT_SHARE * 0.2])
