@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -159,6 +160,17 @@ class Workspace:
     def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> tuple[int, str, str]:
         proc.send_signal(sig)
         return self.finish(proc)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 0) -> Any:
+    """Run `streamforge ARGV --json` in this process, expecting exit `code`: its parsed stdout,
+    or its stderr text when it printed nothing on stdout (an error)."""
+    from streamforge_ops.cli import main
+
+    rc = main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    assert rc == code, (rc, out, err)
+    return json.loads(out) if out.strip() else err
 
 
 def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:

@@ -5,7 +5,6 @@ test flow in-process with Bytewax recovery."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from streamforge_ops.job import load_job
 from streamforge_ops.restoring import parse_target, prepare
 from tests.state_fixture import run_version_1
 from tests.supervised_flow import Totals
-from tests.supervisor_harness import Workspace
+from tests.supervisor_harness import Workspace, cli
 
 
 @pytest.fixture
@@ -36,13 +35,6 @@ def job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def totals_keys(report: dict[str, Any]) -> int:
     """Live keys of the `totals` stateful step (Bytewax nests its step id)."""
     return sum(v["keys"] for k, v in report["steps"].items() if k.startswith("supervised.totals"))
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 0) -> Any:
-    """Run `streamforge ARGV --json`; the parsed stdout (or the stderr text on failure)."""
-    assert main([*argv, "--json"]) == code
-    out, err = capsys.readouterr()
-    return json.loads(out) if code == 0 else err
 
 
 def test_checkpoint_savepoint_restore_inspect(job: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,7 +87,6 @@ def test_state_migrate(job: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert cli(capsys, "state", "migrate")["migrated"] == 0
     finally:
         clear_migrations()
-
 
 
 def test_second_supervisor_refused_and_no_restore_keeps_local(

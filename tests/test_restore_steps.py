@@ -10,11 +10,9 @@ stateful step `totals` to `sums` (tests/step_rename_flow.py).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from bytewax.recovery import RecoveryConfig
@@ -23,16 +21,10 @@ from bytewax.testing import run_main
 from dataflows.config import load_config
 from recovery.steps import check_steps, renamed_id
 from streamforge_ops.cli import main
-from tests.supervisor_harness import Workspace, read_rows, write_input
+from tests.supervisor_harness import Workspace, cli, read_rows, write_input
 
 V2 = "tests.step_rename_flow:flow_renamed"
 RENAME = {"supervised.totals": "supervised.sums"}
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 0) -> Any:
-    assert main([*argv, "--json"]) == code, capsys.readouterr()
-    out, err = capsys.readouterr()
-    return json.loads(out) if code == 0 else err
 
 
 def rows_by_step(rdir: Path) -> dict[str, dict[tuple[str, int], bytes]]:

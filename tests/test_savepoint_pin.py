@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import boto3
 import pytest
 
 from recovery.savepoint import PIN_TAG
-from streamforge_ops.cli import main
 from tests.fixtures.s3 import S3Target
 from tests.state_fixture import run_version_1
-from tests.supervisor_harness import Workspace
+from tests.supervisor_harness import Workspace, cli
 
 
 @pytest.fixture
@@ -32,12 +30,6 @@ def job(tmp_path: Path, s3_bucket: S3Target, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("STREAMFORGE_CONFIG", str(cfg))
     run_version_1(cfg, ws.recovery)
     return cfg
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 0) -> Any:
-    assert main([*argv, "--json"]) == code
-    out, err = capsys.readouterr()
-    return json.loads(out) if code == 0 else err
 
 
 def pin_tags(s3: S3Target, snap_id: str) -> dict[str, str]:

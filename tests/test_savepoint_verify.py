@@ -4,19 +4,11 @@ The local recovery directory and the real outputs are never touched."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from streamforge_ops.cli import main
-from tests.supervisor_harness import Workspace
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 0) -> Any:
-    assert main([*argv, "--json"]) == code
-    return json.loads(capsys.readouterr().out)
+from tests.supervisor_harness import Workspace, cli
 
 
 def test_verify_passes_for_compatible_code(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
