@@ -180,6 +180,25 @@ def _run_point(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, "PYTHONPATH": str(REPO), **env}, timeout=60)
 
 
+def test_strikes_a_fast_run_passes_in_one_poll_land_in_schedule_order() -> None:
+    """Run 8 of seed 1 (kafka-exactly-once): broker-pause due at 22% of the output, broker-restart
+    at 49%. A run fast enough to pass both between two progress polls used to queue the later
+    strike first (each inserted at the front): the restart stopped the broker, then the pause
+    found no broker process and the harness died (AssertionError in `Services.pause`)."""
+    from scripts.chaoslib.runner import _Action, take_due
+
+    schedule = draw_schedule(1, 8)
+    assert schedule.kinds() == ["broker-pause", "broker-restart"]
+    strikes = [_Action(f.at * 747, f.kind, lambda: True, kind=f.kind) for f in schedule.faults]
+    later = _Action(0.9 * 747, "later", lambda: True)
+    pending = sorted([*strikes, later])
+    timeline: list[_Action] = []
+    timeline[:0] = take_due(pending, 500, now=12.5)  # the first poll after both thresholds
+    assert [a.label for a in timeline] == ["broker-pause", "broker-restart"]
+    assert all(a.at == 12.5 for a in timeline) and pending == [later]
+    assert take_due(pending, 600, now=13.0) == [] and pending == [later]
+
+
 def test_fault_point_kills_at_the_nth_hit_once_per_mark_file(tmp_path: Path) -> None:
     assert _run_point({}).stdout.split() == ["0", "1", "2", "3", "4"]  # unarmed: a no-op
     mark = tmp_path / "fired"

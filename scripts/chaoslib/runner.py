@@ -89,6 +89,19 @@ class _Action:
     then: list[_Action] = field(default_factory=list, compare=False)  # follow-ups (resume, heal)
 
 
+def take_due(strikes: list[_Action], progress: float, now: float) -> list[_Action]:
+    """The strikes (sorted by the progress they are due at) that `progress` has reached, removed
+    from `strikes`, in schedule order and due `now`. A fast run can pass several in one poll:
+    they must still land in their order (a broker-pause due before a broker-restart pauses the
+    running broker, not one the restart has stopped)."""
+    due = []
+    while strikes and strikes[0].at <= progress:
+        strike = strikes.pop(0)
+        strike.at = now
+        due.append(strike)
+    return due
+
+
 class ScheduleRunner:
     def __init__(self, schedule: Schedule, workload: Workload, *, deadline_s: float, total_progress: int,
                  log: Callable[[str], None]) -> None:
@@ -337,10 +350,7 @@ class ScheduleRunner:
             now = time.monotonic()
             if strikes and now - progress_at > 0.2:
                 progress, progress_at = self.w.progress(), now
-            while strikes and strikes[0].at <= progress:
-                strike = strikes.pop(0)
-                strike.at = now
-                timeline.insert(0, strike)
+            timeline[:0] = take_due(strikes, progress, now)
             if now > deadline:
                 self.outcome.stuck = True
                 st = self.status()
