@@ -5,7 +5,6 @@ before anything in the directory changes."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 
 from streamforge_ops.cli import main
+from tests.supervisor_harness import cli
 from tests.test_patterns_harness import by_id, run_pattern
 from tests.test_patterns_recovery import PATTERNS, per_key_state, workload
 
@@ -30,13 +30,12 @@ def _rows(rec: Path) -> list[tuple[Any, ...]]:
 
 def test_reshard_through_the_cli_resumes_identically(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rec, items, out = per_key_state("sessions_per_key", tmp_path)
-    assert main(["state", "migrate", "--dir", str(rec), "--reshard", f"{STEP}=64", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    report = cli(capsys, "state", "migrate", "--dir", str(rec), "--reshard", f"{STEP}=64")
     assert report["resharded"][STEP] > 0
     keys = {key for step, key, _, _ in _rows(rec) if step == STEP}
     assert keys and all(k.isdigit() and 0 <= int(k) < 64 for k in keys)  # shard rows only
-    assert main(["state", "migrate", "--dir", str(rec), "--reshard", f"{STEP}=64", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["resharded"] == {STEP: 0}  # already sharded
+    again = cli(capsys, "state", "migrate", "--dir", str(rec), "--reshard", f"{STEP}=64")
+    assert again["resharded"] == {STEP: 0}  # already sharded
     run_pattern(PATTERNS["sessions"], items, recovery_dir=rec, out=out)  # shards=64, the default
     assert by_id(out) == by_id(run_pattern(PATTERNS["sessions"], workload()))
 
