@@ -187,3 +187,29 @@ def test_source_partition_resumes_at_the_state_offset_and_converts_messages(
     assert records[-1].key is None and dict(records[-1].headers)[REPLAY_HEADER] == b"t1"
     observed = metrics.REGISTRY.get_sample_value("streamforge_source_latency_ms_count", labels) or 0
     assert 1 <= observed < len(records)  # one observation per batch, not per record
+
+
+@pytest.mark.timeout(30)
+def test_take_available_returns_what_is_queued_without_waiting_out_its_timeout(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    """`take_available(c, n, timeout)` returns the queued messages (fewer than n) at once;
+    `consume(n, timeout)` waits the whole timeout for a partial batch (librdkafka
+    `rd_kafka_q_serve_rkmessages`, src/rdkafka_queue.c), which the 60 s timeout here would
+    turn into a test timeout. With nothing queued it returns [] after the timeout."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    from dataflows.connectors.kafka.common import take_available
+
+    topic = make_topic(1, "take")
+    _produce(kafka_bootstrap, topic, [(None, f"v{i}".encode()) for i in range(5)])
+    c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "take-test", "enable.partition.eof": True})
+    try:
+        c.assign([TopicPartition(topic, 0, 0)])
+        got: list[Any] = []
+        while not any(m.error() is not None and m.error().code() == KafkaError._PARTITION_EOF for m in got):
+            got += take_available(c, 1000, 60)  # the records, then the end of partition
+        assert [m.value() for m in got if m.error() is None] == [f"v{i}".encode() for i in range(5)]
+        assert take_available(c, 1000, 0.2) == []  # nothing more: [] once the timeout is out
+    finally:
+        c.close()

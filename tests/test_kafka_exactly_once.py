@@ -213,3 +213,39 @@ def test_items_without_event_id_get_a_deterministic_content_id() -> None:
     assert a.event_id == b.event_id and a.event_id.startswith("content:")
     assert c.event_id != a.event_id
     assert dict(a.headers)["sf-event-id"] == a.event_id.encode()
+
+
+def test_the_first_build_warms_the_other_partitions_producers_and_they_claim_nothing(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    """The first `build_part` starts a producer for every other partition (so their later
+    `init_transactions()` finds its connections up); a build takes its warm one, the first
+    `snapshot()` drops those left over (partitions owned by another worker or process).
+
+    Broker behaviour proved: a transactional producer claims its id only in `InitProducerId`
+    (librdkafka sends it from `init_transactions()`, src/rdkafka_txnmgr.c): a second producer
+    created with the same id, connected but not initialised, does not fence the first, which
+    still commits; the same id initialised does fence it."""
+    out = make_topic(3, "eo-warm")
+    dead: list[Any] = []
+    base = _writer(kafka_bootstrap, out, "warm-test", dead).settings
+    sink = TransactionalWriter(replace(base, partitions=3), dead.extend)
+    p0 = sink.build_part("step", "00000", None)
+    assert sink._warm is not None and sorted(sink._warm) == [1, 2]
+    p0.write_batch([_event(0)])
+    # another process of the cluster (its own writer object) warms partition 0's id meanwhile
+    other = TransactionalWriter(replace(base, partitions=3), dead.extend)
+    p2_elsewhere = other.build_part("step", "00002", None)
+    assert other._warm is not None and 0 in other._warm
+    other._warm[0].poll(0.5)  # let it connect
+    p0.snapshot()  # commits: the warm producer with p0's id claimed nothing
+    assert sink._warm == {}  # dropped at the first snapshot
+    p2_elsewhere.snapshot()
+    assert other._warm == {}
+    p1 = sink.build_part("step", "00001", None)  # built after the drop: a cold producer, same writer
+    p1.write_batch([_event(1)])
+    p1.close()
+    p0.close()
+    p2_elsewhere.close()
+    assert event_id_counts(read_topic(kafka_bootstrap, out, partitions=3)) == Counter({"test:0": 1, "test:1": 1})
+    assert not dead
