@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, NamedTuple
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient
 
 from dataflows.config import ConfigError
@@ -203,6 +203,24 @@ def to_out_message(item: Any) -> OutMessage:
                 headers.append((str(pair[0]), pair[1]))
     headers.append(own)
     return _new_message((key, value, tuple(headers), event_id))
+
+
+def take_available(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
+    """Up to `max_messages` messages (events such as end of partition included): those queued now,
+    or, if none is, the first to arrive within `timeout_s` ([] after it).
+
+    Not `consumer.consume(max_messages, timeout_s)`, which returns early only with a full batch:
+    librdkafka's `rd_kafka_consume_batch_queue` (`rd_kafka_q_serve_rkmessages`, src/rdkafka_queue.c)
+    waits out the whole timeout while fewer messages are queued, so each read ending in a partial
+    batch (every read of a partition up to its end) pays the full timeout. `poll` returns with the
+    first message; `consume(n, 0)` then takes what is queued without waiting.
+    """
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    if max_messages <= 1:
+        return [first]
+    return [first, *consumer.consume(max_messages - 1, 0)]
 
 
 def header_value(headers: Any, name: str) -> bytes | None:

@@ -41,7 +41,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from dataflows.connectors.kafka.common import EVENT_ID_HEADER, WRITER_HEADER, header_value
+from dataflows.connectors.kafka.common import EVENT_ID_HEADER, WRITER_HEADER, header_value, take_available
 
 __all__ = ["CommitCheck", "CommitNotVisibleError", "SkipSet", "TailScanError", "WriterRestartError",
            "exactly_once_writer", "scan_own_records", "scan_writers"]
@@ -157,7 +157,7 @@ def scan_writers(
                                 position, high, timeout_s)
                     return ids, begin, position
                 raise TailScanError(_scan_timeout_message(consumer, tp, begin, high, timeout_s))
-            for msg in consumer.consume(1000, 0.05):
+            for msg in take_available(consumer, 1000, 0.05):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
@@ -248,7 +248,7 @@ class CommitCheck:
         deadline, seen = time.monotonic() + timeout_s, 0
         try:
             while time.monotonic() < deadline:
-                for msg in self._consumer.consume(1000, 0.05):
+                for msg in take_available(self._consumer, 1000, 0.05):
                     err, offset = msg.error(), int(msg.offset() or 0)
                     if err is None:
                         deadline = time.monotonic() + timeout_s  # bounds a stall, not a slow read
@@ -348,7 +348,7 @@ def exactly_once_writer(brokers: tuple[str, ...] | list[str], topic: str, timeou
         consumer.assign(tps)
         deadline, done = time.monotonic() + timeout_s, 0
         while done < len(tps) and time.monotonic() < deadline:
-            for msg in consumer.consume(100, 0.05):
+            for msg in take_available(consumer, 100, 0.05):
                 err = msg.error()
                 if err is not None:
                     done += err.code() == KafkaError._PARTITION_EOF
