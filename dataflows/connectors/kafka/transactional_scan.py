@@ -41,7 +41,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from dataflows.connectors.kafka.common import EVENT_ID_HEADER, WRITER_HEADER, header_value, take_available
+from dataflows.connectors.kafka.common import (
+    EVENT_ID_HEADER,
+    WRITER_HEADER,
+    header_value,
+    take_available,
+)
 
 __all__ = ["CommitCheck", "CommitNotVisibleError", "SkipSet", "TailScanError", "WriterRestartError",
            "exactly_once_writer", "scan_own_records", "scan_writers"]
