@@ -35,7 +35,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from dataflows.config import Config
 from dataflows.connectors.files.replay_lines import replay_line
-from dataflows.connectors.kafka.common import EVENT_ID_HEADER, REPLAY_HEADER
+from dataflows.connectors.kafka.common import EVENT_ID_HEADER, REPLAY_HEADER, take_available
 from dataflows.dead_letter import DeadLetter
 
 _QUIET = logging.getLogger("streamforge.dlq.librdkafka")
@@ -132,7 +132,7 @@ def read_dlq_topic(brokers: str, topic: str, *, timeout_s: float = 30.0) -> Iter
         done: set[int] = set()
         deadline = time.monotonic() + timeout_s
         while len(done) < len(parts):
-            msgs = consumer.consume(500, 0.2)
+            msgs = take_available(consumer, 500, 0.2)
             if not msgs and time.monotonic() > deadline:
                 raise TimeoutError(f"reading DLQ topic {topic!r}: no end after {timeout_s:g}s")
             for m in msgs:
@@ -401,7 +401,7 @@ def _written_by_a_sink(brokers: str, topic: str, timeout_s: float, peek: int) ->
         consumer.assign(wanted)
         deadline, seen = time.monotonic() + timeout_s, 0
         while seen < peek * len(wanted) and time.monotonic() < deadline:
-            for m in consumer.consume(100, 0.2):
+            for m in take_available(consumer, 100, 0.2):
                 if m.error() is not None:
                     continue
                 seen += 1
