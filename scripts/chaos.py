@@ -164,6 +164,9 @@ class Chaos:
         status = "ok" if what is None else "FAIL"
         log(f"run {schedule.run} [{schedule.workload}] {' '.join(schedule.kinds())} "
             f"(landed: {' '.join(out.landed) or '-'}) {out.seconds}s: {status}{'' if what is None else ': ' + what}")
+        missed = [k for k in schedule.kinds() if k not in out.landed]
+        if missed:  # the run says nothing about these faults: say why they did not strike
+            log(f"  not landed: {' '.join(missed)}; notes: {out.notes[-6:]}")
         if what is not None:
             replay = replay_command(schedule, self.args.workloads, drawn=not self.args.replay_schedule)
             r["failures"].append({"seed": schedule.seed, "run": schedule.run, "schedule": json.loads(schedule.to_json()),

@@ -388,6 +388,8 @@ class ScheduleRunner:
                     self.outcome.active_s = round(now - t0, 2)
                     self.outcome.progress = self.w.progress()
                     self.outcome.notes += [f"not reached: {a.label}" for a in strikes]
+                    self.outcome.notes += [f"due, not struck: {a.label} ({a.tries} tries, progress "
+                                           f"{progress}/{self.total})" for a in timeline if a.kind]
                     return
                 if not self._on_exit():
                     return
