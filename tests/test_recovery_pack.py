@@ -167,6 +167,37 @@ def test_source_positions_read_only_the_input_steps_rows(tmp_path: Path) -> None
         conn.close()
 
 
+
+def test_copy_sealed_past_the_commit_epoch_is_the_whole_seal(tmp_path: Path) -> None:
+    """A partition as Bytewax's GC leaves it at commit epoch C (one row per key at or below
+    C: `RecoveryCommitter::commit`, src/recovery.rs) with rows of several epochs above C:
+    the sealed copy keeps exactly the newest row below R of every key that has a state
+    (as the whole-table seal `_SUPERSEDED` finds), counts them and sums their state bytes
+    per step; a copy without a commit row (no GC yet) the same."""
+    c, r = 5, 10
+    rows = [("s1", "a", 3, b"a3"), ("s1", "b", 4, b"b4"), ("s1", "b", 6, b"b6"),
+            ("s1", "b", 8, b"bb8"), ("s1", "c", 7, b"c7"), ("s1", "c", 9, b"cc9"),
+            ("s1", "d", 2, b"d2"), ("s1", "d", 6, None), ("s1", "e", 5, b"e5"),
+            ("s1", "e", 12, b"e12"), ("s1", "f", 9, None), ("s2", "a", 6, b"x6"),
+            ("s2", "a", 7, b"xx7"), ("s2", "g", 1, None)]
+    kept = {("s1", "a", 3), ("s1", "b", 8), ("s1", "c", 9), ("s1", "e", 5), ("s2", "a", 7)}
+    for commit in (c, None):
+        rd = tmp_path / f"rec-{commit}"
+        init_partitions(rd, 1)
+        part = partition_files(rd)[0]
+        conn = sqlite3.connect(part)
+        conn.executemany("INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) "
+                         "VALUES (?, ?, ?, ?)", rows)
+        if commit is not None:
+            conn.execute("INSERT INTO commits (part_index, commit_epoch) VALUES (0, ?)", (commit,))
+        conn.commit()
+        conn.close()
+        info = copy_sealed(part, tmp_path / f"sealed-{commit}.sqlite3", r)
+        got = {row[1:4] for row in _rows(tmp_path / f"sealed-{commit}.sqlite3")}
+        assert got == kept
+        assert (info.keys, info.dropped_rows, info.commit_epoch) == (5, len(rows) - 5, commit)
+        assert info.state_bytes == {"s1": 2 + 3 + 3 + 2, "s2": 3}
+
 def test_a_full_checkpoint_gathers_positions_and_state_bytes_in_its_jobs(
     tmp_path: Path, live: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
