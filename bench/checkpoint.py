@@ -240,16 +240,18 @@ def _child(args: argparse.Namespace) -> None:
     op.output("out", op.stateful_map("sum", stream, add), Sink())
     rc = None
     if args.recovery_dir:
-        rc = RecoveryConfig(args.recovery_dir, backup_interval=timedelta(seconds=120))
+        rc = RecoveryConfig(args.recovery_dir, backup_interval=timedelta(seconds=args.backup_s))
     t0 = time.perf_counter()
     run_main(flow, epoch_interval=timedelta(seconds=args.epoch_s), recovery_config=rc)
     print(f"ELAPSED {time.perf_counter() - t0} {started}", flush=True)
 
 
 def _run_flow(
-    segments: str, recovery_dir: Path | None, epoch_s: float = 2.0, gate: Path | None = None
+    segments: str, recovery_dir: Path | None, epoch_s: float = 2.0, gate: Path | None = None,
+    backup_s: float = 120.0,
 ) -> subprocess.Popen[str]:
-    cmd = [sys.executable, __file__, "--child", "--segments", segments, "--epoch-s", str(epoch_s)]
+    cmd = [sys.executable, __file__, "--child", "--segments", segments, "--epoch-s", str(epoch_s),
+           "--backup-s", str(backup_s)]
     if recovery_dir:
         cmd += ["--recovery-dir", str(recovery_dir)]
     if gate:
@@ -419,12 +421,26 @@ def _resume_epoch(rd: Path) -> int | None:
             c.close()
 
 
+def _committed(rd: Path) -> int:
+    """How many partitions of `rd` have a commit epoch (Bytewax's GC ran on them)."""
+    count = 0
+    for f in partition_files(rd):
+        conn = connect(f, readonly=True)
+        try:
+            count += conn.execute("SELECT COUNT(*) FROM commits").fetchone()[0]
+        finally:
+            conn.close()
+    return count
+
+
 def bench_big(
-    tmp: Path, big_keys: int, partitions: int, store: ObjectStore, with_restore: bool = True
+    tmp: Path, big_keys: int, partitions: int, store: ObjectStore, with_restore: bool = True,
+    backup_interval_s: float = 10.0,
 ) -> dict:
-    """Full and incremental checkpoints of a running flow (steady state), then (unless not
-    `with_restore`) a restore. ``*_cpu_seconds``: CPU time of the whole process during the
-    checkpoint (the moto server runs in it too)."""
+    """Full and incremental checkpoints of a running flow (steady state: it ran longer than
+    its `backup_interval_s`, so Bytewax has committed and garbage-collected every
+    partition), then (unless not `with_restore`) a restore. ``*_cpu_seconds``: CPU time
+    of the whole process during the checkpoint (the moto server runs in it too)."""
     rd = tmp / "big"
     init_partitions(rd, partitions)
     first = f"{big_keys}:{big_keys}:0"
@@ -432,9 +448,11 @@ def bench_big(
     second = f"{first},{changed}:{big_keys}:0"
     gate = tmp / "gate"
     gate.mkdir()
-    proc = _run_flow(f"{second},0:1:0", rd, epoch_s=2, gate=gate)  # gate 2: after `second`
+    # gate 2: after `second`
+    proc = _run_flow(f"{second},0:1:0", rd, epoch_s=2, gate=gate, backup_s=backup_interval_s)
     try:
         build_s = _until_durable(proc, rd, 1)
+        committed = _committed(rd)
         backup_s = _local_backup(rd, tmp / "backup")
         with Phases() as full_phases:
             t0, c0 = time.perf_counter(), time.process_time()
@@ -459,6 +477,8 @@ def bench_big(
         "keys": big_keys,
         "partitions": partitions,
         "build_seconds": round(build_s, 2),
+        "backup_interval_seconds": backup_interval_s,
+        "partitions_committed": committed,
         "local_backup_seconds": round(backup_s, 2),
         "raw_upload_seconds": round(raw_put_s, 2),
         "raw_download_seconds": round(raw_get_s, 2),
@@ -541,6 +561,14 @@ def main() -> None:
         "state page by page with a query over the whole partition: resume time grows with "
         "the square of the keys per partition, so keep them ~<= 20k)",
     )
+    parser.add_argument(
+        "--backup-interval",
+        type=float,
+        default=10.0,
+        help="big: the flow's Bytewax backup interval (-b), seconds; the build outlasts it, "
+        "so every partition has a commit epoch, as in a job running longer than its "
+        "recovery.backup-interval (240s by default); 0: none (120 s, never reached)",
+    )
     parser.add_argument("--only", choices=["overhead", "big"], help="run one part only")
     parser.add_argument(
         "--no-restore", action="store_true", help="big: the checkpoints only (no restore, no resume)"
@@ -550,6 +578,7 @@ def main() -> None:
     parser.add_argument("--recovery-dir", help=argparse.SUPPRESS)
     parser.add_argument("--gate", help=argparse.SUPPRESS)
     parser.add_argument("--epoch-s", type=float, default=2.0, help=argparse.SUPPRESS)
+    parser.add_argument("--backup-s", type=float, default=120.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(args)
@@ -576,7 +605,8 @@ def main() -> None:
                 url = f"s3://{bucket}/bench"
                 store = open_store(url, endpoint_url=server.endpoint_url)  # type: ignore[attr-defined]
                 result.update(
-                    bench_big(tmp, args.big_keys, args.partitions, store, not args.no_restore)
+                    bench_big(tmp, args.big_keys, args.partitions, store, not args.no_restore,
+                              args.backup_interval or 120.0)
                 )
             finally:
                 server.stop()  # type: ignore[attr-defined]

@@ -265,7 +265,8 @@ def _prepare(copy: Path, parent: _Parent | None, work: Path, writer: PackWriter,
         progress = progress_rows(conn)
         positions.add(conn)
         if frame_digest:
-            sizes = dict(conn.execute(_STATE_BYTES).fetchall())
+            sizes = (seal.state_bytes if seal is not None and seal.state_bytes is not None
+                     else dict(conn.execute(_STATE_BYTES).fetchall()))
         if seal is None:
             keys = conn.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
             row = conn.execute("SELECT commit_epoch FROM commits").fetchone()
