@@ -262,10 +262,26 @@ _STEP_ROWS = ("SELECT step_id, COUNT(*), COUNT(*) - COUNT(ser_change), SUM(LENGT
               "FROM snaps GROUP BY step_id")
 
 
+# A partition up to this size (file + WAL) is copied and sealed in memory; a larger one on
+# disk, so that the checkpoint's jobs hold at most a few of these in memory at once.
+IN_MEMORY_MAX_BYTES = 64 * 1024 * 1024
+
+
+def _file_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # absent (the copy then fails with a PartitionError) or just checkpointed
+        return 0
+
+
 def copy_sealed(src: Path, dst: Path, epoch: int | None) -> SealInfo:
-    """`copy_partition` + `seal_copy`, in memory: the backup API copies the pages into an
-    in-memory database, the seal runs there and the result is written to `dst` in one
-    write (half the CPU of a page-by-page copy to a file, which the seal then rewrites)."""
+    """`copy_partition` + `seal_copy`. Up to `IN_MEMORY_MAX_BYTES`, in memory: the backup
+    API copies the pages into an in-memory database, the seal runs there and the result
+    is written to `dst` in one write (half the CPU of a page-by-page copy to a file, which
+    the seal then rewrites)."""
+    if _file_bytes(src) + _file_bytes(src.with_name(src.name + "-wal")) > IN_MEMORY_MAX_BYTES:
+        copy_partition(src, dst)
+        return seal_copy(dst, epoch, source=src)
     dst.unlink(missing_ok=True)
     source = connect(src, readonly=True)
     target = sqlite3.connect(":memory:", isolation_level=None)
@@ -284,7 +300,7 @@ def copy_sealed(src: Path, dst: Path, epoch: int | None) -> SealInfo:
     return info
 
 
-def seal_copy(path: Path, epoch: int | None) -> SealInfo:
+def seal_copy(path: Path, epoch: int | None, *, source: Path | None = None) -> SealInfo:
     """Make a copied partition resume exactly at `epoch` with one row per live key.
 
     In the copy (a page copy of one consistent snapshot: Bytewax's schema, ``user_version``
@@ -295,12 +311,12 @@ def seal_copy(path: Path, epoch: int | None) -> SealInfo:
     is rewritten; freed space is zeroed (``secure_delete``): it compresses away.
 
     Raises PartitionError if the copy's commit epoch is at or above `epoch` (its GC
-    already dropped rows the resume at `epoch` needs).
+    already dropped rows the resume at `epoch` needs), naming `source` (default `path`).
     """
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA synchronous = OFF")  # a scratch copy, as in copy_partition
-        return _seal(conn, epoch, path)
+        return _seal(conn, epoch, source or path)
     finally:
         conn.close()
 

@@ -97,6 +97,33 @@ def test_copy_sealed_is_backup_then_seal(tmp_path: Path, live: Path) -> None:
             assert _schema(a) == _schema(b)  # Bytewax's tables and migration version
 
 
+def test_a_large_partition_is_copied_and_sealed_on_disk_with_the_same_result(
+    tmp_path: Path, live: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above `IN_MEMORY_MAX_BYTES` the copy is a file (a few big partitions must not be
+    held in memory by the checkpoint's jobs): the same sealed rows, counts, state bytes
+    and schema."""
+    from recovery import partitions
+
+    r = live_resume_epoch(live)
+    part = partition_files(live)[0]
+    in_memory = copy_sealed(part, tmp_path / "mem.sqlite3", r)
+    monkeypatch.setattr(partitions, "IN_MEMORY_MAX_BYTES", 0)
+    monkeypatch.setattr(partitions.sqlite3, "connect", _no_memory(partitions.sqlite3.connect))
+    on_disk = copy_sealed(part, tmp_path / "disk.sqlite3", r)
+    assert on_disk == in_memory and on_disk.keys > 0
+    assert _rows(tmp_path / "disk.sqlite3") == _rows(tmp_path / "mem.sqlite3")
+    assert _schema(tmp_path / "disk.sqlite3") == _schema(tmp_path / "mem.sqlite3")
+
+
+def _no_memory(connect: Any) -> Any:
+    def no_memory(database: Any, *args: Any, **kwargs: Any) -> Any:
+        assert database != ":memory:", "copied in memory above IN_MEMORY_MAX_BYTES"
+        return connect(database, *args, **kwargs)
+
+    return no_memory
+
+
 def test_copy_sealed_refuses_a_copy_committed_at_r(tmp_path: Path, live: Path) -> None:
     """As `seal_copy`: Bytewax's GC at commit epoch R dropped the rows a resume at R needs."""
     r = live_resume_epoch(live)
