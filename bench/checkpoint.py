@@ -567,7 +567,8 @@ def main() -> None:
         default=10.0,
         help="big: the flow's Bytewax backup interval (-b), seconds; the build outlasts it, "
         "so every partition has a commit epoch, as in a job running longer than its "
-        "recovery.backup-interval (240s by default); 0: none (120 s, never reached)",
+        "recovery.backup-interval (240s by default); 0: 120 s, the bench's old value (a "
+        "build shorter than that leaves the partitions uncommitted: see partitions_committed)",
     )
     parser.add_argument("--only", choices=["overhead", "big"], help="run one part only")
     parser.add_argument(

@@ -255,8 +255,9 @@ def _prepare(copy: Path, parent: _Parent | None, work: Path, writer: PackWriter,
 
     `frame_digest` (a full copy only): no pass over the rows in Python; the entry's
     digest is `FRAME_DIGEST` (restore checks the frame's sha256 and content checksum)
-    and the state bytes are one SQL aggregate."""
+    and the state bytes are the ones `seal` summed."""
     assert not (frame_digest and parent is not None)
+    assert not frame_digest or (seal is not None and seal.state_bytes is not None)
     source = copy if parent is None else _delta_file(copy, parent, work)
     positions = PositionRows(input_steps)
     sizes: dict[str, int] = {}
@@ -264,9 +265,8 @@ def _prepare(copy: Path, parent: _Parent | None, work: Path, writer: PackWriter,
     try:
         progress = progress_rows(conn)
         positions.add(conn)
-        if frame_digest:
-            sizes = (seal.state_bytes if seal is not None and seal.state_bytes is not None
-                     else dict(conn.execute(_STATE_BYTES).fetchall()))
+        if frame_digest and seal is not None and seal.state_bytes is not None:
+            sizes = dict(seal.state_bytes)
         if seal is None:
             keys = conn.execute("SELECT COUNT(*) FROM snaps").fetchone()[0]
             row = conn.execute("SELECT commit_epoch FROM commits").fetchone()
@@ -281,11 +281,6 @@ def _prepare(copy: Path, parent: _Parent | None, work: Path, writer: PackWriter,
     digest = FRAME_DIGEST if frame_digest else logical_digest(copy, sizes)
     return _Prepared(copy, digest, keys, commit, progress, chunk, positions, sizes)
 
-
-# State bytes per step of a partition (a step whose rows are all NULL: 0), as
-# `rows_hash_sum` sums them.
-_STATE_BYTES = ("SELECT step_id, COALESCE(SUM(LENGTH(ser_change)), 0) FROM snaps "
-                "GROUP BY step_id")
 
 
 def _copy_and_prepare(src: Path, dst: Path, epoch: int | None, parent: _Parent | None,

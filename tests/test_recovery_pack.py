@@ -194,7 +194,6 @@ def test_source_positions_read_only_the_input_steps_rows(tmp_path: Path) -> None
         conn.close()
 
 
-
 def test_copy_sealed_past_the_commit_epoch_is_the_whole_seal(tmp_path: Path) -> None:
     """A partition as Bytewax's GC leaves it at commit epoch C (one row per key at or below
     C: `RecoveryCommitter::commit`, src/recovery.rs) with rows of several epochs above C:
@@ -224,6 +223,7 @@ def test_copy_sealed_past_the_commit_epoch_is_the_whole_seal(tmp_path: Path) -> 
         assert got == kept
         assert (info.keys, info.dropped_rows, info.commit_epoch) == (5, len(rows) - 5, commit)
         assert info.state_bytes == {"s1": 2 + 3 + 3 + 2, "s2": 3}
+
 
 def test_a_full_checkpoint_gathers_positions_and_state_bytes_in_its_jobs(
     tmp_path: Path, live: Path, monkeypatch: pytest.MonkeyPatch
