@@ -129,17 +129,30 @@ def test_incremental_of_a_running_flow_reads_only_the_changes(
             raise AssertionError("an incremental of a running flow compared whole copies")
 
         monkeypatch.setattr(checkpoint, "make_delta", whole_state_delta)
-        # the cached copies are brought forward in the deltas' own jobs, never by a
-        # second pass opening every delta file (apply_delta)
-        def second_pass(*args: object, **kw: object) -> None:
-            raise AssertionError("the cache was brought forward by a second pass")
+        # the cached copies are brought forward from the deltas in memory, never by
+        # opening delta files (apply_delta), and only once the manifest is published
+        def delta_file(*args: object, **kw: object) -> None:
+            raise AssertionError("the cache was brought forward from delta files")
 
-        monkeypatch.setattr(checkpoint, "apply_delta", second_pass, raising=False)
+        monkeypatch.setattr(checkpoint, "apply_delta", delta_file, raising=False)
+        cache = default_cache_dir(rd) / "current"
+        checkpoint.await_cache(cache.parent)
+        parent_digests = [logical_digest(f) for f in partition_files(cache)]
+        at_publish: list[list[str]] = []
+        real_put = store.put
+
+        def put(key: str, data: bytes) -> None:
+            if key.endswith("manifest.json"):
+                at_publish.append([logical_digest(f) for f in partition_files(cache)])
+            real_put(key, data)
+
+        monkeypatch.setattr(store, "put", put)
         inc = take_checkpoint(rd, store, pipeline=PIPE, incremental=True)
+        checkpoint.await_cache(cache.parent)
         monkeypatch.undo()
+        assert at_publish == [parent_digests]  # the parent's copies, untouched until then
         # The updated digests and key counts are those of the whole state sealed at
         # inc's epoch, computed from scratch; the cache holds that state too.
-        cache = default_cache_dir(rd) / "current"
         for f, entry in zip(partition_files(rd), inc.partitions, strict=True):
             sealed = tmp_path / f"sealed-{f.name}"
             info = copy_sealed(f, sealed, inc.epoch)

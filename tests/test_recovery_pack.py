@@ -567,19 +567,20 @@ def test_a_format_1_full_restores_and_takes_live_deltas(tmp_path: Path, live: Pa
     _restore_strict(store, inc, tmp_path / "restored-inc")
 
 
-def test_an_incremental_that_fails_after_moving_the_cache_leaves_no_parent(
+def test_an_incremental_that_fails_to_upload_leaves_its_parent_for_the_next(
     tmp_path: Path, live: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A live delta brings the cached copies forward in its own job, before its manifest is
-    published: it drops the cache meta first, so when the checkpoint fails afterwards (the
-    store fails the upload) no parent is left and the next checkpoint is a full one that
-    restores, never a delta onto a cache that is ahead of its parent."""
+    """The cached copies are brought forward by a live delta only after its manifest is
+    published (in the background): a checkpoint that fails before (the store fails the
+    upload) leaves the cache as its parent's, so the next checkpoint is still an
+    incremental onto that parent, and it restores."""
     from recovery import checkpoint
     from recovery.store import StoreError
 
     store = open_store(f"file://{tmp_path}/store")
     full = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
-    checkpoint.await_cache(checkpoint.default_cache_dir(live))
+    cache = checkpoint.default_cache_dir(live)
+    checkpoint.await_cache(cache)
 
     def failing(*args: object, **kwargs: object) -> None:
         raise StoreError("the store failed the upload")
@@ -588,7 +589,9 @@ def test_an_incremental_that_fails_after_moving_the_cache_leaves_no_parent(
         patch.setattr(checkpoint, "_put_packs", failing)
         with pytest.raises(StoreError):
             take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
-    assert not (checkpoint.default_cache_dir(live) / checkpoint.CACHE_META).exists()
+    assert json.loads((cache / checkpoint.CACHE_META).read_text())["id"] == full.id
     again = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
-    assert not again.incremental and again.id != full.id
+    assert again.incremental and again.parent_id == full.id
+    checkpoint.await_cache(cache)
+    assert json.loads((cache / checkpoint.CACHE_META).read_text())["id"] == again.id
     _restore_strict(store, again, tmp_path / "restored")
