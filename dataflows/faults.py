@@ -37,6 +37,7 @@ ACTIONS = ("kill", "kill-children")
 POINTS = {
     "checkpoint.copy": "recovery/checkpoint.py, after a partition is copied (supervisor)",
     "checkpoint.upload": "recovery/checkpoint.py, after an object is uploaded, before the manifest (supervisor)",
+    "checkpoint.cache": "recovery/checkpoint.py, after a cached copy is brought forward by a published live delta (supervisor)",
     "restore.swap": "recovery/swap.py: after the stage is fsynced (1st hit), after the journal commit (2nd), after each partition file moved in (supervisor)",
     "kafka.commit": "dataflows/connectors/kafka/transactional.py, just before commit_transaction (child)",
 }

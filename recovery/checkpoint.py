@@ -18,19 +18,20 @@ applying timeout / min-pause / retained itself):
    (`recovery.delta.live_delta`: no copy of the state, the digest updated
    from the parent's) and the cached copies are brought forward by the
    deltas; after a restart (Bytewax then re-snapshots every key) the delta
-   compares whole sealed copies (`make_delta`). A live delta is built in memory
-   and brings the cached copy forward in the same job (the cache meta is dropped
-   first: a checkpoint that fails then leaves no parent);
+   compares whole sealed copies (`make_delta`). A live delta is built in memory;
+   the cached copies stay the parent's until the manifest is published (a
+   checkpoint that fails leaves its parent for the next), then a background
+   thread brings them forward by the deltas (`_advance_cache`);
 4. uploads the manifest (sha256 of every object, logical digest of every
    partition, source positions, state size per step), signed when a key is
    given, LAST: a checkpoint without a manifest is never chosen. A full
    checkpoint's partitions record `recovery.pack.FRAME_DIGEST` (manifest format
    2: restore checks the frame's sha256 and content checksum) and no row is
    hashed before publishing; the `ms1:` digests a live delta updates are computed
-   from the cached copies afterwards, in a background thread (`_digest_cache`)
-   that holds the cache's lock (`recovery.lease.CacheLock`, handed over by the
-   checkpoint) until it has written them: the next checkpoint of any process waits
-   for it;
+   from the cached copies afterwards, in a background thread (`_digest_cache`).
+   Either background thread holds the cache's lock (`recovery.lease.CacheLock`,
+   handed over by the checkpoint) until it has written the cache meta: the next
+   checkpoint of any process waits for it (`await_cache` in this one);
 5. records the checkpoint metrics.
 
 One checkpoint at a time per pipeline (`recovery.lease`): a checkpoint (not a
@@ -67,7 +68,7 @@ from typing import Any, TypeVar
 
 from dataflows import metrics
 from dataflows.faults import fault_point
-from recovery.delta import LiveDelta, live_delta, make_delta
+from recovery.delta import LiveDelta, advance_copy, live_delta, make_delta
 from recovery.lease import CacheLock, CheckpointBusy, StoreLease, live_lease, local_lock
 from recovery.manifest import (
     Kind,
@@ -336,7 +337,8 @@ def _load_parent(cache_dir: Path, store: ObjectStore, pipeline: str, count: int)
         return None
     current = cache_dir / "current"
     if (
-        meta.get("store") != store.url
+        meta.get("advancing")  # the process ended while bringing the copies forward
+        or meta.get("store") != store.url
         or meta.get("pipeline") != pipeline
         or len(partition_files(current)) != count
     ):
@@ -372,20 +374,18 @@ def _save_parent(
     store: ObjectStore,
     executions: list[list[int]],
     lock: CacheLock,
-    advanced: bool = False,
+    deltas: list[tuple[str, bytes]] | None = None,
 ) -> None:
-    """Make `manifest` the cached parent: the sealed copies in `work` become the cache,
-    or (`advanced`) the cached copies were brought forward by its deltas already
-    (`_live_deltas`); the meta goes last, so an interrupted update leaves no parent (the
-    next checkpoint is full). A full's digest of the copies (`_digest_cache`) is started
-    in the background, `lock` (the cache's, held by the caller) handed over to it."""
+    """Make the published `manifest` the cached parent: the sealed copies in `work` become
+    the cache, or (`deltas`: the live deltas' partition file names and data) the cached
+    copies are brought forward by them in the background (`_advance_cache`). The meta goes
+    last, so an interrupted update leaves no parent (the next checkpoint is full); while
+    the copies are brought forward it is marked ``advancing`` (not a parent, but its epoch
+    is the floor of `recovery.compact`'s NULL-row deletes). A full's
+    digest of the copies (`_digest_cache`) is started in the background. A background
+    thread gets `lock` (the cache's, held by the caller), handed over."""
     (cache_dir / CACHE_META).unlink(missing_ok=True)
     current = cache_dir / "current"
-    if not advanced:
-        shutil.rmtree(current, ignore_errors=True)
-        current.mkdir(parents=True)
-        for f in partition_files(work):
-            f.replace(current / f.name)
     meta = {
         "id": manifest.id,
         "chain": manifest.chain,
@@ -394,9 +394,19 @@ def _save_parent(
         "epoch": manifest.epoch,
         "executions": executions,
     }
+    if deltas is not None:  # the new epoch stays visible to `recovery.compact` meanwhile
+        _write_meta(cache_dir, {**meta, "advancing": True})
+        _in_background(cache_dir, f"checkpoint-cache-{manifest.id}", _advance_cache,
+                       (cache_dir, meta, deltas, lock.hand_over()))
+        return
+    shutil.rmtree(current, ignore_errors=True)
+    current.mkdir(parents=True)
+    for f in partition_files(work):
+        f.replace(current / f.name)
     _write_meta(cache_dir, meta)
     if any(e.digest == FRAME_DIGEST for e in manifest.partitions):
-        _start_digest(cache_dir, manifest.id, lock.hand_over())
+        _in_background(cache_dir, f"checkpoint-digest-{manifest.id}", _digest_cache,
+                       (cache_dir, manifest.id, lock.hand_over()))
 
 
 def _write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
@@ -405,24 +415,44 @@ def _write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
     tmp.replace(cache_dir / CACHE_META)
 
 
-# Background digests of the cache (`_digest_cache`), by cache directory; a checkpoint
-# waits for its cache's (`await_cache`) before it reads or changes the cache.
+# Background work on the cache (`_digest_cache`, `_advance_cache`), by cache directory; a
+# checkpoint waits for its cache's (`await_cache`) before it reads or changes the cache.
 _DIGESTING: dict[Path, threading.Thread] = {}
 _DIGESTING_LOCK = threading.Lock()
 
 
-def _start_digest(cache_dir: Path, snap_id: str, lock: CacheLock) -> None:
-    thread = threading.Thread(target=_digest_cache, args=(cache_dir, snap_id, lock),
-                              name=f"checkpoint-digest-{snap_id}", daemon=True)
+def _in_background(cache_dir: Path, name: str, target: Callable[..., None],
+                   args: tuple[Any, ...]) -> None:
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
     with _DIGESTING_LOCK:
         _DIGESTING[cache_dir.absolute()] = thread
     thread.start()
 
 
+def _advance_cache(cache_dir: Path, meta: dict[str, Any], deltas: list[tuple[str, bytes]],
+                   lock: CacheLock) -> None:
+    """Bring the cached copies forward by a published incremental's live `deltas`
+    (`recovery.delta.advance_copy`, from memory), then write its `meta`, in the background
+    under the cache's `lock`. If it does not finish (the process ends, a copy cannot be
+    written), the meta stays ``advancing`` or is gone: the next checkpoint is full."""
+    started = time.thread_time()
+    try:
+        for name, data in deltas:
+            advance_copy(cache_dir / "current" / name, data)
+            fault_point("checkpoint.cache")
+        meta["advance_cpu_seconds"] = round(time.thread_time() - started, 3)
+        _write_meta(cache_dir, meta)
+    except (OSError, sqlite3.Error):  # the cache went away: no parent
+        (cache_dir / CACHE_META).unlink(missing_ok=True)
+    finally:
+        lock.release()
+
+
 def await_cache(cache_dir: Path, timeout_s: float | None = None) -> None:
-    """Wait until the background digest of the cache in `cache_dir` that this process runs
-    (if any) is done, at most `timeout_s` (None: unbounded). Another process's is waited
-    for by taking the cache's lock (`CacheLock`), which that digest holds."""
+    """Wait until the background work on the cache in `cache_dir` that this process runs
+    (a digest or an advance, if any) is done, at most `timeout_s` (None: unbounded).
+    Another process's is waited for by taking the cache's lock (`CacheLock`), which that
+    work holds."""
     with _DIGESTING_LOCK:
         thread = _DIGESTING.get(Path(cache_dir).absolute())
     if thread is None:
@@ -493,12 +523,9 @@ def _live_deltas(
     input_steps: Iterable[str] | None,
 ) -> tuple[list[_DeltaRead], list[Path]]:
     """Per live partition, its delta since `parent` (`live_delta`: only the rows written
-    since the parent's epoch are read), compressed into a pack, and the cached copy
-    brought forward by it in the same job, `_WORKERS` partitions at a time (SQLite runs
-    without the GIL), checked to resume at `epoch`; the deltas, the pack files.
-
-    The caller has dropped the cache meta first: a checkpoint that fails after this
-    leaves no parent (the next one is full), never a cache ahead of its meta."""
+    since the parent's epoch are read), compressed into a pack, `_WORKERS` partitions at a
+    time (SQLite runs without the GIL), checked to resume at `epoch`; the deltas, the pack
+    files. The cached copies are only read (see `_save_parent`)."""
     assert parent.manifest is not None and parent.epoch is not None
     since = parent.epoch
     entries = {e.index: e for e in parent.manifest.partitions}
@@ -510,7 +537,7 @@ def _live_deltas(
         positions = PositionRows(wanted)
         result = live_delta(f, parent.dir / f.name, since=since, epoch=epoch,
                             parent_digest=parent.digests[entry.index], parent_keys=entry.keys,
-                            positions=positions, advance=True)
+                            positions=positions)
         return _DeltaRead(result, positions, writer.add(entry.index, compress_bytes(result.data)))
 
     reads, packs = _jobs(files, one, writer, deadline, "reading")
@@ -747,13 +774,12 @@ def _take(
             where: tuple[str, Kind, str] = (pipeline, kind, snap_id)
             if lease is not None:
                 lease.claim(snap_id, [*parent.chain, parent.id] if parent else [])
-            advanced = False  # the cached copies brought forward by this checkpoint's deltas
+            deltas = None  # the live deltas the cached copies are brought forward by
             try:
                 if parent is not None and epoch is not None and _live_delta_ok(parent, epoch,
                                                                                executions):
-                    (cache_dir / CACHE_META).unlink(missing_ok=True)  # see _live_deltas
-                    advanced = True
                     reads, packs = _live_deltas(files, parent, epoch, work, deadline, input_steps)
+                    deltas = [(f.name, r.result.data) for f, r in zip(files, reads, strict=True)]
                     entries = _upload_live(reads, packs, store, where, deadline)
                     assert parent.manifest is not None
                     positions, state_bytes = _delta_metadata(parent.manifest, reads, input_steps)
@@ -762,7 +788,7 @@ def _take(
                     epoch, entries, positions, state_bytes, progress = _copied(
                         live, parent, work, store, where, deadline, input_steps)
                 if parent is not None and not _chain_intact(store, pipeline, parent):
-                    parent, advanced = None, False  # its objects went away while we uploaded: full
+                    parent, deltas = None, None  # its objects went away while we uploaded: full
                     epoch, entries, positions, state_bytes, progress = _copied(
                         _live_state(recovery_dir), None, work, store, where, deadline,
                         input_steps)
@@ -798,7 +824,7 @@ def _take(
                 lease.check()
             store.put(manifest_key(pipeline, kind, snap_id), manifest.to_json().encode())
             if kind == "checkpoint":
-                _save_parent(cache_dir, work, manifest, store, executions, lock, advanced)
+                _save_parent(cache_dir, work, manifest, store, executions, lock, deltas)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     record_completed(manifest, (time.monotonic() - started) * 1000)

@@ -51,7 +51,7 @@ from recovery.partitions import (
 )
 from recovery.positions import PositionRows
 
-__all__ = ["DeltaStats", "LiveDelta", "apply_delta", "live_delta", "make_delta"]
+__all__ = ["DeltaStats", "LiveDelta", "advance_copy", "apply_delta", "live_delta", "make_delta"]
 
 _SMALL_TABLES = {
     "parts": "created_at, part_index, part_count",
@@ -115,7 +115,6 @@ SELECT step_id, state_key FROM temp.changed WHERE ser_change IS NULL
 # The parent's rows the delta replaces or deletes (digest and state bytes to subtract).
 _REPLACED = ("(SELECT step_id, state_key, old_change AS ser_change FROM temp.changed "
              "WHERE old_rowid IS NOT NULL)")
-_REPLACED_ROWIDS = "SELECT old_rowid FROM temp.changed WHERE old_rowid IS NOT NULL"
 
 
 _TEMPLATE: list[bytes] = []  # an empty delta (its tables, no rows), serialized
@@ -151,7 +150,6 @@ def live_delta(
     parent_digest: str,
     parent_keys: int,
     positions: PositionRows | None = None,
-    advance: bool = False,
 ) -> LiveDelta:
     """The delta turning sealed copy `parent` (sealed at `since`, digest `parent_digest`,
     `parent_keys` keys) into the live partition `live` sealed at `epoch`, reading only the
@@ -161,15 +159,14 @@ def live_delta(
     epoch reached `epoch` (as `copy_sealed`). The small tables are the live ones,
     frontiers clamped to `epoch`. The returned digest is the parent's updated by the
     rows removed and added (the `logical_digest` of the partition once restored).
-    `positions` gets the delta's source-position rows. With `advance`, `parent` is then
-    brought forward by the delta (`apply_delta`'s statements, in the same connection):
-    the caller has dropped what names `parent` as a sealed copy at `since` first."""
+    `positions` gets the delta's source-position rows. `parent` is only read: once the
+    delta is published, `advance_copy` brings it forward by `LiveDelta.data`."""
     conn = sqlite3.connect(":memory:", isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     try:
         conn.deserialize(_template())
         conn.execute("PRAGMA temp_store = MEMORY")  # `changed`: no temp file
         conn.execute("ATTACH DATABASE ? AS live", (f"file:{live}?mode=ro",))
-        conn.execute("ATTACH DATABASE ? AS p", (f"file:{parent}{'' if advance else '?mode=ro'}",))
+        conn.execute("ATTACH DATABASE ? AS p", (f"file:{parent}?mode=ro",))
         conn.execute("BEGIN")
         index, commit = sealable(conn, "live.", live, epoch)
         hint = f"INDEXED BY {EPOCH_INDEX}" if has_epoch_index(conn, "live") else "NOT INDEXED"
@@ -200,12 +197,6 @@ def live_delta(
             positions.add(conn, "main.upserts")
         progress = progress_rows(conn)
         data = conn.serialize()
-        if advance:
-            conn.execute("PRAGMA p.synchronous = OFF")  # as apply_delta on the cache
-            conn.execute("PRAGMA p.journal_mode = MEMORY")
-            conn.execute("BEGIN")
-            _apply(conn, "p", "main", _REPLACED_ROWIDS)
-            conn.execute("COMMIT")
     finally:
         conn.close()  # detaches both partitions
     keys = parent_keys + upserts - replaced
@@ -281,13 +272,27 @@ def apply_delta(target: Path, delta: Path) -> DeltaStats:
     return DeltaStats(upserts=upserts, deletes=deletes)
 
 
-def _apply(conn: sqlite3.Connection, target: str, delta: str, rowids: str | None = None
-           ) -> None:
+def advance_copy(target: Path, data: bytes) -> None:
+    """Apply the delta whose SQLite file is `data` (a `LiveDelta.data`, in memory) to the
+    partition file `target` in one transaction, as `apply_delta` does."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.deserialize(data)
+        conn.execute("ATTACH DATABASE ? AS target", (str(target),))
+        # as apply_delta: the checkpoint cache drops its meta before (a crash leaves no parent)
+        conn.execute("PRAGMA target.synchronous = OFF")
+        conn.execute("PRAGMA target.journal_mode = MEMORY")
+        conn.execute("BEGIN")
+        _apply(conn, "target", "main")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def _apply(conn: sqlite3.Connection, target: str, delta: str) -> None:
     """The statements of `apply_delta`: the partition under schema `target` brought forward
-    by the delta under schema `delta` (inside the caller's transaction). `rowids`: a query
-    of the target's rows the delta replaces or deletes when the caller knows them (a live
-    delta looked them up already); else they are looked up by key."""
-    replaced = rowids or (  # by rowid through the primary key: no scan of the partition
+    by the delta under schema `delta` (inside the caller's transaction)."""
+    replaced = (  # by rowid through the primary key: no scan of the partition
         f"SELECT s.rowid FROM (SELECT step_id, state_key FROM {delta}.deletes "
         f"UNION ALL SELECT step_id, state_key FROM {delta}.upserts) AS k "
         f"JOIN {target}.snaps AS s ON s.step_id = k.step_id AND s.state_key = k.state_key")

@@ -12,7 +12,8 @@ from typing import Any
 
 __all__ = ["emit", "listing", "manifest_full", "manifest_row", "progress", "table"]
 
-_ROW_FIELDS = ("id", "kind", "name", "created_at", "code_version", "partition_count", "total_bytes", "base_id")
+_ROW_FIELDS = ("id", "kind", "name", "created_at", "code_version", "partition_count", "total_bytes", "base_id",
+               "parent_id")
 
 
 def manifest_row(m: Any) -> dict[str, Any]:

@@ -11,12 +11,15 @@ about to write the old checkpoint's meta back over it.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +28,8 @@ from recovery.checkpoint import CACHE_META, CheckpointError, default_cache_dir, 
 from recovery.lease import CheckpointBusy
 from recovery.partitions import init_partitions, logical_digest, part_index, partition_files
 from recovery.store import open_store
+from tests.state_fixture import run_version_1
+from tests.supervisor_harness import Workspace, cli
 from tests.test_recovery_support import counting_flow, run
 
 PIPE = "orders"
@@ -156,3 +161,65 @@ def test_the_cache_lock_is_per_open_file_even_in_one_process(tmp_path: Path) -> 
         CacheLock.acquire(cache, 0)
     handed.release()
     CacheLock.acquire(cache, 0).release()
+
+
+def test_checkpoint_create_returns_with_the_cache_ready_for_the_next_incremental(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`streamforge checkpoint create` is a process that ends when it returns: it waits for
+    the cache's background work (here a slow advance of the cached copies by its live
+    deltas), so the next checkpoint is an incremental onto it."""
+    from recovery import checkpoint
+
+    ws = Workspace(tmp_path, n=20)
+    cfg = ws.config()
+    monkeypatch.setenv("STREAMFORGE_CONFIG", str(cfg))
+    run_version_1(cfg, ws.recovery)
+    real = checkpoint.advance_copy
+
+    def slow(*args: Any) -> None:
+        time.sleep(0.1)
+        real(*args)
+
+    monkeypatch.setattr(checkpoint, "advance_copy", slow)
+    full = cli(capsys, "checkpoint", "create")
+    inc = cli(capsys, "checkpoint", "create")
+    meta = json.loads((checkpoint.default_cache_dir(ws.recovery) / checkpoint.CACHE_META).read_text())
+    assert (inc["parent_id"], meta["id"], meta.get("advancing")) == (full["id"], inc["id"], None)
+
+
+def test_a_kill_while_the_cache_is_brought_forward_makes_the_next_checkpoint_full(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL in the middle of bringing the cached copies forward (after the incremental
+    was published): the next checkpoint, in a new process, takes no parent from that cache
+    and is a full one, and the pipeline restores from it."""
+    ws = Workspace(tmp_path, n=20)
+    cfg = ws.config()
+    run_version_1(cfg, ws.recovery)
+
+    def streamforge(*argv: str, env: dict[str, str] | None = None
+                    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "streamforge_ops", *argv, "--config", str(cfg), "--json"],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+    def create_or_list(action: str = "create", env: dict[str, str] | None = None
+                       ) -> subprocess.CompletedProcess[str]:
+        return streamforge("checkpoint", action, env=env)
+
+    def create(env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return create_or_list("create", env)
+
+    full = json.loads(create().stdout)
+    killed = create({"STREAMFORGE_FAULT_POINT": "checkpoint.cache@2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    listed = json.loads(create_or_list("list").stdout)
+    published = [m for m in listed if m["id"] != full["id"]]
+    assert [m["parent_id"] for m in published] == [full["id"]]  # published before the kill
+    after = json.loads(create().stdout)
+    assert after["parent_id"] is None and after["id"] != published[0]["id"]
+    restored = streamforge("restore", "--strict")
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout)["id"] == after["id"]

@@ -521,7 +521,6 @@ def test_an_incremental_onto_a_full_without_its_background_digests_compares_copi
         live_inc = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY,
                                    incremental=True)
     assert live_inc.parent_id == full.id
-    meta = json.loads((cache / checkpoint.CACHE_META).read_text())
     take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY)  # a new full base
     checkpoint.await_cache(cache)
     meta = json.loads((cache / checkpoint.CACHE_META).read_text())
@@ -594,4 +593,43 @@ def test_an_incremental_that_fails_to_upload_leaves_its_parent_for_the_next(
     assert again.incremental and again.parent_id == full.id
     checkpoint.await_cache(cache)
     assert json.loads((cache / checkpoint.CACHE_META).read_text())["id"] == again.id
+    _restore_strict(store, again, tmp_path / "restored")
+
+
+def test_while_the_cache_is_brought_forward_compaction_keeps_the_new_epochs_null_rows(
+    tmp_path: Path, live: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between an incremental's publication and the end of its background advance of the
+    cache, the cache meta names the new epoch (marked as advancing): `recovery.compact`,
+    which may run then (the recovery directory's lock is free), keeps the NULL rows at or
+    above it that the next live delta reads; and a process that ends in that window leaves
+    a meta no checkpoint takes as a parent (the next one is full, and restores)."""
+    from recovery import checkpoint, compact
+
+    store = open_store(f"file://{tmp_path}/store")
+    cache = checkpoint.default_cache_dir(live)
+    take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
+    checkpoint.await_cache(cache)
+    started, release = threading.Event(), threading.Event()
+    real_advance = checkpoint.advance_copy
+
+    def held(*args: Any) -> None:
+        started.set()
+        release.wait(30)
+        real_advance(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "advance_copy", held)
+        inc = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
+        assert started.wait(30)
+        assert compact._parent_epoch(live) == inc.epoch
+        assert checkpoint._load_parent(cache, store, PIPE, 3) is None  # as if the process ended
+        release.set()
+        checkpoint.await_cache(cache)
+    meta = json.loads((cache / checkpoint.CACHE_META).read_text())
+    assert (meta["id"], meta["epoch"], "advancing" in meta) == (inc.id, inc.epoch, False)
+    meta["advancing"] = True  # the process ended before the advance was done
+    (cache / checkpoint.CACHE_META).write_text(json.dumps(meta))
+    again = take_checkpoint(live, store, pipeline=PIPE, signing_key=KEY, incremental=True)
+    assert not again.incremental
     _restore_strict(store, again, tmp_path / "restored")

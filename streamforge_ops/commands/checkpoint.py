@@ -2,7 +2,10 @@
 
 `create` copies the recovery partitions online (safe while the flow runs),
 uploads them with a manifest to `checkpoints.dir` and applies
-`checkpoints.retained`. `list` shows the complete checkpoints, newest first.
+`checkpoints.retained`. It returns once the local checkpoint cache (the sealed
+copies the next incremental checkpoint deltas onto) is brought up to date, work
+a running supervisor does in the background. `list` shows the complete
+checkpoints, newest first.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from recovery.checkpoint import await_cache, default_cache_dir
 from streamforge_ops import cluster_state, snapshots
 from streamforge_ops.cli import CliError
 from streamforge_ops.job import add_config_arg, load_job
@@ -40,6 +44,10 @@ def _create(args: argparse.Namespace) -> int:
     if not out.ok:
         print(f"streamforge: checkpoint failed: {out.error}", file=sys.stderr)
         return 1
+    # the cache's background work (digest or advance) would die with this process, and
+    # the next checkpoint would be full
+    progress(f"checkpoint {out.manifest.id} published; updating the local checkpoint cache ...")
+    await_cache(default_cache_dir(job.recovery_dir))
     emit(manifest_full(out.manifest), as_json=args.json, text=out.manifest.id)
     return 0
 
