@@ -134,6 +134,10 @@ class CheckpointTimeout(CheckpointError):
 
 _LEASE_MARGIN_S = 60.0
 _WORKERS = 4  # partitions copied (or read for a delta) at once
+# live deltas read at once: their jobs are ~40 small statements each, mostly Python glue
+# around short SQLite calls, so more threads only contend for the GIL (bench/checkpoint.py
+# at 1M keys: 1 thread 1.01-1.24 s and 1.0-1.23 CPU-s, 4 threads 1.29-1.37 s and 1.45-1.55)
+_DELTA_WORKERS = 1
 _UNBOUNDED_WAIT_S = 600.0
 
 
@@ -313,13 +317,13 @@ T = TypeVar("T")
 
 
 def _jobs(files: list[Path], job: Callable[[Path], T], writer: PackWriter, deadline: Deadline,
-          doing: str) -> tuple[list[T], list[Path]]:
+          doing: str, workers: int = _WORKERS) -> tuple[list[T], list[Path]]:
     """`job` of every partition file, `_WORKERS` at a time (SQLite, zstd and hashlib run
     without the GIL), in order, with the ``checkpoint.copy`` fault point and the deadline
     checked after each; then `writer`'s packs are closed: the results, the pack files."""
     results = []
     try:
-        with _Pool(_WORKERS) as pool:
+        with _Pool(workers) as pool:
             futures = [pool.submit(job, f) for f in files]
             for f, future in zip(files, futures, strict=True):
                 results.append(future.result())
@@ -523,9 +527,9 @@ def _live_deltas(
     input_steps: Iterable[str] | None,
 ) -> tuple[list[_DeltaRead], list[Path]]:
     """Per live partition, its delta since `parent` (`live_delta`: only the rows written
-    since the parent's epoch are read), compressed into a pack, `_WORKERS` partitions at a
-    time (SQLite runs without the GIL), checked to resume at `epoch`; the deltas, the pack
-    files. The cached copies are only read (see `_save_parent`)."""
+    since the parent's epoch are read), compressed into a pack, `_DELTA_WORKERS` partitions
+    at a time, checked to resume at `epoch`; the deltas, the pack files. The cached copies
+    are only read (see `_save_parent`)."""
     assert parent.manifest is not None and parent.epoch is not None
     since = parent.epoch
     entries = {e.index: e for e in parent.manifest.partitions}
@@ -540,7 +544,7 @@ def _live_deltas(
                             positions=positions)
         return _DeltaRead(result, positions, writer.add(entry.index, compress_bytes(result.data)))
 
-    reads, packs = _jobs(files, one, writer, deadline, "reading")
+    reads, packs = _jobs(files, one, writer, deadline, "reading", _DELTA_WORKERS)
     _check_sealed([r.result.progress for r in reads], epoch)
     return reads, packs
 
