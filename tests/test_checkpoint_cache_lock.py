@@ -223,3 +223,34 @@ def test_a_kill_while_the_cache_is_brought_forward_makes_the_next_checkpoint_ful
     restored = streamforge("restore", "--strict")
     assert restored.returncode == 0, restored.stderr
     assert json.loads(restored.stdout)["id"] == after["id"]
+
+
+def test_a_supervisor_exits_with_the_cache_ready_for_the_next_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A supervisor whose bounded input is done takes its final checkpoint and exits. It
+    waits for the cache's background work first (slowed down here: the full's digest, an
+    incremental's advance of the copies), so the cache it leaves is a parent the next
+    run's checkpoints delta onto, with updatable digests."""
+    from recovery.partitions import digest_rows_sum
+    from streamforge_ops.cli import main
+
+    ws = Workspace(tmp_path, n=20)
+    cfg = ws.config()
+    real_digest, real_advance = checkpoint.logical_digest, checkpoint.advance_copy
+
+    def slow_digest(*args: Any, **kwargs: Any) -> str:
+        time.sleep(0.1)
+        return real_digest(*args, **kwargs)
+
+    def slow_advance(*args: Any) -> None:
+        time.sleep(0.1)
+        real_advance(*args)
+
+    monkeypatch.setattr(checkpoint, "logical_digest", slow_digest)
+    monkeypatch.setattr(checkpoint, "advance_copy", slow_advance)
+    assert main(["run", "--config", str(cfg)]) == 0
+    store = open_store(ws.store_url)
+    parent = checkpoint._load_parent(default_cache_dir(ws.recovery), store, "sup", 4)
+    assert parent is not None
+    assert all(digest_rows_sum(d) is not None for d in parent.digests.values()), parent.digests
