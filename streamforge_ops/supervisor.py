@@ -60,6 +60,7 @@ from typing import Any
 
 from dataflows import metrics
 from dataflows.flow.pacing import INTERVAL_ENV
+from recovery.checkpoint import await_cache, default_cache_dir
 from recovery.placement import process_dir
 from streamforge_ops import cluster_state, restoring, snapshots
 from streamforge_ops.child import EXIT_CONFIG, Child, bytewax_argv, child_env, preflight
@@ -170,8 +171,15 @@ class Supervisor:
                 self.follower.stop()
             if self.child:
                 self.child.stop(self.job.settings.recovery.stop_grace_s)
+            self._settle_cache()
             self.job.pid_file.unlink(missing_ok=True)
             self._write_status()
+
+    def _settle_cache(self) -> None:
+        """Wait (at most `checkpoints.timeout`) for the checkpoint cache's background work of
+        the last checkpoint (its digest, or bringing the copies forward): it dies with this
+        process, and the next run's checkpoints would then have no parent to delta onto."""
+        await_cache(default_cache_dir(self.job.recovery_dir), self.job.settings.checkpoints.timeout_s)
 
     def _prepare(self) -> restoring.Decision:
         """The starting state (see the module doc, 1 and 8)."""
