@@ -318,7 +318,7 @@ T = TypeVar("T")
 
 def _jobs(files: list[Path], job: Callable[[Path], T], writer: PackWriter, deadline: Deadline,
           doing: str, workers: int = _WORKERS) -> tuple[list[T], list[Path]]:
-    """`job` of every partition file, `_WORKERS` at a time (SQLite, zstd and hashlib run
+    """`job` of every partition file, `workers` at a time (SQLite, zstd and hashlib run
     without the GIL), in order, with the ``checkpoint.copy`` fault point and the deadline
     checked after each; then `writer`'s packs are closed: the results, the pack files."""
     results = []
@@ -388,8 +388,6 @@ def _save_parent(
     is the floor of `recovery.compact`'s NULL-row deletes). A full's
     digest of the copies (`_digest_cache`) is started in the background. A background
     thread gets `lock` (the cache's, held by the caller), handed over."""
-    (cache_dir / CACHE_META).unlink(missing_ok=True)
-    current = cache_dir / "current"
     meta = {
         "id": manifest.id,
         "chain": manifest.chain,
@@ -403,6 +401,8 @@ def _save_parent(
         _in_background(cache_dir, f"checkpoint-cache-{manifest.id}", _advance_cache,
                        (cache_dir, meta, deltas, lock.hand_over()))
         return
+    (cache_dir / CACHE_META).unlink(missing_ok=True)
+    current = cache_dir / "current"
     shutil.rmtree(current, ignore_errors=True)
     current.mkdir(parents=True)
     for f in partition_files(work):
@@ -421,15 +421,15 @@ def _write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
 
 # Background work on the cache (`_digest_cache`, `_advance_cache`), by cache directory; a
 # checkpoint waits for its cache's (`await_cache`) before it reads or changes the cache.
-_DIGESTING: dict[Path, threading.Thread] = {}
-_DIGESTING_LOCK = threading.Lock()
+_BACKGROUND: dict[Path, threading.Thread] = {}
+_BACKGROUND_LOCK = threading.Lock()
 
 
 def _in_background(cache_dir: Path, name: str, target: Callable[..., None],
                    args: tuple[Any, ...]) -> None:
     thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-    with _DIGESTING_LOCK:
-        _DIGESTING[cache_dir.absolute()] = thread
+    with _BACKGROUND_LOCK:
+        _BACKGROUND[cache_dir.absolute()] = thread
     thread.start()
 
 
@@ -457,15 +457,15 @@ def await_cache(cache_dir: Path, timeout_s: float | None = None) -> None:
     (a digest or an advance, if any) is done, at most `timeout_s` (None: unbounded).
     Another process's is waited for by taking the cache's lock (`CacheLock`), which that
     work holds."""
-    with _DIGESTING_LOCK:
-        thread = _DIGESTING.get(Path(cache_dir).absolute())
+    with _BACKGROUND_LOCK:
+        thread = _BACKGROUND.get(Path(cache_dir).absolute())
     if thread is None:
         return
     thread.join(timeout_s)
     if not thread.is_alive():
-        with _DIGESTING_LOCK:
-            if _DIGESTING.get(Path(cache_dir).absolute()) is thread:
-                del _DIGESTING[Path(cache_dir).absolute()]
+        with _BACKGROUND_LOCK:
+            if _BACKGROUND.get(Path(cache_dir).absolute()) is thread:
+                del _BACKGROUND[Path(cache_dir).absolute()]
 
 
 def _digest_cache(cache_dir: Path, snap_id: str, lock: CacheLock) -> None:

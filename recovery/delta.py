@@ -253,17 +253,12 @@ def make_delta(prev: Path, cur: Path, out: Path) -> DeltaStats:
 
 
 def apply_delta(target: Path, delta: Path) -> DeltaStats:
-    """Apply `delta` to the partition file `target` in one transaction."""
-    conn = sqlite3.connect(target)
+    """Apply `delta` to the partition file `target` in one transaction (restore: to staged
+    files, which `recovery.swap` fsyncs before they count)."""
+    conn = sqlite3.connect(target, isolation_level=None)
     try:
-        # restore applies deltas to staged files, fsynced by recovery.swap before they count;
-        # the checkpoint cache drops its meta before applying (a crash leaves no parent): so
-        # no fsync, and the rollback journal in memory (no journal file per partition)
-        conn.execute("PRAGMA synchronous = OFF")
-        conn.execute("PRAGMA journal_mode = MEMORY")
         conn.execute("ATTACH DATABASE ? AS d", (f"file:{delta}?mode=ro",))
-        with conn:
-            _apply(conn, "main", "d")
+        _apply_unsynced(conn, "main", "d")
         upserts = conn.execute("SELECT COUNT(*) FROM d.upserts").fetchone()[0]
         deletes = conn.execute("SELECT COUNT(*) FROM d.deletes").fetchone()[0]
         conn.execute("DETACH DATABASE d")
@@ -274,19 +269,30 @@ def apply_delta(target: Path, delta: Path) -> DeltaStats:
 
 def advance_copy(target: Path, data: bytes) -> None:
     """Apply the delta whose SQLite file is `data` (a `LiveDelta.data`, in memory) to the
-    partition file `target` in one transaction, as `apply_delta` does."""
+    partition file `target` in one transaction, as `apply_delta` does (the checkpoint
+    cache: its meta says ``advancing`` meanwhile, so a crash leaves no parent)."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         conn.deserialize(data)
         conn.execute("ATTACH DATABASE ? AS target", (str(target),))
-        # as apply_delta: the checkpoint cache drops its meta before (a crash leaves no parent)
-        conn.execute("PRAGMA target.synchronous = OFF")
-        conn.execute("PRAGMA target.journal_mode = MEMORY")
-        conn.execute("BEGIN")
-        _apply(conn, "target", "main")
-        conn.execute("COMMIT")
+        _apply_unsynced(conn, "target", "main")
     finally:
         conn.close()
+
+
+def _apply_unsynced(conn: sqlite3.Connection, target: str, delta: str) -> None:
+    """`_apply` in one transaction of `conn` (autocommit mode), with no fsync and the
+    rollback journal of `target` in memory (no journal file per partition): both callers'
+    files count only once something else says so (a swap's fsync, the cache meta)."""
+    conn.execute(f"PRAGMA {target}.synchronous = OFF")
+    conn.execute(f"PRAGMA {target}.journal_mode = MEMORY")
+    conn.execute("BEGIN")
+    try:
+        _apply(conn, target, delta)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _apply(conn: sqlite3.Connection, target: str, delta: str) -> None:

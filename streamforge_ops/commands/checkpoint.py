@@ -47,7 +47,7 @@ def _create(args: argparse.Namespace) -> int:
     # the cache's background work (digest or advance) would die with this process, and
     # the next checkpoint would be full
     progress(f"checkpoint {out.manifest.id} published; updating the local checkpoint cache ...")
-    await_cache(default_cache_dir(job.recovery_dir))
+    await_cache(default_cache_dir(job.recovery_dir), job.settings.checkpoints.timeout_s)
     emit(manifest_full(out.manifest), as_json=args.json, text=out.manifest.id)
     return 0
 
