@@ -277,3 +277,34 @@ def test_fault_proxy_probability_faults_some_requests_over_real_http(fault_s3: A
     proxy.set_mode("pass")
     assert set(statuses) == {200, 503}, statuses
     assert proxy.faulted_by_mode["slowdown"] == statuses.count(503)
+
+
+# -- the harness's progress poll -----------------------------------------------
+
+
+def test_progress_counts_the_records_of_an_open_transaction(make_topic: Any, kafka_broker: Any,
+                                                            tmp_path: Path) -> None:
+    """An exactly-once run keeps a transaction open nearly all the time, so a progress poll that
+    reads the last stable offset (read_committed, the librdkafka default: KIP-98's ListOffsets
+    returns the LSO, the first offset of the oldest open transaction) saw 0 for most of a cluster
+    run, and its process-kill came due only after the children had exited (CI, stop 21:
+    "due, not struck ... progress 3729/3731"). Progress is every record written."""
+    from confluent_kafka import Producer
+
+    from scripts.chaoslib.workloads import OUT_PARTITIONS, Workload, WorkloadInput
+
+    topic = make_topic(partitions=OUT_PARTITIONS)
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "transactional.id": f"progress-{topic}"})
+    producer.init_transactions(10)
+    producer.begin_transaction()
+    for i in range(5):
+        producer.produce(topic, b"x", partition=i % OUT_PARTITIONS)
+    assert producer.flush(10) == 0
+    w = Workload(WorkloadInput("kafka-exactly-once", "in", 0), services=None,  # type: ignore[arg-type]
+                 broker=kafka_broker, root=tmp_path, tag="t", out_topic=topic)
+    try:
+        assert w.progress() == 5  # written, not yet committed
+        producer.commit_transaction(10)
+        assert w.progress() == 5 + OUT_PARTITIONS  # and each partition's commit marker
+    finally:
+        w.close()
