@@ -225,8 +225,12 @@ class Workload:
                 return 0
         if self._watcher is None:
             assert self.broker is not None
+            # read_uncommitted: the high watermark is the log end offset. librdkafka's default,
+            # read_committed, asks for the last stable offset (KIP-98 ListOffsets), which an
+            # exactly-once run's always-open transaction holds at its first record.
             self._watcher = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": "chaos-progress",
-                                      "enable.auto.commit": False, "log_level": 0})
+                                      "enable.auto.commit": False, "log_level": 0,
+                                      "isolation.level": "read_uncommitted"})
         total = 0
         for p in range(OUT_PARTITIONS):
             try:
