@@ -298,7 +298,7 @@ def test_progress_counts_the_records_of_an_open_transaction(make_topic: Any, kaf
     producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "transactional.id": f"progress-{topic}"})
     producer.init_transactions(10)
     producer.begin_transaction()
-    for p in range(OUT_PARTITIONS):  # one record each: Tansu's offsets count batches, not records
+    for p in range(OUT_PARTITIONS):  # one record each: Tansu reports the last batch base offset + 1
         producer.produce(topic, b"x", partition=p)
     assert producer.flush(10) == 0
     w = Workload(WorkloadInput("kafka-exactly-once", "in", 0), services=None,  # type: ignore[arg-type]
