@@ -53,6 +53,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson  # noqa: E402
+from bytewax.outputs import DynamicSink, StatelessSinkPartition  # noqa: E402
 from bytewax.testing import run_main  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
 
@@ -210,6 +211,79 @@ def baseline_run(lines: list[bytes], epoch_s: float) -> float:
     latest = op.stateful_map("dedup_latest", keyed, _baseline_step)  # type: ignore[arg-type]
     op.output("out", op.filter("emitted", op.key_rm("unkey", latest), _not_none), TestingSink([]))
     return _cpu_rate(flow, len(lines), epoch_s)
+
+
+def _bare_parse(msg: Any) -> tuple[str, Any] | None:
+    try:
+        doc = orjson.loads(msg.value)
+        return str(doc["order_id"]), doc
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def _bare_encode(key_doc: tuple[str, Any]) -> tuple[bytes, bytes] | None:
+    key, doc = key_doc
+    return None if doc is None else (key.encode(), orjson.dumps(doc))
+
+
+class _BareSinkPartition(StatelessSinkPartition[tuple[bytes, bytes]]):
+    """Produce and go on: no flush per batch (Bytewax's own KafkaSink flushes every batch), so
+    no output guarantee at all, only librdkafka's buffering."""
+
+    def __init__(self, brokers: str, topic: str) -> None:
+        self._producer = Producer({"bootstrap.servers": brokers, "linger.ms": 5})
+        self._topic = topic
+
+    def write_batch(self, items: list[tuple[bytes, bytes]]) -> None:
+        produce, topic = self._producer.produce, self._topic
+        for key, value in items:
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:
+                    self._producer.poll(0.01)
+        self._producer.poll(0)
+
+    def close(self) -> None:
+        assert self._producer.flush(60) == 0
+
+
+class _BareSink(DynamicSink[tuple[bytes, bytes]]):
+    def __init__(self, brokers: str, topic: str) -> None:
+        self._brokers, self._topic = brokers, topic
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _BareSinkPartition:
+        return _BareSinkPartition(self._brokers, self._topic)
+
+
+def bare_bytewax_seconds(b: str, src: str, partitions: int, recovery_dir: Path | None = None,
+                         out: str | None = None) -> float:
+    """Wall seconds of a minimal hand-written Bytewax flow doing the orders job's core Kafka ->
+    Kafka: Bytewax's own KafkaSource (read to the end), orjson parse, per order key a set of
+    seen event ids and the latest value (`_baseline_step`), emit, produce. An upper bound for
+    any Bytewax flow of this job, not a peer: no dead letters, no event ids or headers, no
+    output guarantee (the sink never waits for a delivery until it closes). With
+    `recovery_dir` (a fresh directory): Bytewax recovery on, as `pipeline_seconds`; into topic
+    `out` (default: a new one)."""
+    import bytewax.operators as op
+    from bytewax.connectors.kafka import KafkaSource
+    from bytewax.dataflow import Dataflow
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    out = out or create_topic(b, f"bench-bare-{uuid.uuid4().hex[:8]}", partitions)
+    flow = Dataflow("bare")
+    msgs = op.input("in", flow, KafkaSource([b], [src], tail=False, batch_size=1000))
+    latest = op.stateful_map("dedup_latest", op.filter_map("parse", msgs, _bare_parse),
+                             _baseline_step)  # type: ignore[arg-type]
+    op.output("out", op.filter_map("encode", latest, _bare_encode), _BareSink(b, out))
+    recovery = None
+    if recovery_dir is not None:
+        init_db_dir(recovery_dir, 1)
+        recovery = RecoveryConfig(str(recovery_dir))
+    t0 = time.perf_counter()
+    run_main(flow, epoch_interval=timedelta(seconds=1), recovery_config=recovery)
+    return time.perf_counter() - t0
 
 
 _DEFAULT_GC = (700, 10, 10)  # CPython's

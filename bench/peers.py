@@ -19,6 +19,13 @@ difference of two ~30 s timings, a few seconds apart, and swung from 0.4x to 1.9
 runs); both read prefixes of the same generated records. The StreamForge process runs with
 the pipeline process's collector setting (`dataflows.gc_tuning.tune_gc`); Quix as it ships. `ratio` = StreamForge's marginal eps / Quix's, per mode (target >= 3).
 
+`bare_bytewax` (measured interleaved with both, same sizes as StreamForge, recovery on):
+`bench/kafka.py`'s `bare_bytewax_seconds`, a minimal hand-written Bytewax flow of the job's
+core (Bytewax's KafkaSource, orjson, a seen-id set and the latest value per key, a producer
+that never waits for a delivery): an upper bound for any Bytewax flow of this job, with no
+dead letters and no output guarantee. `ratio_bare_bytewax_vs_quix` below 3 means the target
+asks StreamForge, which does the whole job, to outrun Bytewax doing a part of it.
+
 Quix runs in a subprocess (`--quix-python`, default this interpreter): quixstreams 3.28.1 pins
 confluent-kafka < 2.13, so it may live in a venv of its own. Shim: Tansu's DescribeConfigs does
 not report `retention.ms` (DESIGN.md §10), which Quix reads from the input topic to configure
@@ -134,9 +141,13 @@ def marginal(n: int, t_n: float, t_2n: float) -> dict[str, Any]:
             "marginal_eps": round(n / extra) if extra > 0 else None}
 
 
+def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    return round(a["marginal_eps"] / b["marginal_eps"], 2) if a["marginal_eps"] and b["marginal_eps"] else None
+
+
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
-    from bench.kafka import fill, pipeline_seconds
+    from bench.kafka import bare_bytewax_seconds, fill, pipeline_seconds
     from dataflows.gc_tuning import tune_gc
     from dataflows.generate import generate_orders
     from tests.fixtures.kafka import KafkaBroker, create_topic, free_port
@@ -157,20 +168,24 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             topics[size] = create_topic(b, f"peers-in-{size}-{uuid.uuid4().hex[:6]}", PARTITIONS)
             fill(b, topics[size], lines[:size], PARTITIONS)
         for mode in MODES:
-            times: dict[str, dict[int, float]] = {"streamforge": {}, "quix": {}}
+            times: dict[str, dict[int, float]] = {"streamforge": {}, "quix": {}, "bare_bytewax": {}}
             for _ in range(args.repeat):  # interleaved, best of `--repeat`: the machine may be shared
                 for size, q_size in ((n, nq), (2 * n, 2 * nq)):
                     with tempfile.TemporaryDirectory() as rdir:
                         sf_s = pipeline_seconds(b, topics[size], PARTITIONS, mode, 1.0, recovery_dir=Path(rdir))
+                    with tempfile.TemporaryDirectory() as rdir:
+                        bare_s = bare_bytewax_seconds(b, topics[size], PARTITIONS, recovery_dir=Path(rdir))
                     qx_s = run_quix(args.quix_python, b, topics[q_size], mode,
                                     expected_outputs(lines[:q_size], keys[:q_size]))
                     times["streamforge"][size] = min(sf_s, times["streamforge"].get(size, sf_s))
                     times["quix"][q_size] = min(qx_s, times["quix"].get(q_size, qx_s))
+                    times["bare_bytewax"][size] = min(bare_s, times["bare_bytewax"].get(size, bare_s))
             sf = marginal(n, times["streamforge"][n], times["streamforge"][2 * n])
             qx = marginal(nq, times["quix"][nq], times["quix"][2 * nq])
-            ratio = (round(sf["marginal_eps"] / qx["marginal_eps"], 2)
-                     if sf["marginal_eps"] and qx["marginal_eps"] else None)
-            result[mode.replace("-", "_")] = {"streamforge": sf, "quix": qx, "ratio": ratio}
+            bare = marginal(n, times["bare_bytewax"][n], times["bare_bytewax"][2 * n])
+            result[mode.replace("-", "_")] = {
+                "streamforge": sf, "quix": qx, "ratio": _ratio(sf, qx),
+                "bare_bytewax": bare, "ratio_bare_bytewax_vs_quix": _ratio(bare, qx)}
     finally:
         broker.stop()
     result["load_after"] = os.getloadavg()[0]
