@@ -177,12 +177,17 @@ def _cpu_rate(flow: Any, n: int, epoch_s: float) -> float:
     return n / (time.process_time() - t0)
 
 
-def _baseline_parse(raw: Any) -> tuple[str, Any] | None:
+def _order(data: bytes) -> tuple[str, Any] | None:
+    """(order id, document) of a record's bytes, None when it is not an order."""
     try:
-        doc = orjson.loads(raw.payload)
+        doc = orjson.loads(data)
         return str(doc["order_id"]), doc
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
+
+
+def _baseline_parse(raw: Any) -> tuple[str, Any] | None:
+    return _order(raw.payload)
 
 
 def _baseline_step(state: tuple[set[Any], Any] | None, doc: Any) -> tuple[tuple[set[Any], Any], Any]:
@@ -214,11 +219,7 @@ def baseline_run(lines: list[bytes], epoch_s: float) -> float:
 
 
 def _bare_parse(msg: Any) -> tuple[str, Any] | None:
-    try:
-        doc = orjson.loads(msg.value)
-        return str(doc["order_id"]), doc
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
+    return _order(msg.value)
 
 
 def _bare_encode(key_doc: tuple[str, Any]) -> tuple[bytes, bytes] | None:
