@@ -123,13 +123,21 @@ def pipeline_run(b: str, src: str, partitions: int, n: int, mode: str, epoch_s: 
     return n / pipeline_seconds(b, src, partitions, mode, epoch_s)
 
 
+def _recovery(recovery_dir: Path | None) -> Any:
+    """Bytewax recovery in `recovery_dir` (a fresh directory: one SQLite partition), or None."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    if recovery_dir is None:
+        return None
+    init_db_dir(recovery_dir, 1)
+    return RecoveryConfig(str(recovery_dir))
+
+
 def pipeline_seconds(b: str, src: str, partitions: int, mode: str, epoch_s: float,
                      recovery_dir: Path | None = None) -> float:
     """Wall seconds of one run of the orders pipeline over topic `src` (read to its end) into a
     new output topic; with `recovery_dir` (a fresh directory) with Bytewax recovery on, one
     SQLite partition, a snapshot every epoch."""
-    from bytewax.recovery import RecoveryConfig, init_db_dir
-
     out, dlq = f"bench-out-{uuid.uuid4().hex[:8]}", f"bench-dlq-{uuid.uuid4().hex[:8]}"
     create_topic(b, out, partitions)
     create_topic(b, dlq, 1)
@@ -142,10 +150,7 @@ def pipeline_seconds(b: str, src: str, partitions: int, mode: str, epoch_s: floa
         "limits": {"max-record-bytes": "16KiB"},
         "patterns": {"dedup": {"ttl": "1h"}},
     })
-    recovery = None
-    if recovery_dir is not None:
-        init_db_dir(recovery_dir, 1)
-        recovery = RecoveryConfig(str(recovery_dir))
+    recovery = _recovery(recovery_dir)
     flow = build_flow(cfg)  # imports and start checks are not throughput
     t0 = time.perf_counter()
     run_main(flow, epoch_interval=timedelta(seconds=epoch_s), recovery_config=recovery)
@@ -247,7 +252,8 @@ class _BareSinkPartition(StatelessSinkPartition[tuple[bytes, bytes]]):
         self._producer.poll(0)
 
     def close(self) -> None:
-        assert self._producer.flush(60) == 0
+        if self._producer.flush(60) != 0:
+            raise RuntimeError(f"bare sink: records to {self._topic} still undelivered after 60 s")
 
 
 class _BareSink(DynamicSink[tuple[bytes, bytes]]):
@@ -270,7 +276,6 @@ def bare_bytewax_seconds(b: str, src: str, partitions: int, recovery_dir: Path |
     import bytewax.operators as op
     from bytewax.connectors.kafka import KafkaSource
     from bytewax.dataflow import Dataflow
-    from bytewax.recovery import RecoveryConfig, init_db_dir
 
     out = out or create_topic(b, f"bench-bare-{uuid.uuid4().hex[:8]}", partitions)
     flow = Dataflow("bare")
@@ -278,12 +283,8 @@ def bare_bytewax_seconds(b: str, src: str, partitions: int, recovery_dir: Path |
     latest = op.stateful_map("dedup_latest", op.filter_map("parse", msgs, _bare_parse),
                              _baseline_step)  # type: ignore[arg-type]
     op.output("out", op.filter_map("encode", latest, _bare_encode), _BareSink(b, out))
-    recovery = None
-    if recovery_dir is not None:
-        init_db_dir(recovery_dir, 1)
-        recovery = RecoveryConfig(str(recovery_dir))
     t0 = time.perf_counter()
-    run_main(flow, epoch_interval=timedelta(seconds=1), recovery_config=recovery)
+    run_main(flow, epoch_interval=timedelta(seconds=1), recovery_config=_recovery(recovery_dir))
     return time.perf_counter() - t0
 
 
