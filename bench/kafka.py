@@ -11,6 +11,14 @@ One Tansu broker (started here), one input topic per partition count (4, then
   Kafka -> Kafka with the at-least-once sink;
 - exactly_once: the same with the TransactionalWriter.
 
+- bare_bytewax: a minimal hand-written Bytewax flow of the job's core (Bytewax's
+  KafkaSource, orjson, per order key a seen-id set and the latest value, a producer that
+  never waits: `bare_bytewax_seconds`), no dead letters, no output guarantee: an upper
+  bound for any Bytewax flow of the job; `ratio_bare_bytewax_vs_raw`;
+- one_key_bytewax: the same work in one Python call per source batch under a single key
+  (`one_key_bytewax_seconds`: no per-key dispatch at all); when it is no faster than
+  bare_bytewax, the time is the per-record work itself, not Bytewax's operators.
+
 `*_cpu_us_per_event`: this process's CPU (all threads) per event in each mode's fastest run.
 Timed: `run_main` only (the flow is built first: imports and start checks
 are not throughput); each mode's partitions still connect, init transactions
@@ -274,18 +282,80 @@ def bare_bytewax_seconds(b: str, src: str, partitions: int, recovery_dir: Path |
     `recovery_dir` (a fresh directory): Bytewax recovery on, as `pipeline_seconds`; into topic
     `out` (default: a new one)."""
     import bytewax.operators as op
+
+    flow, msgs, sink = _bare_flow("bare", b, src, partitions, out)
+    latest = op.stateful_map("dedup_latest", op.filter_map("parse", msgs, _bare_parse),
+                             _baseline_step)  # type: ignore[arg-type]
+    op.output("out", op.filter_map("encode", latest, _bare_encode), sink)
+    return _run_seconds(flow, recovery_dir)
+
+
+def one_key_bytewax_seconds(b: str, src: str, partitions: int, recovery_dir: Path | None = None,
+                            out: str | None = None) -> float:
+    """`bare_bytewax_seconds` with no per-key dispatch at all: each batch the source emits is
+    one item of a single key, and one Python call per batch (`_one_key_step`) parses,
+    dedups, keeps the latest value per order and encodes, in a loop. Not a design (one key
+    is one worker, and Bytewax snapshots the whole state every epoch), but a bound on what
+    Bytewax's per-key operators cost: if it runs no faster than `bare_bytewax_seconds`, the
+    time is the per-record Python work, which every flow of the job does."""
+    import bytewax.operators as op
+
+    flow, msgs, sink = _bare_flow("one_key", b, src, partitions, out)
+    batches = op.flat_map_batch("batch", msgs, _one_item)
+    encoded = op.stateful_map("dedup_latest", batches, _one_key_step)  # type: ignore[arg-type]
+    op.output("out", op.flat_map("flatten", encoded, _second), sink)
+    return _run_seconds(flow, recovery_dir)
+
+
+def _bare_flow(name: str, b: str, src: str, partitions: int, out: str | None) -> tuple[Any, Any, _BareSink]:
+    """A flow reading `src` with Bytewax's KafkaSource (to its end), and the sink into `out`
+    (default: a new topic)."""
+    import bytewax.operators as op
     from bytewax.connectors.kafka import KafkaSource
     from bytewax.dataflow import Dataflow
 
-    out = out or create_topic(b, f"bench-bare-{uuid.uuid4().hex[:8]}", partitions)
-    flow = Dataflow("bare")
+    out = out or create_topic(b, f"bench-{name}-{uuid.uuid4().hex[:8]}", partitions)
+    flow = Dataflow(name)
     msgs = op.input("in", flow, KafkaSource([b], [src], tail=False, batch_size=1000))
-    latest = op.stateful_map("dedup_latest", op.filter_map("parse", msgs, _bare_parse),
-                             _baseline_step)  # type: ignore[arg-type]
-    op.output("out", op.filter_map("encode", latest, _bare_encode), _BareSink(b, out))
+    return flow, msgs, _BareSink(b, out)
+
+
+def _run_seconds(flow: Any, recovery_dir: Path | None) -> float:
     t0 = time.perf_counter()
     run_main(flow, epoch_interval=timedelta(seconds=1), recovery_config=_recovery(recovery_dir))
     return time.perf_counter() - t0
+
+
+def _one_item(msgs: list[Any]) -> list[tuple[str, list[Any]]]:
+    return [("all", msgs)]
+
+
+def _second(pair: tuple[Any, Any]) -> Any:
+    return pair[1]
+
+
+_OneKeyState = tuple[dict[str, set[Any]], dict[str, Any]]
+
+
+def _one_key_step(state: _OneKeyState | None, msgs: list[Any]
+                  ) -> tuple[_OneKeyState, list[tuple[bytes, bytes]]]:
+    seen, latest = state if state is not None else ({}, {})
+    out = []
+    for msg in msgs:
+        order = _order(msg.value)
+        if order is None:
+            continue
+        key, doc = order
+        ids = seen.get(key)
+        if ids is None:
+            ids = seen[key] = set()
+        eid = doc.get("event_id")
+        if eid in ids:
+            continue
+        ids.add(eid)
+        latest[key] = doc
+        out.append((key.encode(), orjson.dumps(doc)))
+    return (seen, latest), out
 
 
 _DEFAULT_GC = (700, 10, 10)  # CPython's
@@ -328,19 +398,27 @@ def _timed(run: Any, *args: Any) -> tuple[float, float]:
     return eps, _process_cpu_s() - cpu
 
 
+def _eps(seconds: Any, b: str, src: str, partitions: int, n: int) -> float:
+    """Events/s of `seconds(b, src, partitions)` over n records."""
+    return n / float(seconds(b, src, partitions))
+
+
 def one_size(b: str, lines: list[bytes], partitions: int, epoch_s: float, repeat: int) -> dict[str, Any]:
     src = f"bench-in-{partitions}-{uuid.uuid4().hex[:6]}"
     create_topic(b, src, partitions)
     fill(b, src, lines, partitions)
     raw_out = create_topic(b, f"bench-raw-{uuid.uuid4().hex[:6]}", partitions)
     n = len(lines)
-    best = {"raw": (0.0, 0.0), "alo": (0.0, 0.0), "eo": (0.0, 0.0)}
+    best = {k: (0.0, 0.0) for k in ("raw", "alo", "eo", "bare", "one_key")}
     for _ in range(repeat):  # interleaved; best of `repeat` (the machine may be shared)
         runs = {"raw": _timed(raw_loop, b, src, raw_out, partitions, n, epoch_s),
                 "alo": _timed(pipeline_run, b, src, partitions, n, "at-least-once", epoch_s),
-                "eo": _timed(pipeline_run, b, src, partitions, n, "exactly-once", epoch_s)}
+                "eo": _timed(pipeline_run, b, src, partitions, n, "exactly-once", epoch_s),
+                "bare": _timed(_eps, bare_bytewax_seconds, b, src, partitions, n),
+                "one_key": _timed(_eps, one_key_bytewax_seconds, b, src, partitions, n)}
         best = {k: max(best[k], runs[k]) for k in best}  # the fastest run, with its CPU
     (a, a_cpu), (alo, alo_cpu), (eo, eo_cpu) = best["raw"], best["alo"], best["eo"]
+    bare, one_key = best["bare"][0], best["one_key"][0]
     return {
         "partitions": partitions,
         "records": n,
@@ -350,6 +428,10 @@ def one_size(b: str, lines: list[bytes], partitions: int, epoch_s: float, repeat
         "exactly_once_eps": round(eo),
         "ratio_eo_vs_raw": round(eo / a, 3),
         "ratio_eo_vs_alo": round(eo / alo, 3),
+        "bare_bytewax_eps": round(bare),
+        "ratio_bare_bytewax_vs_raw": round(bare / a, 3),
+        "one_key_bytewax_eps": round(one_key),
+        "ratio_one_key_bytewax_vs_raw": round(one_key / a, 3),
         # this process's CPU per event in the fastest run (the broker is another process)
         "raw_cpu_us_per_event": round(a_cpu / n * 1e6, 1),
         "at_least_once_cpu_us_per_event": round(alo_cpu / n * 1e6, 1),

@@ -1,6 +1,6 @@
 """The orders job on StreamForge beside the same job on Quix Streams, same broker, same records.
 
-    .venv/bin/python bench/peers.py [--records 20000] [--json] [--quix-python PATH]
+    .venv/bin/python bench/peers.py [--records 60000] [--json] [--quix-python PATH]
 
 The job: Kafka (4 partitions, keyed by order id) -> dedup by event id -> the latest value per
 order -> Kafka, both durable: StreamForge (the orders pipeline, `bench/kafka.py`'s
@@ -14,9 +14,10 @@ Quix job drops them).
 Marginal throughput: each system runs over the first N records, then over 2N (two topics);
 `marginal_eps = N / (time(2N) - time(N))`, so start-up (group join, recovery, producer init)
 cancels; each time is the best of `--repeat` interleaved runs. Quix's N is `--quix-records`
-(default 3N: its start-up is 27 to 30 s, so with N = 20,000 its marginal figure was the
-difference of two ~30 s timings, a few seconds apart, and swung from 0.4x to 1.9x between
-runs); both read prefixes of the same generated records. The StreamForge process runs with
+(default 2N: its start-up is 27 to 30 s, so with a small N its marginal figure is the
+difference of two ~30 s timings a few seconds apart: with N = 20,000 and Quix's 3N it swung
+from 0.4x to 1.9x between runs, and StreamForge's own two timings differed by under 1 s,
+hence N = 60,000); both read prefixes of the same generated records. The StreamForge process runs with
 the pipeline process's collector setting (`dataflows.gc_tuning.tune_gc`); Quix as it ships. `ratio` = StreamForge's marginal eps / Quix's, per mode (target >= 3).
 
 `bare_bytewax` (measured interleaved with both, same sizes as StreamForge, recovery on):
@@ -154,7 +155,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
     tune_gc()  # what every StreamForge pipeline process sets once its flow is built
     n = args.records
-    nq = args.quix_records or 3 * n
+    nq = args.quix_records or 2 * n
     lines = generate_orders(2 * max(n, nq), seed=1).lines
     keys = [str((order_doc(line) or {}).get("order_id", "")) for line in lines]
     broker = KafkaBroker(port=free_port(), log_path=Path(tempfile.mkdtemp()) / "tansu.log")
@@ -194,9 +195,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--records", type=int, default=20000, help="N (the second run reads 2N)")
+    ap.add_argument("--records", type=int, default=60000, help="N (the second run reads 2N)")
     ap.add_argument("--quix-records", type=int, default=None,
-                    help="Quix's N (default 3N: its ~30 s start-up would drown a small N's difference)")
+                    help="Quix's N (default 2N: its ~30 s start-up would drown a small N's difference)")
     ap.add_argument("--quix-python", default=sys.executable,
                     help="interpreter with quixstreams 3.28.1 installed (default: this one)")
     ap.add_argument("--repeat", type=int, default=1, help="best of N interleaved runs per size")
