@@ -59,6 +59,9 @@ before/after table in docs/operations.md, "Checkpoint and restore cost"):
   GC runs every epoch): the cached copies are brought forward after publishing, in the
   background, and live deltas are read by 1 thread (4 contended for the GIL); incremental
   1.32/1.13 s (1.57/1.26 CPU-s) -> 1.24/0.91 s (1.23/0.88): docs/operations.md, "Session 23".
+- session 25: the ~19 MiB pack goes up in one PUT (multipart threshold 16 -> 64 MiB): the
+  full's upload phase 0.39-0.61 s -> 0.15 s, full 2.41 s -> 1.20 s; worker processes for
+  the per-partition jobs were tried and did not pay: docs/operations.md, "Session 25".
 """
 
 from __future__ import annotations
