@@ -24,7 +24,7 @@ __all__ = ["CONCURRENCY", "MULTIPART_THRESHOLD", "PART_SIZE", "get_file", "put_f
 
 # One PUT / GET up to 64 MiB (a checkpoint of 1M keys packs into one ~19 MiB object): parts
 # pay a request each plus CreateMultipartUpload and CompleteMultipartUpload, which a store
-# that serves requests one at a time (moto; a small MinIO) does not overlap.
+# that serves requests one at a time (moto) does not overlap.
 # bench/checkpoint.py at 1M keys: the full's upload 0.39-0.61 s as 3 parts of 8 MiB, 0.15 s
 # as one PUT (session 25). AWS recommends multipart from about 100 MB
 # (https://docs.aws.amazon.com/AmazonS3/latest/userguide/mpuoverview.html).
